@@ -1,0 +1,349 @@
+"""ftctl.yaml: one typed schema, ${ENV} interpolation, command-line overrides.
+
+Layout: top-level sections (``sources``, ``curate``, ``train``, ``eval``, ``export``,
+``deploy``) are the defaults for every model; ``models.<name>.<section>`` overrides them key by
+key for one model (one model per agent type). Plugin-specific settings live under the plugin's
+name inside its section (``train.lora.r``, ``export.gguf.quants``, ``deploy.pm2.app``) and are
+validated by that plugin's own ``Config``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ftctl.errors import ConfigError
+
+CONFIG_FILE = "ftctl.yaml"
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SECRET_KEY_RE = re.compile(r"(password|passwd|secret|token|api_key|apikey|dsn)", re.I)
+SECTIONS = ("sources", "curate", "train", "eval", "export", "deploy")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class WithPlugins(BaseModel):
+    """A section whose extra keys are plugin configs (validated when the plugin loads)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    def plugin_config(self, name: str) -> dict[str, Any]:
+        return dict((self.model_extra or {}).get(name) or {})
+
+
+class SourceEntry(BaseModel):
+    """One source: ``kind`` names the plugin; the other keys are that plugin's config."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    kind: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "source name")
+
+    def plugin_config(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ScrubConfig(Strict):
+    enabled: bool = True
+    types: list[str] | None = None  # None: every type the scrubber knows
+    names: bool = True  # person names, where a library can find them
+
+
+class SplitConfig(Strict):
+    val: float = Field(0.1, ge=0, lt=1)
+    test: float = Field(0.1, ge=0, lt=1)
+    salt: str = "ftctl"  # part of the stable hash: changing it reshuffles every split
+
+
+class CurateConfig(Strict):
+    min_rating: float | None = None
+    min_reward: float | None = None
+    min_tokens: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
+    agent_types: list[str] | None = None
+    days_back: int | None = Field(None, ge=1)
+    window_start: str | None = None  # ISO date/time
+    window_end: str | None = None
+    limit: int | None = Field(None, ge=1)
+    dedup: Literal["normalized", "exact", "off"] = "normalized"
+    conflict: Literal["best_rating", "latest", "drop"] = "best_rating"
+    keep_negative: bool = True  # kept aside as preference data
+    scrub: ScrubConfig = ScrubConfig()
+    split: SplitConfig = SplitConfig()
+    golden: str | None = None  # a JSONL eval set never trained on
+    collect_before_train: bool = False
+
+
+class TrainConfig(WithPlugins):
+    trainer: str = "lora"
+
+
+class GateConfig(Strict):
+    metric: str = "rougeL"
+    min_improvement: float = 0.0
+    confidence: float = Field(0.95, gt=0, lt=1)
+    guards: list[str] = []  # metrics that must not get significantly worse
+
+
+class EvalConfig(WithPlugins):
+    metrics: list[str] = ["exact_match", "token_f1", "bleu", "rougeL"]
+    eval_set: str = "test"  # test | golden | path to a JSONL file
+    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(8, ge=1)
+    limit: int | None = Field(None, ge=1)
+    bootstrap: int = Field(2000, ge=100)
+    seed: int = 0
+    gate: GateConfig = GateConfig()
+
+
+class ExportConfig(WithPlugins):
+    exporter: str = "gguf"
+
+
+class DeployConfig(WithPlugins):
+    deployer: str = "pm2"
+
+
+class CycleConfig(Strict):
+    schedule: str = "0 3 * * *"  # cron expression, for `ftctl cycle --install-cron`
+    min_new_examples: int = Field(50, ge=1)
+    export: bool = True
+    deploy: bool = False
+    canary_percent: int = Field(20, ge=1, le=100)
+
+
+class DvcConfig(Strict):
+    remote: str | None = None  # name of a DVC remote; None: the workspace default
+    push: bool = True
+
+
+class ModelConfig(Strict):
+    """Everything one model's runs need, after merging defaults and its overrides."""
+
+    name: str
+    base: str
+    trust_remote_code: bool = False
+    sources: list[SourceEntry] = []
+    curate: CurateConfig = CurateConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    export: ExportConfig = ExportConfig()
+    deploy: DeployConfig = DeployConfig()
+
+
+class ModelEntry(Strict):
+    base: str | None = None
+    trust_remote_code: bool | None = None
+    sources: list[dict[str, Any]] | None = None
+    curate: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    eval: dict[str, Any] = {}
+    export: dict[str, Any] = {}
+    deploy: dict[str, Any] = {}
+
+
+class FtctlConfig(Strict):
+    schema_version: int = Field(1, alias="schema")
+    default_model: str
+    base: str = "smollm2-135m-instruct"
+    models: dict[str, ModelEntry]
+    sources: list[dict[str, Any]] = []
+    curate: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    eval: dict[str, Any] = {}
+    export: dict[str, Any] = {}
+    deploy: dict[str, Any] = {}
+    cycle: CycleConfig = CycleConfig()
+    dvc: DvcConfig = DvcConfig()
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, v: dict[str, ModelEntry]) -> dict[str, ModelEntry]:
+        if not v:
+            raise ValueError("at least one model is required")
+        for name in v:
+            check_name(name, "model name")
+        return v
+
+    def model_names(self) -> list[str]:
+        return list(self.models)
+
+    def model(self, name: str | None = None) -> ModelConfig:
+        """The merged, validated settings of one model (the default one when ``name`` is None)."""
+        name = name or self.default_model
+        if name not in self.models:
+            raise ConfigError(
+                f"no model named {name!r} in {CONFIG_FILE}",
+                hint=f"models: {', '.join(self.models)}",
+            )
+        entry = self.models[name]
+        merged: dict[str, Any] = {"name": name, "base": entry.base or self.base}
+        if entry.trust_remote_code is not None:
+            merged["trust_remote_code"] = entry.trust_remote_code
+        merged["sources"] = entry.sources if entry.sources is not None else self.sources
+        for section in SECTIONS[1:]:
+            merged[section] = deep_merge(getattr(self, section), getattr(entry, section))
+        return validate_model(ModelConfig, merged, f"models.{name}")
+
+
+def check_name(value: str, what: str) -> str:
+    """Names end up in paths and git tags: lowercase letters, digits, '-' and '_' only."""
+    if not NAME_RE.match(value or ""):
+        raise ValueError(
+            f"invalid {what} {value!r}: use lowercase letters, digits, '-' or '_' "
+            "(starting with a letter, at most 64)"
+        )
+    return value
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def validate_model(schema: type[BaseModel], data: Any, where: str) -> Any:
+    """Validate ``data`` against ``schema``; errors name the dotted key and what was expected."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            key = f"{where}.{loc}" if where and loc else (where or loc)
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{key}: {msg}")
+        raise ConfigError(
+            f"invalid configuration: {lines[0]}" + (f" (+{len(lines) - 1} more)" if len(lines) > 1 else ""),
+            hint="; ".join(lines[1:4]) or f"see `ftctl config show` and the README's config reference",
+        ) from None
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def interpolate(data: Any, env: dict[str, str], path: str = "", secrets: set[str] | None = None) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string; record which keys got a value."""
+    if isinstance(data, dict):
+        return {k: interpolate(v, env, f"{path}.{k}" if path else str(k), secrets) for k, v in data.items()}
+    if isinstance(data, list):
+        return [interpolate(v, env, f"{path}[{i}]", secrets) for i, v in enumerate(data)]
+    if isinstance(data, str) and "${" in data:
+        def sub(m: re.Match) -> str:
+            var, default = m.group(1), m.group(2)
+            if var in env:
+                return env[var]
+            if default is not None:
+                return default
+            raise ConfigError(
+                f"{path}: environment variable {var} is not set",
+                hint=f"export {var}=... or write ${{{var}:-default}} in {CONFIG_FILE}",
+            )
+
+        if secrets is not None:
+            secrets.add(path)
+        return _ENV_RE.sub(sub, data)
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.lora.r=32`` -> (["train", "lora", "r"], 32); the value is parsed as YAML."""
+    from ruamel.yaml import YAML
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE", hint="e.g. --set train.lora.r=32")
+    value = YAML(typ="safe").load(raw) if raw.strip() else ""
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            if not isinstance(node.setdefault(k, {}), dict):
+                raise ConfigError(f"--set {text!r}: {k} is not a section")
+            node = node[k]
+        node[keys[-1]] = value
+    return data
+
+
+def read_yaml(path: Path) -> Any:
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        return YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+    except YAMLError as e:
+        raise ConfigError(f"{path.name} is not valid YAML: {str(e).splitlines()[0]}",
+                          hint=str(getattr(e, "problem_mark", "") or "").strip() or None) from None
+
+
+class LoadedConfig:
+    """The validated config plus what `config show` needs (which keys hold secrets)."""
+
+    def __init__(self, config: FtctlConfig, raw: dict[str, Any], secret_keys: set[str]):
+        self.config = config
+        self.raw = raw
+        self.secret_keys = secret_keys
+
+    def masked(self) -> dict[str, Any]:
+        return mask(self.raw, self.secret_keys)
+
+
+def load(path: Path, overrides: list[str] = (), env: dict[str, str] | None = None) -> LoadedConfig:
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist", hint="run `ftctl init` to create one")
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path.name} must be a mapping of sections", hint="see `ftctl init`")
+    data = apply_overrides(data, list(overrides))
+    secrets: set[str] = set()
+    data = interpolate(data, dict(os.environ if env is None else env), "", secrets)
+    config = validate_model(FtctlConfig, data, "")
+    if config.default_model not in config.models:
+        raise ConfigError(f"default_model: {config.default_model!r} is not one of models "
+                          f"({', '.join(config.models)})")
+    for name in config.models:  # every model's merged sections must validate too
+        config.model(name)
+    return LoadedConfig(config, data, secrets)
+
+
+def mask(data: Any, secret_keys: set[str], path: str = "") -> Any:
+    """Hide values from ${ENV} and keys that look secret; passwords inside DSNs/URLs too."""
+    if isinstance(data, dict):
+        return {k: mask(v, secret_keys, f"{path}.{k}" if path else str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [mask(v, secret_keys, f"{path}[{i}]") for i, v in enumerate(data)]
+    if isinstance(data, str):
+        leaf = path.rsplit(".", 1)[-1]
+        if path in secret_keys or _SECRET_KEY_RE.search(leaf):
+            return redact(data) if "://" in data or "=" in data else "****"
+        return redact(data)
+    return data
+
+
+def redact(text: str) -> str:
+    """Remove passwords from DSNs and URLs: ``postgresql://u:pw@h`` and ``password=pw``."""
+    text = re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1****@", text)
+    return re.sub(r"(password\s*=\s*)(\S+)", r"\1****", text, flags=re.I)

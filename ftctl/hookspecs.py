@@ -1,0 +1,44 @@
+"""The plugin contract. A plugin module implements any of these with ``@hookimpl``.
+
+Each ``register_*`` hook receives a ``register`` callable; call it with a plugin *class* (a
+subclass of the matching base in :mod:`ftctl.kinds`). The class carries its ``name`` and its
+``Config`` (a pydantic model, validated from the plugin's section in ftctl.yaml), so
+``ftctl plugins`` can list it with its schema before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("ftctl")
+hookimpl = pluggy.HookimplMarker("ftctl")
+
+
+@hookspec
+def register_sources(register):
+    """Register source classes (``ftctl.kinds.Source``): where interactions come from."""
+
+
+@hookspec
+def register_trainers(register):
+    """Register trainer classes (``ftctl.kinds.Trainer``): base + data -> adapter."""
+
+
+@hookspec
+def register_evaluators(register):
+    """Register evaluator classes (``ftctl.kinds.Evaluator``): per-example scores."""
+
+
+@hookspec
+def register_exporters(register):
+    """Register exporter classes (``ftctl.kinds.Exporter``): adapter -> served files."""
+
+
+@hookspec
+def register_deployers(register):
+    """Register deployer classes (``ftctl.kinds.Deployer``): files -> serving processes."""
+
+
+@hookspec
+def register_commands(cli):
+    """Add click commands to the ``ftctl`` group (``cli`` is the click group)."""

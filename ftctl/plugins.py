@@ -1,0 +1,95 @@
+"""The plugin manager: built-ins and third-party plugins load the same way.
+
+Every plugin (ours included) is a module named by an entry point in the ``ftctl`` group; the
+built-ins are declared in our own pyproject.toml like any third-party package would.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from importlib import metadata
+
+import pluggy
+
+from ftctl import hookspecs
+from ftctl.errors import ConfigError
+from ftctl.kinds import KINDS, Context, Plugin
+
+GROUP = "ftctl"
+_HOOKS = {
+    "source": "register_sources",
+    "trainer": "register_trainers",
+    "evaluator": "register_evaluators",
+    "exporter": "register_exporters",
+    "deployer": "register_deployers",
+}
+
+
+@dataclass(frozen=True)
+class Registered:
+    kind: str
+    name: str
+    cls: type[Plugin]
+    distribution: str
+
+
+@functools.cache
+def manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    pm.load_setuptools_entrypoints(GROUP)
+    return pm
+
+
+def _distribution_of(pm: pluggy.PluginManager, module) -> str:
+    for plugin, dist in pm.list_plugin_distinfo():
+        if plugin is module:
+            return dist.metadata["name"]
+    return "?"
+
+
+@functools.cache
+def registry() -> dict[tuple[str, str], Registered]:
+    """Every plugin class by (kind, name). A duplicate name is a configuration error."""
+    pm = manager()
+    found: dict[tuple[str, str], Registered] = {}
+    for kind, hook_name in _HOOKS.items():
+        hook = getattr(pm.hook, hook_name)
+        for impl in hook.get_hookimpls():
+            classes: list[type[Plugin]] = []
+            impl.function(classes.append)
+            for cls in classes:
+                if not issubclass(cls, KINDS[kind]):
+                    raise ConfigError(f"plugin {cls!r} registered as a {kind} but is not one")
+                key = (kind, cls.name)
+                if key in found:
+                    raise ConfigError(
+                        f"two {kind} plugins are named {cls.name!r}",
+                        hint=f"from {found[key].distribution} and {_distribution_of(pm, impl.plugin)}",
+                    )
+                found[key] = Registered(kind, cls.name, cls, _distribution_of(pm, impl.plugin))
+    return found
+
+
+def get(kind: str, name: str) -> type[Plugin]:
+    try:
+        return registry()[(kind, name)].cls
+    except KeyError:
+        names = sorted(n for k, n in registry() if k == kind)
+        raise ConfigError(
+            f"no {kind} plugin named {name!r}",
+            hint=f"available: {', '.join(names) or 'none'} (see `ftctl plugins`)",
+        ) from None
+
+
+def build(kind: str, name: str, raw_config: dict, ctx: Context, *, key: str) -> Plugin:
+    """Instantiate a plugin with its validated config; ``key`` names the config location."""
+    from ftctl.config import validate_model
+
+    cls = get(kind, name)
+    return cls(validate_model(cls.Config, raw_config, key), ctx)
+
+
+def register_commands(cli) -> None:
+    manager().hook.register_commands(cli=cli)

@@ -1,0 +1,91 @@
+"""The one in-memory shape of training data.
+
+Every source yields ``Example`` (or ``Reject`` for an input row it cannot use); curation,
+training and evaluation all consume ``Example``. Snapshots store one ``Example.to_dict()`` per
+JSONL line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass
+class Example:
+    messages: list[dict[str, str]]  # [{"role": ..., "content": ...}], chat format
+    source: str = ""  # source name from ftctl.yaml
+    source_id: str = ""  # where it came from: primary key, or file:line
+    conversation_id: str | None = None  # stable id used for the train/val/test split
+    rating: float | None = None  # 1..5
+    reward: float | None = None  # -1..+1
+    feedback_type: str | None = None  # thumbs_up, thumbs_down, correction, validation, ...
+    correction: str | None = None  # a user's edited answer: becomes the training target
+    agent: str | None = None
+    created_at: datetime | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompt(self) -> str:
+        """The last user turn (what a reference answer answers)."""
+        return next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
+
+    @property
+    def response(self) -> str:
+        """The last assistant turn."""
+        return next((m["content"] for m in reversed(self.messages) if m["role"] == "assistant"), "")
+
+    @property
+    def key(self) -> str:
+        """The id the split hashes: the conversation, or the row when there is none."""
+        return self.conversation_id or f"{self.source}:{self.source_id}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["created_at"] = self.created_at.isoformat() if self.created_at else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Example:
+        d = dict(d)
+        if d.get("created_at"):
+            d["created_at"] = datetime.fromisoformat(d["created_at"])
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class Reject:
+    """An input row a source could not turn into an Example: nothing is dropped silently."""
+
+    source: str
+    where: str  # file:line, or table primary key
+    reason: str  # short, countable: "invalid_json", "missing_field:content", ...
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def write_jsonl(path: Path, examples: Iterable[Example]) -> int:
+    """Write examples one per line; returns the count. Callers write to a temp path + rename."""
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for ex in examples:
+            f.write(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def read_jsonl(path: Path) -> Iterator[Example]:
+    """Stream examples from a snapshot file (one Example dict per line)."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield Example.from_dict(json.loads(line))

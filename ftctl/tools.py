@@ -1,0 +1,42 @@
+"""Running external tools (git, DVC, pm2, nginx, llama.cpp): argument lists, never shell strings.
+
+Output is captured and secrets are redacted before anything reaches an error message or a log.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ftctl.config import redact
+from ftctl.errors import ExternalToolError
+
+
+def run(args: Sequence[str], *, cwd: Path | None = None, check: bool = True, env: dict | None = None,
+        timeout: float | None = None, hint: str | None = None) -> subprocess.CompletedProcess:
+    args = [str(a) for a in args]
+    try:
+        proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise ExternalToolError(f"{args[0]} is not installed or not on PATH", hint=hint) from None
+    except subprocess.TimeoutExpired:
+        raise ExternalToolError(f"`{' '.join(args[:3])}` timed out after {timeout}s", hint=hint) from None
+    if check and proc.returncode != 0:
+        detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        last = redact(detail[-1]) if detail else f"exit code {proc.returncode}"
+        raise ExternalToolError(f"`{redact(' '.join(args[:3]))}` failed: {last}", hint=hint)
+    return proc
+
+
+def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(["git", *args], cwd=root, check=check)
+
+
+def dvc(root: Path, *args: str, check: bool = True, hint: str | None = None) -> subprocess.CompletedProcess:
+    """DVC's own CLI from the same environment as ftctl (no re-implementation of DVC)."""
+    exe = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
+    cmd = [exe] if exe else [sys.executable, "-m", "dvc"]
+    return run([*cmd, *args], cwd=root, check=check, hint=hint)

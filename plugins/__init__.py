@@ -1,0 +1,1 @@
+"""ftctl's built-in plugins (installed as the package ``ftctl_plugins``)."""

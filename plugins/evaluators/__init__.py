@@ -1,0 +1,8 @@
+"""Built-in evaluators plugins, registered through the `ftctl` entry-point group."""
+
+from ftctl.hookspecs import hookimpl
+
+
+@hookimpl
+def register_evaluators(register):
+    pass

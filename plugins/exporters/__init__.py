@@ -1,0 +1,8 @@
+"""Built-in exporters plugins, registered through the `ftctl` entry-point group."""
+
+from ftctl.hookspecs import hookimpl
+
+
+@hookimpl
+def register_exporters(register):
+    pass
