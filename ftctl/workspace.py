@@ -150,10 +150,11 @@ class Workspace:
                              hint='git config user.name "..." && git config user.email "..."')
 
     def record(self, message: str, update: Callable[[Lock], Any], *, track: list[Path] = (),
-               tag: tuple[str, str] | None = None, tag_message: str = "") -> str:
+               add: list[Path] = (), tag: tuple[str, str] | None = None, tag_message: str = "") -> str:
         """Store artifacts in DVC, update models.lock, commit, then tag. Returns the commit.
 
-        ``update`` mutates the lock in memory; ``track`` are paths to ``dvc add``; ``tag`` is
+        ``update`` mutates the lock in memory; ``track`` are paths to ``dvc add`` (large
+        artifacts); ``add`` are small files git tracks itself (reports); ``tag`` is
         (model, version). Must be called under :meth:`run_lock`.
         """
         self.check_git_identity()
@@ -161,7 +162,7 @@ class Workspace:
         journal = self.state_dir / JOURNAL
         write_text(journal, json.dumps({"message": message, "head": head, "tag": tag, "time": now()}))
         try:
-            paths = [self.lock_path]
+            paths = [self.lock_path, *add]
             for p in track:
                 paths += self.dvc_add(p)
             lock = self.read_lock()
