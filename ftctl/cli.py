@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             pass  # a broken plugin must not break `ftctl --help`; `ftctl plugins` reports it
     debug = "--debug" in argv
     try:
-        cli.main(args=argv, prog_name="ftctl", standalone_mode=False)
-        return 0
+        rv = cli.main(args=argv, prog_name="ftctl", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0  # click returns Exit codes here
     except FtctlError as e:
         if debug:
             import traceback

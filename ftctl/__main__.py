@@ -1,0 +1,3 @@
+from ftctl.cli import entry
+
+entry()

@@ -1,0 +1,128 @@
+"""`ftctl doctor`: check the environment; every missing piece comes with the command that fixes it."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ftctl.errors import FtctlError
+
+INSTALL = "make install  (or: pip install -e '.[all]')"
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+    fix: str = ""
+    required: bool = True  # a missing optional piece (CUDA) is information, not a failure
+
+
+def _package(mod: str, what: str, fix: str = INSTALL, required: bool = True) -> Check:
+    found = importlib.util.find_spec(mod) is not None
+    return Check(f"python: {mod}", found, what if found else f"{what}: not installed", "" if found else fix, required)
+
+
+def _cuda() -> list[Check]:
+    try:
+        import torch
+    except ImportError:
+        return [Check("cuda", False, "torch is not installed", INSTALL, required=False)]
+    if not torch.cuda.is_available():
+        return [Check("cuda", False, "no CUDA device: LoRA trains on CPU; QLoRA (--use-qlora) needs a GPU",
+                      "install an NVIDIA driver and a CUDA build of torch", required=False)]
+    names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    bnb = importlib.util.find_spec("bitsandbytes") is not None
+    return [Check("cuda", True, names),
+            Check("bitsandbytes", bnb, "QLoRA 4-bit" if bnb else "needed for QLoRA", "" if bnb else "pip install bitsandbytes",
+                  required=False)]
+
+
+def _llama_cpp_tools(ws) -> Check:
+    try:
+        from ftctl.llamacpp import FETCH_HINT, find_tools
+
+        tools = find_tools(workspace_cache=ws.cache_dir if ws else None)
+        return Check("llama.cpp converters", True, str(tools.root))
+    except ImportError:
+        return Check("llama.cpp converters", False, "the export module is not installed", INSTALL)
+    except FtctlError as e:
+        return Check("llama.cpp converters", False, e.message, e.hint or FETCH_HINT)
+
+
+def _binary(name: str, fix: str, extra: list[Path] = ()) -> Check:
+    path = shutil.which(name) or next((str(p) for p in extra if p.exists()), None)
+    return Check(name, bool(path), path or "not found", "" if path else fix)
+
+
+def _dvc_remote(ws) -> Check:
+    from ftctl.tools import dvc
+
+    remote = ws.default_remote()
+    if not remote:
+        return Check("dvc remote", False, "no default remote", "ftctl init  (or: dvc remote add -d NAME URL)")
+    url = dvc(ws.root, "remote", "list", check=False).stdout
+    url = next((line.split(None, 1)[1].strip() for line in url.splitlines() if line.startswith(remote)), "")
+    if "://" not in url:  # a local directory remote: reachable means present and writable
+        p = Path(url)
+        if not p.is_absolute():
+            p = ws.root / ".dvc" / p
+        ok = p.is_dir() and shutil.disk_usage(p) is not None and _writable(p)
+        return Check("dvc remote", ok, f"{remote} -> {url}", "" if ok else f"mkdir -p {p}  (or fix its permissions)")
+    proc = dvc(ws.root, "status", "--cloud", "--quiet", check=False)
+    ok = proc.returncode in (0, 1) and "ERROR" not in proc.stderr
+    return Check("dvc remote", ok, f"{remote} -> {url}", "" if ok else "check the remote's URL and credentials")
+
+
+def _writable(p: Path) -> bool:
+    import os
+
+    return os.access(p, os.W_OK)
+
+
+def _databases(ws) -> list[Check]:
+    checks = []
+    for name in ws.config.model_names():
+        for src in ws.model(name).sources:
+            dsn = src.plugin_config().get("dsn")
+            if src.kind != "postgres" or not dsn:
+                continue
+            try:
+                import psycopg
+
+                with psycopg.connect(dsn, connect_timeout=5):
+                    pass
+                checks.append(Check(f"database: {src.name}", True, "connected"))
+            except Exception as e:  # noqa: BLE001 - any failure is what the user needs to see
+                from ftctl.config import redact
+
+                checks.append(Check(f"database: {src.name}", False, redact(str(e).splitlines()[0]),
+                                    "check the DSN (its ${ENV} variable) and that the server accepts connections"))
+    return checks
+
+
+def run_checks(ws=None) -> list[dict]:
+    root = ws.root if ws else Path.cwd()
+    checks = [
+        _package("dvc", "DVC"),
+        _package("psycopg", "PostgreSQL driver"),
+        _package("torch", "training and generation"),
+        _package("transformers", "models"),
+        _package("peft", "LoRA adapters"),
+        _package("sacrebleu", "BLEU"),
+        _package("rouge_score", "ROUGE"),
+        _package("llama_cpp", "GGUF quantize/verify/serve", fix="pip install llama-cpp-python  (compiles; ~10 min)"),
+        *_cuda(),
+        _llama_cpp_tools(ws),
+        _binary("git", "apt-get install git"),
+        _binary("node", "apt-get install nodejs npm"),
+        _binary("pm2", "bash scripts/install_system.sh", [root / ".ftctl/node/node_modules/.bin/pm2"]),
+        _binary("nginx", "bash scripts/install_system.sh  (or: apt-get install nginx)", [Path("/usr/sbin/nginx")]),
+    ]
+    if ws:
+        checks.append(_dvc_remote(ws))
+        checks += _databases(ws)
+    return [asdict(c) for c in checks]
