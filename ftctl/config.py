@@ -92,11 +92,12 @@ class TrainConfig(WithPlugins):
 
 class GateConfig(Strict):
     metric: str = "rougeL"
-    min_improvement: float = 0.0
-    confidence: float = Field(0.95, gt=0, lt=1)
+    min_improvement: float = 0.0  # the mean difference must reach this (in the metric's units)
+    confidence: float = Field(0.95, gt=0, lt=1)  # ... and be significant at this level
     guards: list[str] = []  # metrics that must not get significantly worse
 
 
+    against: str = "stable"  # the ref a candidate is compared with (base when nothing is stable)
 class EvalConfig(WithPlugins):
     metrics: list[str] = ["exact_match", "token_f1", "bleu", "rougeL"]
     eval_set: str = "test"  # test | golden | path to a JSONL file
@@ -107,6 +108,10 @@ class EvalConfig(WithPlugins):
     seed: int = 0
     gate: GateConfig = GateConfig()
 
+    stop: list[str] = []  # extra stop strings (the chat template's end-of-turn is always one)
+    artifact: str = "hf"  # hf | gguf:<QUANT>: what `ftctl eval` scores by default
+    n_ctx: int = Field(2048, ge=256)  # GGUF backend context, as the server runs it
+    top_changed: int = Field(5, ge=0)  # examples shown side by side in a comparison
 
 class ExportConfig(WithPlugins):
     exporter: str = "gguf"
