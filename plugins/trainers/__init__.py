@@ -1,8 +1,10 @@
-"""Built-in trainers plugins, registered through the `ftctl` entry-point group."""
+"""Built-in trainer plugins, registered through the `ftctl` entry-point group."""
 
 from ftctl.hookspecs import hookimpl
 
 
 @hookimpl
 def register_trainers(register):
-    pass
+    from ftctl_plugins.trainers.lora import LoraTrainer
+
+    register(LoraTrainer)

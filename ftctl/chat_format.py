@@ -1,0 +1,216 @@
+"""Chat-format training rows: render with the base's chat template, loss only on assistant turns.
+
+Hand-written because no library does all of it for arbitrary templates: transformers'
+``return_assistant_tokens_mask`` needs a ``{% generation %}`` block most templates (SmolLM2's
+included) lack, and TRL's completion-only collators mask by token id, which hides the EOS token
+when pad == eos. Here the assistant spans come from rendering prefixes of the conversation and
+mapping character spans to tokens (offsets), so any template that renders prefixes stably works.
+
+Rows are plain lists of ints; torch is only needed by :class:`Collator`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ftctl.errors import FtctlError
+
+IGNORE = -100
+# pad candidates that exist in common vocabularies and are never trained on
+_PAD_CANDIDATES = ("<|endoftext|>", "<|finetune_right_pad_id|>", "<pad>", "<|pad|>", "<unk>")
+
+
+class ChatFormatError(FtctlError):
+    """The tokenizer cannot render conversations the way training needs."""
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE outside assistant turns
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def trained(self) -> int:
+        return sum(1 for t in self.labels if t != IGNORE)
+
+
+@dataclass
+class EncodeReport:
+    """What happened to each conversation: used, or skipped with a countable reason."""
+
+    used: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    lengths: list[int] = field(default_factory=list)  # every rendered length (for the histogram)
+
+    def to_dict(self) -> dict:
+        return {"used": self.used, "skipped": dict(self.skipped)}
+
+
+def check_template(tokenizer) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ChatFormatError(
+            "the base model's tokenizer has no chat template",
+            hint="set train.lora.chat_template to a Jinja chat template in ftctl.yaml, or use an instruct base",
+        )
+    if not getattr(tokenizer, "is_fast", False):
+        raise ChatFormatError("the base model has no fast tokenizer (needed for assistant-only loss)",
+                              hint="use a base with a tokenizer.json")
+
+
+def ensure_pad(tokenizer) -> int:
+    """Give the tokenizer a pad token that is not EOS (so EOS is always learned)."""
+    eos = tokenizer.eos_token_id
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != eos:
+        return tokenizer.pad_token_id
+    vocab = tokenizer.get_vocab()
+    for tok in (tokenizer.unk_token, *_PAD_CANDIDATES):
+        if tok and tok in vocab and vocab[tok] != eos:
+            tokenizer.pad_token = tok
+            return vocab[tok]
+    raise ChatFormatError("the tokenizer has no token usable as padding other than EOS",
+                          hint="use a base whose tokenizer defines a pad or unk token")
+
+
+def render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered text and the character span of each assistant turn (with its end marker)."""
+    text = render(tokenizer, messages)
+    spans = []
+    for i, m in enumerate(messages):
+        if m.get("role") != "assistant":
+            continue
+        start = len(render(tokenizer, messages[:i], generation_prompt=True)) if i else 0
+        upto = render(tokenizer, messages[: i + 1])
+        if not text.startswith(upto) or start > len(upto):
+            raise ChatFormatError("the chat template does not render conversation prefixes stably",
+                                  hint="assistant-only loss needs a template where earlier turns do not change")
+        spans.append((start, len(upto)))
+    return text, spans
+
+
+def encode(tokenizer, messages: list[dict]) -> Encoded | None:
+    """Token ids + labels (assistant tokens up to and including EOS); None without an assistant turn."""
+    msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+    text, spans = assistant_spans(tokenizer, msgs)
+    if not spans:
+        return None
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = [IGNORE] * len(ids)
+    eos = tokenizer.eos_token_id
+    for a, b in spans:
+        in_span = [j for j, (s, _) in enumerate(offsets) if a <= s < b]
+        for j in in_span:
+            labels[j] = ids[j]
+            if ids[j] == eos:  # the end of the turn: what the template adds after it is not the answer
+                break
+    if eos not in [t for t in labels if t != IGNORE][-1:]:
+        # templates whose assistant turn does not end with EOS: append it so the model learns to stop
+        last = max(j for j, t in enumerate(labels) if t != IGNORE)
+        ids.insert(last + 1, eos)
+        labels.insert(last + 1, eos)
+    return Encoded(ids, labels)
+
+
+def encode_all(tokenizer, conversations, max_length: int) -> tuple[list[Encoded], EncodeReport]:
+    """Encode every conversation; too long ones are skipped (a truncated answer never ends in EOS)."""
+    out, report = [], EncodeReport()
+    for messages in conversations:
+        enc = encode(tokenizer, messages)
+        if enc is None:
+            report.skipped["no_assistant_turn"] += 1
+            continue
+        report.lengths.append(len(enc))
+        if len(enc) > max_length:
+            report.skipped["longer_than_max_length"] += 1
+            continue
+        out.append(enc)
+        report.used += 1
+    return out, report
+
+
+def pack(rows: list[Encoded], max_length: int) -> list[list[Encoded]]:
+    """First-fit-decreasing bins of at most ``max_length`` tokens (each bin becomes one row)."""
+    bins: list[list[Encoded]] = []
+    room: list[int] = []
+    for r in sorted(rows, key=len, reverse=True):
+        for i, free in enumerate(room):
+            if len(r) <= free:
+                bins[i].append(r)
+                room[i] -= len(r)
+                break
+        else:
+            bins.append([r])
+            room.append(max_length - len(r))
+    return bins
+
+
+def to_features(segments: list[Encoded]) -> dict[str, list[int]]:
+    """One training row: segments concatenated, position ids restarting at each segment.
+
+    transformers turns restarting position ids (with no attention mask) into a block-diagonal
+    causal mask, so packed conversations never attend to each other.
+    """
+    ids, labels, pos = [], [], []
+    for s in segments:
+        ids += s.input_ids
+        labels += s.labels
+        pos += list(range(len(s)))
+    return {"input_ids": ids, "labels": labels, "position_ids": pos}
+
+
+class Collator:
+    """Right-pads a batch. Pads continue the last segment's positions: causal attention means no
+    real token ever sees them, and the model keeps its fast unmasked path. Counts real tokens."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+        self.tokens = 0
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        batch = {"input_ids": [], "labels": [], "position_ids": []}
+        for f in features:
+            n = len(f["input_ids"])
+            self.tokens += n
+            extra = width - n
+            batch["input_ids"].append(f["input_ids"] + [self.pad_id] * extra)
+            batch["labels"].append(f["labels"] + [IGNORE] * extra)
+            last = f["position_ids"][-1] + 1
+            batch["position_ids"].append(f["position_ids"] + list(range(last, last + extra)))
+        return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+
+
+def mark_trained(tokenizer, enc: Encoded, start: str = "[[", end: str = "]]") -> str:
+    """The rendered example with each trained (loss-bearing) span wrapped in markers."""
+    out, run, trained = [], [], False
+    for tok, lab in zip(enc.input_ids, enc.labels):
+        if (lab != IGNORE) != trained and run:
+            text = tokenizer.decode(run)
+            out.append(f"{start}{text}{end}" if trained else text)
+            run = []
+        trained = lab != IGNORE
+        run.append(tok)
+    if run:
+        text = tokenizer.decode(run)
+        out.append(f"{start}{text}{end}" if trained else text)
+    return "".join(out)
+
+
+def histogram(lengths: list[int], max_length: int, buckets: int = 8) -> list[tuple[int, int, int]]:
+    """(low, high, count) buckets up to max(max_length, longest)."""
+    if not lengths:
+        return []
+    top = max(max(lengths), max_length)
+    width = max(1, -(-top // buckets))
+    counts = Counter(min(n // width, buckets - 1) for n in lengths)
+    return [(i * width, (i + 1) * width - 1, counts.get(i, 0)) for i in range(buckets)]
