@@ -1,8 +1,19 @@
-"""Built-in sources plugins, registered through the `ftctl` entry-point group."""
+"""Built-in sources plugins, registered through the `ftctl` entry-point group.
+
+Each module stays import-light (``ftctl plugins`` imports them): database drivers load
+inside ``read``.
+"""
 
 from ftctl.hookspecs import hookimpl
 
 
 @hookimpl
 def register_sources(register):
-    pass
+    from ftctl_plugins.sources.csv import CsvSource
+    from ftctl_plugins.sources.documents import DocumentsSource
+    from ftctl_plugins.sources.jsonl import JsonlSource
+    from ftctl_plugins.sources.postgres import PostgresSource
+    from ftctl_plugins.sources.sqlite import SqliteSource
+
+    for cls in (PostgresSource, SqliteSource, JsonlSource, CsvSource, DocumentsSource):
+        register(cls)

@@ -1,0 +1,136 @@
+"""What every source shares: turning one input row into an Example, or a Reject with a reason.
+
+A row is a flat mapping (a JSONL event, a CSV row, a database row). Reasons are short and
+countable (``missing_field:response``, ``rating_out_of_range``, ...): they become the data card's
+``rejected`` counts and the lines of rejects.jsonl.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from ftctl.records import ROLES, Example
+
+FEEDBACK_TYPES = {"thumbs_up", "thumbs_down", "correction", "validation", "rating", "reward", "flag"}
+
+
+class RowError(ValueError):
+    """A row that cannot become an Example: ``reason`` is the countable part."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_time(value: Any) -> datetime | None:
+    """Timestamps arrive as datetimes, ISO strings, other date formats or epoch seconds.
+
+    Naive times are taken as UTC so that every watermark compares.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        dt = value
+    elif isinstance(value, bool):
+        raise RowError("bad_timestamp", repr(value))
+    elif isinstance(value, (int, float)):
+        try:
+            dt = datetime.fromtimestamp(float(value) / (1000 if value > 1e11 else 1), tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            raise RowError("bad_timestamp", repr(value)) from None
+    elif isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            from dateutil import parser
+
+            try:
+                dt = parser.parse(value)
+            except (ValueError, OverflowError):
+                raise RowError("bad_timestamp", value[:80]) from None
+    else:
+        raise RowError("bad_timestamp", f"{type(value).__name__}")
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def number(value: Any, field: str, low: float, high: float) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise RowError(f"wrong_type:{field}", repr(value))
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise RowError(f"wrong_type:{field}", repr(value)[:80]) from None
+    if not (low <= x <= high):  # also catches NaN
+        raise RowError(f"{field}_out_of_range", repr(value))
+    return x
+
+
+def text(value: Any, field: str, required: bool = False) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise RowError(f"missing_field:{field}")
+        return None
+    if not isinstance(value, str):
+        raise RowError(f"wrong_type:{field}", f"{type(value).__name__}")
+    return value
+
+
+def messages_from(value: Any) -> list[dict[str, str]]:
+    """Validate OpenAI chat-format messages: a list of {role, content} with known roles."""
+    if not isinstance(value, list) or not value:
+        raise RowError("wrong_type:messages" if value else "missing_field:messages")
+    out = []
+    for m in value:
+        if not isinstance(m, Mapping) or m.get("role") not in ROLES:
+            raise RowError("bad_message", repr(m)[:80])
+        content = m.get("content")
+        if not isinstance(content, str):
+            raise RowError("wrong_type:content", repr(content)[:80])
+        out.append({"role": m["role"], "content": content})
+    if not any(m["role"] == "user" for m in out):
+        raise RowError("missing_field:user_message")
+    return out
+
+
+def example_from(row: Mapping[str, Any], *, source: str, source_id: str) -> Example:
+    """One feedback event -> Example. Accepts ``messages`` (OpenAI chat format),
+    ``prompt``/``response`` or ``prompt``/``completion``, plus optional rating, reward,
+    feedback_type, correction, agent, created_at, conversation_id and system."""
+    if not isinstance(row, Mapping):
+        raise RowError("not_an_object", type(row).__name__)
+    if row.get("messages") is not None:
+        msgs = messages_from(row["messages"])
+    else:
+        prompt = text(row.get("prompt"), "prompt", required=True)
+        answer = row.get("response", row.get("completion"))
+        answer = text(answer, "response", required=not row.get("correction"))
+        msgs = [{"role": "user", "content": prompt}]
+        system = text(row.get("system"), "system")
+        if system:
+            msgs.insert(0, {"role": "system", "content": system})
+        if answer is not None:
+            msgs.append({"role": "assistant", "content": answer})
+    feedback_type = text(row.get("feedback_type"), "feedback_type")
+    if feedback_type is not None:
+        feedback_type = feedback_type.strip().lower().replace(" ", "_").replace("-", "_")
+        if feedback_type not in FEEDBACK_TYPES:
+            raise RowError("unknown_feedback_type", feedback_type[:40])
+    conv = row.get("conversation_id")
+    return Example(
+        messages=msgs,
+        source=source,
+        source_id=source_id,
+        conversation_id=str(conv) if conv not in (None, "") else None,
+        rating=number(row.get("rating"), "rating", 1, 5),
+        reward=number(row.get("reward"), "reward", -1, 1),
+        feedback_type=feedback_type,
+        correction=text(row.get("correction"), "correction"),
+        agent=text(row.get("agent"), "agent"),
+        created_at=parse_time(row.get("created_at")),
+        meta=dict(row["meta"]) if isinstance(row.get("meta"), Mapping) else {},
+    )

@@ -1,0 +1,180 @@
+"""What the SQL sources (postgres, sqlite) share: the mapping, the query, rows -> Examples.
+
+Two ways to map a team's schema: a table mapping (``table`` plus column names; ratings may
+live in a joined ``feedback_table``) or a full ``query`` with named parameters whose columns
+carry the mapping's names. Rows are either messages (``role``/``content``, grouped by
+conversation: each assistant message becomes one Example with the turns before it) or
+interactions (``prompt``/``response`` columns). Identifiers are quoted by the driver's own
+quoting, values are always bound parameters, and the database is only ever read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from ftctl.kinds import PluginConfig, Source
+from ftctl.records import ROLES, Example, Reject
+from ftctl_plugins.sources.common import RowError, number, parse_time
+
+# mapping key -> output column name (what a custom ``query`` must call its columns)
+MAPPED = ("id", "conversation_id", "role", "content", "prompt", "response", "rating", "reward",
+          "feedback_type", "correction", "agent", "created_at")
+FEEDBACK = ("rating", "reward", "feedback_type", "correction")
+
+
+class SqlConfig(PluginConfig):
+    table: str | None = Field(None, description="table (or schema.table) of messages or interactions")
+    query: str | None = Field(None, description="full SELECT with named parameters; columns named as the mapping keys")
+    params: dict[str, Any] = Field({}, description="values for the query's named parameters")
+    where: dict[str, Any] = Field({}, description="column: value equality filters (bound parameters)")
+    id: str = "id"
+    conversation_id: str | None = "conversation_id"
+    role: str | None = "role"
+    content: str | None = "content"
+    prompt: str | None = None  # set prompt+response for one-row-per-interaction tables
+    response: str | None = None
+    rating: str | None = "rating"
+    reward: str | None = None
+    feedback_type: str | None = None
+    correction: str | None = None
+    agent: str | None = None
+    created_at: str | None = "created_at"
+    feedback_table: str | None = Field(None, description="ratings in a joined table")
+    feedback_key: str = Field("message_id", description="the feedback table's column referencing id")
+
+    @model_validator(mode="after")
+    def _one_way(self):
+        if bool(self.table) == bool(self.query):
+            raise ValueError("set exactly one of `table` or `query`")
+        if self.query and (self.where or self.feedback_table):
+            raise ValueError("`where` and `feedback_table` go with `table`; put them in your `query`")
+        if bool(self.prompt) != bool(self.response):
+            raise ValueError("set both `prompt` and `response` columns, or neither")
+        return self
+
+    @property
+    def interactions(self) -> bool:
+        return bool(self.prompt)
+
+    def columns(self) -> dict[str, str]:
+        """Output name -> source column, for the keys this mapping uses."""
+        skip = {"role", "content"} if self.interactions else {"prompt", "response"}
+        return {k: getattr(self, k) for k in MAPPED if k not in skip and getattr(self, k)}
+
+
+def build_query(c: SqlConfig, ident: Callable[[str], str], param: Callable[[str], str],
+                since: str | None) -> tuple[str, dict[str, Any]]:
+    """The SELECT (as text, identifiers already quoted by ``ident``) and its bound values."""
+    cols = c.columns()
+    order_cols = [k for k in ("conversation_id", "created_at", "id") if k in cols]
+    params: dict[str, Any] = {}
+    if c.query:
+        inner = c.query.strip().rstrip(";")
+        params.update(c.params)
+        select = f"SELECT * FROM ({inner}) AS ftctl_q"
+        col = lambda k: ident(k)  # noqa: E731 - the query already names its columns
+    else:
+        m, f = ident("ftctl_m"), ident("ftctl_f")
+        src = lambda k: f"{f if c.feedback_table and k in FEEDBACK else m}.{ident(cols[k])}"  # noqa: E731
+        select = "SELECT " + ", ".join(f"{src(k)} AS {ident(k)}" for k in cols)
+        select += f" FROM {table_ident(c.table, ident)} AS {m}"
+        if c.feedback_table:
+            select += (f" LEFT JOIN {table_ident(c.feedback_table, ident)} AS {f}"
+                       f" ON {f}.{ident(c.feedback_key)} = {m}.{ident(c.id)}")
+        col = src
+    conds = []
+    for i, (column, value) in enumerate(c.where.items()):
+        prefix = "" if c.query else f"{ident('ftctl_m')}."
+        conds.append(f"{prefix}{ident(column)} = {param(f'ftctl_w{i}')}")
+        params[f"ftctl_w{i}"] = value
+    mark = "created_at" if "created_at" in cols else "id"
+    if since is not None:
+        conds.append(f"{col(mark)} > {param('ftctl_since')}")
+        params["ftctl_since"] = parse_time(since) if mark == "created_at" else since
+    sql = select + (" WHERE " + " AND ".join(conds) if conds else "")
+    sql += " ORDER BY " + ", ".join(col(k) for k in order_cols)
+    return sql, params
+
+
+def table_ident(name: str, ident: Callable[[str], str]) -> str:
+    return ".".join(ident(part) for part in name.split("."))
+
+
+class RowsToExamples:
+    """Turn mapped rows (dicts) into Examples; remembers the newest watermark value."""
+
+    def __init__(self, c: SqlConfig, source: str, table: str):
+        self.c, self.source, self.table = c, source, table
+        self.mark = "created_at" if "created_at" in c.columns() else "id"
+        self.newest: Any = None
+
+    def watermark(self) -> str | None:
+        if self.newest is None:
+            return None
+        return self.newest.isoformat() if isinstance(self.newest, datetime) else str(self.newest)
+
+    def __call__(self, rows: Iterable[dict[str, Any]]) -> Iterator[Example | Reject]:
+        context: list[dict[str, str]] = []
+        conv: Any = object()
+        for row in rows:
+            where = f"{self.table}:id={row.get('id')}"
+            try:
+                mark = row.get(self.mark)
+                created = parse_time(row.get("created_at")) if "created_at" in row else None
+                if self.mark == "created_at":
+                    mark = created
+                if mark is not None and (self.newest is None or mark > self.newest):
+                    self.newest = mark
+                if self.c.interactions:
+                    yield self._example(row, [{"role": "user", "content": _text(row, "prompt")},
+                                              {"role": "assistant", "content": _text(row, "response")}],
+                                        where, created)
+                    continue
+                if row.get("conversation_id") != conv:
+                    conv, context = row.get("conversation_id"), []
+                role = row.get("role")
+                if role not in ROLES:
+                    raise RowError("bad_role" if role is not None else "missing_field:role", repr(role)[:40])
+                msg = {"role": role, "content": _text(row, "content")}
+                if role == "assistant":
+                    if not any(m["role"] == "user" for m in context):
+                        context.append(msg)
+                        raise RowError("missing_field:user_message", "an assistant turn with no user turn before it")
+                    yield self._example(row, [*context, msg], where, created)
+                context.append(msg)
+            except RowError as e:
+                yield Reject(self.source, where, e.reason, e.detail)
+
+    def _example(self, row: dict, messages: list[dict[str, str]], where: str, created) -> Example:
+        conv = row.get("conversation_id")
+        ft = row.get("feedback_type")
+        return Example(
+            messages=messages, source=self.source, source_id=where,
+            conversation_id=f"{self.source}:{conv}" if conv is not None else None,
+            rating=number(row.get("rating"), "rating", 1, 5),
+            reward=number(row.get("reward"), "reward", -1, 1),
+            feedback_type=str(ft).strip().lower() if ft is not None else None,
+            correction=row.get("correction") or None,
+            agent=row.get("agent"), created_at=created)
+
+
+def _text(row: dict, key: str) -> str:
+    value = row.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise RowError(f"missing_field:{key}")
+    if not isinstance(value, str):
+        raise RowError(f"wrong_type:{key}", type(value).__name__)
+    return value
+
+
+class SqlSource(Source):
+    """Base of the SQL sources: ``read`` sets ``_rows``, which knows the watermark."""
+
+    _rows: RowsToExamples | None = None
+
+    def watermark(self) -> str | None:
+        return self._rows.watermark() if self._rows else None
