@@ -119,6 +119,7 @@ class ExportConfig(WithPlugins):
 
 class DeployConfig(WithPlugins):
     deployer: str = "pm2"
+    gate: bool = False  # run the eval gate (eval.gate) before a deploy; `--no-gate` skips it
 
 
 class CycleConfig(Strict):
