@@ -397,7 +397,9 @@ def compare(ws, a: str, b: str, *, model: str | None = None, eval_set: str | Non
         table[n] = {"a": st.a, "b": st.b, "diff": st.diff, "ci": list(st.ci), "p_value": st.p_value,
                     "verdict": st.verdict, "wins": st.wins, "ties": st.ties, "losses": st.losses,
                     "n": st.n, "higher_is_better": higher[n]}
-    primary = cfg.eval.gate.metric if cfg.eval.gate.metric in table else next(iter(table), None)
+    # the metric whose changed examples are shown: the gate's, else the first that moved at all
+    moved = [n for n in table if table[n]["ties"] < table[n]["n"]]
+    primary = cfg.eval.gate.metric if cfg.eval.gate.metric in table else next(iter(moved or table), None)
     rows = [_example_row(ex, {"a": x, "b": y}, {"a": {k: sa[k][i] for k in table}, "b": {k: sb[k][i] for k in table}})
             for i, (ex, x, y) in enumerate(zip(evalset.examples, preds_a, preds_b))]
     result = {

@@ -17,7 +17,8 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 # function words are what would otherwise count as "supported" in any source
 _STOP = frozenset("""a an the and or but if of to in on at by for with from as is are was were be been
 being it its this that these those there their they them he she his her we you your i my our not
-no yes do does did has have had can could will would should may might must so than then also""".split())
+no yes do does did has have had can could will would should may might must so than then also
+sure ok okay hello hi thanks please""".split())
 
 
 def claims(text: str) -> list[str]:

@@ -66,13 +66,19 @@ def make_adapter(base_dir: Path, out: Path, seed: int) -> Path:
 
 
 def add_version(ws: Workspace, version: str, *, adapter: Path | None = None, exports=(), model="assistant"):
+    add_versions(ws, {version: (adapter, exports)}, model)
+
+
+def add_versions(ws: Workspace, versions: dict, model="assistant"):
+    """Record versions {name: (adapter dir or None, exports)} in one commit, as training would."""
     def update(lock):
-        lock.state(model).versions[version] = VersionEntry(
-            version=version, created=now(), base={"ref": ws.model(model).base},
-            adapter={"path": ws.rel(adapter)} if adapter else {}, exports=list(exports))
+        for version, (adapter, exports) in versions.items():
+            lock.state(model).versions[version] = VersionEntry(
+                version=version, created=now(), base={"ref": ws.model(model).base},
+                adapter={"path": ws.rel(adapter)} if adapter else {}, exports=list(exports))
 
     with ws.run_lock("test"):
-        ws.record(f"test: add {model} {version}", update)
+        ws.record(f"test: add {model} {', '.join(versions)}", update)
 
 
 @pytest.fixture
@@ -82,7 +88,7 @@ def eval_ws(tmp_path, tiny_eval_base) -> Workspace:
 
     init(tmp_path / "ws", model="assistant", base=str(tiny_eval_base))
     ws = Workspace(tmp_path / "ws", overrides=("eval.max_new_tokens=12", "eval.bootstrap=500"))
-    for v, seed in (("v1.0", 1), ("v1.1", 2)):
-        add_version(ws, v, adapter=make_adapter(tiny_eval_base, ws.adapter_dir("assistant", v), seed))
+    add_versions(ws, {v: (make_adapter(tiny_eval_base, ws.adapter_dir("assistant", v), seed), ())
+                      for v, seed in (("v1.0", 1), ("v1.1", 2))})
     write_set(ws.root / "qa.jsonl", [example(q, a, agent, src, i=i) for i, (q, a, agent, src) in enumerate(QA)])
     return ws

@@ -1,0 +1,136 @@
+"""Evaluator plugins: known scores, skipped references, groundedness, and the LLM judge over HTTP."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from ftctl import plugins
+from ftctl.errors import ConfigError
+from ftctl.kinds import Context
+from ftctl.records import Example
+from ftctl_plugins.evaluators.judge import JudgeError
+
+
+def build(name, tmp_path, **cfg):
+    return plugins.build("evaluator", name, cfg, Context(tmp_path, "m", tmp_path), key=f"eval.{name}")
+
+
+def ex(prompt="q?", meta=None):
+    return Example(messages=[{"role": "user", "content": prompt}], meta=meta or {})
+
+
+def test_builtins_are_registered_through_the_entry_point():
+    names = {n for k, n in plugins.registry() if k == "evaluator"}
+    assert {"exact_match", "token_f1", "bleu", "rougeL", "perplexity", "llm_judge", "groundedness"} <= names
+
+
+def test_lexical_metrics_known_values(tmp_path):
+    preds = ["The Cat sat.", "the cat sat", "dogs run", "anything"]
+    refs = ["cat sat", "cat sat down", "cats walk", None]
+    exs = [ex()] * 4
+    assert build("exact_match", tmp_path).score(preds, refs, exs) == [1.0, 0.0, 0.0, None]
+    f1 = build("token_f1", tmp_path).score(preds, refs, exs)
+    assert f1[:3] == [1.0, pytest.approx(0.8), 0.0] and f1[3] is None
+    bleu = build("bleu", tmp_path).score(["a b c d e", "x y"], ["a b c d e", "a b c d"], exs[:2])
+    assert bleu[0] == pytest.approx(100.0) and bleu[1] == pytest.approx(0.0)
+    rouge = build("rougeL", tmp_path).score(["the cat sat on the mat", "zzz"], ["the cat sat on the mat", "a b"], exs[:2])
+    assert rouge == [pytest.approx(1.0), 0.0]
+
+
+def test_plugin_config_is_validated(tmp_path):
+    with pytest.raises(ConfigError, match="eval.bleu.nope"):
+        build("bleu", tmp_path, nope=1)
+    with pytest.raises(ConfigError, match="exactly one"):
+        build("llm_judge", tmp_path)
+
+
+def test_groundedness_counts_unsupported_claims(tmp_path):
+    g = build("groundedness", tmp_path)
+    source = "The Eiffel Tower is in Paris. It was completed in 1889 for the World's Fair."
+    exs = [ex(meta={"source_text": source})] * 3 + [ex()]
+    preds = ["The Eiffel Tower is in Paris. It was completed in 1889.",
+             "The Eiffel Tower is in Paris. It is painted bright green every Tuesday.",
+             "Sure!", "no source here"]
+    assert g.score(preds, [None] * 4, exs) == [1.0, 0.5, 1.0, None]
+
+
+class Judge(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint whose behaviour the test chooses (mode on the server)."""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.calls.append(self.headers.get("Authorization"))
+        prompt = body["messages"][-1]["content"]
+        mode = self.server.mode
+        if mode == "broken":
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"not json")
+            return
+        if mode == "garbage":
+            reply = "I think both are fine."
+        elif "WINNER" in prompt:
+            a = re.search(r"\[Answer A\]\n(.*?)\n\n\[Answer B\]", prompt, re.S).group(1)
+            b = re.search(r"\[Answer B\]\n(.*?)\n\nWhich", prompt, re.S).group(1)
+            reply = "WINNER: A" if mode == "first" else f"WINNER: {'A' if len(a) > len(b) else 'B'}"
+        else:
+            reply = "Reasoning... SCORE: 7"
+        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def judge_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
+    server.mode, server.calls = "longer", []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def endpoint(server):
+    return f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
+def test_judge_pointwise_and_key_from_env(judge_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", "s3cret")
+    j = build("llm_judge", tmp_path, endpoint=endpoint(judge_server), api_key_env="JUDGE_KEY")
+    assert j.score(["an answer"], [None], [ex()]) == [pytest.approx(6 / 9)]
+    assert judge_server.calls == ["Bearer s3cret"]
+
+
+def test_judge_pairwise_swaps_positions(judge_server, tmp_path):
+    j = build("llm_judge", tmp_path, endpoint=endpoint(judge_server))
+    # a judge that prefers the longer answer is consistent across both orders
+    assert j.pairwise(["short", "a much longer answer"], ["a much longer answer", "tiny"], [None, None],
+                      [ex(), ex()]) == [(0.0, 1.0), (1.0, 0.0)]
+    # a judge that always picks the first slot: the swap turns its bias into a tie
+    judge_server.mode = "first"
+    assert j.pairwise(["x"], ["yyyy"], [None], [ex()]) == [(0.5, 0.5)]
+
+
+@pytest.mark.parametrize("mode", ["garbage", "broken"])
+def test_judge_bad_replies_are_retried_then_a_clear_error(judge_server, tmp_path, mode):
+    judge_server.mode = mode
+    j = build("llm_judge", tmp_path, endpoint=endpoint(judge_server), retries=2)
+    with pytest.raises(JudgeError, match="failed after 3 attempts") as e:
+        j.score(["a"], [None], [ex()])
+    assert e.value.hint and len(judge_server.calls) == 3
+
+
+def test_judge_down_is_a_clear_error(tmp_path):
+    j = build("llm_judge", tmp_path, endpoint="http://127.0.0.1:9/v1", retries=1, timeout=2)
+    with pytest.raises(JudgeError, match="ConnectionError"):
+        j.score(["a"], [None], [ex()])
