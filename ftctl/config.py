@@ -91,13 +91,15 @@ class TrainConfig(WithPlugins):
 
 
 class GateConfig(Strict):
+    """`ftctl eval --gate`, deploy and cycle: may the candidate replace what it is compared with?"""
+
     metric: str = "rougeL"
     min_improvement: float = 0.0  # the mean difference must reach this (in the metric's units)
     confidence: float = Field(0.95, gt=0, lt=1)  # ... and be significant at this level
     guards: list[str] = []  # metrics that must not get significantly worse
-
-
     against: str = "stable"  # the ref a candidate is compared with (base when nothing is stable)
+
+
 class EvalConfig(WithPlugins):
     metrics: list[str] = ["exact_match", "token_f1", "bleu", "rougeL"]
     eval_set: str = "test"  # test | golden | path to a JSONL file
@@ -106,12 +108,12 @@ class EvalConfig(WithPlugins):
     limit: int | None = Field(None, ge=1)
     bootstrap: int = Field(2000, ge=100)
     seed: int = 0
-    gate: GateConfig = GateConfig()
-
     stop: list[str] = []  # extra stop strings (the chat template's end-of-turn is always one)
     artifact: str = "hf"  # hf | gguf:<QUANT>: what `ftctl eval` scores by default
     n_ctx: int = Field(2048, ge=256)  # GGUF backend context, as the server runs it
     top_changed: int = Field(5, ge=0)  # examples shown side by side in a comparison
+    gate: GateConfig = GateConfig()
+
 
 class ExportConfig(WithPlugins):
     exporter: str = "gguf"
@@ -301,8 +303,11 @@ def read_yaml(path: Path) -> Any:
     try:
         return YAML(typ="safe").load(path.read_text(encoding="utf-8"))
     except YAMLError as e:
-        raise ConfigError(f"{path.name} is not valid YAML: {str(e).splitlines()[0]}",
-                          hint=str(getattr(e, "problem_mark", "") or "").strip() or None) from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path.name} is not valid YAML: {problem}{where}",
+                          hint="fix the file; `ftctl config validate` checks it") from None
 
 
 class LoadedConfig:

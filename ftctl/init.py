@@ -54,7 +54,6 @@ def init(directory: Path, model: str = "assistant", base: str = "smollm2-135m-in
 
     if not (root / ".dvc").is_dir():
         dvc(root, "init", "--quiet")
-        dvc(root, "config", "core.autostage", "false")
         done.append("dvc init")
     if remote or dvc(root, "remote", "default", check=False).returncode != 0:
         url = remote or str(default_remote_dir(root))

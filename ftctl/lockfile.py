@@ -89,7 +89,7 @@ def read(path: Path) -> Lock:
     schema = data.get("schema", SCHEMA)
     if schema != SCHEMA:
         raise LockfileError(f"{path.name} has schema {schema!r}; this ftctl reads schema {SCHEMA}",
-                            hint="upgrade ftctl, or restore the file from git")
+                            hint="upgrade ftctl, or restore it with `git checkout -- models.lock`")
     try:
         return Lock.model_validate(data)
     except ValidationError as e:

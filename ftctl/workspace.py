@@ -13,6 +13,7 @@ the commit and the tag is rolled forward (the tag is created). No half entry, no
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import json
 import os
@@ -252,6 +253,7 @@ class Workspace:
     def warnings(self) -> list[str]:
         return []
 
+    @functools.cache  # noqa: B019 - one workspace object per command; DVC's CLI is slow to start
     def default_remote(self) -> str | None:
         if self.config.dvc.remote:
             return self.config.dvc.remote
