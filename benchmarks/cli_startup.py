@@ -1,0 +1,44 @@
+"""`ftctl --help` wall time against `python -c "import click"`, median of several runs.
+
+Goal (issue 2): under 3x. Run: python benchmarks/cli_startup.py [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+
+
+def wall(argv: list[str], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(argv, check=True, capture_output=True)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=15)
+    runs = ap.parse_args().runs
+    py = sys.executable
+    wall([py, "-m", "ftctl", "--help"], 2)  # warm the OS file cache and bytecode
+    cases = {
+        "python -c 'import click' (baseline)": [py, "-c", "import click"],
+        "ftctl --help": [py, "-m", "ftctl", "--help"],
+        "ftctl versions --help": [py, "-m", "ftctl", "versions", "--help"],
+    }
+    base = None
+    print(f"{'command':40} {'median s':>9} {'ratio':>7}   ({runs} runs each)")
+    for name, argv in cases.items():
+        t = wall(argv, runs)
+        base = base or t
+        print(f"{name:40} {t:9.3f} {t / base:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""`ftctl cycle`: the whole loop, safe to run from cron.
+
+collect -> (enough new examples?) -> train -> eval gate -> export -> deploy (canary), all under
+one run lock. Each step is the same core function its own verb calls, so the loop can never
+drift from what a person does by hand. A second cron tick while a cycle runs exits with the
+"locked" code; a tick with too little new feedback exits with "nothing to do" (3).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ftctl.errors import GateFailed, NothingToDo
+from ftctl.workspace import Workspace
+
+Log = Callable[[str], None]
+
+
+def new_examples(ws: Workspace, model: str) -> int:
+    """Training rows in the current snapshot beyond those the latest version trained on."""
+    from ftctl.versions import sorted_versions
+
+    state = ws.read_lock().state(model)
+    now_rows = (state.dataset or {}).get("rows", {}).get("train", 0)
+    if not state.versions:
+        return now_rows
+    last = state.versions[sorted_versions(state.versions)[-1]]
+    if last.dataset.get("md5") and last.dataset.get("md5") == (state.dataset or {}).get("md5"):
+        return 0
+    return max(now_rows - (last.dataset.get("rows") or {}).get("train", 0), 0)
+
+
+def cycle(ws: Workspace, model: str | None = None, *, force: bool = False, max_steps: int | None = None,
+          log: Log = print) -> dict[str, Any]:
+    from ftctl.collect import collect
+    from ftctl.evaluate import evaluate, gate
+    from ftctl.train import train
+
+    mc = ws.model(model)
+    name, cc = mc.name, ws.config.cycle
+    out: dict[str, Any] = {"model": name, "steps": {}}
+
+    log(f"[bold]1/5 collect[/] {name}")
+    collected = collect(ws, name, log=log)
+    out["steps"]["collect"] = {k: collected[k] for k in ("read", "kept", "splits", "snapshot")}
+    fresh = new_examples(ws, name)
+    out["new_examples"] = fresh
+    if fresh < cc.min_new_examples and not force:
+        raise NothingToDo(f"{fresh} new training example(s) since the latest version; the cycle trains "
+                          f"at {cc.min_new_examples} (cycle.min_new_examples)", hint="--force trains anyway")
+
+    log(f"[bold]2/5 train[/] on {collected['splits']['train']} examples ({fresh} new)")
+    trained = train(ws, name, max_steps=max_steps, log=log)
+    version = trained["version"]
+    out["version"] = version
+    out["steps"]["train"] = trained
+
+    log(f"[bold]3/5 eval[/] {name}@{version}")
+    if len(ws.read_lock().state(name).versions) > 1 or ws.read_lock().state(name).deployment.stable:
+        try:
+            gated = gate(ws, f"{name}@{version}", log=log)
+        except GateFailed as e:
+            out["steps"]["eval"] = {"gate": "failed", "reason": e.message}
+            e.hint = f"{name}@{version} is recorded but was not exported or deployed; {e.hint or ''}".strip()
+            raise
+        out["steps"]["eval"] = {"gate": "passed", "against": gated["a"], "report": gated["report"]}
+    else:  # the first version has nothing to beat but the base; its numbers still get recorded
+        out["steps"]["eval"] = {"metrics": evaluate(ws, f"{name}@{version}", log=log)["metrics"]}
+
+    if cc.export:
+        from ftctl.export import export
+
+        log(f"[bold]4/5 export[/] {name}@{version}")
+        out["steps"]["export"] = export(ws, f"{name}@{version}", log=log)
+    if cc.deploy:
+        from ftctl.deploy import deploy
+
+        log(f"[bold]5/5 deploy[/] {name}@{version} as a {cc.canary_percent}% canary")
+        # the gate already ran above, on the same rule deploy would apply
+        out["steps"]["deploy"] = deploy(ws, f"{name}@{version}", canary=cc.canary_percent, gate=False, log=log)
+    return out
+
+
+def cron_line(ws: Workspace) -> tuple[str, str]:
+    """(schedule, command) for a crontab: the venv's own ftctl, this workspace, a log file."""
+    from croniter import croniter
+
+    from ftctl.errors import ConfigError
+
+    schedule = ws.config.cycle.schedule
+    if not croniter.is_valid(schedule):
+        raise ConfigError(f"cycle.schedule: {schedule!r} is not a cron expression", hint='e.g. "0 3 * * *"')
+    exe = Path(sys.executable).with_name("ftctl")
+    log = ws.state_dir / "cycle.log"
+    return schedule, f"{exe} -C {ws.root} --wait 0 cycle >> {log} 2>&1"
+
+
+def install_cron(ws: Workspace, tabfile: Path | None = None) -> dict[str, Any]:
+    """Add (or replace) this workspace's entry in the user's crontab (python-crontab)."""
+    from crontab import CronTab
+
+    schedule, command = cron_line(ws)
+    tab = CronTab(tabfile=str(tabfile)) if tabfile else CronTab(user=True)
+    marker = f"ftctl cycle {ws.root}"
+    tab.remove_all(comment=marker)
+    job = tab.new(command=command, comment=marker)
+    job.setall(schedule)
+    tab.write()
+    return {"schedule": schedule, "command": command, "crontab": str(tabfile) if tabfile else "user"}
