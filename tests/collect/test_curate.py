@@ -1,0 +1,129 @@
+"""Curation rules as pure functions: split, dedup, conflicts, corrections, filters, golden set."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from ftctl import curate
+from ftctl.config import CurateConfig
+from ftctl.errors import ConfigError
+from ftctl.records import Example
+
+NOW = datetime(2024, 6, 1, tzinfo=timezone.utc)
+
+
+def ex(prompt="q", answer="a", i=0, **kw) -> Example:
+    return Example(messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
+                   source="s", source_id=str(i), **kw)
+
+
+def test_split_is_stable_and_roughly_proportional():
+    keys = [f"conv-{i}" for i in range(4000)]
+    first = [curate.split_of(k, "salt", 0.1, 0.2) for k in keys]
+    assert first == [curate.split_of(k, "salt", 0.1, 0.2) for k in reversed(keys)][::-1]
+    c = Counter(first)
+    assert 0.17 < c["test"] / 4000 < 0.23 and 0.07 < c["val"] / 4000 < 0.13
+    # a new salt reshuffles; growing val never moves an example out of test
+    assert first != [curate.split_of(k, "other", 0.1, 0.2) for k in keys]
+    grown = [curate.split_of(k, "salt", 0.3, 0.2) for k in keys]
+    assert all(g == "test" for f, g in zip(first, grown) if f == "test")
+
+
+def test_correction_replaces_the_answer_and_keeps_the_original():
+    e, original = curate.apply_correction(ex("q", "wrong", correction="right", rating=1))
+    assert e.response == "right" and original == "wrong" and e.meta["corrected"]
+    assert curate.negative_reason(e, CurateConfig(min_rating=4)) is None  # corrections win
+    same, none = curate.apply_correction(ex())
+    assert none is None and same.response == "a"
+
+
+@pytest.mark.parametrize("kw,reason", [
+    ({"rating": 2}, "min_rating"), ({"reward": -0.5}, "min_reward"),
+    ({"feedback_type": "thumbs_down", "rating": 5}, "negative_feedback"),
+    ({"rating": 4, "reward": 0.9}, None), ({}, None),
+])
+def test_negative_feedback(kw, reason):
+    assert curate.negative_reason(ex(**kw), CurateConfig(min_rating=4, min_reward=0.0)) == reason
+
+
+def test_filters_window_agent_tokens_golden():
+    cfg = CurateConfig(days_back=30, agent_types=["support"], min_tokens=3, max_tokens=10)
+    f = curate.Filters(cfg, lambda t: len(t.split()), NOW, golden={curate.prompt_key(ex("secret q"))})
+    recent = NOW - timedelta(days=1)
+    assert f.reason(ex("a b", "c d", created_at=NOW - timedelta(days=40), agent="support"))[0] == "window"
+    assert f.reason(ex("a b", "c d", agent="support"))[0] == "window"  # no time, window set
+    assert f.reason(ex("a b", "c d", created_at=recent, agent="sales"))[0] == "agent_type"
+    assert f.reason(ex("a", "b", created_at=recent, agent="support"))[0] == "min_tokens"
+    assert f.reason(ex("a " * 8, "b " * 8, created_at=recent, agent="support"))[0] == "max_tokens"
+    assert f.reason(ex("Secret  Q", "x y z", created_at=recent, agent="support"))[0] == "golden"
+    assert f.reason(ex("a b", "c d", created_at=recent, agent="support")) == (None, 4)
+
+
+def test_bad_window_is_a_config_error():
+    with pytest.raises(ConfigError, match="window_start"):
+        curate.window(CurateConfig(window_start="last tuesday"), NOW)
+
+
+def test_whitespace_token_approximation():
+    count, how = curate.token_counter(None)
+    assert how.startswith("whitespace") and count("one two three") == 4 and count("") == 0
+
+
+def spill_of(tmp_path, rows, dedup="normalized", conflict="best_rating"):
+    tmp_path.mkdir(exist_ok=True)
+    s = curate.Spill(tmp_path)
+    for e, neg in rows:
+        s.add(e, dedup=dedup, neg=neg, tokens=3)
+    s.resolve(conflict)
+    out = [(e.source_id, status) for e, status, _ in s.results()]
+    pairs = [(a.source_id, b.source_id) for a, b in s.negatives_for_kept()]
+    s.close()
+    return dict(out), pairs
+
+
+def test_dedup_exact_and_normalized(tmp_path):
+    rows = [(ex("Hello  World", "A", i=1), None), (ex("hello world", "a", i=2), None), (ex("Hello  World", "A", i=3), None)]
+    assert spill_of(tmp_path / "n", rows)[0] == {"1": "kept", "2": "duplicate", "3": "duplicate"}
+    # exact: 2 differs in case only, so it stays (and is no conflict: the same answer, folded)
+    assert spill_of(tmp_path / "e", rows, dedup="exact")[0] == {"1": "kept", "2": "kept", "3": "duplicate"}
+    assert spill_of(tmp_path / "o", rows, dedup="off")[0] == {"1": "kept", "2": "kept", "3": "kept"}
+
+
+@pytest.mark.parametrize("rule,expected", [
+    ("best_rating", {"1": "conflict", "2": "kept", "3": "conflict"}),
+    ("latest", {"1": "conflict", "2": "conflict", "3": "kept"}),
+    ("drop", {"1": "conflict", "2": "conflict", "3": "conflict"}),
+])
+def test_conflicting_answers_resolved_by_rule(tmp_path, rule, expected):
+    t = NOW - timedelta(days=3)
+    rows = [(ex("q", "one", i=1, rating=4, created_at=t), None),
+            (ex("q", "two", i=2, rating=5, created_at=t + timedelta(days=1)), None),
+            (ex("q", "three", i=3, rating=4, created_at=t + timedelta(days=2)), None),
+            (ex("other", "x", i=4), None)]
+    statuses, _ = spill_of(tmp_path / rule, rows, conflict=rule)
+    assert statuses == {**expected, "4": "kept"}
+
+
+def test_negatives_become_preference_pairs(tmp_path):
+    rows = [(ex("q", "good", i=1, rating=5), None), (ex("q", "bad", i=2, rating=1), "min_rating"),
+            (ex("q", "bad", i=3, rating=1), "min_rating"), (ex("z", "bad", i=4, rating=1), "min_rating")]
+    statuses, pairs = spill_of(tmp_path, rows)
+    assert statuses == {"1": "kept", "2": "min_rating", "3": "min_rating", "4": "min_rating"}
+    assert pairs == [("1", "2")]  # one pair per distinct bad answer; no good answer for "z"
+
+
+def test_golden_file(tmp_path):
+    p = tmp_path / "golden.jsonl"
+    p.write_text(json.dumps({"prompt": "Q1", "conversation_id": "g1"}) + "\n\n"
+                 + json.dumps(ex("q2", "a").to_dict()) + "\n")
+    keys, n = curate.golden_keys(p)
+    assert n == 2 and "g1" in keys and curate.prompt_key(ex("q2", "other")) in keys
+    p.write_text("not json\n")
+    with pytest.raises(ConfigError, match="golden.jsonl:1"):
+        curate.golden_keys(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        curate.golden_keys(tmp_path / "missing.jsonl")

@@ -1,0 +1,99 @@
+"""The postgres source against the real local server: mapping, join, NULLs, watermark, safety."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from ftctl.errors import ExternalToolError
+from tests.collect.test_sources import read_all
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def pg_table(pg_dsn):
+    """A scratch schema with a messages table and a joined feedback table; dropped afterwards."""
+    import psycopg
+
+    schema = f"ftctl_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f'''CREATE TABLE "{schema}".messages (id bigint PRIMARY KEY, conversation_id text, role text,
+                         content text, agent text, created_at timestamptz)''')
+        conn.execute(f'CREATE TABLE "{schema}".feedback (message_id bigint, rating int, feedback_type text, correction text)')
+        rows = [(1, "a", "user", "Hi?", "bot", "2024-01-01 00:00:00+00"),
+                (2, "a", "assistant", "Hello!", "bot", "2024-01-01 00:00:01+00"),
+                (3, "b", "user", "Weather?", "bot", "2024-01-02 00:00:00+00"),
+                (4, "b", "assistant", None, "bot", "2024-01-02 00:00:01+00"),  # NULL content
+                (5, "c", "user", "Tax?", "other", "2024-01-03 00:00:00+00"),
+                (6, "c", "assistant", "Ask an accountant.", "other", "2024-01-03 00:00:01+00"),
+                (7, "d", None, "orphan", "bot", "2024-01-04 00:00:00+00")]  # NULL role
+        with conn.cursor() as cur:
+            cur.executemany(f'INSERT INTO "{schema}".messages VALUES (%s,%s,%s,%s,%s,%s)', rows)
+            cur.executemany(f'INSERT INTO "{schema}".feedback VALUES (%s,%s,%s,%s)',
+                            [(2, 5, "thumbs_up", None), (6, 2, "correction", "It depends on your country.")])
+    yield pg_dsn, schema
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def cfg(dsn, schema, **kw):
+    return {"dsn": dsn, "table": f"{schema}.messages", "feedback_table": f"{schema}.feedback", "agent": "agent",
+            "feedback_type": "feedback_type", "correction": "correction", **kw}
+
+
+def test_table_mapping_with_feedback_join_and_nulls(tmp_path, pg_table):
+    dsn, schema = pg_table
+    examples, rejects, wm = read_all("postgres", cfg(dsn, schema), tmp_path)
+    assert {r.where: r.reason for r in rejects} == {"%s.messages:id=4" % schema: "missing_field:content",
+                                                    "%s.messages:id=7" % schema: "missing_field:role"}
+    assert [(e.prompt, e.response, e.rating) for e in examples] == [("Hi?", "Hello!", 5),
+                                                                   ("Tax?", "Ask an accountant.", 2)]
+    assert examples[1].correction == "It depends on your country." and examples[1].agent == "other"
+    assert examples[0].created_at.tzinfo and wm == "2024-01-04T00:00:00+00:00"
+    # the next run reads only newer rows
+    later, rejects2, _ = read_all("postgres", cfg(dsn, schema), tmp_path, since="2024-01-02T12:00:00+00:00")
+    assert [e.response for e in later] == ["Ask an accountant."] and len(rejects2) == 1
+
+
+def test_query_mode_with_named_parameters(tmp_path, pg_table):
+    dsn, schema = pg_table
+    q = (f'SELECT m.id, m.conversation_id, m.role, m.content, m.created_at, f.rating FROM "{schema}".messages m '
+         f'LEFT JOIN "{schema}".feedback f ON f.message_id = m.id WHERE m.agent = %(agent)s')
+    examples, rejects, _ = read_all("postgres", {"dsn": dsn, "query": q, "params": {"agent": "other"}}, tmp_path)
+    assert [e.response for e in examples] == ["Ask an accountant."] and rejects == []
+
+
+def test_injection_in_filter_values_is_just_a_value(tmp_path, pg_table, pg_dsn):
+    import psycopg
+
+    dsn, schema = pg_table
+    evil = "bot'; DROP TABLE %s.messages; --" % schema
+    examples, _, _ = read_all("postgres", cfg(dsn, schema, where={"agent": evil}), tmp_path)
+    assert examples == []
+    with pytest.raises(ExternalToolError, match="does not exist"):  # an identifier is quoted, not spliced
+        read_all("postgres", cfg(dsn, schema, where={"agent = agent; DROP TABLE x; --": 1}), tmp_path)
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute(f'SELECT COUNT(*) FROM "{schema}".messages').fetchone() == (7,)
+
+
+def test_never_writes(tmp_path, pg_table):
+    dsn, schema = pg_table
+    q = f'WITH d AS (DELETE FROM "{schema}".feedback RETURNING message_id AS id) SELECT * FROM d'
+    with pytest.raises(ExternalToolError):  # read-only transaction (and a subquery cannot hold a DELETE)
+        read_all("postgres", {"dsn": dsn, "query": q}, tmp_path)
+
+
+def test_unreachable_database_names_no_password(tmp_path):
+    dsn = "postgresql://postgres:s3cretpw@127.0.0.1:1/test"
+    with pytest.raises(ExternalToolError) as e:
+        read_all("postgres", {"dsn": dsn, "table": "messages", "connect_timeout": 2}, tmp_path)
+    assert "cannot connect" in e.value.message and "s3cretpw" not in e.value.message + (e.value.hint or "")
+
+
+def test_a_query_returning_no_rows(tmp_path, pg_table):
+    dsn, schema = pg_table
+    examples, rejects, wm = read_all("postgres", cfg(dsn, schema, where={"agent": "nobody"}), tmp_path)
+    assert (examples, rejects, wm) == ([], [], None)
