@@ -187,7 +187,10 @@ class Collator:
             batch["labels"].append(f["labels"] + [IGNORE] * extra)
             last = f["position_ids"][-1] + 1
             batch["position_ids"].append(f["position_ids"] + list(range(last, last + extra)))
-        return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+        out = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+        # with a KV cache transformers skips packed-sequence detection: conversations would mix
+        out["use_cache"] = False
+        return out
 
 
 def mark_trained(tokenizer, enc: Encoded, start: str = "[[", end: str = "]]") -> str:
@@ -211,6 +214,6 @@ def histogram(lengths: list[int], max_length: int, buckets: int = 8) -> list[tup
     if not lengths:
         return []
     top = max(max(lengths), max_length)
-    width = max(1, -(-top // buckets))
+    width = top // buckets + 1  # the longest length falls inside the last bucket
     counts = Counter(min(n // width, buckets - 1) for n in lengths)
     return [(i * width, (i + 1) * width - 1, counts.get(i, 0)) for i in range(buckets)]

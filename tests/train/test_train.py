@@ -1,0 +1,212 @@
+"""`ftctl train` on the tiny base: versions, lineage, the JSON contract, bad input and faults."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ftctl.errors import FtctlError, UsageError
+from tests.train.conftest import configure, examples, write_jsonl
+from tests.fixtures_models import chat
+
+
+def train(ws, **kw):
+    from ftctl.train import train as do_train
+
+    with ws.run_lock("train"):
+        return do_train(ws, log=lambda _m: None, **kw)
+
+
+def versions(ws):
+    return ws.read_lock().state("assistant").versions
+
+
+def tags(ws):
+    from ftctl.tools import git
+
+    return git(ws.root, "tag").stdout.split()
+
+
+def adapter_weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def test_train_creates_a_tracked_loadable_version_with_lineage(train_ws, tiny_base):
+    r = train(train_ws)
+    assert r["version"] == "v1.0" and r["parent"] is None and r["steps"] == 4
+    assert r["train_loss"] > 0 and r["val_loss"] > 0 and r["tokens_per_s"] > 0
+    entry = versions(train_ws)["v1.0"]
+    assert entry.base["sha256"] and entry.base["ref"] == str(tiny_base)
+    assert entry.training["params"]["r"] == 4 and entry.training["seed"] == 42
+    assert entry.training["libraries"]["peft"] and entry.training["steps"] == 4
+    assert entry.dataset["examples"]["used"] == 30 and entry.dataset["train_sha256"]
+    assert entry.metrics["train_loss"] == r["train_loss"]
+    adapter = train_ws.root / r["adapter"]
+    assert (adapter.parent / "v1.0.dvc").is_file() and entry.adapter["md5"].endswith(".dir")
+    assert "assistant@v1.0" in tags(train_ws)
+    assert not list(adapter.glob("*.bin")) and (adapter / "adapter_model.safetensors").is_file()
+    # loadable by PEFT on the base, as eval and export do it
+    from peft import PeftModel
+
+    from ftctl.basemodel import load_model, resolve_base
+
+    model = PeftModel.from_pretrained(load_model(resolve_base(str(tiny_base))), adapter)
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+    # TensorBoard events are written under the run directory
+    assert list((train_ws.state_dir / "runs" / "assistant").rglob("events.out.tfevents*"))
+
+
+def test_next_versions_major_and_from(train_ws):
+    train(train_ws)
+    assert train(train_ws)["version"] == "v1.1"
+    r = train(train_ws, from_="v1.0", max_steps=2)
+    assert r["version"] == "v1.2" and r["parent"] == "v1.0" and r["steps"] == 2
+    assert versions(train_ws)["v1.2"].training["from"] == "v1.0"
+    assert train(train_ws, major=True, max_steps=1)["version"] == "v2.0"
+    assert tags(train_ws) == ["assistant@v1.0", "assistant@v1.1", "assistant@v1.2", "assistant@v2.0"]
+
+
+def test_same_seed_same_data_gives_identical_adapters(train_ws):
+    import torch
+
+    a = adapter_weights(train_ws.root / train(train_ws)["adapter"])
+    b = adapter_weights(train_ws.root / train(train_ws)["adapter"])
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    configure(train_ws, train_ws.config.base, seed=7)
+    c = adapter_weights(train_ws.root / train(train_ws)["adapter"])
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_dry_run_and_preview_change_nothing(train_ws):
+    before = train_ws.lock_path.read_text()
+    plan = train(train_ws, dry_run=True)
+    assert plan["version"] == "v1.0" and plan["rows"] == {"train": 30, "val": 6}
+    p = train(train_ws, preview=True)
+    assert p["example"].count("[[") >= 1 and p["example"].rstrip().endswith("]]")
+    assert sum(b["count"] for b in p["histogram"]) == 30 and p["gguf_convertible"] is True
+    assert train_ws.lock_path.read_text() == before and not (train_ws.state_dir / "runs").exists()
+
+
+def test_cli_json_contract(train_ws, ftctl):
+    proc = ftctl("--json", "train", "--max-steps", "2", cwd=train_ws.root)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert set(data) == {"model", "version", "parent", "train_loss", "val_loss", "steps", "tokens_per_s", "adapter"}
+    assert data["steps"] == 2 and data["version"] == "v1.0" and data["adapter"] == "adapters/assistant/v1.0"
+    proc = ftctl("--json", "train", "--model", "nope", cwd=train_ws.root)
+    assert proc.returncode == 2 and "no model named" in json.loads(proc.stdout)["error"]
+
+
+# --- bad input: each a clear error, and no version ---------------------------------------
+
+
+def no_version(ws):
+    assert not versions(ws) and not tags(ws)
+
+
+def test_empty_dataset(train_ws):
+    (train_ws.data_dir("assistant") / "train.jsonl").write_text("")
+    with pytest.raises(UsageError) as e:
+        train(train_ws)
+    assert "empty" in e.value.message and "collect" in e.value.hint
+    no_version(train_ws)
+
+
+def test_missing_dataset(train_ws):
+    (train_ws.data_dir("assistant") / "train.jsonl").unlink()
+    with pytest.raises(UsageError) as e:
+        train(train_ws)
+    assert "no training data" in e.value.message
+    no_version(train_ws)
+
+
+def test_all_examples_longer_than_max_length(train_ws):
+    configure(train_ws, train_ws.config.base, max_length=16)
+    with pytest.raises(UsageError) as e:
+        train(train_ws)
+    assert "longer than max length" in e.value.message and "max_length" in e.value.hint
+    no_version(train_ws)
+
+
+def test_conversations_without_assistant_turn(train_ws):
+    write_jsonl(train_ws.data_dir("assistant") / "train.jsonl", [chat("a question", None)] * 3)
+    with pytest.raises(UsageError) as e:
+        train(train_ws)
+    assert "3 no assistant turn" in e.value.message and "assistant turn" in e.value.hint
+    no_version(train_ws)
+    # mixed with good ones: trained, and the skipped one is accounted for in the lineage
+    write_jsonl(train_ws.data_dir("assistant") / "train.jsonl", examples(6) + [chat("a question", None)])
+    train(train_ws, max_steps=1)
+    assert versions(train_ws)["v1.0"].dataset["examples"]["skipped"] == {"no_assistant_turn": 1}
+
+
+@pytest.mark.parametrize("kind", ["missing", "not_a_model"])
+def test_bad_base(train_ws, tmp_path, kind):
+    base = tmp_path / "base"
+    if kind == "not_a_model":
+        base.mkdir()
+        (base / "README.md").write_text("not a model")
+    configure(train_ws, base)
+    with pytest.raises(FtctlError) as e:
+        train(train_ws)
+    assert ("not found" if kind == "missing" else "not a model directory") in e.value.message and e.value.hint
+    no_version(train_ws)
+
+
+def test_base_without_chat_template(train_ws, tiny_base, tmp_path):
+    import shutil
+
+    base = tmp_path / "notemplate"
+    shutil.copytree(tiny_base, base)
+    (base / "chat_template.jinja").unlink()
+    cfg = json.loads((base / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(cfg))
+    configure(train_ws, base)
+    with pytest.raises(FtctlError) as e:
+        train(train_ws)
+    assert "no chat template" in e.value.message and "train.lora.chat_template" in e.value.hint
+    no_version(train_ws)
+    template = (tiny_base / "chat_template.jinja").read_text()
+    configure(train_ws, base, chat_template=template, max_steps=1)
+    assert train(train_ws)["version"] == "v1.0"
+
+
+def test_nan_loss_stops_without_a_version(train_ws):
+    configure(train_ws, train_ws.config.base, learning_rate=1e30, max_steps=6, checkpoint_every=100)
+    with pytest.raises(FtctlError) as e:
+        train(train_ws)
+    assert "loss became" in e.value.message and "learning_rate" in e.value.hint
+    no_version(train_ws)
+    run = next((train_ws.state_dir / "runs" / "assistant").glob("*/run.json"))
+    assert json.loads(run.read_text())["status"] == "failed"
+
+
+def test_qlora_without_cuda_fails_before_loading(train_ws, monkeypatch):
+    import ftctl.basemodel
+
+    def boom(*a, **k):
+        raise AssertionError("nothing may load")
+
+    monkeypatch.setattr(ftctl.basemodel, "resolve_base", boom)
+    monkeypatch.setattr("ftctl.train.resolve_base", boom)
+    with pytest.raises(UsageError) as e:
+        train(train_ws, qlora=True)
+    assert "CUDA" in e.value.message and "LoRA" in e.value.hint
+    no_version(train_ws)
+
+
+def test_from_unknown_version(train_ws):
+    with pytest.raises(UsageError) as e:
+        train(train_ws, from_="v9.9")
+    assert "unknown version" in e.value.message
+
+
+def test_resume_without_a_run(train_ws):
+    with pytest.raises(UsageError) as e:
+        train(train_ws, resume=True)
+    assert "nothing" in e.value.message or "no unfinished" in e.value.message
