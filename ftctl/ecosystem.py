@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import os
 import re
@@ -109,7 +110,17 @@ def read_text(path: Path) -> str:
 
 def load_apps(path: Path, text: str | None = None) -> list[dict]:
     path = Path(path)
-    return _apps(path, _parse_many(path, [read_text(path) if text is None else text])[0])
+    return _apps(path, _config(path, read_text(path) if text is None else text))
+
+
+def _config(path: Path, text: str) -> Any:
+    return copy.deepcopy(_parsed(path, text))
+
+
+@functools.lru_cache(maxsize=32)
+def _parsed(path: Path, text: str) -> Any:
+    # one command reads the same file several times, and node takes ~0.1 s to start
+    return _parse_many(path, [text])[0]
 
 
 def find_app(apps: list[dict], name: str, path: Path) -> dict:
@@ -186,7 +197,7 @@ def rewrite(path: Path, text: str, app_name: str, flags: list[str], new: str) ->
     """``text`` with app ``app_name``'s ``flags`` value set to ``new``; nothing else changes."""
     path = Path(path)
     check_value(new)
-    config = _parse_many(path, [text])[0]
+    config = _config(path, text)
     app = find_app(_apps(path, config), app_name, path)
     old = get_arg(app, flags)
     if old is None:

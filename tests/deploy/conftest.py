@@ -8,6 +8,7 @@ never touch), and ftctl.yaml's deploy.pm2 section pointing at all of it.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import importlib.util
 import json
 import os
@@ -17,7 +18,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +50,23 @@ def get_json(url: str, data: dict | None = None, timeout: float = 30) -> dict:
     req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return json.loads(r.read())
+
+
+def served_ids(url: str, n: int) -> Counter:
+    """POST ``n`` chat requests over one keep-alive connection; count the model id that answered."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+    counts: Counter = Counter()
+    try:
+        for _ in range(n):
+            conn.request("POST", parts.path, body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+            counts[json.loads(data)["model"] if resp.status == 200 else f"HTTP {resp.status}"] += 1
+    finally:
+        conn.close()
+    return counts
 
 
 def pm2_list(home: str) -> dict[str, dict]:

@@ -8,12 +8,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
-
 import pytest
 
 from tests.conftest import run_ftctl, run_json
-from tests.deploy.conftest import get_json, pm2_list
+from tests.deploy.conftest import get_json, pm2_list, served_ids
 
 pytestmark = pytest.mark.integration
 
@@ -99,20 +97,20 @@ def test_canary_split_of_1000_requests_through_nginx(stack):
     assert out["canary"] == {"version": "v1.1", "percent": 20, "app": f"{s.app}-canary"}
     assert {a["role"]: a["version"] for a in out["apps"]} == {"stable": "v1.0", "canary": "v1.1"}
     assert all(a["healthy"] for a in out["apps"])
-    served = Counter(get_json(s.nginx.url(), {"messages": []})["model"] for _ in range(1000))
+    served = served_ids(s.nginx.url(), 1000)
     # 1,000 independent 20% draws: sd = sqrt(1000 * .2 * .8) = 12.6; +-50 is ~4 sd
     assert set(served) == {"assistant@v1.0", "assistant@v1.1"}
     assert abs(served["assistant@v1.1"] - 200) <= 50, served
 
     run_json("deploy", "v1.1", "--canary", "50", cwd=s.root)
-    served = Counter(get_json(s.nginx.url(), {"messages": []})["model"] for _ in range(400))
+    served = served_ids(s.nginx.url(), 400)
     assert abs(served["assistant@v1.1"] - 200) <= 40, served  # sd 10
 
     out = run_json("promote", cwd=s.root)
     assert out["stable"] == "v1.1" and out["canary"] is None
     assert [a["name"] for a in out["apps"]] == [s.app]
     assert f"{s.app}-canary" not in pm2_list(s.pm2_home)
-    served = Counter(get_json(s.nginx.url(), {"messages": []})["model"] for _ in range(50))
+    served = served_ids(s.nginx.url(), 50)
     assert served == {"assistant@v1.1": 50}
 
 
@@ -123,7 +121,7 @@ def test_rollback_of_a_canary_sends_all_traffic_back(stack):
     out = run_json("rollback", cwd=s.root)
     assert out["stable"] == "v1.0" and out["canary"] is None
     assert f"{s.app}-canary" not in pm2_list(s.pm2_home)
-    served = Counter(get_json(s.nginx.url(), {"messages": []})["model"] for _ in range(50))
+    served = served_ids(s.nginx.url(), 50)
     assert served == {"assistant@v1.0": 50}
 
 
