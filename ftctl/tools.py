@@ -5,6 +5,7 @@ Output is captured and secrets are redacted before anything reaches an error mes
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -39,4 +40,6 @@ def dvc(root: Path, *args: str, check: bool = True, hint: str | None = None) -> 
     """DVC's own CLI from the same environment as ftctl (no re-implementation of DVC)."""
     exe = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
     cmd = [exe] if exe else [sys.executable, "-m", "dvc"]
-    return run([*cmd, *args], cwd=root, check=check, hint=hint)
+    # no analytics daemon: it phones home (impossible on closed networks) on every command
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    return run([*cmd, *args], cwd=root, check=check, hint=hint, env=env)
