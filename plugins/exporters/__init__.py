@@ -5,4 +5,6 @@ from ftctl.hookspecs import hookimpl
 
 @hookimpl
 def register_exporters(register):
-    pass
+    from ftctl_plugins.exporters.gguf import GgufExporter
+
+    register(GgufExporter)

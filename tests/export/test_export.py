@@ -1,0 +1,215 @@
+"""`ftctl export` end to end with the real llama.cpp converters, quantizer and runtime.
+
+One full export of a tiny model (every kind of file, through the real CLI), then each bad input
+and fault, each ending in a clear error with nothing under exports/ and nothing recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ftctl.errors import ExternalToolError, FtctlError, UsageError
+from tests.conftest import run_ftctl, run_json
+from tests.export.conftest import record_version
+
+pytestmark = pytest.mark.integration
+
+
+def exports_of(ws, version, model="assistant"):
+    return ws.read_lock().state(model).versions[version].exports
+
+
+def assert_nothing_kept(ws, version):
+    assert exports_of(ws, version) == []
+    assert not (ws.root / "exports").exists() or not any((ws.root / "exports").rglob("*.gguf"))
+    assert not any((ws.state_dir / "tmp").glob("export-*")), "staging dir left behind"
+
+
+def fake_converter(tmp_path: Path, body: str) -> Path:
+    """A llama.cpp directory whose convert_hf_to_gguf.py runs ``body`` (argv as llama.cpp's)."""
+    d = tmp_path / "llama.cpp"
+    d.mkdir()
+    (d / "gguf-py").mkdir()
+    (d / "convert_hf_to_gguf.py").write_text(textwrap.dedent(body))
+    return d
+
+
+def test_export_all_kinds_through_the_cli(tiny_version, real_tools):
+    from ftctl.export import gguf_path
+
+    ws, version = tiny_version
+    out = run_json("export", version, "--quant", "F16,q8_0", "--merged", "--lora-gguf", cwd=ws.root)
+
+    assert out["version"] == version
+    by_kind = {(f["kind"], f["quant"]): f for f in out["files"]}
+    assert set(by_kind) == {("merged", None), ("gguf", "F16"), ("gguf", "Q8_0"), ("modelfile", "F16"),
+                            ("modelfile", "Q8_0"), ("lora-gguf", "F16")}
+    for f in out["files"]:
+        assert set(f) == {"path", "kind", "quant", "sha256", "token_agreement"}
+        assert f["path"].startswith(f"exports/assistant/{version}/") and (ws.root / f["path"]).exists()
+        assert len(f["sha256"]) == 64
+    for key in (("gguf", "F16"), ("gguf", "Q8_0"), ("lora-gguf", "F16")):
+        assert by_kind[key]["token_agreement"] >= 0.95
+    merged = ws.root / by_kind[("merged", None)]["path"]
+    assert list(merged.glob("*.safetensors")) and not list(merged.glob("*.bin"))
+    assert (merged / "chat_template.jinja").exists() or "chat_template" in (merged / "tokenizer_config.json").read_text()
+
+    # recorded with the same content the files have, and tracked by DVC
+    recorded = exports_of(ws, version)
+    from ftctl.basemodel import file_sha256
+
+    q8 = gguf_path(ws, "assistant", version, "Q8_0")
+    assert q8.read_bytes()[:4] == b"GGUF"
+    assert next(f for f in recorded if f["quant"] == "Q8_0" and f["kind"] == "gguf")["sha256"] == file_sha256(q8)
+    assert (ws.root / f"exports/assistant/{version}.dvc").exists()
+    modelfile = (ws.root / by_kind[("modelfile", "Q8_0")]["path"]).read_text()
+    assert f"FROM ./{q8.name}" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    assert "TEMPLATE" in modelfile and "<|im_start|>assistant" in modelfile
+
+    # the same export again changes nothing
+    head = ws.head()
+    again = run_json("export", version, "--quant", "Q8_0,F16", "--merged", "--lora-gguf", cwd=ws.root)
+    assert ws.head() == head and {f["sha256"] for f in again["files"]} <= {f["sha256"] for f in out["files"]}
+
+
+def test_version_without_adapter(workspace, tiny_base):
+    version = record_version(workspace, str(tiny_base), None)
+    proc = run_ftctl("--json", "export", version, cwd=workspace.root)
+    assert proc.returncode == UsageError.exit_code
+    err = json.loads(proc.stdout)
+    assert "has no adapter" in err["error"] and err["hint"]
+    assert_nothing_kept(workspace, version)
+
+
+def test_base_cannot_be_exported(workspace):
+    from ftctl.export import export
+
+    with pytest.raises(UsageError, match="no adapter"):
+        export(workspace, "base")
+
+
+def test_unknown_quant_type(tiny_version):
+    ws, version = tiny_version
+    proc = run_ftctl("export", version, "--quant", "Q8_0,Q9_K", cwd=ws.root)
+    assert proc.returncode == UsageError.exit_code
+    assert "unknown quantization type 'Q9_K'" in proc.stderr and "Q4_K_M" in proc.stderr  # the hint lists them
+    assert_nothing_kept(ws, version)
+
+
+def test_unknown_quant_in_config_names_the_key(tiny_version):
+    from ftctl.errors import ConfigError
+    from ftctl.export import export
+    from ftctl.workspace import Workspace
+
+    ws, version = tiny_version
+    ws = Workspace(ws.root, overrides=("export.gguf.quants=[Q3]",))
+    with pytest.raises(ConfigError, match=r"export\.gguf\.quants"):
+        export(ws, version)
+
+
+def test_missing_converter_says_how_to_get_it(tiny_version, tmp_path, monkeypatch):
+    from ftctl.export import export
+
+    ws, version = tiny_version
+    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))  # no fetched converters
+    with pytest.raises(ExternalToolError) as e:
+        with ws.run_lock("export"):
+            export(ws, version, quants=["Q8_0"])
+    assert "convert_hf_to_gguf.py was not found" in e.value.message
+    assert "scripts/fetch_llama_cpp_tools.py" in e.value.hint and "LLAMA_CPP_DIR" in e.value.hint
+    assert_nothing_kept(ws, version)
+
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(tmp_path))  # named explicitly but wrong: an error, not a fallback
+    with pytest.raises(ExternalToolError, match="LLAMA_CPP_DIR=.* has no convert_hf_to_gguf.py"):
+        export(ws, version, quants=["Q8_0"])
+
+
+def test_converter_crash_leaves_no_partial_file(tiny_version, tmp_path, monkeypatch):
+    from ftctl.export import export
+
+    ws, version = tiny_version
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(fake_converter(tmp_path, """
+        import sys
+        out = sys.argv[sys.argv.index("--outfile") + 1]
+        open(out, "wb").write(b"GGUF" + b"\\0" * 1000)  # half a file, then a crash
+        raise SystemExit("RuntimeError: converter exploded on blk.0.attn_q.weight")
+    """)))
+    with pytest.raises(ExternalToolError, match="converter exploded") as e:
+        with ws.run_lock("export"):
+            export(ws, version, quants=["Q8_0"])
+    assert "nothing was recorded" in e.value.hint
+    assert_nothing_kept(ws, version)
+    assert ws.read_lock().state("assistant").versions[version].exports == []
+
+
+def test_disk_full_while_converting(tiny_version, tmp_path, monkeypatch):
+    from ftctl.export import export
+
+    ws, version = tiny_version
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(fake_converter(tmp_path, """
+        import errno, os, sys
+        out = sys.argv[sys.argv.index("--outfile") + 1]
+        with open(out, "wb") as f:
+            f.write(b"GGUF")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), out)
+    """)))
+    with pytest.raises(FtctlError, match="disk filled up") as e:
+        with ws.run_lock("export"):
+            export(ws, version, quants=["F16"])
+    assert "free some space" in e.value.hint
+    assert_nothing_kept(ws, version)
+
+
+def test_disk_full_while_saving_the_merged_model(tiny_version, monkeypatch):
+    import errno
+
+    from ftctl.export import export
+
+    ws, version = tiny_version
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    import transformers
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", full)
+    with pytest.raises(FtctlError, match="disk is full"):
+        with ws.run_lock("export"):
+            export(ws, version, merged=True, gguf=False)
+    assert_nothing_kept(ws, version)
+    assert not (ws.root / "exports").exists()
+
+
+def test_gguf_that_loses_the_chat_template_fails_verification(tiny_version, tmp_path, monkeypatch, real_tools):
+    """A converter that drops the chat template (a classic): the export fails, nothing is kept."""
+    from ftctl.export import export
+    from ftctl.llamacpp import find_tools
+
+    ws, version = tiny_version
+    real = find_tools().root
+    d = fake_converter(tmp_path, f"""
+        import json, runpy, sys
+        from pathlib import Path
+        src = Path(sys.argv[1])
+        (src / "chat_template.jinja").unlink(missing_ok=True)
+        cfg = json.loads((src / "tokenizer_config.json").read_text())
+        cfg.pop("chat_template", None)
+        (src / "tokenizer_config.json").write_text(json.dumps(cfg))
+        sys.path.insert(0, {str(real)!r})
+        sys.argv[0] = {str(real / "convert_hf_to_gguf.py")!r}
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    """)
+    (d / "gguf-py").rmdir()
+    (d / "gguf-py").symlink_to(real / "gguf-py")
+    (d / "conversion").symlink_to(real / "conversion")
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(d))
+    with pytest.raises(FtctlError, match="failed verification: the chat template is missing"):
+        with ws.run_lock("export"):
+            export(ws, version, quants=["F16"])
+    assert_nothing_kept(ws, version)
