@@ -60,24 +60,41 @@ def test_train_creates_a_tracked_loadable_version_with_lineage(train_ws, tiny_ba
 
 
 def test_next_versions_major_and_from(train_ws):
-    train(train_ws)
-    assert train(train_ws)["version"] == "v1.1"
-    r = train(train_ws, from_="v1.0", max_steps=2)
-    assert r["version"] == "v1.2" and r["parent"] == "v1.0" and r["steps"] == 2
-    assert versions(train_ws)["v1.2"].training["from"] == "v1.0"
-    assert train(train_ws, major=True, max_steps=1)["version"] == "v2.0"
-    assert tags(train_ws) == ["assistant@v1.0", "assistant@v1.1", "assistant@v1.2", "assistant@v2.0"]
-
-
-def test_same_seed_same_data_gives_identical_adapters(train_ws):
     import torch
 
-    a = adapter_weights(train_ws.root / train(train_ws)["adapter"])
-    b = adapter_weights(train_ws.root / train(train_ws)["adapter"])
+    v10 = train(train_ws, max_steps=2)
+    r = train(train_ws, from_="v1.0", max_steps=2)
+    assert r["version"] == "v1.1" and r["parent"] == "v1.0" and r["steps"] == 2
+    assert versions(train_ws)["v1.1"].training["from"] == "v1.0"
+    # continued from v1.0's adapter: it moved on from there (not from a fresh init)
+    a, b = adapter_weights(train_ws.root / v10["adapter"]), adapter_weights(train_ws.root / r["adapter"])
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+    assert train(train_ws, major=True, max_steps=1)["version"] == "v2.0"
+    assert tags(train_ws) == ["assistant@v1.0", "assistant@v1.1", "assistant@v2.0"]
+
+
+def run_plugin(ws, out, **cfg):
+    """The trainer plugin alone (no recording): what reproducibility is about."""
+    from ftctl import plugins
+    from ftctl.basemodel import resolve_base
+    from ftctl.train import TrainRequest
+
+    mc = ws.model()
+    raw = {**mc.train.plugin_config("lora"), **cfg}
+    trainer = plugins.build("trainer", "lora", raw, ws.context(log=lambda _m: None), key="train.lora")
+    data = ws.data_dir("assistant")
+    req = TrainRequest(resolve_base(mc.base), data / "train.jsonl", None, out)
+    return trainer.train(req)
+
+
+def test_same_seed_same_data_gives_identical_adapters(train_ws, tmp_path):
+    import torch
+
+    a = adapter_weights(run_plugin(train_ws, tmp_path / "a", max_steps=3).adapter_dir)
+    b = adapter_weights(run_plugin(train_ws, tmp_path / "b", max_steps=3).adapter_dir)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    configure(train_ws, train_ws.config.base, seed=7)
-    c = adapter_weights(train_ws.root / train(train_ws)["adapter"])
+    c = adapter_weights(run_plugin(train_ws, tmp_path / "c", max_steps=3, seed=7).adapter_dir)
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
@@ -140,8 +157,8 @@ def test_conversations_without_assistant_turn(train_ws):
     no_version(train_ws)
     # mixed with good ones: trained, and the skipped one is accounted for in the lineage
     write_jsonl(train_ws.data_dir("assistant") / "train.jsonl", examples(6) + [chat("a question", None)])
-    train(train_ws, max_steps=1)
-    assert versions(train_ws)["v1.0"].dataset["examples"]["skipped"] == {"no_assistant_turn": 1}
+    run = run_plugin(train_ws, train_ws.root / "run", max_steps=1)
+    assert run.data["examples"] == {"used": 6, "skipped": {"no_assistant_turn": 1}}
 
 
 @pytest.mark.parametrize("kind", ["missing", "not_a_model"])
