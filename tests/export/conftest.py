@@ -75,6 +75,20 @@ def tiny_adapter(tmp_path_factory, tiny_base) -> Path:
     return make_adapter(tiny_base, tmp_path_factory.mktemp("adapter") / "a")
 
 
+@pytest.fixture(scope="module")
+def export_ws(tmp_path_factory, tiny_base, tiny_adapter):
+    """One workspace per module (git + DVC setup is slow): v1.0 has an adapter, v1.1 has none.
+    Tests of failures share it, since each asserts that it changed nothing."""
+    from ftctl.init import init
+    from ftctl.workspace import Workspace
+
+    root = tmp_path_factory.mktemp("export-ws") / "ws"
+    init(root, model="assistant")
+    ws = Workspace(root)
+    return ws, record_version(ws, str(tiny_base), tiny_adapter), record_version(ws, str(tiny_base), None)
+
+
 @pytest.fixture
-def tiny_version(workspace, tiny_base, tiny_adapter):
-    return workspace, record_version(workspace, str(tiny_base), tiny_adapter)
+def tiny_version(export_ws):
+    ws, version, _ = export_ws
+    return ws, version

@@ -7,7 +7,7 @@ and fault, each ending in a clear error with nothing under exports/ and nothing 
 from __future__ import annotations
 
 import json
-import sys
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -15,7 +15,6 @@ import pytest
 
 from ftctl.errors import ExternalToolError, FtctlError, UsageError
 from tests.conftest import run_ftctl, run_json
-from tests.export.conftest import record_version
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +25,11 @@ def exports_of(ws, version, model="assistant"):
 
 def assert_nothing_kept(ws, version):
     assert exports_of(ws, version) == []
-    assert not (ws.root / "exports").exists() or not any((ws.root / "exports").rglob("*.gguf"))
+    assert not ws.export_dir("assistant", version).exists()
     assert not any((ws.state_dir / "tmp").glob("export-*")), "staging dir left behind"
+    status = subprocess.run(["git", "status", "--porcelain", "--", "models.lock", "exports"], cwd=ws.root,
+                            capture_output=True, text=True, check=True).stdout
+    assert status == "", f"the workspace changed: {status}"
 
 
 def fake_converter(tmp_path: Path, body: str) -> Path:
@@ -39,58 +41,20 @@ def fake_converter(tmp_path: Path, body: str) -> Path:
     return d
 
 
-def test_export_all_kinds_through_the_cli(tiny_version, real_tools):
-    from ftctl.export import gguf_path
-
-    ws, version = tiny_version
-    out = run_json("export", version, "--quant", "F16,q8_0", "--merged", "--lora-gguf", cwd=ws.root)
-
-    assert out["version"] == version
-    by_kind = {(f["kind"], f["quant"]): f for f in out["files"]}
-    assert set(by_kind) == {("merged", None), ("gguf", "F16"), ("gguf", "Q8_0"), ("modelfile", "F16"),
-                            ("modelfile", "Q8_0"), ("lora-gguf", "F16")}
-    for f in out["files"]:
-        assert set(f) == {"path", "kind", "quant", "sha256", "token_agreement"}
-        assert f["path"].startswith(f"exports/assistant/{version}/") and (ws.root / f["path"]).exists()
-        assert len(f["sha256"]) == 64
-    for key in (("gguf", "F16"), ("gguf", "Q8_0"), ("lora-gguf", "F16")):
-        assert by_kind[key]["token_agreement"] >= 0.95
-    merged = ws.root / by_kind[("merged", None)]["path"]
-    assert list(merged.glob("*.safetensors")) and not list(merged.glob("*.bin"))
-    assert (merged / "chat_template.jinja").exists() or "chat_template" in (merged / "tokenizer_config.json").read_text()
-
-    # recorded with the same content the files have, and tracked by DVC
-    recorded = exports_of(ws, version)
-    from ftctl.basemodel import file_sha256
-
-    q8 = gguf_path(ws, "assistant", version, "Q8_0")
-    assert q8.read_bytes()[:4] == b"GGUF"
-    assert next(f for f in recorded if f["quant"] == "Q8_0" and f["kind"] == "gguf")["sha256"] == file_sha256(q8)
-    assert (ws.root / f"exports/assistant/{version}.dvc").exists()
-    modelfile = (ws.root / by_kind[("modelfile", "Q8_0")]["path"]).read_text()
-    assert f"FROM ./{q8.name}" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
-    assert "TEMPLATE" in modelfile and "<|im_start|>assistant" in modelfile
-
-    # the same export again changes nothing
-    head = ws.head()
-    again = run_json("export", version, "--quant", "Q8_0,F16", "--merged", "--lora-gguf", cwd=ws.root)
-    assert ws.head() == head and {f["sha256"] for f in again["files"]} <= {f["sha256"] for f in out["files"]}
-
-
-def test_version_without_adapter(workspace, tiny_base):
-    version = record_version(workspace, str(tiny_base), None)
-    proc = run_ftctl("--json", "export", version, cwd=workspace.root)
+def test_version_without_adapter(export_ws):
+    ws, _, version = export_ws
+    proc = run_ftctl("--json", "export", version, cwd=ws.root)
     assert proc.returncode == UsageError.exit_code
     err = json.loads(proc.stdout)
     assert "has no adapter" in err["error"] and err["hint"]
-    assert_nothing_kept(workspace, version)
+    assert_nothing_kept(ws, version)
 
 
-def test_base_cannot_be_exported(workspace):
+def test_base_cannot_be_exported(export_ws):
     from ftctl.export import export
 
     with pytest.raises(UsageError, match="no adapter"):
-        export(workspace, "base")
+        export(export_ws[0], "base")
 
 
 def test_unknown_quant_type(tiny_version):
@@ -183,7 +147,6 @@ def test_disk_full_while_saving_the_merged_model(tiny_version, monkeypatch):
         with ws.run_lock("export"):
             export(ws, version, merged=True, gguf=False)
     assert_nothing_kept(ws, version)
-    assert not (ws.root / "exports").exists()
 
 
 def test_gguf_that_loses_the_chat_template_fails_verification(tiny_version, tmp_path, monkeypatch, real_tools):
@@ -213,3 +176,42 @@ def test_gguf_that_loses_the_chat_template_fails_verification(tiny_version, tmp_
         with ws.run_lock("export"):
             export(ws, version, quants=["F16"])
     assert_nothing_kept(ws, version)
+
+
+# last: it records an export in the module's shared workspace
+def test_export_all_kinds_through_the_cli(tiny_version, real_tools):
+    from ftctl.export import gguf_path
+
+    ws, version = tiny_version
+    out = run_json("export", version, "--quant", "F16,q8_0", "--merged", "--lora-gguf", cwd=ws.root)
+
+    assert out["version"] == version
+    by_kind = {(f["kind"], f["quant"]): f for f in out["files"]}
+    assert set(by_kind) == {("merged", None), ("gguf", "F16"), ("gguf", "Q8_0"), ("modelfile", "F16"),
+                            ("modelfile", "Q8_0"), ("lora-gguf", "F16")}
+    for f in out["files"]:
+        assert set(f) == {"path", "kind", "quant", "sha256", "token_agreement"}
+        assert f["path"].startswith(f"exports/assistant/{version}/") and (ws.root / f["path"]).exists()
+        assert len(f["sha256"]) == 64
+    for key in (("gguf", "F16"), ("gguf", "Q8_0"), ("lora-gguf", "F16")):
+        assert by_kind[key]["token_agreement"] >= 0.95
+    merged = ws.root / by_kind[("merged", None)]["path"]
+    assert list(merged.glob("*.safetensors")) and not list(merged.glob("*.bin"))
+    assert (merged / "chat_template.jinja").exists() or "chat_template" in (merged / "tokenizer_config.json").read_text()
+
+    # recorded with the same content the files have, and tracked by DVC
+    recorded = exports_of(ws, version)
+    from ftctl.basemodel import file_sha256
+
+    q8 = gguf_path(ws, "assistant", version, "Q8_0")
+    assert q8.read_bytes()[:4] == b"GGUF"
+    assert next(f for f in recorded if f["quant"] == "Q8_0" and f["kind"] == "gguf")["sha256"] == file_sha256(q8)
+    assert (ws.root / f"exports/assistant/{version}.dvc").exists()
+    modelfile = (ws.root / by_kind[("modelfile", "Q8_0")]["path"]).read_text()
+    assert f"FROM ./{q8.name}" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    assert "TEMPLATE" in modelfile and "<|im_start|>assistant" in modelfile
+
+    # the same export again changes nothing
+    head = ws.head()
+    again = run_json("export", version, "--quant", "Q8_0,F16", "--merged", "--lora-gguf", cwd=ws.root)
+    assert ws.head() == head and {f["sha256"] for f in again["files"]} <= {f["sha256"] for f in out["files"]}
