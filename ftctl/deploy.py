@@ -50,7 +50,8 @@ def artifact(ws, model: str, version: str, dep) -> dict[str, Any]:
     entry = ws.read_lock().state(model).versions[version]
     kind = "lora-gguf" if "--lora" in dep.config.arg else "gguf"
     quant = getattr(dep.config, "quant", None)
-    files = [e for e in entry.exports if e.get("kind") == kind and (quant is None or e.get("quant") == quant)]
+    files = [e for e in entry.exports
+             if e.get("kind") == kind and (quant is None or str(e.get("quant")).upper() == quant.upper())]
     if not files:
         raise UsageError(f"{model}@{version} has no exported {kind}" + (f" ({quant})" if quant else ""),
                          hint=f"run `ftctl export {model}@{version}` first")
@@ -244,7 +245,8 @@ def _swap_stable(ws, model: str, dep, action: str, art: dict, *, canary_ready: b
     try:
         with _pending(ws, model, dep, action, art["version"]):
             dep.deploy(art["path"], label, canary_ready=canary_ready)
-            dep.stop_canary()
+            if dep.canary_app() is not None:  # no hand-off (no nginx): a promoted canary is still up
+                dep.stop_canary()
     except RolledBack as e:
         _record(ws, model, action, art["version"], result="rolled back", detail=e.message)
         raise

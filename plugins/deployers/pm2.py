@@ -42,7 +42,8 @@ class Pm2Config(PluginConfig):
     alias_arg: str | None = None  # "--model_alias" (llama_cpp.server) / "--alias" (llama-server)
     port_arg: str = "--port"
     health_url: str = "http://127.0.0.1:{port}/v1/models"  # llama-server: http://127.0.0.1:{port}/health
-    health_timeout: float = Field(120, gt=0)
+    health_timeout: float = Field(120, gt=0)  # how long a new process may take to become healthy
+    probe_timeout: float = Field(10, gt=0)  # one health request (a busy 1-thread server answers late)
     canary_app: str | None = None  # default: "<app>-canary"
     canary_port: int | None = Field(None, ge=1, le=65535)
     nginx_include: str | None = None  # the generated split_clients include
@@ -148,7 +149,8 @@ class Pm2Deployer(Deployer):
     def probe(self, port: int) -> tuple[bool, str | None]:
         """(healthy, served model id when the server lists one)."""
         try:
-            with urllib.request.urlopen(self.config.health_url.format(port=port), timeout=3) as r:
+            with urllib.request.urlopen(self.config.health_url.format(port=port),
+                                        timeout=self.config.probe_timeout) as r:
                 body = r.read(65536)
                 ok = r.status == 200
         except (OSError, ValueError):
@@ -164,7 +166,7 @@ class Pm2Deployer(Deployer):
         while time.monotonic() < deadline:
             if self.probe(port)[0]:
                 return True
-            time.sleep(0.5)
+            time.sleep(0.25)
         return False
 
     # --- planning (dry run) -------------------------------------------------------------------

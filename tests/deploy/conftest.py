@@ -101,22 +101,16 @@ class Nginx:
         return f"http://127.0.0.1:{self.port}{path}"
 
 
-@pytest.fixture
-def nginx_factory(tmp_path):
-    need(os.access(NGINX, os.X_OK), "nginx (scripts/install_system.sh installs it from Debian)")
-    started: list[Nginx] = []
+def start_nginx(prefix: Path, stable_port: int, model: str = "assistant") -> Nginx:
+    """A private nginx on a loopback port proxying to the model's generated include."""
+    from ftctl import nginx
 
-    def start(stable_port: int, model: str = "assistant") -> Nginx:
-        from ftctl import nginx
-
-        prefix = tmp_path / f"nginx-{len(started)}"
-        (prefix / "tmp").mkdir(parents=True)
-        ng = Nginx(prefix, free_port(), prefix / "ftctl" / f"{model}.conf", model)
-        ng.include.parent.mkdir()
-        ng.include.write_text(nginx.render(model, stable_port))  # the one-time setup a user does
-        var = nginx.variable(model)
-        temp = " ".join(f"{k}_temp_path {prefix}/tmp/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        (prefix / "nginx.conf").write_text(f"""
+    (prefix / "tmp").mkdir(parents=True)
+    ng = Nginx(prefix, free_port(), prefix / "ftctl" / f"{model}.conf", model)
+    ng.include.parent.mkdir()
+    ng.include.write_text(nginx.render(model, stable_port))  # the one-time setup a user does
+    temp = " ".join(f"{k}_temp_path {prefix}/tmp/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (prefix / "nginx.conf").write_text(f"""
 worker_processes 1;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log;
@@ -128,7 +122,7 @@ http {{
     server {{
         listen 127.0.0.1:{ng.port};
         location / {{
-            proxy_pass http://${var};
+            proxy_pass http://${nginx.variable(model)};
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_read_timeout 120s;
@@ -136,13 +130,26 @@ http {{
     }}
 }}
 """)
-        subprocess.run(ng.base, check=True, capture_output=True, timeout=30)
-        started.append(ng)
-        return ng
+    subprocess.run(ng.base, check=True, capture_output=True, timeout=30)
+    return ng
+
+
+def stop_nginx(ng: Nginx) -> None:
+    subprocess.run([*ng.base, "-s", "stop"], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def nginx_factory(tmp_path):
+    need(os.access(NGINX, os.X_OK), "nginx (scripts/install_system.sh installs it from Debian)")
+    started: list[Nginx] = []
+
+    def start(stable_port: int, model: str = "assistant") -> Nginx:
+        started.append(start_nginx(tmp_path / f"nginx-{len(started)}", stable_port, model))
+        return started[-1]
 
     yield start
     for ng in started:
-        subprocess.run([*ng.base, "-s", "stop"], capture_output=True, timeout=30)
+        stop_nginx(ng)
 
 
 @dataclass
@@ -214,64 +221,61 @@ def deploy_workspace(_workspace_template, tmp_path):
     return Workspace(tmp_path / "ws")
 
 
+def build_stack(ws, pm2_home: str, nginx_factory=None, *, server: str = "tiny", versions=("v1.0", "v1.1"),
+                model: str = "assistant", delay: float = 0, health_timeout: float = 15,
+                deployer_gate: bool = False, **pm2cfg) -> Stack:
+    """Versions with exported GGUFs, the team's ecosystem.config.js, deploy.pm2 in ftctl.yaml;
+    nginx in front when ``nginx_factory`` (stable_port, model) -> Nginx is given."""
+    files = {}
+    for v in versions:
+        f = ws.export_dir(model, v) / "model.gguf"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        if server == "tiny":
+            f.write_bytes(b"GGUF" + f"tiny model {model}@{v}".encode())
+        else:
+            shutil.copyfile(smollm2_gguf(), f)
+        files[v] = f
+    add_versions(ws, model, files)
+    port, canary_port, other_port = free_port(), free_port(), free_port()
+    app = f"llama-{model}-{port}"
+    first = files[versions[0]]
+    args = server_args(server, first, port, delay=delay)
+    other = server_args("tiny", first, other_port)  # same model file: must stay untouched
+    eco = ws.root / "serving" / "ecosystem.config.js"
+    eco.parent.mkdir(exist_ok=True)
+    eco.write_text(
+        "// the team's pm2 file: ftctl may change one argument of one app\n"
+        "const python = " + json.dumps(sys.executable) + ";\n"
+        "module.exports = {\n  apps: [\n"
+        f"    {{\n      name: '{app}',  // served by ftctl\n      script: python,\n"
+        "      interpreter: 'none',\n"
+        f"      args: {json.dumps(args)},\n"
+        "      env: { OMP_NUM_THREADS: '1' },\n    },\n"
+        f"    {{ name: 'unrelated-{other_port}', script: python, interpreter: 'none', args: {json.dumps(other)} }},\n"
+        "  ],\n};\n")
+    ng = nginx_factory(port, model) if nginx_factory else None
+    cfg = {"ecosystem": "serving/ecosystem.config.js", "app": app, "arg": "--model",
+           "alias_arg": "--model_alias", "canary_port": canary_port, "pm2": PM2,
+           "health_timeout": health_timeout, "drain_seconds": 0.5 if server == "tiny" else 1.0, **pm2cfg}
+    if ng:
+        cfg.update(nginx_include=str(ng.include), nginx_test=[*ng.base, "-t", "-q"],
+                   nginx_reload=[*ng.base, "-s", "reload"])
+    from ruamel.yaml import YAML
+
+    data = YAML(typ="safe", pure=True).load(ws.config_path.read_text())
+    data.setdefault("deploy", {})["pm2"] = cfg
+    data["deploy"]["gate"] = deployer_gate
+    write_yaml(ws.config_path, data)
+    from ftctl.workspace import Workspace
+
+    return Stack(Workspace(ws.root), eco, app, port, canary_port, files, pm2_home, ng,
+                 {"other": f"unrelated-{other_port}", "other_port": other_port})
+
+
 @pytest.fixture
 def stack(deploy_workspace, pm2_home, nginx_factory):
-    def build(*, server: str = "tiny", versions=("v1.0", "v1.1"), with_nginx: bool = False,
-              model: str = "assistant", delay: float = 0, health_timeout: float = 15, **pm2cfg) -> Stack:
-        ws = deploy_workspace
-        files = {}
-        for v in versions:
-            f = ws.export_dir(model, v) / "model.gguf"
-            f.parent.mkdir(parents=True, exist_ok=True)
-            if server == "tiny":
-                f.write_bytes(b"GGUF" + f"tiny model {model}@{v}".encode())
-            else:
-                shutil.copyfile(smollm2_gguf(), f)
-            files[v] = f
-        add_versions(ws, model, files)
-        port, canary_port, other_port = free_port(), free_port(), free_port()
-        app = f"llama-{model}-{port}"
-        first = files[versions[0]]
-        args = server_args(server, first, port, delay=delay)
-        other = server_args("tiny", first, other_port)  # same model file: must stay untouched
-        eco = ws.root / "serving" / "ecosystem.config.js"
-        eco.parent.mkdir(exist_ok=True)
-        eco.write_text(
-            "// the team's pm2 file: ftctl may change one argument of one app\n"
-            "const python = " + json.dumps(sys.executable) + ";\n"
-            "module.exports = {\n  apps: [\n"
-            f"    {{\n      name: '{app}',  // served by ftctl\n      script: python,\n"
-            "      interpreter: 'none',\n"
-            f"      args: {json.dumps(args)},\n"
-            "      env: { OMP_NUM_THREADS: '1' },\n    },\n"
-            f"    {{ name: 'unrelated-{other_port}', script: python, interpreter: 'none', args: {json.dumps(other)} }},\n"
-            "  ],\n};\n")
-        ng = nginx_factory(port, model) if with_nginx else None
-        cfg = {"ecosystem": "serving/ecosystem.config.js", "app": app, "arg": "--model",
-               "alias_arg": "--model_alias", "canary_port": canary_port, "pm2": PM2,
-               "health_timeout": health_timeout, "drain_seconds": 0.5 if server == "tiny" else 1.0, **pm2cfg}
-        if ng:
-            cfg.update(nginx_include=str(ng.include), nginx_test=[*ng.base, "-t", "-q"],
-                       nginx_reload=[*ng.base, "-s", "reload"])
-        from ruamel.yaml import YAML
-
-        data = YAML(typ="safe", pure=True).load(ws.config_path.read_text())
-        data.setdefault("deploy", {})["pm2"] = cfg
-        write_yaml(ws.config_path, data)
-        from ftctl.workspace import Workspace
-
-        return Stack(Workspace(ws.root), eco, app, port, canary_port, files, pm2_home, ng,
-                     {"other": f"unrelated-{other_port}", "other_port": other_port})
+    def build(*, with_nginx: bool = False, **kw) -> Stack:
+        return build_stack(deploy_workspace, pm2_home, nginx_factory if with_nginx else None, **kw)
 
     return build
 
-
-def wait_http(url: str, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            get_json(url, timeout=2)
-            return True
-        except OSError:
-            time.sleep(0.2)
-    return False

@@ -49,11 +49,10 @@ def test_steady_load_through_canary_promote_and_rollback_fails_no_request(stack)
     load = Load(s.nginx.url())
     load.start()
     try:
-        time.sleep(2)
-        for step in (["deploy", "v1.1", "--canary", "20"], ["deploy", "v1.1", "--canary", "50"],
-                     ["promote"], ["rollback"]):
-            out = run_json(*step, cwd=s.root)
-            time.sleep(2)
+        time.sleep(1)
+        for step in (["deploy", "v1.1", "--canary", "30"], ["promote"], ["rollback"]):
+            run_json(*step, cwd=s.root)
+            time.sleep(1)
     finally:
         load.stop.set()
         load.join(120)
@@ -61,8 +60,9 @@ def test_steady_load_through_canary_promote_and_rollback_fails_no_request(stack)
     # completions name the served file (the alias is the id in /v1/models)
     by_version = Counter({v: n for f, n in load.served.items() for v, p in s.files.items() if f == str(p)})
     assert by_version["v1.0"] > 10 and by_version["v1.1"] > 10, load.served
+    out = run_json("status", cwd=s.root)
     assert out["stable"] == "v1.0" and out["canary"] is None
     (app,) = out["apps"]
     assert app["healthy"] and app["served_id"] == "assistant@v1.0"
     assert app["sha256"] == file_sha256(s.files["v1.0"])
-    assert [h["action"] for h in out["history"]] == ["deploy", "canary", "canary", "promote", "rollback"]
+    assert [h["action"] for h in out["history"]] == ["deploy", "canary", "promote", "rollback"]

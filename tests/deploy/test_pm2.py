@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.conftest import run_ftctl, run_json
-from tests.deploy.conftest import get_json, pm2_list, served_ids
+from tests.deploy.conftest import PM2, get_json, pm2_list, served_ids
 
 pytestmark = pytest.mark.integration
 
@@ -25,10 +25,13 @@ def app_model_arg(s, name=None) -> str:
 def test_deploy_rewrites_one_argument_reloads_and_records(stack):
     s = stack()
     before = s.eco.read_text()
+    # an app of the same file that ftctl was not told about, already running: it must not notice
+    subprocess.run([PM2, "start", str(s.eco), "--only", s.extra["other"]], check=True, capture_output=True)
+    other_before = pm2_list(s.pm2_home)[s.extra["other"]]
     out = run_json("deploy", "v1.0", cwd=s.root)
     assert out["stable"] == "v1.0" and out["canary"] is None
     assert get_json(s.stable_url())["data"][0]["id"] == "assistant@v1.0"  # the served version is visible
-    other_pid = pm2_list(s.pm2_home)[s.app]["pid"]
+    stable_pid = pm2_list(s.pm2_home)[s.app]["pid"]
 
     out = run_json("deploy", "v1.1", cwd=s.root)
     after = s.eco.read_text()
@@ -36,8 +39,10 @@ def test_deploy_rewrites_one_argument_reloads_and_records(stack):
     assert len(before.splitlines()) == len(after.splitlines()) and len(changed) == 1
     assert str(s.files["v1.1"]) in changed[0][1] and "assistant@v1.1" in changed[0][1]
     assert app_model_arg(s) == str(s.files["v1.1"])
-    assert pm2_list(s.pm2_home)[s.app]["pid"] != other_pid  # it really restarted
-    assert s.extra["other"] not in pm2_list(s.pm2_home)  # never started an app it was not told about
+    assert pm2_list(s.pm2_home)[s.app]["pid"] != stable_pid  # it really restarted
+    other = pm2_list(s.pm2_home)[s.extra["other"]]
+    assert (other["pid"], other["pm2_env"]["restart_time"]) == (other_before["pid"], other_before["pm2_env"]["restart_time"])
+    assert other["pm2_env"]["args"] == other_before["pm2_env"]["args"]
 
     status = run_json("status", cwd=s.root)
     assert set(status) >= {"model", "stable", "canary", "apps", "history"}
@@ -212,3 +217,24 @@ def test_kill_9_in_the_middle_of_a_deploy_then_rollback(stack):
     assert out["stable"] == "v1.0" and out["apps"][0]["healthy"]
     assert out["history"][-1]["action"] == "recover"
     assert app_model_arg(s) == str(s.files["v1.0"])
+
+
+def test_the_eval_gate_runs_first_when_configured(stack, monkeypatch):
+    from ftctl import deploy, evaluate
+    from ftctl.errors import GateFailed
+
+    s = stack(deployer_gate=True)
+    calls = []
+
+    def failing_gate(ws, candidate, **kw):  # the gate's own logic is tested in tests/eval
+        calls.append(candidate)
+        raise GateFailed(f"gate failed for {candidate}", hint="see the report")
+
+    monkeypatch.setattr(evaluate, "gate", failing_gate)
+    before = s.eco.read_text()
+    with s.ws.run_lock("test"), pytest.raises(GateFailed):
+        deploy.deploy(s.ws, "v1.1", log=lambda m: None)
+    assert calls == ["assistant@v1.1"] and s.eco.read_text() == before and pm2_list(s.pm2_home) == {}
+    with s.ws.run_lock("test"):
+        out = deploy.deploy(s.ws, "v1.1", gate=False, log=lambda m: None)  # --no-gate
+    assert out["stable"] == "v1.1" and calls == ["assistant@v1.1"]
