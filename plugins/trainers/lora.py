@@ -264,7 +264,7 @@ class LoraTrainer(Trainer):
             params={**cfg.model_dump(exclude={"chat_template"}), "precision": "bf16" if bf16 else cfg.precision,
                     "target_modules": sorted(lora_cfg.target_modules)},
             seed=cfg.seed,
-            data={"examples": train_report.to_dict(), "rows": len(train_ds), "packed": cfg.packing},
+            data={"examples": train_report.to_dict(), "trained_rows": len(train_ds), "packed": cfg.packing},
             libraries={"torch": torch.__version__, "transformers": transformers.__version__,
                        "peft": peft.__version__},
         )
