@@ -139,16 +139,16 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
         spill.resolve(cfg.conflict)
         kept, splits, bins = 0, Counter(), [0] * len(curate.TOKEN_BINS)
         ratings, agents = Counter(), Counter()
-        writers = {s: open(out / FILES[s], "w", encoding="utf-8") for s in SPLITS}
+        writers = {s: open(out / FILES[s], "wb") for s in SPLITS}
         try:
-            for ex, status, tokens in spill.results():
+            for ex, status, tokens, line in spill.results():
                 if status == "kept" and cfg.limit is not None and kept >= cfg.limit:
                     status = "limit"
                 if status != "kept":
                     filtered[status] += 1
                     continue
                 split = curate.split_of(ex.key, cfg.split.salt, cfg.split.val, cfg.split.test)
-                writers[split].write(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n")
+                writers[split].write(line)
                 kept += 1
                 splits[split] += 1
                 bins[curate.bin_of(tokens)] += 1

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -32,14 +31,13 @@ from ftctl.errors import ConfigError
 from ftctl.records import Example
 
 TOKEN_BINS = (0, 32, 64, 128, 256, 512, 1024, 2048, 4096)
-_WS = re.compile(r"\s+")
 
 
 # --- small pure functions ------------------------------------------------------------------
 
 
 def normalize(text: str) -> str:
-    return _WS.sub(" ", text).strip().casefold()
+    return " ".join(text.split()).casefold()
 
 
 def digest(text: str) -> int:
@@ -59,12 +57,17 @@ def prompt_messages(ex: Example) -> list[dict[str, str]]:
     return msgs[:-1] if msgs and msgs[-1]["role"] == "assistant" else list(msgs)
 
 
+def _joined(messages: list[dict[str, str]]) -> str:
+    # NUL/SOH separators: not in chat text and not whitespace (so normalize keeps them); cheaper than JSON
+    return "\x00".join(f"{m['role']}\x01{m['content']}" for m in messages)
+
+
 def prompt_key(ex: Example) -> str:
-    return normalize(json.dumps([[m["role"], m["content"]] for m in prompt_messages(ex)], ensure_ascii=False))
+    return normalize(_joined(prompt_messages(ex)))
 
 
 def dedup_key(ex: Example, mode: str) -> str:
-    text = json.dumps([[m["role"], m["content"]] for m in ex.messages], ensure_ascii=False)
+    text = _joined(ex.messages)
     return normalize(text) if mode == "normalized" else text
 
 
@@ -210,7 +213,8 @@ class Spill:
 
     def __init__(self, directory: Path):
         self.path = directory / "candidates.jsonl"
-        self.file = open(self.path, "w", encoding="utf-8")
+        self.file = open(self.path, "wb")
+        self.offset = 0
         self.db = sqlite3.connect(directory / "spill.sqlite")
         self.db.executescript("""
             PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;
@@ -221,8 +225,9 @@ class Spill:
         self.n = 0
 
     def add(self, ex: Example, *, dedup: str, neg: str | None, tokens: int) -> None:
-        offset = self.file.tell()
-        self.file.write(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n")
+        line = (json.dumps(ex.to_dict(), ensure_ascii=False) + "\n").encode("utf-8")
+        self.file.write(line)
+        offset, self.offset = self.offset, self.offset + len(line)
         self.rows.append((self.n, offset, digest(dedup_key(ex, dedup)) if dedup != "off" else self.n,
                           digest(prompt_key(ex)), digest(normalize(ex.response)), ex.rating,
                           ex.created_at.isoformat() if ex.created_at else None, neg, tokens))
@@ -258,18 +263,19 @@ class Spill:
         db.execute("UPDATE c SET status = 'kept' WHERE status IS NULL")
         db.commit()
 
-    def results(self) -> Iterator[tuple[Example, str, int]]:
-        """Every candidate in input order with its status ('kept' or a filter name) and tokens."""
-        with open(self.path, encoding="utf-8") as f:
+    def results(self) -> Iterator[tuple[Example, str, int, bytes]]:
+        """Every candidate in input order: the example, its status ('kept' or a filter name),
+        its token count and its JSONL line (written as is: no second serialisation)."""
+        with open(self.path, "rb") as f:
             for (status, tokens), line in zip(self.db.execute("SELECT status, tokens FROM c ORDER BY line"), f):
-                yield Example.from_dict(json.loads(line)), status, tokens
+                yield Example.from_dict(json.loads(line)), status, tokens, line
 
     def negatives_for_kept(self) -> Iterator[tuple[Example, Example]]:
         """(kept answer, negative answer) for one prompt: the preference pairs."""
         q = """SELECT w.offset, MIN(n.offset) FROM c w JOIN c n ON n.prompt = w.prompt
                WHERE w.status = 'kept' AND n.neg IS NOT NULL AND n.resp != w.resp
                GROUP BY w.line, n.resp ORDER BY w.line"""
-        with open(self.path, encoding="utf-8") as f:
+        with open(self.path, "rb") as f:
             for a, b in self.db.execute(q):
                 yield self._at(f, a), self._at(f, b)
 

@@ -47,7 +47,9 @@ class Example:
         return self.conversation_id or f"{self.source}:{self.source_id}"
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        # a shallow dict, not dataclasses.asdict: its deep copy dominated writing a snapshot
+        # (about 1 ms per example); callers serialise it and must not mutate it
+        d = {f: getattr(self, f) for f in self.__dataclass_fields__}
         d["created_at"] = self.created_at.isoformat() if self.created_at else None
         return d
 

@@ -32,6 +32,8 @@ def parse_time(value: Any) -> datetime | None:
     """
     if value is None or value == "":
         return None
+    if isinstance(value, datetime) and value.tzinfo is not None:  # the common case, first
+        return value
     if isinstance(value, datetime):
         dt = value
     elif isinstance(value, bool):
@@ -57,6 +59,8 @@ def parse_time(value: Any) -> datetime | None:
 
 
 def number(value: Any, field: str, low: float, high: float) -> float | None:
+    if type(value) is int and low <= value <= high:  # the common case, first
+        return float(value)
     if value is None or value == "":
         return None
     if isinstance(value, bool):

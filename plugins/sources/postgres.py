@@ -46,9 +46,15 @@ class PostgresSource(SqlSource):
                 with conn.cursor(name="ftctl_collect", row_factory=dict_row) as cur:
                     cur.itersize = c.itersize
                     cur.execute(query, params)
-                    yield from self._rows(cur)
+                    yield from self._rows(_batched(cur, c.itersize))
             except psycopg.Error as e:
                 raise ExternalToolError(f"PostgreSQL source {source!r}: {redact(str(e).strip().splitlines()[0])}",
                                         hint="check the table/column mapping or the query") from None
             finally:
                 conn.rollback()
+
+
+def _batched(cur, size: int):
+    """Rows of a server-side cursor, ``size`` per round trip (fetchmany beats per-row next)."""
+    while batch := cur.fetchmany(size):
+        yield from batch

@@ -164,7 +164,7 @@ class RowsToExamples:
 
 def _text(row: dict, key: str) -> str:
     value = row.get(key)
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if value is None or (isinstance(value, str) and (not value or value.isspace())):
         raise RowError(f"missing_field:{key}")
     if not isinstance(value, str):
         raise RowError(f"wrong_type:{key}", type(value).__name__)

@@ -79,7 +79,7 @@ def spill_of(tmp_path, rows, dedup="normalized", conflict="best_rating"):
     for e, neg in rows:
         s.add(e, dedup=dedup, neg=neg, tokens=3)
     s.resolve(conflict)
-    out = [(e.source_id, status) for e, status, _ in s.results()]
+    out = [(e.source_id, status) for e, status, _, _ in s.results()]
     pairs = [(a.source_id, b.source_id) for a, b in s.negatives_for_kept()]
     s.close()
     return dict(out), pairs

@@ -1,0 +1,205 @@
+"""Benchmark: collecting from PostgreSQL, beside the transfer floor, in one run.
+
+Loads N interaction rows (default 1,000,000) into a scratch table, then measures, each in its
+own process (so peak RSS is that phase's own):
+
+  copy      COPY (the source's query) TO STDOUT through psycopg: the transfer floor
+  fetch     the same query through a server-side cursor, rows as tuples (the driver's share)
+  read      the postgres source -> Examples, with the row filters (the read path)
+  curate    the whole curation (collect --dry-run: filters, spill, dedup, conflicts, split, write)
+  scrub     PII scrubbing alone, on a sample (Presidio is per-text work; reported as rows/s)
+
+and prints rows/s and peak RSS for each, with its ratio to COPY. Goals: read >= 0.5x COPY,
+peak RSS < 300 MB.
+
+    .venv/bin/python benchmarks/collect_postgres.py [--rows N] [--dsn DSN] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = "ftctl_bench"
+DSN = os.environ.get("FTCTL_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+SOURCE = {"table": f"{SCHEMA}.interactions", "prompt": "prompt", "response": "response", "agent": "agent",
+          "role": None, "content": None}
+
+
+def load(dsn: str, rows: int) -> None:
+    """The sample database's real answers, repeated with distinct prompts, bulk-inserted server-side."""
+    import sqlite3
+
+    import psycopg
+
+    answers = [r[0] for r in sqlite3.connect(ROOT / "samples" / "feedback.sqlite").execute(
+        "SELECT content FROM messages WHERE role = 'assistant' AND content IS NOT NULL")]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+        conn.execute(f"CREATE SCHEMA {SCHEMA}")
+        conn.execute(f"CREATE TABLE {SCHEMA}.answers (n int PRIMARY KEY, text text)")
+        with conn.cursor().copy(f"COPY {SCHEMA}.answers FROM STDIN") as cp:
+            for i, a in enumerate(answers):
+                cp.write_row((i, a))
+        conn.execute(f"""CREATE TABLE {SCHEMA}.interactions AS
+            SELECT g AS id, 'conv' || (g / 2) AS conversation_id,
+                   'Question ' || g || ': what does this part of the library do?' AS prompt,
+                   a.text AS response, 1 + (g * 7919) %% 5 AS rating,
+                   CASE WHEN g %% 3 = 0 THEN 'numeric' ELSE 'pydocs' END AS agent,
+                   timestamptz '2024-01-01' + g * interval '1 second' AS created_at
+            FROM generate_series(1::bigint, %s) g JOIN {SCHEMA}.answers a ON a.n = g %% {len(answers)}""", (rows,))
+        conn.execute(f"CREATE INDEX ON {SCHEMA}.interactions (conversation_id, created_at, id)")
+        conn.execute(f"ANALYZE {SCHEMA}.interactions")
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def phase_copy(dsn: str) -> dict:
+    import psycopg
+
+    from ftctl_plugins.sources.postgres import PostgresSource
+    from ftctl_plugins.sources.sql import build_query
+
+    cfg = PostgresSource.Config(dsn=dsn, **SOURCE)
+    n = 0
+    t = time.perf_counter()
+    with psycopg.connect(dsn) as conn:
+        query, params = build_query(cfg, lambda s: psycopg.sql.Identifier(s).as_string(conn),
+                                    lambda s: f"%({s})s", None)
+        with conn.cursor().copy(f"COPY ({query}) TO STDOUT") as cp:
+            for block in cp:
+                n += bytes(block).count(b"\n")
+    return {"rows": n, "seconds": time.perf_counter() - t}
+
+
+def phase_fetch(dsn: str) -> dict:
+    """The same query through a server-side cursor, rows left as tuples: the driver's share."""
+    import psycopg
+
+    from ftctl_plugins.sources.postgres import PostgresSource
+    from ftctl_plugins.sources.sql import build_query
+
+    cfg = PostgresSource.Config(dsn=dsn, **SOURCE)
+    n = 0
+    t = time.perf_counter()
+    with psycopg.connect(dsn) as conn:
+        query, params = build_query(cfg, lambda s: psycopg.sql.Identifier(s).as_string(conn),
+                                    lambda s: f"%({s})s", None)
+        with conn.cursor(name="bench") as cur:
+            cur.execute(query, params)
+            while batch := cur.fetchmany(cfg.itersize):
+                n += len(batch)
+    return {"rows": n, "seconds": time.perf_counter() - t}
+
+
+def phase_read(dsn: str) -> dict:
+    from datetime import datetime, timezone
+
+    from ftctl import curate, plugins
+    from ftctl.config import CurateConfig
+    from ftctl.kinds import Context
+
+    filters = curate.Filters(CurateConfig(min_rating=4, max_tokens=2048), curate.token_counter(None)[0],
+                             datetime.now(timezone.utc))
+    src = plugins.build("source", "postgres", {"dsn": dsn, **SOURCE},
+                        Context(root=ROOT, model="bench", cache_dir=ROOT), key="bench")
+    n = kept = 0
+    t = time.perf_counter()
+    for ex in src.read(None):
+        n += 1
+        kept += filters.reason(ex)[0] is None
+    return {"rows": n, "seconds": time.perf_counter() - t, "kept": kept}
+
+
+def phase_curate(dsn: str) -> dict:
+    from ftctl.collect import collect
+    from ftctl.init import init
+    from ftctl.workspace import Workspace
+
+    with tempfile.TemporaryDirectory() as d:
+        init(Path(d) / "ws", model="bench")
+        ws = Workspace(Path(d) / "ws")
+        from ruamel.yaml import YAML
+
+        y = YAML(typ="safe")
+        data = y.load(ws.config_path.read_text())
+        data["sources"] = [{"name": "pg", "kind": "postgres", "dsn": dsn, **SOURCE}]
+        data["curate"] = {"min_rating": 4, "scrub": {"enabled": False}}
+        data["base"] = str(ROOT / "missing-base")  # the whitespace token count: no tokenizer to load
+        with open(ws.config_path, "w") as f:
+            y.dump(data, f)
+        t = time.perf_counter()
+        r = collect(ws, dry_run=True, log=lambda s: None)
+        return {"rows": r["read"], "seconds": time.perf_counter() - t, "kept": r["kept"]}
+
+
+def phase_scrub(dsn: str, n: int = 2000) -> dict:
+    from collections import Counter
+
+    import psycopg
+
+    from ftctl.scrub import Scrubber
+
+    with psycopg.connect(dsn) as conn:
+        texts = [r[0] + "\n" + r[1] for r in conn.execute(
+            f"SELECT prompt, response FROM {SCHEMA}.interactions ORDER BY id LIMIT %s", (n,))]
+    s = Scrubber(cache_dir=Path(tempfile.gettempdir()) / "ftctl-bench")
+    s.scrub("warm up a@b.com", Counter())
+    t = time.perf_counter()
+    for x in texts:
+        s.scrub(x, Counter())
+    return {"rows": len(texts), "seconds": time.perf_counter() - t}
+
+
+PHASES = {"copy": phase_copy, "fetch": phase_fetch, "read": phase_read, "curate": phase_curate, "scrub": phase_scrub}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--dsn", default=DSN)
+    ap.add_argument("--keep", action="store_true", help="keep the scratch table")
+    ap.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)  # internal: one phase per process
+    a = ap.parse_args()
+    if a.phase:
+        result = PHASES[a.phase](a.dsn)
+        print(json.dumps({**result, "peak_rss_mb": peak_mb()}))
+        return
+    t = time.perf_counter()
+    load(a.dsn, a.rows)
+    print(f"loaded {a.rows:,} rows in {time.perf_counter() - t:.1f}s")
+    results = {}
+    try:
+        for name in PHASES:
+            out = subprocess.run([sys.executable, __file__, "--phase", name, "--dsn", a.dsn],
+                                 capture_output=True, text=True, check=True, cwd=ROOT).stdout
+            results[name] = json.loads(out.strip().splitlines()[-1])
+    finally:
+        if not a.keep:
+            import psycopg
+
+            with psycopg.connect(a.dsn, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+    floor = results["copy"]["rows"] / results["copy"]["seconds"]
+    print(f"{'phase':<8}{'rows':>10}{'seconds':>10}{'rows/s':>12}{'x COPY':>9}{'peak RSS MB':>13}")
+    for name, r in results.items():
+        rate = r["rows"] / r["seconds"]
+        print(f"{name:<8}{r['rows']:>10,}{r['seconds']:>10.1f}{rate:>12,.0f}{rate / floor:>9.3f}{r['peak_rss_mb']:>13.0f}")
+    read = results["read"]["rows"] / results["read"]["seconds"]
+    worst = max(r["peak_rss_mb"] for k, r in results.items() if k != "scrub")
+    print(f"goals: read path {read / floor:.2f}x COPY (>= 0.5: {'met' if read >= floor / 2 else 'NOT met'}); "
+          f"peak RSS {worst:.0f} MB (< 300: {'met' if worst < 300 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()
