@@ -238,3 +238,31 @@ def test_the_eval_gate_runs_first_when_configured(stack, monkeypatch):
     with s.ws.run_lock("test"):
         out = deploy.deploy(s.ws, "v1.1", gate=False, log=lambda m: None)  # --no-gate
     assert out["stable"] == "v1.1" and calls == ["assistant@v1.1"]
+
+
+def test_two_models_each_with_its_own_app_in_one_file(stack):
+    """One model per agent type: each deploy touches its own app's line and its own history."""
+    from ruamel.yaml import YAML
+
+    from tests.deploy.conftest import add_versions, write_yaml
+
+    s = stack()
+    triage_file = s.root / "exports/triage/v1.0/model.gguf"
+    triage_file.parent.mkdir(parents=True)
+    triage_file.write_bytes(b"GGUF tiny model triage@v1.0")
+    data = YAML(typ="safe", pure=True).load(s.ws.config_path.read_text())
+    data["models"]["triage"] = {"deploy": {"pm2": {"app": s.extra["other"], "alias_arg": "--model_alias",
+                                                   "canary_port": None}}}
+    write_yaml(s.ws.config_path, data)
+    add_versions(s.ws, "triage", {"v1.0": triage_file})
+    run_json("deploy", "v1.0", cwd=s.root)
+    before = s.eco.read_text()
+    out = run_json("deploy", "triage@v1.0", cwd=s.root)
+    assert out["model"] == "triage" and out["stable"] == "v1.0"
+    assert [(a["name"], a["version"], a["healthy"]) for a in out["apps"]] == [(s.extra["other"], "v1.0", True)]
+    changed = [(a, b) for a, b in zip(before.splitlines(), s.eco.read_text().splitlines()) if a != b]
+    assert len(changed) == 1 and s.extra["other"] in changed[0][0] and str(triage_file) in changed[0][1]
+    assert app_model_arg(s) == str(s.files["v1.0"])  # the assistant's app still serves its own file
+    assistant = run_json("status", cwd=s.root)
+    assert assistant["stable"] == "v1.0" and [h["action"] for h in assistant["history"]] == ["deploy"]
+    assert get_json(f"http://127.0.0.1:{s.extra['other_port']}/v1/models")["data"][0]["id"] == "triage@v1.0"
