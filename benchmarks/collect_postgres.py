@@ -64,19 +64,25 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def phase_copy(dsn: str) -> dict:
+def source_query(conn) -> str:
+    """The exact SELECT the postgres source runs (no watermark, no filters to bind)."""
     import psycopg
 
     from ftctl_plugins.sources.postgres import PostgresSource
     from ftctl_plugins.sources.sql import build_query
 
-    cfg = PostgresSource.Config(dsn=dsn, **SOURCE)
+    cfg = PostgresSource.Config(dsn="-", **SOURCE)
+    query, _ = build_query(cfg, lambda s: psycopg.sql.Identifier(s).as_string(conn), lambda s: f"%({s})s", None)
+    return query
+
+
+def phase_copy(dsn: str) -> dict:
+    import psycopg
+
     n = 0
     t = time.perf_counter()
     with psycopg.connect(dsn) as conn:
-        query, params = build_query(cfg, lambda s: psycopg.sql.Identifier(s).as_string(conn),
-                                    lambda s: f"%({s})s", None)
-        with conn.cursor().copy(f"COPY ({query}) TO STDOUT") as cp:
+        with conn.cursor().copy(f"COPY ({source_query(conn)}) TO STDOUT") as cp:
             for block in cp:
                 n += bytes(block).count(b"\n")
     return {"rows": n, "seconds": time.perf_counter() - t}
@@ -86,18 +92,12 @@ def phase_fetch(dsn: str) -> dict:
     """The same query through a server-side cursor, rows left as tuples: the driver's share."""
     import psycopg
 
-    from ftctl_plugins.sources.postgres import PostgresSource
-    from ftctl_plugins.sources.sql import build_query
-
-    cfg = PostgresSource.Config(dsn=dsn, **SOURCE)
     n = 0
     t = time.perf_counter()
     with psycopg.connect(dsn) as conn:
-        query, params = build_query(cfg, lambda s: psycopg.sql.Identifier(s).as_string(conn),
-                                    lambda s: f"%({s})s", None)
         with conn.cursor(name="bench") as cur:
-            cur.execute(query, params)
-            while batch := cur.fetchmany(cfg.itersize):
+            cur.execute(source_query(conn))
+            while batch := cur.fetchmany(5000):
                 n += len(batch)
     return {"rows": n, "seconds": time.perf_counter() - t}
 
