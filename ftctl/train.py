@@ -139,7 +139,7 @@ def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, 
                            show_progress=show_progress)
     try:
         if (nproc and nproc > 1) or accelerate_config:
-            result = _launch(ws, run_dir, request, nproc or 1, accelerate_config)
+            result = _launch(ws, trainer, run_dir, request, nproc or 1, accelerate_config)
         else:
             result = trainer.train(request)
     except BaseException as e:
@@ -267,11 +267,12 @@ def _preview(trainer, base: ResolvedBase, train_file: Path) -> dict:
 # --- several processes --------------------------------------------------------------------
 
 
-def _launch(ws, run_dir: Path, request: TrainRequest, nproc: int, accelerate_config) -> TrainResult:
+def _launch(ws, trainer, run_dir: Path, request: TrainRequest, nproc: int, accelerate_config) -> TrainResult:
     """torchrun (DDP) or `accelerate launch --config_file` running this module as the worker."""
     from ftctl.tools import run
 
-    write_text(run_dir / "request.json", json.dumps(_jsonable(dataclasses.asdict(request))))
+    write_text(run_dir / "request.json", json.dumps(_jsonable(
+        {**dataclasses.asdict(request), "config": trainer.config.model_dump()})))
     for stale in (RESULT_FILE, "error.json"):
         (run_dir / stale).unlink(missing_ok=True)
     worker = ["-m", "ftctl.train", str(ws.root), str(run_dir)]
@@ -283,14 +284,15 @@ def _launch(ws, run_dir: Path, request: TrainRequest, nproc: int, accelerate_con
                *worker]
     threads = max(1, (os.cpu_count() or 1) // nproc)  # no oversubscription of the cores
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.run(cmd, cwd=ws.root, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log_file = run_dir / "train.log"  # the workers' output: stdout stays clean for --json
+    with open(log_file, "a") as out:
+        proc = subprocess.run(cmd, cwd=ws.root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
     failure = _read_json(run_dir / "error.json")
     if failure:
         raise FtctlError(failure["message"], hint=failure.get("hint"))
     if proc.returncode != 0 or not (run_dir / RESULT_FILE).is_file():
-        tail = (proc.stderr or "").strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
-        raise FtctlError(f"distributed training failed: {tail[0][:300]}",
-                         hint=f"see {run_dir}; rerun with `ftctl train --resume --nproc {nproc}`")
+        raise FtctlError(f"distributed training failed (exit code {proc.returncode})",
+                         hint=f"see {ws.rel(log_file)}; continue with `ftctl train --resume --nproc {nproc}`")
     data = json.loads((run_dir / RESULT_FILE).read_text())
     data["adapter_dir"] = Path(data["adapter_dir"])
     return TrainResult(**data)
@@ -304,7 +306,7 @@ def _worker(root: str, run_dir: str) -> None:
     ws = Workspace(Path(root))
     rank = int(os.environ.get("RANK", "0"))
     log = print if rank == 0 else (lambda _msg: None)
-    trainer = plugins.build("trainer", spec["trainer"], spec["config"], ws.context(spec["model"], log),
+    trainer = plugins.build("trainer", spec["trainer"], req["config"], ws.context(spec["model"], log),
                             key=f"models.{spec['model']}.train.{spec['trainer']}")
     b = req["base"]
     base = ResolvedBase(b["ref"], Path(b["path"]), b["sha256"], Path(b["source_file"]) if b["source_file"] else None,
