@@ -30,7 +30,7 @@ def train(app, model, from_, resume, major, max_steps, epochs, qlora, nproc, acc
     def run(ws):
         return do_train(ws, model, from_=from_, resume=resume, major=major, max_steps=max_steps, epochs=epochs,
                         dry_run=dry_run, preview=preview, nproc=nproc, accelerate_config=accelerate_config,
-                        qlora=qlora, log=app.say, show_progress=not app.json and app.console.is_terminal)
+                        qlora=qlora or None, log=app.say, show_progress=not app.json and app.console.is_terminal)
 
     result = run(app.workspace()) if dry_run or preview else app.mutate("train", run)
     app.emit(result, lambda r: _render(app, r, dry_run, preview))

@@ -53,7 +53,7 @@ class LoraConfig(PluginConfig):
     packing: bool = True
     qlora: bool = False
     checkpoint_every: int = Field(50, ge=1)  # steps
-    eval_every: int | None = Field(None, ge=1)  # steps; default: checkpoint_every
+    eval_every: int | None = Field(None, ge=1)  # with early_stopping: evaluate (and checkpoint) this often
     early_stopping: int | None = Field(None, ge=1)  # patience, in evaluations of val loss
     chat_template: str | None = None  # a Jinja template for bases whose tokenizer has none
     log_every: int = Field(1, ge=1)
@@ -182,8 +182,9 @@ class LoraTrainer(Trainer):
             model.enable_input_require_grads()
         lora_cfg = model.peft_config["default"]
 
-        eval_every = cfg.eval_every or cfg.checkpoint_every
         early = bool(cfg.early_stopping and val_ds)
+        # early stopping keeps the best checkpoint, so evaluations and checkpoints share one cadence
+        every = (cfg.eval_every or cfg.checkpoint_every) if early else cfg.checkpoint_every
         args = TrainingArguments(
             output_dir=str(out),
             per_device_train_batch_size=cfg.batch_size,
@@ -198,10 +199,10 @@ class LoraTrainer(Trainer):
             logging_steps=cfg.log_every,
             logging_nan_inf_filter=False,  # a NaN must be seen, not averaged away
             save_strategy="steps",
-            save_steps=cfg.checkpoint_every,
+            save_steps=every,
             save_total_limit=2,  # the newest complete checkpoint survives a failed save of the next
             eval_strategy="steps" if early else "no",
-            eval_steps=eval_every if early else None,
+            eval_steps=every if early else None,
             load_best_model_at_end=early,
             metric_for_best_model="eval_loss" if early else None,
             greater_is_better=False if early else None,
