@@ -63,6 +63,20 @@ def test_evaluate_scores_records_and_reports(eval_ws):
     assert entry.evals[-1]["report"] == r["report"] and entry.evals[-1]["artifact"] == "hf"
 
 
+def test_default_test_split_golden_set_and_limit(eval_ws):
+    from ftctl.collect import snapshot_paths
+
+    test = snapshot_paths(eval_ws, "assistant")["test"]
+    test.parent.mkdir(parents=True)
+    write_set(test, [example(q, a, i=i) for i, (q, a, *_ ) in enumerate(QA)])
+    r = locked(eval_ws, evaluate.evaluate, "v1.0", metrics=["exact_match"], limit=2)
+    assert (r["eval_set"], r["n"]) == ("test", 2)
+    assert "exact_match" in eval_ws.read_lock().state("assistant").versions["v1.0"].metrics  # the headline key
+    ws = Workspace(eval_ws.root, overrides=(*eval_ws.overrides, "curate.golden=qa.jsonl"))
+    r = locked(ws, evaluate.evaluate, "v1.0", eval_set="golden", metrics=["exact_match"], limit=1)
+    assert (r["eval_set"], r["n"]) == ("golden", 1)
+
+
 def test_rerun_gives_the_same_numbers_without_the_cache(eval_ws):
     ws = eval_ws
     first = locked(ws, evaluate.evaluate, "v1.1", eval_set="qa.jsonl", metrics=["token_f1", "perplexity"])
