@@ -100,6 +100,7 @@ def export(ws, ref: str, *, merged: bool | None = None, gguf: bool | None = None
                                                out_dir=staging, merged=merged, quants=quant_list,
                                                lora_gguf=lora_gguf, workspace_cache=ws.cache_dir))
         files = [_describe(ws, f, staging, out_dir) for f in result.files]
+        files += _carry_over(entry.exports, staging, out_dir)
         old = _move_in(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -233,6 +234,23 @@ def _size(p: Path) -> int:
 def _public(f: dict) -> dict:
     keys = ("path", "kind", "quant", "sha256", "token_agreement")
     return {k: f.get(k) for k in keys}
+
+
+def _carry_over(previous: list[dict], staging: Path, out_dir: Path) -> list[dict]:
+    """Files exported before and not made again (e.g. Q8_0 when only Q4_K_M is added) stay:
+    a server may be running from them. Returns their lock entries."""
+    kept = []
+    for f in previous:
+        name = Path(f["path"]).name
+        src, dst = out_dir / name, staging / name
+        if dst.exists() or not src.exists():
+            continue
+        if src.is_dir():
+            shutil.copytree(src, dst)
+        else:
+            shutil.copy2(src, dst)
+        kept.append(f)
+    return kept
 
 
 def _move_in(staging: Path, out_dir: Path) -> Path | None:

@@ -183,12 +183,18 @@ def test_export_all_kinds_through_the_cli(tiny_version, real_tools):
     from ftctl.export import gguf_path
 
     ws, version = tiny_version
-    out = run_json("export", version, "--quant", "F16,q8_0", "--merged", "--lora-gguf", cwd=ws.root)
+    first = run_json("export", version, "--quant", "F16", "--merged", "--lora-gguf", cwd=ws.root)
+    assert {(f["kind"], f["quant"]) for f in first["files"]} == {("merged", None), ("gguf", "F16"),
+                                                                 ("modelfile", "F16"), ("lora-gguf", "F16")}
+    # adding a quant later keeps what was exported before (a server may be running from it)
+    out = run_json("export", version, "--gguf", "--quant", "q8_0", cwd=ws.root)
 
     assert out["version"] == version
     by_kind = {(f["kind"], f["quant"]): f for f in out["files"]}
     assert set(by_kind) == {("merged", None), ("gguf", "F16"), ("gguf", "Q8_0"), ("modelfile", "F16"),
                             ("modelfile", "Q8_0"), ("lora-gguf", "F16")}
+    assert {f["sha256"] for f in first["files"]} <= {f["sha256"] for f in out["files"]}
+    assert {f["path"]: f["sha256"] for f in exports_of(ws, version)} == {f["path"]: f["sha256"] for f in out["files"]}
     for f in out["files"]:
         assert set(f) == {"path", "kind", "quant", "sha256", "token_agreement"}
         assert f["path"].startswith(f"exports/assistant/{version}/") and (ws.root / f["path"]).exists()
@@ -215,3 +221,10 @@ def test_export_all_kinds_through_the_cli(tiny_version, real_tools):
     head = ws.head()
     again = run_json("export", version, "--quant", "Q8_0,F16", "--merged", "--lora-gguf", cwd=ws.root)
     assert ws.head() == head and {f["sha256"] for f in again["files"]} <= {f["sha256"] for f in out["files"]}
+
+    # --force with a converter that crashes: the recorded files stay as they were
+    before = (ws.root / "models.lock").read_text()
+    crash = fake_converter(ws.root.parent, "raise SystemExit('converter crashed')\n")
+    proc = run_ftctl("export", version, "--quant", "Q8_0", "--force", cwd=ws.root, env={"LLAMA_CPP_DIR": str(crash)})
+    assert proc.returncode == ExternalToolError.exit_code and "converter crashed" in proc.stderr
+    assert (ws.root / "models.lock").read_text() == before and file_sha256(q8) == by_kind[("gguf", "Q8_0")]["sha256"]
