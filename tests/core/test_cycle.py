@@ -24,7 +24,7 @@ def feedback(path, start, n):
         for i in range(start, start + n):
             f.write(json.dumps({"conversation_id": f"c{i}", "prompt": f"What is {i} plus {i}?",
                                 "response": f"{i} plus {i} is {2 * i}.", "rating": 5,
-                                "created_at": f"2024-03-{1 + i % 28:02d}T10:00:{i % 60:02d}Z"}) + "\n")
+                                "created_at": f"2024-03-{1 + i // 24:02d}T{i % 24:02d}:00:00Z"}) + "\n")
 
 
 @pytest.fixture
