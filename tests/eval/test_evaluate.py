@@ -251,3 +251,14 @@ def test_judge_down_writes_no_report_and_records_nothing(tmp_path, tiny_eval_bas
         locked(ws, evaluate.evaluate, "v1.0", eval_set="qa.jsonl", metrics=["token_f1", "llm_judge"])
     assert "no report was written" in e.value.hint
     assert snapshot(ws) == before
+
+
+def test_chat_one_prompt_and_interactive(eval_ws, capsys, monkeypatch):
+    import io
+
+    code, out, _ = cli(capsys, "--json", *FAST, "chat", "v1.0", "--prompt", "Hi!", cwd=eval_ws.root)
+    out = json.loads(out)
+    assert code == 0 and out["version"] == "v1.0" and out["artifact"] == "hf" and isinstance(out["answer"], str)
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hi!\n/reset\nHello\n/exit\nnever read\n"))
+    code, out, _ = cli(capsys, *FAST, "chat", "v1.0", cwd=eval_ws.root)
+    assert code == 0 and out.count("v1.0> ") == 2
