@@ -223,11 +223,12 @@ def deploy_workspace(_workspace_template, tmp_path):
 
 def build_stack(ws, pm2_home: str, nginx_factory=None, *, server: str = "tiny", versions=("v1.0", "v1.1"),
                 model: str = "assistant", delay: float = 0, health_timeout: float = 15,
-                deployer_gate: bool = False, **pm2cfg) -> Stack:
+                deployer_gate: bool = False, exported: dict[str, Path] | None = None, **pm2cfg) -> Stack:
     """Versions with exported GGUFs, the team's ecosystem.config.js, deploy.pm2 in ftctl.yaml;
-    nginx in front when ``nginx_factory`` (stable_port, model) -> Nginx is given."""
-    files = {}
-    for v in versions:
+    nginx in front when ``nginx_factory`` (stable_port, model) -> Nginx is given.
+    ``exported``: versions `ftctl export` already recorded (version -> GGUF) instead of made-up ones."""
+    files = dict(exported or {})
+    for v in () if exported else versions:
         f = ws.export_dir(model, v) / "model.gguf"
         f.parent.mkdir(parents=True, exist_ok=True)
         if server == "tiny":
@@ -235,7 +236,9 @@ def build_stack(ws, pm2_home: str, nginx_factory=None, *, server: str = "tiny", 
         else:
             shutil.copyfile(smollm2_gguf(), f)
         files[v] = f
-    add_versions(ws, model, files)
+    if not exported:
+        add_versions(ws, model, files)
+    versions = list(files)
     port, canary_port, other_port = free_port(), free_port(), free_port()
     app = f"llama-{model}-{port}"
     first = files[versions[0]]

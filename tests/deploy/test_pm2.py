@@ -52,6 +52,8 @@ def test_deploy_rewrites_one_argument_reloads_and_records(stack):
     assert app["model_path"] == str(s.files["v1.1"]) and len(app["sha256"]) == 64
     assert [h["action"] for h in status["history"]] == ["deploy", "deploy"]
     assert status["history"][-1]["user"] and status["history"][-1]["time"]
+    human = run_ftctl("status", cwd=s.root)
+    assert human.returncode == 0 and "assistant: stable v1.1, no canary" in human.stdout and "history" in human.stdout
     backups = list((s.root / ".ftctl/deploy/backups").iterdir())
     assert before in [b.read_text() for b in backups]
 
