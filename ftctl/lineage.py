@@ -35,11 +35,16 @@ def version_rows(ws, model: str | None = None) -> list[dict[str, Any]]:
             e = state.versions[v]
             rows.append({
                 "model": m, "version": v, "parent": e.parent, "created": e.created,
-                "tag": tag_name(m, v), "metrics": e.metrics, "rows": (e.dataset.get("rows") or {}),
+                "tag": tag_name(m, v), "metrics": e.metrics, "rows": _split_rows(e.dataset),
                 "exports": [{k: x.get(k) for k in ("kind", "quant", "path")} for x in e.exports],
                 "deployed": deployed_as(lock, m, v),
             })
     return rows
+
+
+def _split_rows(dataset: dict) -> dict[str, int]:
+    rows = dataset.get("rows")
+    return rows if isinstance(rows, dict) else {}
 
 
 def resolve_ref(ws, ref: str, model: str | None = None) -> tuple[str, str]:
