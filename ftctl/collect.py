@@ -59,6 +59,11 @@ def collect(ws: Workspace, model: str | None = None, dry_run: bool = False, sinc
             raise FtctlError(f"--since {since!r} is not a date/time", hint="e.g. 2024-05-01, or `all`") from None
         marks = {s.name: since for s in mc.sources}
     carry = ws.data_dir(name) if since != "all" and any(marks.values()) else None
+    if carry is not None and not (carry / FILES["train"]).is_file():
+        # sources would yield only rows newer than their watermarks: without the previous
+        # snapshot to carry forward, the new one would silently lose everything before
+        raise FtctlError(f"the previous snapshot of {name!r} is not in the work tree ({ws.rel(carry)})",
+                         hint="run `dvc pull` (or `ftctl checkout`), or rebuild with --since all")
 
     work = ws.state_dir / "tmp" / f"collect-{name}-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
@@ -201,7 +206,7 @@ def _carry_preferences(carry: Path | None, prefs) -> int:
 
 def _streams(ws: Workspace, mc, marks: dict[str, str], carry: Path | None, log):
     """(source name, items, plugin, watermark) for the previous snapshot, then each source."""
-    if carry is not None and (carry / FILES["train"]).is_file():
+    if carry is not None:
         def previous():
             for s in SPLITS:
                 if (carry / FILES[s]).is_file():

@@ -107,6 +107,10 @@ def test_incremental_collect_keeps_every_example_in_its_split(workspace):
             after[e["conversation_id"]] = s
     assert all(after[k] == s for k, s in where.items())  # nothing moved
     assert ws.read_lock().models["assistant"].watermarks["fb"].startswith("2024-05-")
+    # without the previous snapshot in the work tree, an incremental collect would lose rows
+    shutil.move(ws.data_dir("assistant"), ws.root / "moved")
+    with pytest.raises(FtctlError, match="previous snapshot"):
+        collect(ws, log=lambda s: None)
     # --since all rebuilds from the sources alone
     full = collect(ws, since="all", log=lambda s: None)
     assert full["read"] == 80 and full["kept"] == 80 and first["kept"] == 60
