@@ -134,19 +134,18 @@ class GgufExporter(Exporter):
         if req.merged:
             files.append(ExportedFile(merged_dir, "merged"))
 
-        converter = None
         stem = f"{req.model}-{req.version}"
         src_type = "F16" if "BF16" not in req.quants or "F16" in req.quants else "BF16"
         src = (req.out_dir if src_type in req.quants else work) / f"{stem}-{src_type}.gguf"
-        if req.quants:
-            # the converter runs in its own process while we compute the reference continuations
-            log(f"converting to GGUF ({src_type}) with llama.cpp's convert_hf_to_gguf.py")
-            converter = _start(tools, [tools.convert_hf, merged_dir, "--outfile", src,
-                                       "--outtype", CONVERTER_TYPES[src_type]])
+        log("greedy reference continuations of the probe prompts (transformers)")
         reference = Reference.compute(model, tok, cfg.probes, cfg.probe_tokens)
         del model
-        if converter is not None:
-            _finish(converter, "convert_hf_to_gguf.py", src, cfg.convert_timeout)
+        if req.quants:
+            # one thing at a time: the converter overlapped with torch's threads on a small
+            # machine ran many times slower (oversubscribed cores), see benchmarks/export.py
+            log(f"converting to GGUF ({src_type}) with llama.cpp's convert_hf_to_gguf.py")
+            _finish(_start(tools, [tools.convert_hf, merged_dir, "--outfile", src, "--outtype",
+                                   CONVERTER_TYPES[src_type]]), "convert_hf_to_gguf.py", src, cfg.convert_timeout)
             for quant in req.quants:
                 path = req.out_dir / f"{stem}-{quant}.gguf"
                 if path != src:
@@ -360,18 +359,25 @@ class Reference:
 
     @classmethod
     def compute(cls, model, tok, prompts: list[str], max_new_tokens: int) -> Reference:
+        """One left-padded batch: a forward pass per new token for all probes at once (CPU
+        transformers is the slowest step of an export; see benchmarks/export.py)."""
         import torch
 
         eos = model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        texts = [render_prompt(tok, p) for p in prompts]
+        ids = [tok(t, add_special_tokens=False).input_ids for t in texts]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        width = max(map(len, ids))
+        batch = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        with torch.no_grad():
+            out = model.generate(batch, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=eos, pad_token_id=pad)
         probes = []
-        for prompt in prompts:
-            text = render_prompt(tok, prompt)
-            ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
-            with torch.no_grad():
-                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                     do_sample=False, eos_token_id=eos,
-                                     pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-            probes.append(Probe(text, ids[0].tolist(), out[0, ids.shape[1]:].tolist()))
+        for text, prompt, row in zip(texts, ids, out[:, width:].tolist()):
+            cut = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))  # through the first EOS
+            probes.append(Probe(text, prompt, row[:cut]))
         return cls(probes, lambda t: tok.decode(t, skip_special_tokens=False))
 
     def compare(self, path: Path, tok, *, lora: Path | None = None, n_threads: int | None = None):
