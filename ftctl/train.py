@@ -98,6 +98,10 @@ def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, 
         _check_unchanged(paths["train"], spec["data_sha256"])
         parent = spec["parent"]
     else:
+        if mc.curate.collect_before_train and not (dry_run or preview):
+            from ftctl.collect import collect
+
+            collect(ws, name, log=log)  # curate.collect_before_train: train on the freshest data
         snap = snapshot_paths(ws, name)
         paths = {"train": snap["train"], "val": snap["val"] if snap.get("val") and snap["val"].is_file() else None}
         if not paths["train"].is_file():

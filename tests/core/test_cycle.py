@@ -97,3 +97,12 @@ def test_install_cron_writes_one_entry(workspace, tmp_path):
     bad = run_ftctl("--set", "cycle.schedule=every night", "cycle", "--install-cron", "--crontab-file", str(tab),
                     cwd=workspace.root)
     assert bad.returncode == 2 and "not a cron expression" in bad.stderr
+
+
+def test_train_collects_first_when_configured(cycle_ws):
+    proc = run_ftctl("--set", "curate.collect_before_train=true", "--json", "train", "--max-steps", "1",
+                     cwd=cycle_ws.root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = cycle_ws.read_lock().state("assistant")
+    assert state.dataset["rows"]["train"] > 0  # collected by train itself
+    assert state.versions["v1.0"].dataset["md5"] == state.dataset["md5"]
