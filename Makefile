@@ -27,9 +27,9 @@ $(STAMP): pyproject.toml Makefile scripts/fetch_llama_cpp_tools.py scripts/insta
 # It records versions in this clone (a workspace); run again, it says there is nothing new (3).
 demo: install
 	$(BIN)/ftctl init .
-	$(BIN)/ftctl cycle --max-steps $${DEMO_STEPS:-60}; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 3 ]
+	$(BIN)/ftctl cycle --max-steps $${DEMO_STEPS:-12}; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 3 ]
 	$(BIN)/ftctl versions
-	$(BIN)/ftctl chat latest --prompt "How do I read a JSON file in Python?"
+	$(BIN)/ftctl chat latest --artifact gguf:Q8_0 --prompt "What does json.dumps do?"
 
 test: install
 	$(BIN)/python -m pytest -q -ra
