@@ -174,10 +174,3 @@ def load_model(resolved: ResolvedBase, dtype=None, **kwargs):
                              hint="check that the directory holds a complete causal-LM checkpoint; "
                                   "custom architectures need trust_remote_code: true") from None
 
-
-def gguf_convertible(model_type: str) -> bool:
-    """Whether llama.cpp's converter knows this architecture (for `ftctl export` later)."""
-    import gguf
-
-    names = set(gguf.MODEL_ARCH_NAMES.values())
-    return model_type in names or model_type.replace("_", "") in names

@@ -24,7 +24,7 @@ from typing import Any
 
 from ftctl import plugins
 from ftctl.atomic import write_text
-from ftctl.basemodel import ResolvedBase, gguf_convertible, resolve_base
+from ftctl.basemodel import ResolvedBase, resolve_base
 from ftctl.errors import FtctlError, UsageError
 from ftctl.lockfile import VersionEntry
 from ftctl.versions import next_version, resolve, split_ref
@@ -248,6 +248,7 @@ def _count_lines(path: Path) -> int | None:
 
 def _preview(trainer, base: ResolvedBase, train_file: Path) -> dict:
     from ftctl.chat_format import histogram, mark_trained
+    from ftctl.export import preflight
 
     tok = trainer.tokenizer(base)
     encoded = trainer.encode_file(tok, base, train_file)
@@ -256,6 +257,7 @@ def _preview(trainer, base: ResolvedBase, train_file: Path) -> dict:
     lengths = [len(e) for e in usable]
     model_type = json.loads((base.path / "config.json").read_text()).get("model_type", "")
     first = next((e for e in usable if len(e) <= max_length), usable[0] if usable else None)
+    problems = preflight(base.path)  # the same preflight `ftctl export` runs: know it before training
     return {
         "example": mark_trained(tok, first) if first else None,
         "max_length": max_length,
@@ -264,7 +266,8 @@ def _preview(trainer, base: ResolvedBase, train_file: Path) -> dict:
         "too_long": sum(1 for n in lengths if n > max_length),
         "no_assistant_turn": len(encoded) - len(usable),
         "architecture": model_type,
-        "gguf_convertible": gguf_convertible(model_type),
+        "export_problems": problems,
+        "gguf_convertible": not problems,
     }
 
 

@@ -56,7 +56,8 @@ def _render(app, r: dict, dry_run: bool, preview: bool) -> None:
         app.say(f"{r['too_long']} longer than max_length (skipped), {r['no_assistant_turn']} without an "
                 f"assistant turn (skipped)")
         app.say(f"architecture {r['architecture']}: "
-                + ("converts to GGUF" if r["gguf_convertible"] else "[yellow]not known to llama.cpp's converter[/]"))
+                + ("converts to GGUF" if r["gguf_convertible"]
+                   else "[yellow]will not export to GGUF:[/] " + "; ".join(r["export_problems"])))
         return
     app.say(f"[green]created {r['model']}@{r['version']}[/] (parent {r['parent'] or 'base'}): "
             f"train loss {r['train_loss']}, val loss {r['val_loss']}, {r['steps']} steps, "
