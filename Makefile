@@ -32,7 +32,7 @@ demo: install
 	$(BIN)/ftctl chat latest --artifact gguf:Q8_0 --prompt "What does json.dumps do?"
 
 test: install
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=25
 
 bench: install
 	$(BIN)/python benchmarks/cli_startup.py
