@@ -22,8 +22,8 @@ from typing import Any
 
 from ftctl import curate, plugins
 from ftctl.errors import FtctlError
-from ftctl.records import Example, Reject, read_jsonl
-from ftctl.workspace import Workspace, now
+from ftctl.records import Reject, read_jsonl
+from ftctl.workspace import Workspace
 
 SPLITS = ("train", "val", "test")
 FILES = {**{s: f"{s}.jsonl" for s in SPLITS}, "preferences": "preferences.jsonl",
@@ -44,7 +44,7 @@ def snapshot_paths(ws: Workspace, model: str) -> dict[str, Path]:
 def collect(ws: Workspace, model: str | None = None, dry_run: bool = False, since: str | None = None,
             strict: bool = False, log=print) -> dict[str, Any]:
     mc = ws.model(model)
-    name, cfg = mc.name, mc.curate
+    name = mc.name
     if not mc.sources:
         raise FtctlError(f"model {name!r} has no sources", hint="add a `sources:` entry to ftctl.yaml")
     lock = ws.read_lock()

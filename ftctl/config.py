@@ -241,7 +241,7 @@ def validate_model(schema: type[BaseModel], data: Any, where: str) -> Any:
             lines.append(f"{key}: {msg}")
         raise ConfigError(
             f"invalid configuration: {lines[0]}" + (f" (+{len(lines) - 1} more)" if len(lines) > 1 else ""),
-            hint="; ".join(lines[1:4]) or f"see `ftctl config show` and the README's config reference",
+            hint="; ".join(lines[1:4]) or "see `ftctl config show` and the README's config reference",
         ) from None
 
 

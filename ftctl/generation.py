@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ftctl.errors import ExternalToolError, UsageError
 from ftctl.records import Example

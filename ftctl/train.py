@@ -276,7 +276,6 @@ def _preview(trainer, base: ResolvedBase, train_file: Path) -> dict:
 
 def _launch(ws, trainer, run_dir: Path, request: TrainRequest, nproc: int, accelerate_config) -> TrainResult:
     """torchrun (DDP) or `accelerate launch --config_file` running this module as the worker."""
-    from ftctl.tools import run
 
     write_text(run_dir / "request.json", json.dumps(_jsonable(
         {**dataclasses.asdict(request), "config": trainer.config.model_dump()})))

@@ -130,7 +130,7 @@ class Workspace:
         except Timeout:
             holder = _read_json(info) or {}
             raise Locked(
-                f"another ftctl command holds the workspace lock"
+                "another ftctl command holds the workspace lock"
                 + (f": `{holder.get('command')}` (pid {holder.get('pid')}, since {holder.get('since')})" if holder else ""),
                 hint="wait for it, or retry with --wait SECONDS",
             ) from None

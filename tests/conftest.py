@@ -68,6 +68,16 @@ def run_json(*args: str, cwd: Path | None = None, **kw):
     return json.loads(proc.stdout)
 
 
+def hold_run_lock(root: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding the workspace run lock (as `ftctl train` would), once it says so."""
+    code = (f"import time\nfrom ftctl.workspace import Workspace\n"
+            f"with Workspace({str(root)!r}).run_lock('train'):\n"
+            f"    print('held', flush=True)\n    time.sleep({seconds})\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 @pytest.fixture
 def ftctl():
     return run_ftctl

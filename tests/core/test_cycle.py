@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import textwrap
 
 import pytest
 from ruamel.yaml import YAML
 
-from tests.conftest import run_ftctl
+from tests.conftest import hold_run_lock, run_ftctl
 
 pytestmark = pytest.mark.slow
 
@@ -69,15 +67,8 @@ def test_cycle_trains_then_has_nothing_to_do_then_gates(cycle_ws):
 
 
 def test_cycle_while_locked_exits_4(cycle_ws):
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from ftctl.workspace import Workspace
-        with Workspace({str(cycle_ws.root)!r}).run_lock("train"):
-            print("held", flush=True)
-            time.sleep(30)
-    """)], stdout=subprocess.PIPE, text=True)
+    holder = hold_run_lock(cycle_ws.root, 30)
     try:
-        assert holder.stdout.readline().strip() == "held"
         proc = run_ftctl("cycle", cwd=cycle_ws.root)
         assert proc.returncode == 4 and "`train`" in proc.stderr
     finally:

@@ -7,11 +7,9 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
-import pytest
 
-from tests.conftest import run_ftctl, run_json
+from tests.conftest import hold_run_lock, run_ftctl, run_json
 from tests.core.test_workspace import git, record_version
 
 # A child process that records v1.0 and SIGKILLs itself at a chosen git step.
@@ -71,15 +69,8 @@ def test_kill_between_commit_and_tag_rolls_forward(workspace):
 
 
 def test_run_lock_second_command_waits_or_exits_locked(workspace):
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from ftctl.workspace import Workspace
-        with Workspace({str(workspace.root)!r}).run_lock("train"):
-            print("held", flush=True)
-            time.sleep(6)
-    """)], stdout=subprocess.PIPE, text=True)
+    holder = hold_run_lock(workspace.root, 6)
     try:
-        assert holder.stdout.readline().strip() == "held"
         proc = run_ftctl("push", cwd=workspace.root)
         assert proc.returncode == 4
         assert "`train`" in proc.stderr and f"pid {holder.pid}" in proc.stderr and "--wait" in proc.stderr
@@ -91,14 +82,7 @@ def test_run_lock_second_command_waits_or_exits_locked(workspace):
 
 
 def test_lock_left_by_killed_process_is_recovered(workspace):
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from ftctl.workspace import Workspace
-        with Workspace({str(workspace.root)!r}).run_lock("train"):
-            print("held", flush=True)
-            time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
+    holder = hold_run_lock(workspace.root, 60)
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
     assert (workspace.state_dir / "run.lock.json").exists()  # stale info is left behind...

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from ftctl import lockfile
-from ftctl.errors import ConfigError, FtctlError, LockfileError, UsageError
+from ftctl.errors import ConfigError, FtctlError, LockfileError
 from ftctl.lockfile import VersionEntry
 from ftctl.versions import next_version
 from ftctl.workspace import Workspace, now

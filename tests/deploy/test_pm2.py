@@ -63,7 +63,7 @@ def test_dry_run_prints_the_diff_and_commands_and_changes_nothing(stack):
     before = s.eco.read_text()
     proc = run_ftctl("deploy", "v1.1", "--dry-run", cwd=s.root)
     assert proc.returncode == 0, proc.stderr
-    assert f"+      args: " in proc.stdout and str(s.files["v1.1"]) in proc.stdout
+    assert "+      args: " in proc.stdout and str(s.files["v1.1"]) in proc.stdout
     assert "startOrReload" in proc.stdout
     assert s.eco.read_text() == before
     assert pm2_list(s.pm2_home) == {}

@@ -8,7 +8,6 @@ import json
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 p = argparse.ArgumentParser()
 p.add_argument("--model", required=True)
