@@ -105,7 +105,9 @@ def phase_fetch(dsn: str) -> dict:
 def phase_read(dsn: str) -> dict:
     from datetime import datetime, timezone
 
-    from ftctl import curate, plugins
+    from ftctl import plugins
+
+    from ftctl.data import curate
     from ftctl.config import CurateConfig
     from ftctl.kinds import Context
 
@@ -122,9 +124,9 @@ def phase_read(dsn: str) -> dict:
 
 
 def phase_curate(dsn: str) -> dict:
-    from ftctl.collect import collect
-    from ftctl.init import init
-    from ftctl.workspace import Workspace
+    from ftctl.data.collect import collect
+    from ftctl.registry.init import init
+    from ftctl.registry.workspace import Workspace
 
     with tempfile.TemporaryDirectory() as d:
         init(Path(d) / "ws", model="bench")
@@ -148,7 +150,7 @@ def phase_scrub(dsn: str, n: int = 2000) -> dict:
 
     import psycopg
 
-    from ftctl.scrub import Scrubber
+    from ftctl.data.scrub import Scrubber
 
     with psycopg.connect(dsn) as conn:
         texts = [r[0] + "\n" + r[1] for r in conn.execute(

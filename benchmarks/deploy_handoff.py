@@ -49,9 +49,9 @@ class Load(threading.Thread):
 
 
 def run_case(server: str, handoff: bool, deploys: int) -> dict:
-    from ftctl import deploy
-    from ftctl.init import init
-    from ftctl.workspace import Workspace
+    from ftctl.deploy import run as deploy
+    from ftctl.registry.init import init
+    from ftctl.registry.workspace import Workspace
 
     tmp = Path(tempfile.mkdtemp(prefix="ftctl-bench-"))
     home = tempfile.mkdtemp(prefix="pm2-", dir="/tmp")

@@ -42,16 +42,16 @@ def dataset(n: int) -> list[dict]:
 
 
 def real_tokens(tok, rows) -> int:
-    from ftctl.chat_format import encode
+    from ftctl.train.chat_format import encode
 
     return sum(min(len(encode(tok, r["messages"])), HP["max_length"]) for r in rows)
 
 
 def way_ftctl(rows, precision: str, packing: bool) -> dict:
     from ftctl import plugins
-    from ftctl.basemodel import DEFAULT_BASE, resolve_base
+    from ftctl.train.basemodel import DEFAULT_BASE, resolve_base
     from ftctl.kinds import Context
-    from ftctl.train import TrainRequest
+    from ftctl.train.run import TrainRequest
 
     tmp = Path(tempfile.mkdtemp())
     data = tmp / "train.jsonl"
@@ -73,7 +73,7 @@ def way_trl(rows, precision: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from ftctl.basemodel import DEFAULT_BASE, resolve_base
+    from ftctl.train.basemodel import DEFAULT_BASE, resolve_base
 
     base = resolve_base(DEFAULT_BASE)
     tok = AutoTokenizer.from_pretrained(base.path)
@@ -91,7 +91,7 @@ def way_trl(rows, precision: str) -> dict:
     t = time.monotonic()
     out = trainer.train()
     seconds = time.monotonic() - t
-    from ftctl.chat_format import ensure_pad
+    from ftctl.train.chat_format import ensure_pad
 
     ensure_pad(tok)
     return {"seconds": seconds, "loss": out.training_loss, "tokens": real_tokens(tok, rows)}

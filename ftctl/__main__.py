@@ -1,3 +1,3 @@
-from ftctl.cli import entry
+from ftctl.cli.main import entry
 
 entry()

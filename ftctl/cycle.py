@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from ftctl.errors import GateFailed, NothingToDo
-from ftctl.workspace import Workspace
+from ftctl.registry.workspace import Workspace
 
 Log = Callable[[str], None]
 
 
 def new_examples(ws: Workspace, model: str) -> int:
     """Training rows in the current snapshot beyond those the latest version trained on."""
-    from ftctl.versions import sorted_versions
+    from ftctl.registry.versions import sorted_versions
 
     state = ws.read_lock().state(model)
     now_rows = (state.dataset or {}).get("rows", {}).get("train", 0)
@@ -35,9 +35,9 @@ def new_examples(ws: Workspace, model: str) -> int:
 
 def cycle(ws: Workspace, model: str | None = None, *, force: bool = False, max_steps: int | None = None,
           log: Log = print) -> dict[str, Any]:
-    from ftctl.collect import collect
-    from ftctl.evaluate import evaluate, gate
-    from ftctl.train import train
+    from ftctl.data.collect import collect
+    from ftctl.eval.run import evaluate, gate
+    from ftctl.train.run import train
 
     mc = ws.model(model)
     name, cc = mc.name, ws.config.cycle
@@ -71,12 +71,12 @@ def cycle(ws: Workspace, model: str | None = None, *, force: bool = False, max_s
         out["steps"]["eval"] = {"metrics": evaluate(ws, f"{name}@{version}", log=log)["metrics"]}
 
     if cc.export:
-        from ftctl.export import export
+        from ftctl.export.run import export
 
         log(f"[bold]4/5 export[/] {name}@{version}")
         out["steps"]["export"] = export(ws, f"{name}@{version}", log=log)
     if cc.deploy:
-        from ftctl.deploy import deploy
+        from ftctl.deploy.run import deploy
 
         log(f"[bold]5/5 deploy[/] {name}@{version} as a {cc.canary_percent}% canary")
         # the gate already ran above, on the same rule deploy would apply

@@ -46,8 +46,8 @@ def _isolated_env(tmp_path_factory):
 @pytest.fixture
 def workspace(tmp_path):
     """A fresh, initialised workspace (git + DVC + ftctl.yaml + models.lock)."""
-    from ftctl.init import init
-    from ftctl.workspace import Workspace
+    from ftctl.registry.init import init
+    from ftctl.registry.workspace import Workspace
 
     init(tmp_path / "ws", model="assistant")
     return Workspace(tmp_path / "ws")
@@ -70,7 +70,7 @@ def run_json(*args: str, cwd: Path | None = None, **kw):
 
 def hold_run_lock(root: Path, seconds: float) -> subprocess.Popen:
     """Another process holding the workspace run lock (as `ftctl train` would), once it says so."""
-    code = (f"import time\nfrom ftctl.workspace import Workspace\n"
+    code = (f"import time\nfrom ftctl.registry.workspace import Workspace\n"
             f"with Workspace({str(root)!r}).run_lock('train'):\n"
             f"    print('held', flush=True)\n    time.sleep({seconds})\n")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from ftctl.collect import collect, snapshot_paths
+from ftctl.data.collect import collect, snapshot_paths
 from ftctl.errors import FtctlError
 from tests.collect.conftest import configure, event, write_jsonl
 from tests.conftest import ROOT, run_ftctl, run_json

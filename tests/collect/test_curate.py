@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ftctl import curate
+from ftctl.data import curate
 from ftctl.config import CurateConfig
 from ftctl.errors import ConfigError
 from ftctl.records import Example

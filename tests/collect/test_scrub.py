@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from ftctl.errors import ConfigError
-from ftctl.scrub import Scrubber
+from ftctl.data.scrub import Scrubber
 from tests.conftest import ROOT
 
 LABELLED = ROOT / "tests" / "data" / "pii_labelled.jsonl"

@@ -15,8 +15,8 @@ from tests.core.test_workspace import git, record_version
 # A child process that records v1.0 and SIGKILLs itself at a chosen git step.
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    import ftctl.workspace as w
-    from ftctl.lockfile import VersionEntry
+    import ftctl.registry.workspace as w
+    from ftctl.registry.lockfile import VersionEntry
     root, step = sys.argv[1], sys.argv[2]
     real_git = w.git
     def git(r, *args, **kw):

@@ -95,7 +95,7 @@ HEAVY = ("torch", "transformers", "peft", "datasets", "llama_cpp")
 def test_light_commands_do_not_import_heavy_libraries(workspace, argv):
     code = textwrap.dedent(f"""
         import sys
-        from ftctl.cli import main
+        from ftctl.cli.main import main
         rc = main({argv!r})
         heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)
         print("HEAVY", heavy, "RC", rc)

@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from ftctl import lockfile
+from ftctl.registry import lockfile
 from ftctl.errors import ConfigError, FtctlError, LockfileError
-from ftctl.lockfile import VersionEntry
-from ftctl.versions import next_version
-from ftctl.workspace import Workspace, now
+from ftctl.registry.lockfile import VersionEntry
+from ftctl.registry.versions import next_version
+from ftctl.registry.workspace import Workspace, now
 from tests.conftest import run_ftctl, run_json
 
 
@@ -196,10 +196,10 @@ def test_disk_full_during_lock_write_keeps_the_original(workspace, monkeypatch):
     def full(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("ftctl.atomic.os.fsync", full)
+    monkeypatch.setattr("ftctl.util.atomic.os.fsync", full)
     with pytest.raises(OSError, match="No space left"):
         lockfile.write(workspace.lock_path, workspace.read_lock())
-    monkeypatch.setattr("ftctl.atomic.os.fsync", real_fsync)
+    monkeypatch.setattr("ftctl.util.atomic.os.fsync", real_fsync)
     assert workspace.lock_path.read_bytes() == original
     assert not list(workspace.root.glob(".models.lock.*"))  # no temp file left behind
 

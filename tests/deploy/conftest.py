@@ -102,7 +102,7 @@ class Nginx:
 
 def start_nginx(prefix: Path, stable_port: int, model: str = "assistant") -> Nginx:
     """A private nginx on a loopback port proxying to the model's generated include."""
-    from ftctl import nginx
+    from ftctl_plugins.deployers import nginx
 
     (prefix / "tmp").mkdir(parents=True)
     ng = Nginx(prefix, free_port(), prefix / "ftctl" / f"{model}.conf", model)
@@ -180,8 +180,8 @@ def write_yaml(path: Path, data: dict) -> None:
 
 def add_versions(ws, model: str, files: dict[str, Path]) -> None:
     """Version entries whose export is ``files[v]`` (recorded through ws.record, as export does)."""
-    from ftctl.lockfile import VersionEntry
-    from ftctl.workspace import now
+    from ftctl.registry.lockfile import VersionEntry
+    from ftctl.registry.workspace import now
 
     def update(lock):
         for v, path in files.items():
@@ -204,7 +204,7 @@ def server_args(kind: str, model_file: Path, port: int, alias: str = "unset", de
 
 @pytest.fixture(scope="session")
 def _workspace_template(tmp_path_factory, _isolated_env):
-    from ftctl.init import init
+    from ftctl.registry.init import init
 
     root = tmp_path_factory.mktemp("deploy-template") / "ws"
     init(root, model="assistant")
@@ -214,7 +214,7 @@ def _workspace_template(tmp_path_factory, _isolated_env):
 @pytest.fixture
 def deploy_workspace(_workspace_template, tmp_path):
     """A fresh initialised workspace: a copy of one made once per session (init takes seconds)."""
-    from ftctl.workspace import Workspace
+    from ftctl.registry.workspace import Workspace
 
     shutil.copytree(_workspace_template, tmp_path / "ws", symlinks=True)
     return Workspace(tmp_path / "ws")
@@ -268,7 +268,7 @@ def build_stack(ws, pm2_home: str, nginx_factory=None, *, server: str = "tiny", 
     data.setdefault("deploy", {})["pm2"] = cfg
     data["deploy"]["gate"] = deployer_gate
     write_yaml(ws.config_path, data)
-    from ftctl.workspace import Workspace
+    from ftctl.registry.workspace import Workspace
 
     return Stack(Workspace(ws.root), eco, app, port, canary_port, files, pm2_home, ng,
                  {"other": f"unrelated-{other_port}", "other_port": other_port})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from ruamel.yaml import YAML
 
-from ftctl import deploy
+from ftctl.deploy import run as deploy
 from ftctl.errors import UsageError
 from tests.deploy.conftest import add_versions, write_yaml
 
@@ -14,7 +14,7 @@ def configure(ws, **pm2):
     data = YAML(typ="safe", pure=True).load(ws.config_path.read_text())
     data.setdefault("deploy", {})["pm2"] = {"ecosystem": "eco.json", "app": "a", **pm2}
     write_yaml(ws.config_path, data)
-    from ftctl.workspace import Workspace
+    from ftctl.registry.workspace import Workspace
 
     return Workspace(ws.root)
 

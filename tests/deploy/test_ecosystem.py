@@ -8,7 +8,9 @@ import subprocess
 
 import pytest
 
-from ftctl import ecosystem, nginx
+from ftctl_plugins.deployers import ecosystem
+
+from ftctl_plugins.deployers import nginx
 from ftctl.errors import FtctlError, UsageError
 from tests.conftest import need
 

@@ -208,7 +208,7 @@ def test_kill_9_in_the_middle_of_a_deploy_then_rollback(stack):
     proc.wait()
     assert pending.exists()
     text = s.eco.read_text()
-    from ftctl.ecosystem import load_apps
+    from ftctl_plugins.deployers.ecosystem import load_apps
 
     assert text != before and load_apps(s.eco)  # the new file, whole (never a partial one)
     status = run_json("status", cwd=s.root)
@@ -222,7 +222,8 @@ def test_kill_9_in_the_middle_of_a_deploy_then_rollback(stack):
 
 
 def test_the_eval_gate_runs_first_when_configured(stack, monkeypatch):
-    from ftctl import deploy, evaluate
+    from ftctl.deploy import run as deploy
+    from ftctl.eval import run as evaluate
     from ftctl.errors import GateFailed
 
     s = stack(deployer_gate=True)

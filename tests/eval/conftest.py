@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ftctl.lockfile import VersionEntry
-from ftctl.workspace import Workspace, now
+from ftctl.registry.lockfile import VersionEntry
+from ftctl.registry.workspace import Workspace, now
 
 QA = [
     ("What is the capital of France?", "Paris is the capital of France.", "support", "chat"),
@@ -38,7 +38,7 @@ def tiny_eval_base(tmp_path_factory) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ftctl.basemodel import load_tokenizer, resolve_base
+    from ftctl.train.basemodel import load_tokenizer, resolve_base
 
     tok = load_tokenizer(resolve_base("smollm2-135m-instruct"))  # cached conversion after the first run
     torch.manual_seed(0)
@@ -84,7 +84,7 @@ def add_versions(ws: Workspace, versions: dict, model="assistant"):
 @pytest.fixture
 def eval_ws(tmp_path, tiny_eval_base) -> Workspace:
     """A workspace on the tiny base with two adapter versions (v1.0, v1.1) and a QA eval set."""
-    from ftctl.init import init
+    from ftctl.registry.init import init
 
     init(tmp_path / "ws", model="assistant", base=str(tiny_eval_base))
     ws = Workspace(tmp_path / "ws", overrides=("eval.max_new_tokens=12", "eval.bootstrap=500"))

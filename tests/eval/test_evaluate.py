@@ -9,10 +9,10 @@ import subprocess
 
 import pytest
 
-from ftctl import evaluate
+from ftctl.eval import run as evaluate
 from ftctl.errors import GateFailed, UsageError
-from ftctl.stats import SAME
-from ftctl.workspace import Workspace
+from ftctl.eval.stats import SAME
+from ftctl.registry.workspace import Workspace
 from ftctl_plugins.evaluators.judge import JudgeError
 from tests.conftest import run_json
 from tests.eval.conftest import QA, add_version, example, write_set
@@ -26,7 +26,7 @@ def tracked(ws, path) -> bool:
 
 def cli(capsys, *args, cwd):
     """The CLI in-process (torch is loaded once per test session); one test runs it as a subprocess."""
-    from ftctl.cli import main
+    from ftctl.cli.main import main
 
     code = main(["-C", str(cwd), *args])
     out = capsys.readouterr()
@@ -64,7 +64,7 @@ def test_evaluate_scores_records_and_reports(eval_ws):
 
 
 def test_default_test_split_golden_set_and_limit(eval_ws):
-    from ftctl.collect import snapshot_paths
+    from ftctl.data.collect import snapshot_paths
 
     test = snapshot_paths(eval_ws, "assistant")["test"]
     test.parent.mkdir(parents=True)
@@ -237,7 +237,7 @@ def test_missing_references_skip_only_the_metrics_that_need_them(eval_ws):
 
 
 def test_judge_down_writes_no_report_and_records_nothing(tmp_path, tiny_eval_base):
-    from ftctl.init import init
+    from ftctl.registry.init import init
 
     from tests.eval.conftest import make_adapter
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ftctl import evaluate
-from ftctl.workspace import Workspace
+from ftctl.eval import run as evaluate
+from ftctl.registry.workspace import Workspace
 from tests.conftest import need, run_json
 from tests.eval.conftest import add_version, example, write_set
 
@@ -28,8 +28,8 @@ def real_ws(tmp_path_factory):
     """v1.0 = SmolLM2 + an identity LoRA (B=0); its "export" is the SmolLM2 GGUF file it came from."""
     from peft import LoraConfig, get_peft_model
 
-    from ftctl.basemodel import load_model, resolve_base
-    from ftctl.init import init
+    from ftctl.train.basemodel import load_model, resolve_base
+    from ftctl.registry.init import init
 
     gguf = smollm2_gguf()
     root = tmp_path_factory.mktemp("real") / "ws"

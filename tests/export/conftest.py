@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ftctl.lockfile import VersionEntry
-from ftctl.workspace import now
+from ftctl.registry.lockfile import VersionEntry
+from ftctl.registry.workspace import now
 from tests.conftest import need
 
 
@@ -19,7 +19,7 @@ def have_llama_cpp() -> bool:
 
 
 def have_converters() -> bool:
-    from ftctl.llamacpp import find_tools
+    from ftctl.export.llamacpp import find_tools
     from ftctl.errors import FtctlError
 
     try:
@@ -51,7 +51,7 @@ def make_adapter(base_dir: Path, out: Path, *, targets=("q_proj", "v_proj"), see
 
 def record_version(ws, base_ref: str, adapter_src: Path | None, model: str = "assistant") -> str:
     """Store an adapter and record a version as `ftctl train` does (lock entry + DVC + tag)."""
-    from ftctl.versions import next_version
+    from ftctl.registry.versions import next_version
 
     version = next_version(ws.read_lock(), model)
     d = ws.adapter_dir(model, version)
@@ -79,8 +79,8 @@ def tiny_adapter(tmp_path_factory, tiny_base) -> Path:
 def export_ws(tmp_path_factory, tiny_base, tiny_adapter):
     """One workspace per module (git + DVC setup is slow): v1.0 has an adapter, v1.1 has none.
     Tests of failures share it, since each asserts that it changed nothing."""
-    from ftctl.init import init
-    from ftctl.workspace import Workspace
+    from ftctl.registry.init import init
+    from ftctl.registry.workspace import Workspace
 
     root = tmp_path_factory.mktemp("export-ws") / "ws"
     init(root, model="assistant")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ftctl.chat_format import (IGNORE, ChatFormatError, Collator, check_template, encode, encode_all,
+from ftctl.train.chat_format import (IGNORE, ChatFormatError, Collator, check_template, encode, encode_all,
                                ensure_pad, histogram, mark_trained, pack, to_features)
 
 

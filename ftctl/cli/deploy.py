@@ -1,0 +1,91 @@
+"""deploy, promote, rollback, status: thin commands over ftctl.deploy.run."""
+
+from __future__ import annotations
+
+import shlex
+
+import click
+
+from ftctl.cli.main import pass_app
+
+model_option = click.option("--model", help="The model (default: default_model in ftctl.yaml).")
+
+
+def _render(app):
+    def render(s: dict) -> None:
+        from rich.table import Table
+
+        if s.get("dry_run"):
+            plan = s["dry_run"]  # plain echo: a diff must not be re-wrapped to the terminal width
+            click.echo(plan["diff"].rstrip("\n") or "(the ecosystem file does not change)")
+            for cmd in plan["commands"]:
+                click.echo("would run: " + shlex.join(cmd))
+            return
+        canary = s["canary"]
+        app.say(f"[bold]{s['model']}[/]: stable {s['stable'] or '-'}"
+                + (f", canary {canary['version']} at {canary['percent']}%" if canary else ", no canary"))
+        if s.get("interrupted"):
+            app.say("[yellow]an interrupted deploy is pending: `ftctl rollback` restores the recorded state[/]")
+        t = Table("app", "role", "version", "model file", "sha256", "healthy", "serves")
+        for a in s["apps"]:
+            t.add_row(a["name"], a["role"], a["version"] or "?", a["model_path"] or "-",
+                      (a["sha256"] or "-")[:12], "yes" if a["healthy"] else "[red]no[/]", a["served_id"] or "-")
+        app.console.print(t)
+        if s["history"]:
+            h = Table("time", "user", "action", "version", "stable", "canary", "result", title="history (last 10)")
+            for e in s["history"][-10:]:
+                c = e.get("canary")
+                h.add_row(e["time"], e.get("user", "?"), e["action"], e.get("version") or "-",
+                          e.get("stable") or "-", f"{c['version']} {c['percent']}%" if c else "-", e["result"])
+            app.console.print(h)
+
+    return render
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--canary", type=click.IntRange(1, 100), metavar="PERCENT",
+              help="Start (or re-split) a canary taking this share of traffic.")
+@click.option("--dry-run", is_flag=True, help="Print the ecosystem diff and pm2 commands; change nothing.")
+@click.option("--gate/--no-gate", default=None, help="Apply the eval gate first (default: deploy.gate).")
+@pass_app
+def deploy(app, ref, canary, dry_run, gate):
+    """Deploy version REF (v1.1, latest, model@v1.1) to its pm2 app, or as a canary."""
+    from ftctl.deploy import run as core
+
+    if dry_run:
+        result = core.deploy(app.workspace(), ref, canary=canary, dry_run=True, log=app.say)
+    else:
+        result = app.mutate("deploy", lambda ws: core.deploy(ws, ref, canary=canary, gate=gate, log=app.say))
+    app.emit(result, _render(app))
+
+
+@click.command()
+@model_option
+@pass_app
+def promote(app, model):
+    """Make the canary the stable version and remove the canary."""
+    from ftctl.deploy import run as core
+
+    app.emit(app.mutate("promote", lambda ws: core.promote(ws, model, log=app.say)), _render(app))
+
+
+@click.command()
+@click.option("--to", "to", metavar="VERSION", help="Redeploy this version instead of the previous one.")
+@model_option
+@pass_app
+def rollback(app, to, model):
+    """Send all traffic back to stable (removing the canary), or redeploy the previous version."""
+    from ftctl.deploy import run as core
+
+    app.emit(app.mutate("rollback", lambda ws: core.rollback(ws, model, to, log=app.say)), _render(app))
+
+
+@click.command()
+@model_option
+@pass_app
+def status(app, model):
+    """What each app serves (version, file, sha256), its health, the split and the history."""
+    from ftctl.deploy import run as core
+
+    app.emit(core.status(app.workspace(), model, log=app.say), _render(app))

@@ -1,0 +1,118 @@
+"""Git-like commands over the registry: versions, show, diff, log, checkout, push."""
+
+from __future__ import annotations
+
+import click
+
+from ftctl.cli.main import pass_app
+
+model_option = click.option("--model", help="The model (default: default_model in ftctl.yaml).")
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+
+@click.command()
+@model_option
+@pass_app
+def versions(app, model):
+    """List every version: parent, created, rows, key metric, exports, where deployed."""
+    from ftctl.registry.lineage import version_rows
+
+    ws = app.workspace()
+    rows = version_rows(ws, model)
+
+    def render(rs):
+        from rich.table import Table
+
+        if not rs:
+            app.say("no versions yet: run `ftctl collect` and `ftctl train`")
+            return
+        key = ws.config.model(model).eval.gate.metric
+        t = Table("model", "version", "parent", "created", "rows", key, "exports", "deployed")
+        for r in rs:
+            rows_n = sum(v for v in r["rows"].values() if isinstance(v, int)) if r["rows"] else None
+            t.add_row(r["model"], r["version"], r["parent"] or "base", r["created"][:16], _fmt(rows_n),
+                      _fmt(r["metrics"].get(key)), ", ".join(x["quant"] or x["kind"] for x in r["exports"]) or "-",
+                      r["deployed"] or "-")
+        app.console.print(t)
+
+    app.emit(rows, render)
+
+
+@click.command()
+@click.argument("ref")
+@model_option
+@pass_app
+def show(app, ref, model):
+    """Show a version's whole models.lock entry (REF: v1.1, latest, stable, model@v1.0)."""
+    from ftctl.registry.lineage import show as do_show
+
+    app.emit(do_show(app.workspace(), ref, model))
+
+
+@click.command()
+@click.argument("a")
+@click.argument("b")
+@model_option
+@pass_app
+def diff(app, a, b, model):
+    """Compare versions A and B: data (rows added/removed, rating mix), params, metrics, base."""
+    from ftctl.registry.lineage import diff as do_diff
+
+    result = do_diff(app.workspace(), a, b, model)
+
+    def render(d):
+        app.say(f"[bold]{d['a']} -> {d['b']}[/]")
+        app.say(f"base: {'changed' if d['base']['changed'] else 'same'} ({_fmt(d['base']['b'])})")
+        data = d["data"]
+        app.say(f"data: rows {data['a_rows']} -> {data['b_rows']}"
+                + (f", +{data['added']} / -{data['removed']} examples" if "added" in data else f" ({data.get('note')})"))
+        if "rating_mix" in data:
+            app.say(f"  rating mix: {data['rating_mix']['a']} -> {data['rating_mix']['b']}")
+        for k, x in d["params"].items():
+            app.say(f"param {k}: {_fmt(x['a'])} -> {_fmt(x['b'])}")
+        for k, x in d["metrics"].items():
+            app.say(f"metric {k}: {_fmt(x['a'])} -> {_fmt(x['b'])}")
+
+    app.emit(result, render)
+
+
+@click.command()
+@model_option
+@click.option("-n", "--limit", type=int, default=50, show_default=True)
+@pass_app
+def log(app, model, limit):
+    """Versions, evaluations, exports and deployments, newest first."""
+    from ftctl.registry.lineage import log as do_log
+
+    events = do_log(app.workspace(), model)[:limit]
+
+    def render(es):
+        for e in es:
+            app.say(f"{(e['time'] or '?')[:19]}  {e['model']}@{e['version']}  [bold]{e['event']}[/]  {e['detail']}")
+
+    app.emit(events, render)
+
+
+@click.command()
+@click.argument("ref")
+@model_option
+@pass_app
+def checkout(app, ref, model):
+    """Restore REF's dataset snapshot and adapter files (verified against their hashes)."""
+    from ftctl.registry.lineage import checkout as do_checkout
+
+    result = app.mutate("checkout", lambda ws: do_checkout(ws, ref, model))
+    app.emit(result, lambda r: app.say(f"restored {r['model']}@{r['version']}: {', '.join(r['restored'])}"))
+
+
+@click.command()
+@pass_app
+def push(app):
+    """Push every stored dataset, adapter and export to the DVC remote."""
+    from ftctl.registry.lineage import push as do_push
+
+    result = app.mutate("push", do_push)
+    app.emit(result, lambda r: app.say(f"pushed to {r['remote']}"))

@@ -1,0 +1,64 @@
+"""`ftctl train`: a thin shell over ftctl.train.run.train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ftctl.cli.main import pass_app
+
+
+@click.command()
+@click.option("--model", help="The model to train (default: default_model in ftctl.yaml).")
+@click.option("--from", "from_", metavar="VERSION", help="Continue this version's adapter on the current data.")
+@click.option("--resume", is_flag=True, help="Finish the newest unfinished run from its last checkpoint.")
+@click.option("--major", is_flag=True, help="Start a new major version (v2.0 after v1.x).")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many optimizer steps.")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Passes over the training data.")
+@click.option("--use-qlora", "qlora", is_flag=True, default=None, help="4-bit QLoRA (needs CUDA + bitsandbytes).")
+@click.option("--nproc", type=click.IntRange(min=1), help="Processes to train with (torchrun, DDP).")
+@click.option("--accelerate-config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="An accelerate config (FSDP, DeepSpeed, multi-node) to launch with.")
+@click.option("--dry-run", is_flag=True, help="Show what would be trained on what; train nothing.")
+@click.option("--preview", is_flag=True, help="Show a rendered example (trained spans in [[ ]]) and lengths.")
+@pass_app
+def train(app, model, from_, resume, major, max_steps, epochs, qlora, nproc, accelerate_config, dry_run, preview):
+    """Fine-tune a LoRA/QLoRA adapter on the latest dataset snapshot into a new version."""
+    from ftctl.train.run import train as do_train
+
+    def run(ws):
+        return do_train(ws, model, from_=from_, resume=resume, major=major, max_steps=max_steps, epochs=epochs,
+                        dry_run=dry_run, preview=preview, nproc=nproc, accelerate_config=accelerate_config,
+                        qlora=qlora or None, log=app.say, show_progress=not app.json and app.console.is_terminal)
+
+    result = run(app.workspace()) if dry_run or preview else app.mutate("train", run)
+    app.emit(result, lambda r: _render(app, r, dry_run, preview))
+
+
+def _render(app, r: dict, dry_run: bool, preview: bool) -> None:
+    if dry_run:
+        app.say(f"would train {r['model']}@{r['version']} from {r['parent'] or 'base ' + r['base']} "
+                f"with {r['trainer']} on {r['data']['train']} ({r['rows'].get('train')} rows"
+                f"{', val ' + str(r['rows'].get('val')) if r['rows'].get('val') else ''})")
+        app.say("params: " + ", ".join(f"{k}={v}" for k, v in r["params"].items() if v is not None))
+        return
+    if preview:
+        from rich.markup import escape
+
+        app.say("[bold]rendered example[/] (trained spans in [[ ]]):")
+        app.console.print(escape(r["example"] or "(none)"), markup=False)
+        app.say(f"[bold]token lengths[/] ({r['examples']} examples, max_length {r['max_length']}):")
+        top = max((b["count"] for b in r["histogram"]), default=1) or 1
+        for b in r["histogram"]:
+            over = " > max_length" if b["from"] > r["max_length"] else ""
+            app.say(f"  {b['from']:>6}-{b['to']:<6} {'#' * round(30 * b['count'] / top):<30} {b['count']}{over}")
+        app.say(f"{r['too_long']} longer than max_length (skipped), {r['no_assistant_turn']} without an "
+                f"assistant turn (skipped)")
+        app.say(f"architecture {r['architecture']}: "
+                + ("converts to GGUF" if r["gguf_convertible"]
+                   else "[yellow]will not export to GGUF:[/] " + "; ".join(r["export_problems"])))
+        return
+    app.say(f"[green]created {r['model']}@{r['version']}[/] (parent {r['parent'] or 'base'}): "
+            f"train loss {r['train_loss']}, val loss {r['val_loss']}, {r['steps']} steps, "
+            f"{r['tokens_per_s']} tokens/s, adapter {r['adapter']}")

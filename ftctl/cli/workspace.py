@@ -1,0 +1,102 @@
+"""Workspace commands: init, config show/validate, plugins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ftctl.cli.main import pass_app
+
+
+@click.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=".")
+@click.option("--model", default="assistant", show_default=True, help="Name of the first (default) model.")
+@click.option("--base", default="smollm2-135m-instruct", show_default=True,
+              help="Base model: catalogue name, HF directory or .gguf file.")
+@click.option("--remote", help="DVC remote URL or path (default: a local directory outside the work tree).")
+@pass_app
+def init(app, directory, model, base, remote):
+    """Make DIRECTORY an ftctl workspace; running it again changes nothing."""
+    from ftctl.registry.init import init as do_init
+
+    result = do_init(directory, model=model, base=base, remote=remote)
+
+    def render(r):
+        if r["done"]:
+            for step in r["done"]:
+                app.say(f"  {step}")
+            app.say(f"[green]workspace ready[/] at {r['workspace']}")
+        else:
+            app.say(f"{r['workspace']} is already an ftctl workspace; nothing changed")
+
+    app.emit(result, render)
+
+
+@click.group()
+def config():
+    """Show or validate the resolved ftctl.yaml."""
+
+
+@config.command("show")
+@click.option("--model", help="Show one model's merged settings.")
+@pass_app
+def config_show(app, model):
+    """Print the resolved configuration, secrets masked."""
+    from ftctl.config import mask
+
+    ws = app.workspace()
+    loaded = ws.loaded
+    if model:
+        data = mask(ws.model(model).model_dump(mode="json"), set(), "")
+    else:
+        data = loaded.masked()
+
+    def render(d):
+        import io
+
+        from ruamel.yaml import YAML
+
+        buf = io.StringIO()
+        y = YAML()
+        y.default_flow_style = False
+        y.dump(d, buf)
+        app.console.print(buf.getvalue(), markup=False, highlight=False, end="")
+
+    app.emit(data, render)
+
+
+@config.command("validate")
+@pass_app
+def config_validate(app):
+    """Check ftctl.yaml, including every plugin section, against its schema."""
+    from ftctl.pluginconfig import validate_all
+
+    ws = app.workspace()
+    checked = validate_all(ws.config)
+    app.emit({"valid": True, "models": ws.config.model_names(), "checked": checked},
+             lambda r: app.say(f"[green]ftctl.yaml is valid[/] ({len(checked)} plugin sections checked)"))
+
+
+@click.command()
+@pass_app
+def plugins(app):
+    """List loaded plugins: kind, name, distribution and config schema."""
+    from ftctl.plugins import registry
+
+    rows = [
+        {"kind": r.kind, "name": r.name, "distribution": r.distribution,
+         "module": r.cls.__module__, "config_schema": r.cls.Config.model_json_schema()}
+        for r in sorted(registry().values(), key=lambda r: (r.kind, r.name))
+    ]
+
+    def render(rs):
+        from rich.table import Table
+
+        t = Table("kind", "name", "distribution", "settings")
+        for r in rs:
+            props = r["config_schema"].get("properties", {})
+            t.add_row(r["kind"], r["name"], r["distribution"], ", ".join(props) or "-")
+        app.console.print(t)
+
+    app.emit(rows, render)

@@ -1,0 +1,296 @@
+"""`ftctl collect`: sources -> curation -> a versioned dataset snapshot in data/<model>/.
+
+Every row read is accounted for: kept (in a split), filtered (by a named filter) or rejected
+(with file:line or primary key and a reason, in rejects.jsonl); ``read == kept +
+sum(filtered) + sum(rejected)`` always holds, and is checked before anything is recorded.
+
+Incremental: each source remembers a watermark in models.lock; the next collect reads only
+newer rows and carries the previous snapshot forward (re-curated: filters, dedup and the
+stable split apply to the whole), so a snapshot is always the full dataset. ``since="all"``
+rebuilds from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ftctl import plugins
+
+from ftctl.data import curate
+from ftctl.errors import FtctlError
+from ftctl.records import Reject, read_jsonl
+from ftctl.registry.workspace import Workspace
+
+SPLITS = ("train", "val", "test")
+FILES = {**{s: f"{s}.jsonl" for s in SPLITS}, "preferences": "preferences.jsonl",
+         "card": "card.json", "rejects": "rejects.jsonl"}
+CARRIED = "previous-snapshot"
+
+
+class RejectedRows(FtctlError):
+    """--strict: some input rows were rejected."""
+
+
+def snapshot_paths(ws: Workspace, model: str) -> dict[str, Path]:
+    """The files of a model's snapshot: train, val, test, preferences, card, rejects."""
+    d = ws.data_dir(model)
+    return {k: d / name for k, name in FILES.items()}
+
+
+def collect(ws: Workspace, model: str | None = None, dry_run: bool = False, since: str | None = None,
+            strict: bool = False, log=print) -> dict[str, Any]:
+    mc = ws.model(model)
+    name = mc.name
+    if not mc.sources:
+        raise FtctlError(f"model {name!r} has no sources", hint="add a `sources:` entry to ftctl.yaml")
+    lock = ws.read_lock()
+    state = lock.models.get(name)
+    marks = {} if since == "all" or state is None else dict(state.watermarks)
+    if since not in (None, "all"):
+        from ftctl_plugins.sources.common import RowError, parse_time
+
+        try:
+            since = parse_time(since).isoformat()
+        except RowError:
+            raise FtctlError(f"--since {since!r} is not a date/time", hint="e.g. 2024-05-01, or `all`") from None
+        marks = {s.name: since for s in mc.sources}
+    carry = ws.data_dir(name) if since != "all" and any(marks.values()) else None
+    if carry is not None and not (carry / FILES["train"]).is_file():
+        # sources would yield only rows newer than their watermarks: without the previous
+        # snapshot to carry forward, the new one would silently lose everything before
+        raise FtctlError(f"the previous snapshot of {name!r} is not in the work tree ({ws.rel(carry)})",
+                         hint="run `dvc pull` (or `ftctl checkout`), or rebuild with --since all")
+
+    work = ws.state_dir / "tmp" / f"collect-{name}-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    out = work / "snapshot"
+    out.mkdir(parents=True)
+    try:
+        card = _curate(ws, mc, out, work, marks, carry, log)
+        result = _result(ws, name, card, out if dry_run else ws.data_dir(name))
+        if strict and card["rejected"]:
+            keep = ws.state_dir / f"rejects-{name}.jsonl"
+            shutil.copyfile(out / FILES["rejects"], keep)
+            raise RejectedRows(f"--strict: {sum(card['rejected'].values())} row(s) rejected "
+                               f"({', '.join(f'{k}: {v}' for k, v in card['rejected'].items())})",
+                               hint=f"see {ws.rel(keep)}; nothing was written")
+        if dry_run:
+            result["snapshot"] = None
+            result["rejects_file"] = None
+            return result
+        _publish(ws, name, out, card)
+        result["snapshot"] = ws.rel(ws.data_dir(name))
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], carry: Path | None, log) -> dict:
+    cfg = mc.curate
+    stamp = datetime.now(timezone.utc)
+    count_tokens, counted_with = curate.token_counter(_tokenizer_json(ws, mc.base))
+    golden, n_golden = curate.golden_keys(ws.root / cfg.golden) if cfg.golden else (set(), 0)
+    filters = curate.Filters(cfg, count_tokens, stamp, golden)
+    scrubber = None
+    if cfg.scrub.enabled:
+        from ftctl.data.scrub import Scrubber
+
+        scrubber = Scrubber(cfg.scrub.types, cfg.scrub.names, ws.cache_dir)
+
+    read, filtered, rejected, scrubbed = 0, Counter(), Counter(), Counter()
+    per_source: dict[str, dict] = {}
+    spill = curate.Spill(work)
+    prefs = open(out / FILES["preferences"], "w", encoding="utf-8")
+    n_prefs = _carry_preferences(carry, prefs)
+    try:
+        with open(out / FILES["rejects"], "w", encoding="utf-8") as rejects:
+            for src_name, items, plugin, mark in _streams(ws, mc, marks, carry, log):
+                n_read = 0
+                for item in items:
+                    n_read += 1
+                    if isinstance(item, Reject):
+                        rejected[item.reason] += 1
+                        rejects.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
+                        continue
+                    if mark and item.created_at and item.created_at.isoformat() <= mark \
+                            and src_name != CARRIED:
+                        filtered["already_collected"] += 1
+                        continue
+                    ex, original = curate.apply_correction(item)
+                    reason, tokens = filters.reason(ex)
+                    negative = reason in ("min_rating", "min_reward", "negative_feedback")
+                    if reason and not (negative and cfg.keep_negative):
+                        filtered[reason] += 1
+                        continue
+                    if scrubber:
+                        ex.messages = scrubber.scrub_messages(ex.messages, scrubbed)
+                        if original:
+                            original = scrubber.scrub(original, scrubbed)
+                    spill.add(ex, dedup=cfg.dedup, neg=reason, tokens=tokens)
+                    if original and original != ex.response:
+                        split = curate.split_of(ex.key, cfg.split.salt, cfg.split.val, cfg.split.test)
+                        prefs.write(json.dumps(curate.preference(
+                            curate.prompt_messages(ex), ex.response, original, ex.key, split, "correction"),
+                            ensure_ascii=False) + "\n")
+                        n_prefs += 1
+                wm = plugin.watermark() if plugin else None
+                per_source[src_name] = {"read": n_read, "watermark": wm or mark}
+                read += n_read
+                log(f"{src_name}: {n_read} rows read")
+        spill.resolve(cfg.conflict)
+        kept, splits, bins = 0, Counter(), [0] * len(curate.TOKEN_BINS)
+        ratings, agents = Counter(), Counter()
+        writers = {s: open(out / FILES[s], "wb") for s in SPLITS}
+        try:
+            for ex, status, tokens, line in spill.results():
+                if status == "kept" and cfg.limit is not None and kept >= cfg.limit:
+                    status = "limit"
+                if status != "kept":
+                    filtered[status] += 1
+                    continue
+                split = curate.split_of(ex.key, cfg.split.salt, cfg.split.val, cfg.split.test)
+                writers[split].write(line)
+                kept += 1
+                splits[split] += 1
+                bins[curate.bin_of(tokens)] += 1
+                ratings["unrated" if ex.rating is None else f"{ex.rating:g}"] += 1
+                agents[ex.agent or "none"] += 1
+        finally:
+            for w in writers.values():
+                w.close()
+        for good, bad in spill.negatives_for_kept():
+            split = curate.split_of(good.key, cfg.split.salt, cfg.split.val, cfg.split.test)
+            prefs.write(json.dumps(curate.preference(curate.prompt_messages(good), good.response, bad.response,
+                                                     good.key, split, "rating"), ensure_ascii=False) + "\n")
+            n_prefs += 1
+    finally:
+        spill.close()
+        prefs.close()
+
+    card = {
+        "model": mc.name, "created": stamp.replace(microsecond=0).isoformat(),
+        "read": read, "kept": kept,
+        "filtered": dict(sorted(filtered.items())), "rejected": dict(sorted(rejected.items())),
+        "scrubbed": dict(sorted(scrubbed.items())),
+        "splits": {s: splits[s] for s in SPLITS}, "preferences": n_prefs,
+        "tokens": {"counted_with": counted_with, "histogram": curate.histogram(bins)},
+        "ratings": dict(sorted(ratings.items())), "agents": dict(sorted(agents.items())),
+        "sources": per_source,
+        "window": {k: v.isoformat() if v else None for k, v in zip(("start", "end"), (filters.start, filters.end))},
+        "filters": cfg.model_dump(mode="json", exclude={"scrub", "split", "collect_before_train"}),
+        "split": cfg.split.model_dump(mode="json"), "golden": {"path": cfg.golden, "examples": n_golden},
+        "pii": {"enabled": cfg.scrub.enabled, "engine": "presidio-analyzer (pattern recognizers)",
+                "names": scrubber.names if scrubber else "off"},
+    }
+    total = kept + sum(filtered.values()) + sum(rejected.values())
+    if total != read:  # a bug, never a data problem: refuse to record an unbalanced card
+        raise FtctlError(f"internal accounting error: read {read} != kept+filtered+rejected {total}")
+    (out / FILES["card"]).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return card
+
+
+def _carry_preferences(carry: Path | None, prefs) -> int:
+    """The previous snapshot's pairs: their rejected answers are in no split to rebuild them from."""
+    n = 0
+    if carry is not None and (carry / FILES["preferences"]).is_file():
+        with open(carry / FILES["preferences"], encoding="utf-8") as f:
+            for line in f:
+                prefs.write(line)
+                n += 1
+    return n
+
+
+def _streams(ws: Workspace, mc, marks: dict[str, str], carry: Path | None, log):
+    """(source name, items, plugin, watermark) for the previous snapshot, then each source."""
+    if carry is not None:
+        def previous():
+            for s in SPLITS:
+                if (carry / FILES[s]).is_file():
+                    yield from read_jsonl(carry / FILES[s])
+        yield CARRIED, previous(), None, None
+    for i, src in enumerate(mc.sources):
+        ctx = ws.context(mc.name, log)
+        ctx.extra["source_name"] = src.name
+        plugin = plugins.build("source", src.kind, src.plugin_config(), ctx,
+                               key=f"models.{mc.name}.sources[{i}]")
+        mark = marks.get(src.name)
+        yield src.name, plugin.read(mark), plugin, mark
+
+
+def _tokenizer_json(ws: Workspace, base: str) -> Path | None:
+    """The base model's tokenizer.json when it is on disk already (never converts a base:
+    collecting must not load torch); None means the whitespace approximation."""
+    from ftctl.train import basemodel
+
+    try:
+        if base in basemodel.CATALOGUE:
+            path = basemodel.CATALOGUE[base]()
+        else:
+            path = Path(base).expanduser()
+            path = path if path.is_absolute() else ws.root / path
+        if path.is_dir():
+            return path / "tokenizer.json"
+        if path.is_file():
+            return basemodel.cache_root() / basemodel.file_sha256(path) / "tokenizer.json"
+    except FtctlError:
+        pass
+    return None
+
+
+def _result(ws: Workspace, name: str, card: dict, snapshot: Path) -> dict:
+    return {
+        "model": name, "read": card["read"], "kept": card["kept"], "filtered": card["filtered"],
+        "rejected": card["rejected"], "scrubbed": card["scrubbed"], "splits": card["splits"],
+        "preferences": card["preferences"],
+        "rejects_file": ws.rel(snapshot / FILES["rejects"]) if snapshot.is_relative_to(ws.root) else None,
+        "snapshot": None, "card": card,
+    }
+
+
+def _publish(ws: Workspace, name: str, out: Path, card: dict) -> None:
+    """Swap the new snapshot in, record it (DVC + models.lock + commit); undo on failure."""
+    final = ws.data_dir(name)
+    old = final.with_name(f".{name}.previous")
+    shutil.rmtree(old, ignore_errors=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        final.rename(old)
+    out.rename(final)
+
+    def update(lock) -> None:
+        st = lock.state(name)
+        st.dataset = {
+            "md5": _dvc_md5(final.with_name(name + ".dvc")), "created": card["created"],
+            "rows": card["splits"], "filters": card["filters"], "window": card["window"],
+            "card": {k: card[k] for k in ("read", "kept", "filtered", "rejected", "scrubbed", "preferences")},
+        }
+        for src, info in card["sources"].items():
+            if src != CARRIED and info.get("watermark"):
+                st.watermarks[src] = info["watermark"]
+
+    s = card["splits"]
+    try:
+        ws.record(f"collect {name}: {card['kept']} examples (train {s['train']}, val {s['val']}, "
+                  f"test {s['test']}) from {card['read']} rows", update, track=[final])
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)
+        if old.exists():
+            old.rename(final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _dvc_md5(dvc_file: Path) -> str | None:
+    from ruamel.yaml import YAML
+
+    try:
+        data = YAML(typ="safe").load(dvc_file.read_text())
+        return data["outs"][0]["md5"]
+    except (OSError, KeyError, IndexError, TypeError):
+        return None

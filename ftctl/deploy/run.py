@@ -1,0 +1,310 @@
+"""`ftctl deploy / promote / rollback / status`: decide, call the deployer, record.
+
+The deployer plugin (``deploy.deployer``, pm2 by default) does the work on the serving stack;
+this module picks the file to serve (the version's exported GGUF), applies the eval gate,
+and records every change in models.lock (``deployment`` and ``history``) through
+``ws.record``. Each returns the status shape of the scripting contract.
+
+A command killed half-way leaves a pending note (with the ecosystem file as it was); the next
+deploy/promote/rollback puts the serving stack back to the recorded state first, and
+``ftctl rollback`` does only that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ftctl.util.atomic import write_text
+from ftctl.train.basemodel import file_sha256
+from ftctl.errors import NothingToDo, RolledBack, UsageError
+from ftctl.registry.lockfile import Lock, ModelState
+from ftctl.registry.versions import resolve, split_ref
+
+Log = Callable[[str], None]
+
+
+def _deployer(ws, model: str, log: Log):
+    from ftctl import plugins
+
+    cfg = ws.model(model).deploy
+    return plugins.build("deployer", cfg.deployer, cfg.plugin_config(cfg.deployer), ws.context(model, log),
+                         key=f"models.{model}.deploy.{cfg.deployer}")
+
+
+def _model_and_version(ws, ref: str) -> tuple[str, str]:
+    model, ver = split_ref(ref, ws.config.default_model)
+    ws.model(model)  # unknown model: a config error naming the known ones
+    version = resolve(ws.read_lock(), model, ver)
+    if version == "base":
+        raise UsageError("the base model has no exported GGUF of its own", hint="deploy a version, e.g. v1.0")
+    return model, version
+
+
+def artifact(ws, model: str, version: str, dep) -> dict[str, Any]:
+    """The exported file this deployer serves for ``version``: {path, rel, sha256, kind, quant}."""
+    entry = ws.read_lock().state(model).versions[version]
+    kind = "lora-gguf" if "--lora" in dep.config.arg else "gguf"
+    quant = getattr(dep.config, "quant", None)
+    files = [e for e in entry.exports
+             if e.get("kind") == kind and (quant is None or str(e.get("quant")).upper() == quant.upper())]
+    if not files:
+        raise UsageError(f"{model}@{version} has no exported {kind}" + (f" ({quant})" if quant else ""),
+                         hint=f"run `ftctl export {model}@{version}` first")
+    path = (ws.root / files[0]["path"]).resolve()
+    if not path.is_file():
+        raise UsageError(f"the GGUF of {model}@{version} does not exist: {files[0]['path']}",
+                         hint=f"restore it with `ftctl checkout {model}@{version}` (or `dvc pull`)")
+    digest = file_sha256(path)
+    if files[0].get("sha256") and files[0]["sha256"] != digest:
+        raise UsageError(f"{files[0]['path']} does not match the sha256 recorded for {model}@{version}",
+                         hint="the file changed since export; restore it with `ftctl checkout`")
+    return {"path": str(path), "rel": files[0]["path"], "sha256": digest, "kind": kind,
+            "quant": files[0].get("quant")}
+
+
+def _served_files(ws, state: ModelState) -> dict[str, tuple[str, str | None]]:
+    """Absolute exported path -> (version, sha256), for telling what an app serves."""
+    out = {}
+    for v, entry in state.versions.items():
+        for e in entry.exports:
+            if e.get("path"):
+                out[str((ws.root / e["path"]).resolve())] = (v, e.get("sha256"))
+    return out
+
+
+# --- status -------------------------------------------------------------------------------------
+
+
+def status(ws, model: str | None = None, log: Log = print, dep=None) -> dict[str, Any]:
+    model = model or ws.config.default_model
+    dep = dep or _deployer(ws, model, log)
+    state = ws.read_lock().models.get(model) or ModelState()
+    files = _served_files(ws, state)
+    apps = []
+    for app in dep.describe():
+        path = app["model_path"]
+        version, digest = files.get(str((dep.file.parent / path).resolve()) if path else "", (None, None))
+        healthy, served = dep.probe(app["port"])
+        apps.append({"name": app["name"], "role": app["role"], "version": version, "model_path": path,
+                     "sha256": digest, "healthy": healthy, "served_id": served, "port": app["port"]})
+    d = state.deployment
+    return {"model": model, "stable": d.stable, "canary": dict(d.canary) if d.canary else None,
+            "apps": apps, "history": list(state.history),
+            "interrupted": _pending_path(ws, model).exists()}
+
+
+# --- recording ----------------------------------------------------------------------------------
+
+
+def _record(ws, model: str, action: str, version: str | None, *, stable: str | None = ...,
+            canary: dict | None = ..., result: str = "ok", detail: str | None = None, apps=None) -> None:
+    from ftctl.registry.workspace import now
+
+    def update(lock: Lock) -> None:
+        st = lock.state(model)
+        if stable is not ...:
+            st.deployment.stable = stable
+        if canary is not ...:
+            st.deployment.canary = canary
+        if apps is not None:
+            st.deployment.apps = apps
+        st.history.append({"time": now(), "user": _user(), "action": action, "version": version,
+                           "stable": st.deployment.stable,
+                           "canary": dict(st.deployment.canary) if st.deployment.canary else None,
+                           "result": result, **({"detail": detail} if detail else {})})
+
+    what = f"{action} {model}@{version}" if version else f"{action} {model}"
+    ws.record(f"deploy: {what}" + ("" if result == "ok" else f" ({result})"), update)
+
+
+def _apps_entry(ws, dep, versions: dict[str, dict]) -> list[dict]:
+    """What models.lock keeps per app: name, role, version, file, sha256."""
+    out = []
+    for role, art in versions.items():
+        if art:
+            name = dep.config.app if role == "stable" else dep.canary_name
+            out.append({"name": name, "role": role, "version": art["version"], "model_path": art["rel"],
+                        "sha256": art["sha256"]})
+    return out
+
+
+def _user() -> str:
+    with contextlib.suppress(Exception):
+        return getpass.getuser()
+    return "?"
+
+
+# --- interrupted commands -----------------------------------------------------------------------
+
+
+def _pending_path(ws, model: str) -> Path:
+    return ws.root / ".ftctl" / "deploy" / f"{model}.pending.json"
+
+
+@contextlib.contextmanager
+def _pending(ws, model: str, dep, action: str, version: str) -> Iterator[None]:
+    """Note what is about to change; kept only if the command dies before it finishes."""
+    path = _pending_path(ws, model)
+    snapshot = dep.snapshot()
+    write_text(path, json.dumps({"action": action, "version": version, "snapshot": snapshot}))
+    try:
+        yield
+    except RolledBack:
+        path.unlink(missing_ok=True)  # the deployer already put things back
+        raise
+    except Exception:
+        # a tool failed half-way: put the recorded state back now; if that fails too, the note
+        # stays and the next command (or `ftctl rollback`) retries it
+        with contextlib.suppress(Exception):
+            dep.recover(snapshot, _canary_percent(ws, model))
+            path.unlink(missing_ok=True)
+        raise
+    path.unlink(missing_ok=True)
+
+
+def _canary_percent(ws, model: str) -> int:
+    return (ws.read_lock().state(model).deployment.canary or {}).get("percent", 0)
+
+
+def _recover(ws, model: str, dep, log: Log) -> bool:
+    path = _pending_path(ws, model)
+    if not path.exists():
+        return False
+    note = json.loads(path.read_text())
+    log(f"an interrupted `{note['action']} {note['version']}` left {model} half-changed: restoring the recorded state")
+    dep.recover(note["snapshot"], _canary_percent(ws, model))
+    path.unlink()
+    _record(ws, model, "recover", note["version"], detail=f"undid interrupted {note['action']}")
+    return True
+
+
+# --- verbs --------------------------------------------------------------------------------------
+
+
+def _artifact_of(ws, model: str, version: str | None, dep) -> dict | None:
+    return {"version": version, **artifact(ws, model, version, dep)} if version else None
+
+
+def deploy(ws, ref: str, *, canary: int | None = None, dry_run: bool = False, gate: bool | None = None,
+           log: Log = print) -> dict[str, Any]:
+    """Serve version ``ref`` from the stable app, or from a canary taking ``canary`` percent."""
+    if canary is not None and not 1 <= canary <= 100:
+        raise UsageError(f"--canary {canary}: a percentage from 1 to 100")
+    model, version = _model_and_version(ws, ref)
+    dep = _deployer(ws, model, log)
+    art = artifact(ws, model, version, dep)
+    label = f"{model}@{version}"
+    if dry_run:
+        return {**status(ws, model, log, dep), "dry_run": dep.plan(art["path"], label, canary)}
+    dep.preflight()
+    _recover(ws, model, dep, log)
+    d = ws.read_lock().state(model).deployment
+    if gate if gate is not None else ws.model(model).deploy.gate:
+        from ftctl.eval import run as evaluate
+
+        log(f"eval gate: {label} against {ws.model(model).eval.gate.against}")
+        evaluate.gate(ws, label, model=model, log=log)
+    stable = _artifact_of(ws, model, d.stable, dep) if d.stable else None
+    if canary is not None:
+        if d.canary and d.canary["version"] != version:
+            raise UsageError(f"{model}@{d.canary['version']} is already the canary",
+                             hint="`ftctl promote` or `ftctl rollback` it first")
+        if not d.canary:
+            if version == d.stable:
+                raise NothingToDo(f"{label} is already the stable version")
+            log(f"starting canary {dep.canary_name} with {label}")
+            with _pending(ws, model, dep, "canary", version):
+                dep.start_canary(art["path"], label)
+                dep.set_split(canary)
+        else:
+            with _pending(ws, model, dep, "canary", version):
+                dep.set_split(canary)
+        log(f"{canary}% of traffic goes to {label}")
+        new = {"version": version, "percent": canary, "app": dep.canary_name}
+        _record(ws, model, "canary", version, canary=new,
+                apps=_apps_entry(ws, dep, {"stable": stable, "canary": {"version": version, **art}}))
+        return status(ws, model, log, dep)
+    if d.canary:
+        raise UsageError(f"{model}@{d.canary['version']} is running as a canary",
+                         hint="`ftctl promote` or `ftctl rollback` it before deploying another version")
+    if version == d.stable and any(a["model_path"] and Path(dep.file.parent, a["model_path"]).resolve()
+                                   == Path(art["path"]) for a in dep.describe() if a["role"] == "stable"):
+        raise NothingToDo(f"{label} is already deployed", hint="`ftctl status` shows what is serving")
+    _swap_stable(ws, model, dep, "deploy", {"version": version, **art})
+    return status(ws, model, log, dep)
+
+
+def _swap_stable(ws, model: str, dep, action: str, art: dict, *, canary_ready: bool = False) -> None:
+    label = f"{model}@{art['version']}"
+    dep.ctx.log(f"{action}: {dep.config.app} -> {label}")
+    try:
+        with _pending(ws, model, dep, action, art["version"]):
+            dep.deploy(art["path"], label, canary_ready=canary_ready)
+            if dep.canary_app() is not None:  # no hand-off (no nginx): a promoted canary is still up
+                dep.stop_canary()
+    except RolledBack as e:
+        _record(ws, model, action, art["version"], result="rolled back", detail=e.message)
+        raise
+    _record(ws, model, action, art["version"], stable=art["version"], canary=None,
+            apps=_apps_entry(ws, dep, {"stable": art}))
+
+
+def promote(ws, model: str | None = None, log: Log = print) -> dict[str, Any]:
+    """The stable app takes the canary's model; the canary goes away."""
+    model = model or ws.config.default_model
+    dep = _deployer(ws, model, log)
+    dep.preflight()
+    _recover(ws, model, dep, log)
+    d = ws.read_lock().state(model).deployment
+    if not d.canary:
+        raise UsageError(f"model {model!r} has no canary to promote",
+                         hint="start one with `ftctl deploy vX.Y --canary 20`")
+    art = _artifact_of(ws, model, d.canary["version"], dep)
+    _swap_stable(ws, model, dep, "promote", art, canary_ready=dep.canary_app() is not None)
+    return status(ws, model, log, dep)
+
+
+def rollback(ws, model: str | None = None, to: str | None = None, log: Log = print) -> dict[str, Any]:
+    """Undo an interrupted command; else drop the canary; else go back to the previous stable."""
+    model = model or ws.config.default_model
+    dep = _deployer(ws, model, log)
+    dep.preflight()
+    if _recover(ws, model, dep, log):
+        return status(ws, model, log, dep)
+    state = ws.read_lock().state(model)
+    d = state.deployment
+    if d.canary and not to:
+        log(f"all traffic back to {model}@{d.stable}; removing canary {dep.canary_name}")
+        with _pending(ws, model, dep, "rollback", d.canary["version"]):
+            dep.set_split(0)
+            dep.stop_canary()
+        stable = _artifact_of(ws, model, d.stable, dep) if d.stable else None
+        _record(ws, model, "rollback", d.canary["version"], canary=None,
+                apps=_apps_entry(ws, dep, {"stable": stable}))
+        return status(ws, model, log, dep)
+    if to:
+        target = resolve(ws.read_lock(), model, split_ref(to, model)[1])
+    else:
+        target = _previous_stable(state)
+        if not target:
+            raise UsageError(f"model {model!r} has no previous version to roll back to",
+                             hint="see `ftctl status`; deploy one with `ftctl deploy vX.Y`")
+    if d.canary:
+        dep.set_split(0)
+        dep.stop_canary()
+    _swap_stable(ws, model, dep, "rollback", _artifact_of(ws, model, target, dep))
+    return status(ws, model, log, dep)
+
+
+def _previous_stable(state: ModelState) -> str | None:
+    """The stable version before the current one (from the history of successful changes)."""
+    current = state.deployment.stable
+    for h in reversed(state.history):
+        if h.get("result") == "ok" and h.get("stable") and h["stable"] != current:
+            return h["stable"]
+    return None

@@ -1,0 +1,265 @@
+"""`ftctl export`: a version's adapter -> merged HF directory, GGUF files, GGUF LoRA, verified.
+
+The exporter plugin writes into a temp directory beside exports/; only when every file passed
+verification is it moved to exports/<model>/<version>/ and recorded (DVC + models.lock + commit)
+through ``ws.record``. A failed check, a converter crash or a full disk leaves exports/ and
+models.lock exactly as they were.
+
+Import-light: torch/transformers/llama_cpp load inside the exporter plugin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ftctl import plugins
+from ftctl.errors import FtctlError, UsageError
+from ftctl.registry.versions import resolve, split_ref
+
+Log = Callable[[str], None]
+
+
+class NoAdapter(UsageError):
+    """The version has no adapter to export (base, or its files are not in the workspace)."""
+
+
+class PreflightFailed(FtctlError):
+    """The model cannot be converted by llama.cpp as it is: said before any work starts."""
+
+
+def export(ws, ref: str, *, merged: bool | None = None, gguf: bool | None = None, quants=None,
+           lora_gguf: bool | None = None, force: bool = False, log: Log = print) -> dict[str, Any]:
+    """Export one version. Flags left as None take export.<exporter>'s config; returns the
+    scripting contract: {"version", "files": [{path, kind, quant, sha256, token_agreement}]}."""
+    from ftctl.train.basemodel import resolve_base
+    from ftctl.export.llamacpp import find_tools
+    from ftctl_plugins.exporters.gguf import ExportRequest, parse_quants
+
+    model, r = split_ref(ref, ws.config.default_model)
+    lock = ws.read_lock()
+    version = resolve(lock, model, r)
+    if version == "base":
+        raise NoAdapter("`base` has no adapter to export", hint="export a trained version, e.g. `ftctl export latest`")
+    entry = lock.state(model).versions[version]
+    cfg = ws.model(model)
+    name = cfg.export.exporter
+    exporter = plugins.build("exporter", name, cfg.export.plugin_config(name), ws.context(model, log),
+                             key=f"models.{model}.export.{name}")
+    pc = exporter.config
+    quant_list = parse_quants(quants) if quants else list(getattr(pc, "quants", []))
+    if quants and gguf is None:
+        gguf = True
+    merged = getattr(pc, "merged", False) if merged is None else merged
+    lora_gguf = getattr(pc, "lora_gguf", False) if lora_gguf is None else lora_gguf
+    if gguf is None:
+        gguf = not (merged or lora_gguf)  # a bare `ftctl export v1.1` means the GGUF files
+    if not gguf:
+        quant_list = []
+    if not (merged or quant_list or lora_gguf):
+        raise UsageError("nothing to export", hint="choose --gguf (with --quant), --merged or --lora-gguf")
+
+    adapter_rel = (entry.adapter or {}).get("path")
+    adapter_dir = ws.root / adapter_rel if adapter_rel else None
+    if adapter_dir is None or not (adapter_dir / "adapter_config.json").is_file():
+        raise NoAdapter(f"{model}@{version} has no adapter" + (f" in {adapter_rel}" if adapter_rel else ""),
+                        hint=f"restore it with `ftctl checkout {model}@{version}`" if adapter_rel
+                        else "only trained versions can be exported; see `ftctl versions`")
+
+    out_dir = ws.export_dir(model, version)
+    wanted = _planned(model, version, merged, quant_list, lora_gguf, getattr(pc, "modelfile", False))
+    have = {Path(f["path"]).name for f in entry.exports}
+    if not force and out_dir.is_dir() and wanted <= have and all((out_dir / n).exists() for n in wanted):
+        log(f"{model}@{version} is already exported (use --force to export again)")
+        return {"version": version, "model": model, "skipped": True,
+                "files": [_public(f) for f in entry.exports if Path(f["path"]).name in wanted]}
+
+    base = resolve_base(entry.base.get("ref") or cfg.base, trust_remote_code=cfg.trust_remote_code,
+                        root=ws.root, log=log)
+    tools = None
+    if quant_list or lora_gguf:  # a missing converter is its own clear error, before any work
+        need = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py") if lora_gguf else ("convert_hf_to_gguf.py",)
+        tools = find_tools(getattr(pc, "llama_cpp_dir", None), ws.cache_dir, need=need)
+    problems = preflight(base.path, adapter_dir, lora_gguf=lora_gguf, tools_root=tools.root if tools else None)
+    if problems:
+        raise PreflightFailed(f"{model}@{version} cannot be exported: {problems[0]}",
+                              hint="; ".join(problems[1:3]) or "see `ftctl train --preview` for the preflight")
+
+    staging_root = ws.state_dir / "tmp"  # same filesystem as exports/: the final move is a rename
+    staging_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"export-{model}-{version}-", dir=staging_root))
+    try:
+        result = exporter.export(ExportRequest(model=model, version=version, base=base, adapter_dir=adapter_dir,
+                                               out_dir=staging, merged=merged, quants=quant_list,
+                                               lora_gguf=lora_gguf, workspace_cache=ws.cache_dir))
+        files = [_describe(ws, f, staging, out_dir) for f in result.files]
+        files += _carry_over(entry.exports, staging, out_dir)
+        old = _move_in(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+    def update(lock):
+        lock.state(model).versions[version].exports = files
+
+    try:
+        ws.record(f"export {model} {version}", update, track=[out_dir])
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)  # not recorded: not visible
+        if old:
+            os.replace(old, out_dir)  # a --force re-export that failed keeps the previous files
+        raise
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+    log(f"exported {model}@{version}: " + ", ".join(f"{f['kind']}" + (f" {f['quant']}" if f.get("quant") else "")
+                                                    for f in files))
+    return {"version": version, "model": model, "skipped": False, "files": [_public(f) for f in files],
+            "checks": result.checks}
+
+
+def gguf_path(ws, model: str, version: str, quant: str | None = None, kind: str = "gguf") -> Path:
+    """The exported GGUF of ``model@version`` (the first of ``kind`` if ``quant`` is None)."""
+    entry = ws.read_lock().state(model).versions.get(version)
+    if entry is None:
+        raise UsageError(f"unknown version {version!r} of model {model!r}", hint="see `ftctl versions`")
+    for f in entry.exports:
+        if f.get("kind") == kind and (quant is None or str(f.get("quant")).upper() == quant.upper()):
+            return ws.root / f["path"]
+    have = ", ".join(f"{f.get('kind')}:{f.get('quant')}" for f in entry.exports) or "none"
+    raise UsageError(f"{model}@{version} has no {kind} export" + (f" {quant}" if quant else ""),
+                     hint=f"exports: {have}; run `ftctl export {model}@{version} --quant {quant or 'Q8_0'}`")
+
+
+# --- preflight ------------------------------------------------------------------------------
+
+
+def preflight(base_dir: Path, adapter_dir: Path | None = None, *, lora_gguf: bool = False,
+              tools_root: Path | None = None) -> list[str]:
+    """Why llama.cpp could not convert this base (+ adapter); [] when it can. Reads only JSON and
+    safetensors headers, so `ftctl train --preview` can run it before training. ``tools_root``:
+    the converters' directory (default: wherever :func:`ftctl.export.llamacpp.find_tools` finds them)."""
+    from ftctl.export.llamacpp import find_tools
+
+    problems: list[str] = []
+    config = json.loads((Path(base_dir) / "config.json").read_text())
+    archs = config.get("architectures") or []
+    try:
+        root = tools_root or find_tools().root
+    except FtctlError as e:
+        problems.append(f"{e.message} ({e.hint})")
+    else:
+        known = supported_architectures(root)
+        if known and archs and not any(a in known for a in archs):  # known empty: a layout we cannot read
+            problems.append(f"llama.cpp's converter does not support {', '.join(archs)}")
+    vocab = tokenizer_vocab_size(Path(base_dir))
+    if vocab is not None and config.get("vocab_size") and vocab > config["vocab_size"]:
+        problems.append(f"the tokenizer has {vocab} tokens but the embedding only {config['vocab_size']} rows")
+    if adapter_dir is not None and lora_gguf:
+        bad = [n for n in adapter_tensors(Path(adapter_dir))
+               if "lora_" not in n or re.search(r"(lm_head|embed_tokens|wte|word_embeddings)", n)]
+        if bad:
+            problems.append(f"the adapter has tensors the LoRA converter cannot take (e.g. {bad[0]}); "
+                            "export --gguf (merged) instead, or train without lm_head/embedding modules")
+    return problems
+
+
+def supported_architectures(root: Path) -> set[str]:
+    """Architectures registered in the converter (``@ModelBase.register("LlamaForCausalLM", ...)``).
+
+    Read from its sources rather than by running it: importing the converter takes seconds."""
+    names: set[str] = set()
+    for py in [root / "convert_hf_to_gguf.py", *sorted((root / "conversion").glob("*.py"))]:
+        with contextlib.suppress(OSError):
+            for args in re.findall(r"@ModelBase\.register\(([^)]*)\)", py.read_text(encoding="utf-8")):
+                names.update(re.findall(r"[\"']([A-Za-z0-9_]+)[\"']", args))
+    return names
+
+
+def tokenizer_vocab_size(base_dir: Path) -> int | None:
+    path = base_dir / "tokenizer.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    ids = set((data.get("model") or {}).get("vocab", {}).values() if isinstance((data.get("model") or {}).get("vocab"), dict) else [])
+    ids |= {t["id"] for t in data.get("added_tokens", [])}
+    return max(ids) + 1 if ids else None
+
+
+def adapter_tensors(adapter_dir: Path) -> list[str]:
+    from safetensors import safe_open
+
+    names = []
+    for f in sorted(adapter_dir.glob("*.safetensors")):
+        with safe_open(str(f), framework="numpy") as st:
+            names += list(st.keys())
+    return names
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+def _planned(model, version, merged, quants, lora_gguf, modelfile) -> set[str]:
+    stem = f"{model}-{version}"
+    names = {"merged"} if merged else set()
+    for q in quants:
+        names.add(f"{stem}-{q}.gguf")
+        if modelfile:
+            names.add(f"{stem}-{q}.Modelfile")
+    if lora_gguf:
+        names.add(f"{stem}-lora-F16.gguf")
+    return names
+
+
+def _describe(ws, f, staging: Path, out_dir: Path) -> dict[str, Any]:
+    from ftctl.train.basemodel import dir_sha256, file_sha256
+
+    final = out_dir / Path(f.path).relative_to(staging)
+    digest = dir_sha256(Path(f.path)) if Path(f.path).is_dir() else file_sha256(Path(f.path))
+    return {"path": ws.rel(final) if final.is_relative_to(ws.root) else str(final), "kind": f.kind,
+            "quant": f.quant, "sha256": digest, "token_agreement": f.token_agreement,
+            "bytes": _size(Path(f.path)), **f.extra}
+
+
+def _size(p: Path) -> int:
+    return sum(x.stat().st_size for x in p.rglob("*") if x.is_file()) if p.is_dir() else p.stat().st_size
+
+
+def _public(f: dict) -> dict:
+    keys = ("path", "kind", "quant", "sha256", "token_agreement")
+    return {k: f.get(k) for k in keys}
+
+
+def _carry_over(previous: list[dict], staging: Path, out_dir: Path) -> list[dict]:
+    """Files exported before and not made again (e.g. Q8_0 when only Q4_K_M is added) stay:
+    a server may be running from them. Returns their lock entries."""
+    kept = []
+    for f in previous:
+        name = Path(f["path"]).name
+        src, dst = out_dir / name, staging / name
+        if dst.exists() or not src.exists():
+            continue
+        if src.is_dir():
+            shutil.copytree(src, dst)
+        else:
+            shutil.copy2(src, dst)
+        kept.append(f)
+    return kept
+
+
+def _move_in(staging: Path, out_dir: Path) -> Path | None:
+    """Put the verified staging dir at exports/<model>/<version>/ (renames only); returns where
+    the previous files went (kept until the new ones are recorded)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if out_dir.exists():
+        old = staging.with_name(f"{staging.name}.old")
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    return old

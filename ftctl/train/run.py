@@ -1,0 +1,344 @@
+"""`ftctl train`: base + dataset snapshot -> a new adapter version (the core side).
+
+The trainer plugin trains inside a run directory (.ftctl/runs/<model>/<run id>: checkpoints,
+TensorBoard events, run.json). Only when it finishes does the core copy the adapter to
+adapters/<model>/<version>/ and record it (DVC, models.lock, commit, tag, in that order), so no
+version exists until a run completes; `--resume` finishes the newest unfinished run.
+
+No torch import here (the plugin and the basemodel helpers load it when they need it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ftctl import plugins
+from ftctl.util.atomic import write_text
+from ftctl.train.basemodel import ResolvedBase, resolve_base
+from ftctl.errors import FtctlError, UsageError
+from ftctl.registry.lockfile import VersionEntry
+from ftctl.registry.versions import next_version, resolve, split_ref
+from ftctl.registry.workspace import Workspace, now
+
+RUN_FILE = "run.json"
+RESULT_FILE = "result.json"
+
+
+@dataclass
+class TrainRequest:
+    """What a trainer plugin gets: everything it needs, nothing it may write outside output_dir."""
+
+    base: ResolvedBase
+    train_file: Path
+    val_file: Path | None
+    output_dir: Path  # the run directory: checkpoints and the final adapter go here
+    init_adapter: Path | None = None  # --from: continue this adapter
+    resume: bool = False
+    show_progress: bool = False
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path  # PEFT format (adapter_config.json + adapter_model.safetensors)
+    steps: int
+    metrics: dict[str, Any]  # train_loss, val_loss, ...
+    tokens: int
+    tokens_per_s: float | None
+    seconds: float
+    params: dict[str, Any]
+    seed: int
+    data: dict[str, Any] = field(default_factory=dict)
+    libraries: dict[str, str] = field(default_factory=dict)
+
+
+def snapshot_paths(ws: Workspace, model: str) -> dict[str, Path]:
+    """The data engineer's snapshot layout (ftctl.data.collect), or its documented default."""
+    try:
+        from ftctl.data.collect import snapshot_paths as collected
+    except ImportError:
+        d = ws.data_dir(model)
+        return {s: d / f"{s}.jsonl" for s in ("train", "val", "test")}
+    return collected(ws, model)
+
+
+def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, resume: bool = False,
+          major: bool = False, max_steps: int | None = None, epochs: float | None = None,
+          dry_run: bool = False, preview: bool = False, nproc: int | None = None,
+          accelerate_config: Path | None = None, qlora: bool | None = None, log=print,
+          show_progress: bool = False) -> dict:
+    mc = ws.model(model)
+    name = mc.name
+    overrides = {k: v for k, v in {"max_steps": max_steps, "epochs": epochs, "qlora": qlora}.items()
+                 if v is not None}
+    if resume:
+        run_dir, spec = _unfinished_run(ws, name)
+        if from_ or major:
+            raise UsageError("--resume finishes a run as it was started", hint="drop --from/--major")
+        raw = {**spec["config"], **overrides}
+    else:
+        raw = {**mc.train.plugin_config(mc.train.trainer), **overrides}
+        spec = None
+    trainer_name = spec["trainer"] if spec else mc.train.trainer
+    trainer = plugins.build("trainer", trainer_name, raw, ws.context(name, log),
+                            key=f"models.{name}.train.{trainer_name}")
+    lock = ws.read_lock()
+
+    if spec:
+        paths = {k: Path(v) if v else None for k, v in spec["data"].items()}
+        _check_unchanged(paths["train"], spec["data_sha256"])
+        parent = spec["parent"]
+    else:
+        if mc.curate.collect_before_train and not (dry_run or preview):
+            from ftctl.data.collect import collect
+
+            collect(ws, name, log=log)  # curate.collect_before_train: train on the freshest data
+        snap = snapshot_paths(ws, name)
+        paths = {"train": snap["train"], "val": snap["val"] if snap.get("val") and snap["val"].is_file() else None}
+        if not paths["train"].is_file():
+            raise UsageError(f"no training data for model {name!r} ({ws.rel(paths['train'])} is missing)",
+                             hint="run `ftctl collect` first")
+        parent = _parent(ws, lock, name, from_)
+    init_adapter = ws.adapter_dir(name, parent) if parent else None
+    if init_adapter and not (init_adapter / "adapter_config.json").is_file():
+        raise UsageError(f"the adapter of {name}@{parent} is not in the work tree",
+                         hint=f"run `ftctl checkout {name}@{parent}` (or `dvc pull`) first")
+    version = next_version(lock, name, major)
+    plan = {"model": name, "version": version, "parent": parent, "base": mc.base,
+            "trainer": trainer_name, "params": trainer.config.model_dump(),
+            "data": {k: ws.rel(p) if p else None for k, v in paths.items() for p in [v]},
+            "rows": {k: _count_lines(p) for k, p in paths.items() if p}, "resume": bool(spec)}
+    if dry_run:
+        return plan
+
+    if hasattr(trainer, "preflight"):
+        trainer.preflight()  # e.g. QLoRA without CUDA: fail before any model loads
+    base = resolve_base(mc.base, trust_remote_code=mc.trust_remote_code, root=ws.root, log=log)
+    if spec and base.sha256 != spec["base_sha256"]:
+        raise UsageError("the base model changed since this run started", hint="start a new run without --resume")
+    if parent:
+        parent_base = lock.state(name).versions[parent].base.get("sha256")
+        if parent_base and parent_base != base.sha256:
+            raise UsageError(f"{name}@{parent} was trained on another base model",
+                             hint="--from needs the same base; train from the base instead")
+    if preview:
+        return {**plan, **_preview(trainer, base, paths["train"])}
+
+    run_dir = run_dir if spec else ws.run_dir(name, datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = spec or {"model": name, "trainer": trainer_name, "config": raw, "parent": parent,
+                    "data": {k: str(v) if v else None for k, v in paths.items()},
+                    "data_sha256": _sha256(paths["train"]), "base_sha256": base.sha256, "created": now()}
+    _write_run(run_dir, spec, status="running")
+    request = TrainRequest(base, paths["train"], paths["val"], run_dir, init_adapter, resume=resume,
+                           show_progress=show_progress)
+    try:
+        if (nproc and nproc > 1) or accelerate_config:
+            result = _launch(ws, trainer, run_dir, request, nproc or 1, accelerate_config)
+        else:
+            result = trainer.train(request)
+    except BaseException as e:
+        _write_run(run_dir, spec, status="failed", error=getattr(e, "message", repr(e)))
+        raise
+    return _record(ws, name, version, parent, base, spec, run_dir, result, trainer_name, log)
+
+
+# --- recording ----------------------------------------------------------------------------
+
+
+def _record(ws, name, version, parent, base, spec, run_dir, result: TrainResult, trainer_name, log) -> dict:
+    dest = ws.adapter_dir(name, version)
+    if dest.exists():  # left by an interrupted record (never committed): replace it
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(result.adapter_dir, dest)
+    created = now()
+
+    def update(lock):
+        state = lock.state(name)
+        state.versions[version] = VersionEntry(
+            version=version, parent=parent, created=created,
+            base=base.lineage(),
+            dataset={**(state.dataset or {}), "train": ws.rel(Path(spec["data"]["train"])),
+                     "train_sha256": spec["data_sha256"], **result.data},
+            training={"trainer": trainer_name, "params": result.params, "seed": result.seed,
+                      "libraries": result.libraries, "from": parent, "steps": result.steps,
+                      "tokens": result.tokens, "tokens_per_s": result.tokens_per_s,
+                      "seconds": result.seconds, "run": run_dir.name},
+            adapter={"path": ws.rel(dest), "md5": _dvc_md5(dest)},
+            metrics={k: v for k, v in result.metrics.items() if v is not None},
+        )
+
+    ws.record(f"train {name} {version}", update, track=[dest], tag=(name, version))
+    _write_run(run_dir, spec, status="done", version=version)
+    log(f"trained {name}@{version}: train loss {result.metrics.get('train_loss')}, "
+        f"val loss {result.metrics.get('val_loss')}")
+    return {"model": name, "version": version, "parent": parent,
+            "train_loss": result.metrics.get("train_loss"), "val_loss": result.metrics.get("val_loss"),
+            "steps": result.steps, "tokens_per_s": result.tokens_per_s, "adapter": ws.rel(dest)}
+
+
+def _dvc_md5(path: Path) -> str | None:
+    from ruamel.yaml import YAML
+
+    dvc_file = path.with_name(path.name + ".dvc")
+    if not dvc_file.is_file():
+        return None
+    outs = YAML(typ="safe").load(dvc_file.read_text()).get("outs") or [{}]
+    return outs[0].get("md5")
+
+
+# --- runs ---------------------------------------------------------------------------------
+
+
+def _write_run(run_dir: Path, spec: dict, **status) -> None:
+    write_text(run_dir / RUN_FILE, json.dumps({**spec, **status, "updated": now()}, indent=2))
+
+
+def _unfinished_run(ws: Workspace, model: str) -> tuple[Path, dict]:
+    runs = sorted((ws.state_dir / "runs" / model).glob(f"*/{RUN_FILE}"), reverse=True)
+    for f in runs:
+        spec = json.loads(f.read_text())
+        if spec.get("status") != "done":
+            for k in ("status", "error", "updated", "version"):
+                spec.pop(k, None)
+            return f.parent, spec
+    raise UsageError(f"no unfinished training run of model {model!r} to resume",
+                     hint="start one with `ftctl train`")
+
+
+def _check_unchanged(path: Path, sha: str) -> None:
+    if not path.is_file() or _sha256(path) != sha:
+        raise UsageError(f"the training data changed since this run started ({path})",
+                         hint="start a new run with `ftctl train` (without --resume)")
+
+
+def _parent(ws, lock, name: str, from_: str | None) -> str | None:
+    if not from_:
+        return None
+    model, ref = split_ref(from_, name)
+    if model != name:
+        raise UsageError(f"--from {from_} is a version of another model", hint=f"use a version of {name}")
+    version = resolve(lock, name, ref)
+    return None if version == "base" else version
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _count_lines(path: Path) -> int | None:
+    if not path or not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+# --- preview ------------------------------------------------------------------------------
+
+
+def _preview(trainer, base: ResolvedBase, train_file: Path) -> dict:
+    from ftctl.train.chat_format import histogram, mark_trained
+    from ftctl.export.run import preflight
+
+    tok = trainer.tokenizer(base)
+    encoded = trainer.encode_file(tok, base, train_file)
+    max_length = trainer.config.max_length
+    usable = [e for e in encoded if e is not None]
+    lengths = [len(e) for e in usable]
+    model_type = json.loads((base.path / "config.json").read_text()).get("model_type", "")
+    first = next((e for e in usable if len(e) <= max_length), usable[0] if usable else None)
+    problems = preflight(base.path)  # the same preflight `ftctl export` runs: know it before training
+    return {
+        "example": mark_trained(tok, first) if first else None,
+        "max_length": max_length,
+        "histogram": [{"from": a, "to": b, "count": n} for a, b, n in histogram(lengths, max_length)],
+        "examples": len(encoded),
+        "too_long": sum(1 for n in lengths if n > max_length),
+        "no_assistant_turn": len(encoded) - len(usable),
+        "architecture": model_type,
+        "export_problems": problems,
+        "gguf_convertible": not problems,
+    }
+
+
+# --- several processes --------------------------------------------------------------------
+
+
+def _launch(ws, trainer, run_dir: Path, request: TrainRequest, nproc: int, accelerate_config) -> TrainResult:
+    """torchrun (DDP) or `accelerate launch --config_file` running this module as the worker."""
+
+    write_text(run_dir / "request.json", json.dumps(_jsonable(
+        {**dataclasses.asdict(request), "config": trainer.config.model_dump()})))
+    for stale in (RESULT_FILE, "error.json"):
+        (run_dir / stale).unlink(missing_ok=True)
+    worker = ["-m", "ftctl.train.run", str(ws.root), str(run_dir)]
+    if accelerate_config:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config),
+               *(["--num_processes", str(nproc)] if nproc > 1 else []), *worker]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               *worker]
+    threads = max(1, (os.cpu_count() or 1) // nproc)  # no oversubscription of the cores
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    log_file = run_dir / "train.log"  # the workers' output: stdout stays clean for --json
+    with open(log_file, "a") as out:
+        proc = subprocess.run(cmd, cwd=ws.root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    failure = _read_json(run_dir / "error.json")
+    if failure:
+        raise FtctlError(failure["message"], hint=failure.get("hint"))
+    if proc.returncode != 0 or not (run_dir / RESULT_FILE).is_file():
+        raise FtctlError(f"distributed training failed (exit code {proc.returncode})",
+                         hint=f"see {ws.rel(log_file)}; continue with `ftctl train --resume --nproc {nproc}`")
+    data = json.loads((run_dir / RESULT_FILE).read_text())
+    data["adapter_dir"] = Path(data["adapter_dir"])
+    return TrainResult(**data)
+
+
+def _worker(root: str, run_dir: str) -> None:
+    """One process of a distributed run: rebuild the plugin and request, train, rank 0 reports."""
+    run = Path(run_dir)
+    spec = json.loads((run / RUN_FILE).read_text())
+    req = json.loads((run / "request.json").read_text())
+    ws = Workspace(Path(root))
+    rank = int(os.environ.get("RANK", "0"))
+    log = print if rank == 0 else (lambda _msg: None)
+    trainer = plugins.build("trainer", spec["trainer"], req["config"], ws.context(spec["model"], log),
+                            key=f"models.{spec['model']}.train.{spec['trainer']}")
+    b = req["base"]
+    base = ResolvedBase(b["ref"], Path(b["path"]), b["sha256"], Path(b["source_file"]) if b["source_file"] else None,
+                        b["trust_remote_code"])
+    request = TrainRequest(base, Path(req["train_file"]), Path(req["val_file"]) if req["val_file"] else None,
+                           run, Path(req["init_adapter"]) if req["init_adapter"] else None, req["resume"], False)
+    try:
+        result = trainer.train(request)
+    except FtctlError as e:
+        if rank == 0:
+            write_text(run / "error.json", json.dumps({"message": e.message, "hint": e.hint}))
+        raise
+    if rank == 0:
+        write_text(run / RESULT_FILE, json.dumps(_jsonable(dataclasses.asdict(result))))
+
+
+def _jsonable(d):
+    return json.loads(json.dumps(d, default=str))
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], sys.argv[2])

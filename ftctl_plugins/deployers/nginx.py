@@ -1,0 +1,60 @@
+"""The nginx side of a canary: a generated include with two upstreams and a split_clients.
+
+The user's server block proxies to the variable this file defines, once:
+
+    include /etc/nginx/ftctl/<model>.conf;          # in the http block
+    location / { proxy_pass http://$ftctl_<model>; }
+
+ftctl rewrites only the include (atomically), checks it with the test command, and reloads
+nginx; a reload is graceful, so requests in flight finish on the old workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ftctl.util.atomic import write_text
+from ftctl.errors import ExternalToolError
+from ftctl.util.tools import run
+
+HINT = "install it with scripts/install_system.sh (apt-get install nginx-light)"
+
+
+def variable(model: str) -> str:
+    """nginx variable and upstream names allow no '-': model names may hold one."""
+    return "ftctl_" + model.replace("-", "_")
+
+
+def render(model: str, stable_port: int, canary_port: int | None = None, percent: int = 0,
+           *, host: str = "127.0.0.1", key: str = "$request_id") -> str:
+    var = variable(model)
+    lines = [f"# written by ftctl for model {model}: do not edit (ftctl deploy/promote/rollback)",
+             f"upstream {var}_stable {{ server {host}:{stable_port}; keepalive 8; }}"]
+    if canary_port and percent > 0:
+        lines.append(f"upstream {var}_canary {{ server {host}:{canary_port}; keepalive 8; }}")
+        share = "*" if percent >= 100 else f"{percent}%"
+        rest = [] if percent >= 100 else [f"    * {var}_stable;"]
+        lines += [f'split_clients "{key}" ${var} {{', f"    {share} {var}_canary;", *rest, "}"]
+    else:
+        lines += [f'split_clients "{key}" ${var} {{', f"    * {var}_stable;", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def apply(include: Path, text: str, test_command: list[str], reload_command: list[str]) -> bool:
+    """Write the include, test, reload. A failing test restores the old include. Returns changed."""
+    include = Path(include)
+    old = include.read_text(encoding="utf-8") if include.exists() else None
+    if old == text:
+        return False
+    write_text(include, text)
+    try:
+        if test_command:
+            run(test_command, timeout=30, hint=HINT)
+        run(reload_command, timeout=30, hint=HINT)
+    except ExternalToolError:
+        if old is None:
+            include.unlink(missing_ok=True)
+        else:
+            write_text(include, old)
+        raise
+    return True

@@ -1,0 +1,268 @@
+"""The `pm2` deployer: llama.cpp servers run by pm2 from an ecosystem file, nginx for canaries.
+
+It rewrites one app's model argument in the team's ecosystem file (ftctl_plugins.deployers.ecosystem), runs
+`pm2 startOrReload <file> --only <app>`, and waits for the health URL. A canary is the stable
+app's definition with the new model and its own port, written to a generated ecosystem file
+under .ftctl/deploy (the team's file keeps only what they run for good); nginx splits traffic
+through a generated include (ftctl_plugins.deployers.nginx).
+
+With nginx and a canary port configured, every change of the stable app is a hand-off without
+downtime: the new model starts on the canary port, takes all traffic, the stable app restarts
+on it, takes the traffic back, and the temporary canary stops.
+
+The core decides and records (ftctl.deploy.run); this class only does, and raises RolledBack
+after putting things back when a new process is not healthy in time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from ftctl_plugins.deployers import ecosystem
+
+from ftctl_plugins.deployers import nginx
+from ftctl.errors import ConfigError, ExternalToolError, RolledBack
+from ftctl.kinds import Deployer, PluginConfig
+from ftctl.util.tools import run
+
+APP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+PM2_HINT = "install it with scripts/install_system.sh (npm install --prefix .ftctl/node pm2), or set deploy.pm2.pm2"
+
+
+class Pm2Config(PluginConfig):
+    ecosystem: str  # the team's ecosystem file; relative paths are from the workspace root
+    app: str  # the one app this model is served by
+    arg: list[str] = ["-m", "--model"]  # how the model path appears in its args ("--lora" for adapters)
+    alias_arg: str | None = None  # "--model_alias" (llama_cpp.server) / "--alias" (llama-server)
+    port_arg: str = "--port"
+    health_url: str = "http://127.0.0.1:{port}/v1/models"  # llama-server: http://127.0.0.1:{port}/health
+    health_timeout: float = Field(120, gt=0)  # how long a new process may take to become healthy
+    probe_timeout: float = Field(10, gt=0)  # one health request (a busy 1-thread server answers late)
+    canary_app: str | None = None  # default: "<app>-canary"
+    canary_port: int | None = Field(None, ge=1, le=65535)
+    nginx_include: str | None = None  # the generated split_clients include
+    nginx_test: list[str] = ["nginx", "-t"]
+    nginx_reload: list[str] = ["nginx", "-s", "reload"]
+    split_key: str = "$request_id"  # e.g. "$remote_addr" to keep each client on one side
+    drain_seconds: float = Field(2.0, ge=0)  # let requests in flight finish before a restart
+    pm2: str | None = None  # the pm2 executable; default: PATH, then .ftctl/node
+    pm2_timeout: float = Field(90, gt=0)
+    quant: str | None = None  # which exported GGUF to serve; default: the first
+
+    @field_validator("arg", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("app", "canary_app")
+    @classmethod
+    def _app_name(cls, v):
+        if v is not None and not APP_RE.match(v):
+            raise ValueError(f"invalid pm2 app name {v!r}")
+        return v
+
+
+class Pm2Deployer(Deployer):
+    name = "pm2"
+    Config = Pm2Config
+    config: Pm2Config
+
+    # --- where things are -------------------------------------------------------------------
+
+    @property
+    def file(self) -> Path:
+        return (self.ctx.root / self.config.ecosystem).resolve()
+
+    @property
+    def state_dir(self) -> Path:
+        d = self.ctx.root / ".ftctl" / "deploy"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    @property
+    def canary_name(self) -> str:
+        return self.config.canary_app or f"{self.config.app}-canary"
+
+    @property
+    def canary_file(self) -> Path:
+        return self.state_dir / f"{self.canary_name}.json"
+
+    @property
+    def include(self) -> Path | None:
+        c = self.config.nginx_include
+        return (self.ctx.root / c).resolve() if c else None
+
+    def pm2_exe(self) -> str:
+        if self.config.pm2:
+            return self.config.pm2
+        local = [self.ctx.root / ".ftctl/node/node_modules/.bin/pm2",
+                 Path(__file__).resolve().parents[2] / ".ftctl/node/node_modules/.bin/pm2"]
+        return shutil.which("pm2") or next((str(p) for p in local if p.exists()), "pm2")
+
+    def preflight(self) -> None:
+        """Missing tools fail here, before anything changes."""
+        if not shutil.which(self.pm2_exe()):
+            raise ExternalToolError(f"pm2 is not installed (looked for {self.pm2_exe()})", hint=PM2_HINT)
+        if self.include and not shutil.which(self.config.nginx_reload[0]):
+            raise ExternalToolError(f"nginx is not installed ({self.config.nginx_reload[0]} not found)",
+                                    hint=nginx.HINT)
+
+    def pm2(self, *args: str, check: bool = True):
+        return run([self.pm2_exe(), *args], cwd=self.file.parent, check=check,
+                   timeout=self.config.pm2_timeout, hint=PM2_HINT)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def snapshot(self) -> str:
+        return ecosystem.read_text(self.file)
+
+    def stable_app(self, text: str | None = None) -> dict:
+        return ecosystem.find_app(ecosystem.load_apps(self.file, text), self.config.app, self.file)
+
+    def port_of(self, app: dict) -> int:
+        port = ecosystem.get_arg(app, [self.config.port_arg])
+        if not (port or "").isdigit():
+            raise ConfigError(f"app {app.get('name')!r} has no numeric {self.config.port_arg} argument",
+                              hint="ftctl needs the port for health checks and the nginx split")
+        return int(port)
+
+    def canary_app(self) -> dict | None:
+        if not self.canary_file.exists():
+            return None
+        return json.loads(self.canary_file.read_text())["apps"][0]
+
+    def describe(self) -> list[dict]:
+        """Each app ftctl manages for this model: name, role, model_path, port."""
+        out = []
+        for role, app in (("stable", self.stable_app()), ("canary", self.canary_app())):
+            if app:
+                out.append({"name": app["name"], "role": role, "port": self.port_of(app),
+                            "model_path": ecosystem.get_arg(app, self.config.arg)})
+        return out
+
+    def probe(self, port: int) -> tuple[bool, str | None]:
+        """(healthy, served model id when the server lists one)."""
+        try:
+            with urllib.request.urlopen(self.config.health_url.format(port=port),
+                                        timeout=self.config.probe_timeout) as r:
+                body = r.read(65536)
+                ok = r.status == 200
+        except (OSError, ValueError):
+            return False, None
+        try:
+            data = json.loads(body).get("data") or [{}]
+            return ok, data[0].get("id")
+        except (ValueError, AttributeError):
+            return ok, None
+
+    def wait_healthy(self, port: int) -> bool:
+        deadline = time.monotonic() + self.config.health_timeout
+        while time.monotonic() < deadline:
+            if self.probe(port)[0]:
+                return True
+            time.sleep(0.25)
+        return False
+
+    # --- planning (dry run) -------------------------------------------------------------------
+
+    def new_text(self, model_path: str, label: str, text: str | None = None) -> str:
+        text = self.snapshot() if text is None else text
+        text = ecosystem.rewrite(self.file, text, self.config.app, self.config.arg, model_path)
+        if self.config.alias_arg:
+            text = ecosystem.rewrite(self.file, text, self.config.app, [self.config.alias_arg], label)
+        return text
+
+    def plan(self, model_path: str, label: str, percent: int | None) -> dict:
+        pm2 = self.pm2_exe()
+        if percent:
+            return {"diff": "", "commands": [
+                [pm2, "startOrReload", str(self.canary_file), "--only", self.canary_name],
+                *([self.config.nginx_reload] if self.include else [])]}
+        old = self.snapshot()
+        return {"diff": ecosystem.unified_diff(self.file, old, self.new_text(model_path, label, old)),
+                "commands": [[pm2, "startOrReload", str(self.file), "--only", self.config.app]]}
+
+    # --- acting ---------------------------------------------------------------------------------
+
+    def can_hand_off(self) -> bool:
+        return bool(self.include and self.config.canary_port)
+
+    def set_split(self, percent: int) -> None:
+        if not self.include:
+            return
+        stable = self.port_of(self.stable_app())
+        text = nginx.render(self.ctx.model, stable, self.config.canary_port, percent, key=self.config.split_key)
+        if nginx.apply(self.include, text, self.config.nginx_test, self.config.nginx_reload):
+            time.sleep(self.config.drain_seconds)  # old nginx workers finish what they hold
+
+    def start_canary(self, model_path: str, label: str) -> None:
+        if not self.config.canary_port:
+            raise ConfigError("a canary needs deploy.pm2.canary_port", hint="a free port for the canary app")
+        ecosystem.check_value(model_path)
+        app = dict(self.stable_app())
+        tokens = ecosystem.with_arg(ecosystem.arg_tokens(app), self.config.arg, model_path)
+        tokens = ecosystem.with_arg(tokens, [self.config.port_arg], str(self.config.canary_port))
+        if self.config.alias_arg:
+            tokens = ecosystem.with_arg(tokens, [self.config.alias_arg], label)
+        app.update(name=self.canary_name, args=tokens, cwd=app.get("cwd") or str(self.file.parent))
+        ecosystem.replace(self.canary_file, json.dumps({"apps": [app]}, indent=2) + "\n")
+        self.pm2("startOrReload", str(self.canary_file), "--only", self.canary_name)
+        if not self.wait_healthy(self.config.canary_port):
+            self.stop_canary()
+            raise RolledBack(f"canary {self.canary_name} serving {label} was not healthy within "
+                             f"{self.config.health_timeout:g}s; it was removed and traffic is unchanged",
+                             hint=f"check the GGUF and `pm2 logs {self.canary_name}`")
+
+    def stop_canary(self) -> None:
+        self.pm2("delete", self.canary_name, check=False)  # absent is fine: the goal is "not running"
+        self.canary_file.unlink(missing_ok=True)
+
+    def restart_stable(self, text: str, label: str) -> None:
+        """Write the ecosystem file and reload the app; put the old file back if it is unhealthy."""
+        old = self.snapshot()
+        if text != old:
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+            ecosystem.backup_and_write(self.file, text, self.state_dir / "backups", stamp)
+        self.pm2("startOrReload", str(self.file), "--only", self.config.app)
+        if self.wait_healthy(self.port_of(self.stable_app(text))):
+            return
+        ecosystem.replace(self.file, old)
+        self.pm2("startOrReload", str(self.file), "--only", self.config.app)
+        back = self.wait_healthy(self.port_of(self.stable_app(old)))
+        raise RolledBack(f"{self.config.app} serving {label} was not healthy within "
+                         f"{self.config.health_timeout:g}s; rolled back to the previous model"
+                         + ("" if back else " (which is not healthy either)"),
+                         hint=f"check the GGUF and `pm2 logs {self.config.app}`")
+
+    def deploy(self, model_path: str, label: str, *, canary_ready: bool = False) -> None:
+        """Serve ``model_path`` from the stable app; a hand-off through the canary when possible."""
+        text = self.new_text(model_path, label)
+        if not self.can_hand_off():
+            self.restart_stable(text, label)
+            return
+        if not canary_ready:
+            self.start_canary(model_path, label)
+        self.set_split(100)
+        try:
+            self.restart_stable(text, label)
+        finally:
+            self.set_split(0)  # stable (new, or the old one put back) takes all traffic again
+            self.stop_canary()
+
+    def recover(self, snapshot: str, percent: int) -> None:
+        """Back to the recorded state after an interrupted command (kill -9)."""
+        if self.snapshot() != snapshot:
+            ecosystem.replace(self.file, snapshot)
+            self.pm2("startOrReload", str(self.file), "--only", self.config.app)
+            self.wait_healthy(self.port_of(self.stable_app(snapshot)))
+        self.set_split(percent if self.canary_app() else 0)
+        if not percent:
+            self.stop_canary()

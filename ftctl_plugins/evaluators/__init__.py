@@ -1,0 +1,19 @@
+"""Built-in evaluators, registered through the `ftctl` entry-point group like any plugin.
+
+Every evaluator returns one score per example (None where it does not apply), so two
+versions scored on the same set can be compared pair by pair (ftctl.eval.stats).
+"""
+
+from ftctl.hookspecs import hookimpl
+from ftctl_plugins.evaluators.groundedness import Groundedness
+from ftctl_plugins.evaluators.judge import LlmJudge
+from ftctl_plugins.evaluators.lexical import Bleu, ExactMatch, RougeL, TokenF1
+from ftctl_plugins.evaluators.perplexity import Perplexity
+
+BUILTINS = (ExactMatch, TokenF1, Bleu, RougeL, Perplexity, LlmJudge, Groundedness)
+
+
+@hookimpl
+def register_evaluators(register):
+    for cls in BUILTINS:
+        register(cls)

@@ -1,0 +1,82 @@
+"""transformers callbacks of the `lora` trainer (imported only when training starts)."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from ftctl.util.atomic import write_text
+from ftctl_plugins.trainers.lora import COMPLETE, TrainingFailed
+
+
+class CompleteMarker(TrainerCallback):
+    """transformers writes checkpoints file by file; a crash or a full disk mid-save leaves a
+    partial directory. `on_save` runs after the last file, so the marker means complete."""
+
+    def on_save(self, args, state, control, **kw):
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if args.should_save and ckpt.is_dir():
+            write_text(ckpt / COMPLETE, str(state.global_step))
+
+
+class Progress(TrainerCallback):
+    """Step, loss, tokens/s, ETA and memory: a rich bar on a terminal, log lines otherwise.
+
+    Also stops the run on a non-finite loss (transformers would train on through NaNs)."""
+
+    def __init__(self, log, collator, show: bool):
+        self.log, self.collator, self.show = log, collator, show
+        self.tokens = 0
+        self.seconds = 0.0
+        self.bar = self.task = None
+        self.t0 = time.monotonic()
+        self.tokens0 = 0
+        self.last_line = 0.0
+
+    def _measure(self):
+        self.tokens = self.collator.tokens - self.tokens0
+        self.seconds = time.monotonic() - self.t0
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t0 = time.monotonic()
+        self.tokens0 = self.collator.tokens
+        if self.show and args.should_save:
+            from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Bar(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+                           TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=state.max_steps, completed=state.global_step, info="")
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise TrainingFailed(f"the training loss became {loss} at step {state.global_step}",
+                                 hint="lower train.lora.learning_rate or use precision: fp32; no version was created")
+        self._measure()
+        if loss is None or not args.should_save:
+            return
+        tps = self.tokens / self.seconds if self.seconds else 0
+        info = f"loss {loss:.4f}  {tps:,.0f} tok/s  {rss_mb():,.0f} MB"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=state.global_step, info=info)
+        elif time.monotonic() - self.last_line > 10 or state.global_step == state.max_steps:
+            self.last_line = time.monotonic()
+            self.log(f"step {state.global_step}/{state.max_steps}  {info}")
+
+    def on_train_end(self, args, state, control, **kw):
+        self._measure()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20

@@ -1,0 +1,339 @@
+"""The `lora` trainer: LoRA (CPU or GPU) and QLoRA (CUDA + bitsandbytes) on transformers + peft.
+
+The loop itself is transformers' ``Trainer`` (checkpointing, RNG/optimizer/scheduler/data
+position resume, DDP under torchrun, accelerate configs, TensorBoard, early stopping). This
+module adds what it lacks: chat-format rows with assistant-only loss, packing, a tokenisation
+cache, checkpoints that only count once complete, NaN detection and a progress display.
+
+Import-light: torch, transformers and peft load inside :meth:`LoraTrainer.train`.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from ftctl.errors import FtctlError, UsageError
+from ftctl.kinds import PluginConfig, Trainer
+
+COMPLETE = ".ftctl-complete"  # written into a checkpoint dir once every file of it is saved
+CACHE_FORMAT = 1  # bump when chat_format's encoding changes: invalidates cached token rows
+
+
+class TrainingFailed(FtctlError):
+    """Training started but could not finish (NaN loss, disk full, ...): no version is created."""
+
+
+class LoraConfig(PluginConfig):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] | None = None  # None: peft's per-architecture default
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)  # wins over epochs
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts"] = "cosine"
+    warmup: float = Field(0.03, ge=0)  # < 1: a ratio of the steps; >= 1: a step count
+    weight_decay: float = Field(0.0, ge=0)
+    max_length: int = Field(1024, ge=8)
+    gradient_checkpointing: bool = False
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where supported
+    seed: int = 42
+    packing: bool = True
+    qlora: bool = False
+    checkpoint_every: int = Field(50, ge=1)  # steps
+    eval_every: int | None = Field(None, ge=1)  # with early_stopping: evaluate (and checkpoint) this often
+    early_stopping: int | None = Field(None, ge=1)  # patience, in evaluations of val loss
+    chat_template: str | None = None  # a Jinja template for bases whose tokenizer has none
+    log_every: int = Field(1, ge=1)
+
+
+class LoraTrainer(Trainer):
+    name = "lora"
+    Config = LoraConfig
+
+    def preflight(self) -> None:
+        """Cheap checks before anything loads (the core calls this first)."""
+        if self.config.qlora:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UsageError("QLoRA needs a CUDA GPU and none is available",
+                                 hint="train with plain LoRA on this machine (drop --use-qlora / train.lora.qlora)")
+            try:
+                import bitsandbytes  # noqa: F401
+            except ImportError:
+                raise UsageError("QLoRA needs bitsandbytes", hint="pip install bitsandbytes") from None
+
+    # --- data ---------------------------------------------------------------------------
+
+    def tokenizer(self, base):
+        from ftctl.train.basemodel import load_tokenizer
+        from ftctl.train.chat_format import check_template, ensure_pad
+
+        tok = load_tokenizer(base, self.config.chat_template)
+        check_template(tok)
+        ensure_pad(tok)
+        return tok
+
+    def encode_file(self, tok, base, path: Path):
+        """Encoded rows of one snapshot file, cached by (file, base, template) content."""
+        from ftctl.train.chat_format import Encoded, encode
+        from ftctl.records import read_jsonl
+
+        h = hashlib.sha256(f"{CACHE_FORMAT}\0{base.sha256}\0{tok.chat_template}\0".encode())
+        h.update(Path(path).read_bytes())
+        cache = self.ctx.cache_dir / "tokens" / f"{h.hexdigest()}.json"
+        if cache.is_file():
+            rows = json.loads(cache.read_text())
+        else:
+            rows = []
+            for ex in read_jsonl(path):
+                enc = encode(tok, _target_messages(ex))
+                rows.append(None if enc is None else [enc.input_ids, enc.labels])
+            from ftctl.util.atomic import write_text
+
+            write_text(cache, json.dumps(rows))
+        return [None if r is None else Encoded(*r) for r in rows]
+
+    def rows(self, encoded, what: str):
+        """Filter by max_length; an unusable dataset is an error that says why."""
+        from ftctl.train.chat_format import EncodeReport
+
+        report = EncodeReport()
+        kept = []
+        for enc in encoded:
+            if enc is None:
+                report.skipped["no_assistant_turn"] += 1
+                continue
+            report.lengths.append(len(enc))
+            if len(enc) > self.config.max_length:
+                report.skipped["longer_than_max_length"] += 1
+            else:
+                kept.append(enc)
+                report.used += 1
+        if not kept and what == "train":
+            if not encoded:
+                raise UsageError("the training dataset is empty", hint="run `ftctl collect` first (or add data)")
+            why = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in report.skipped.items())
+            hint = (f"raise train.lora.max_length (now {self.config.max_length}; longest is "
+                    f"{max(report.lengths)} tokens)" if report.skipped.get("longer_than_max_length")
+                    else "every conversation needs at least one assistant turn to learn from")
+            raise UsageError(f"no trainable examples in the {what} set ({why})", hint=hint)
+        return kept, report
+
+    def features(self, rows, pack: bool):
+        from ftctl.train.chat_format import pack as pack_rows
+        from ftctl.train.chat_format import to_features
+
+        groups = pack_rows(rows, self.config.max_length) if pack else [[r] for r in rows]
+        return [to_features(g) for g in groups]
+
+    # --- training -----------------------------------------------------------------------
+
+    def train(self, request):
+        """request: ftctl.train.run.TrainRequest -> ftctl.train.run.TrainResult."""
+        self.preflight()
+        import torch
+        import transformers
+        from transformers import TrainingArguments, set_seed
+
+        import peft
+        from ftctl.train.basemodel import load_model
+        from ftctl.train.chat_format import Collator
+        from ftctl_plugins.trainers.callbacks import CompleteMarker, Progress
+        from ftctl.train.run import TrainResult
+
+        cfg = self.config
+        log = self.ctx.log
+        out = Path(request.output_dir)
+        tok = self.tokenizer(request.base)
+        train_rows, train_report = self.rows(self.encode_file(tok, request.base, request.train_file), "train")
+        val_rows = []
+        if request.val_file and Path(request.val_file).is_file():
+            val_rows, _ = self.rows(self.encode_file(tok, request.base, request.val_file), "val")
+        train_ds = self.features(train_rows, cfg.packing)
+        val_ds = self.features(val_rows, False) if val_rows else None
+
+        set_seed(cfg.seed)  # before the adapter exists: its initial weights come from this seed
+        bf16 = _use_bf16(cfg.precision)
+        model = load_model(request.base, **_quantization(cfg))
+        model.config.use_cache = False
+        if request.init_adapter:
+            model = peft.PeftModel.from_pretrained(model, request.init_adapter, is_trainable=True)
+        else:
+            if cfg.qlora:
+                model = peft.prepare_model_for_kbit_training(model, cfg.gradient_checkpointing)
+            model = peft.get_peft_model(model, peft.LoraConfig(
+                r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
+                task_type="CAUSAL_LM"))
+        if cfg.gradient_checkpointing:
+            model.enable_input_require_grads()
+        lora_cfg = model.peft_config["default"]
+
+        early = bool(cfg.early_stopping and val_ds)
+        # early stopping keeps the best checkpoint, so evaluations and checkpoints share one cadence
+        every = (cfg.eval_every or cfg.checkpoint_every) if early else cfg.checkpoint_every
+        args = TrainingArguments(
+            output_dir=str(out),
+            per_device_train_batch_size=cfg.batch_size,
+            per_device_eval_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation,
+            learning_rate=cfg.learning_rate,
+            weight_decay=cfg.weight_decay,
+            lr_scheduler_type=cfg.scheduler,
+            warmup_steps=int(cfg.warmup) if cfg.warmup >= 1 else cfg.warmup,  # < 1: a ratio
+            num_train_epochs=cfg.epochs,
+            max_steps=cfg.max_steps or -1,
+            logging_steps=cfg.log_every,
+            logging_nan_inf_filter=False,  # a NaN must be seen, not averaged away
+            save_strategy="steps",
+            save_steps=every,
+            save_total_limit=2,  # the newest complete checkpoint survives a failed save of the next
+            eval_strategy="steps" if early else "no",
+            eval_steps=every if early else None,
+            load_best_model_at_end=early,
+            metric_for_best_model="eval_loss" if early else None,
+            greater_is_better=False if early else None,
+            bf16=bf16,
+            fp16=cfg.precision == "fp16",
+            use_cpu=not torch.cuda.is_available(),
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            train_sampling_strategy="random" if cfg.packing else "group_by_length",
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+            report_to=["tensorboard"],
+            disable_tqdm=True,
+            ddp_backend="gloo" if _distributed() and not torch.cuda.is_available() else None,
+            ddp_find_unused_parameters=False,
+        )
+        collator = Collator(tok.pad_token_id)
+        progress = Progress(log, collator, request.show_progress)
+        callbacks = [progress, CompleteMarker()]
+        if early:
+            callbacks.append(transformers.EarlyStoppingCallback(cfg.early_stopping))
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                                       data_collator=collator, callbacks=callbacks)
+        trainer.remove_callback(transformers.PrinterCallback)  # stdout belongs to the CLI (--json)
+        checkpoint = latest_checkpoint(out) if request.resume else None
+        if request.resume and checkpoint is None:
+            log("no complete checkpoint yet: starting this run from step 0")
+        if checkpoint:
+            log(f"resuming from {checkpoint.name}")
+        started = time.monotonic()
+        try:
+            output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except OSError as e:
+            drop_incomplete(out)
+            if e.errno == errno.ENOSPC:
+                raise TrainingFailed("disk full while training (a checkpoint could not be saved)",
+                                     hint="free space, then `ftctl train --resume` continues from the last "
+                                          "complete checkpoint") from None
+            raise
+        finally:
+            progress.close()
+        seconds = time.monotonic() - started
+        val_loss = trainer.evaluate()["eval_loss"] if val_ds else None
+        adapter = out / "adapter"
+        if trainer.args.should_save:
+            if adapter.exists():
+                shutil.rmtree(adapter)
+            trainer.model.save_pretrained(adapter, safe_serialization=True)
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        return TrainResult(
+            adapter_dir=adapter,
+            steps=trainer.state.global_step,
+            metrics={"train_loss": _round(output.training_loss), "val_loss": _round(val_loss),
+                     "first_loss": _round(losses[0] if losses else None),
+                     "last_loss": _round(losses[-1] if losses else None)},
+            tokens=progress.tokens,
+            tokens_per_s=round(progress.tokens / progress.seconds, 1) if progress.seconds else None,
+            seconds=round(seconds, 1),
+            params={**cfg.model_dump(exclude={"chat_template"}), "precision": "bf16" if bf16 else cfg.precision,
+                    "target_modules": sorted(lora_cfg.target_modules)},
+            seed=cfg.seed,
+            data={"examples": train_report.to_dict(), "trained_rows": len(train_ds), "packed": cfg.packing},
+            libraries={"torch": torch.__version__, "transformers": transformers.__version__,
+                       "peft": peft.__version__},
+        )
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _target_messages(ex) -> list[dict]:
+    """A user's correction replaces the last assistant answer: it is what we want learned."""
+    msgs = [dict(m) for m in ex.messages]
+    if ex.correction:
+        for m in reversed(msgs):
+            if m.get("role") == "assistant":
+                m["content"] = ex.correction
+                break
+    return msgs
+
+
+def _distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _use_bf16(precision: str) -> bool:
+    import torch
+
+    if precision == "bf16":
+        return True
+    if precision != "auto":
+        return False
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and _cpu_has_bf16()
+
+
+def _cpu_has_bf16() -> bool:
+    # oneDNN runs bf16 fast on AVX-512 cores (natively with AVX512_BF16/AMX); elsewhere it is slower
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16", "avx512f"))
+
+
+def _quantization(cfg: LoraConfig) -> dict:
+    if not cfg.qlora:
+        return {}
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"quantization_config": BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute), "device_map": {"": 0}}
+
+
+def _round(x):
+    return None if x is None else round(float(x), 4)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint whose save finished (a crash mid-save leaves no marker)."""
+    done = [p for p in Path(run_dir).glob("checkpoint-*") if (p / COMPLETE).is_file()]
+    return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
+
+
+def drop_incomplete(run_dir: Path) -> None:
+    for p in Path(run_dir).glob("checkpoint-*"):
+        if not (p / COMPLETE).is_file():
+            shutil.rmtree(p, ignore_errors=True)
+
+
