@@ -36,7 +36,8 @@ def new_examples(ws: Workspace, model: str) -> int:
 def cycle(ws: Workspace, model: str | None = None, *, force: bool = False, max_steps: int | None = None,
           log: Log = print) -> dict[str, Any]:
     from ftctl.data.collect import collect
-    from ftctl.eval.run import evaluate, gate
+    from ftctl.eval.evaluate import evaluate
+    from ftctl.eval.gating import gate
     from ftctl.train.run import train
 
     mc = ws.model(model)

@@ -1,4 +1,4 @@
-"""`ftctl eval` and `ftctl chat`: thin shells over ftctl.eval.run."""
+"""`ftctl eval` and `ftctl chat`: thin shells over ftctl.eval (evaluate, compare, gating, predict)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from ftctl.errors import GATE_FAILED
 @pass_app
 def eval_(app, ref, pair, artifact, eval_set, metrics, limit, apply_gate, against, model, no_record):
     """Evaluate a version (REF: v1.1, latest, stable, base), or compare two with --compare A B."""
-    from ftctl.eval import run as evaluate
+    from ftctl.eval import compare, evaluate, gating
 
     if pair and ref:
         raise click.UsageError("give either REF or --compare A B, not both")
@@ -31,19 +31,19 @@ def eval_(app, ref, pair, artifact, eval_set, metrics, limit, apply_gate, agains
 
     def run(ws):
         if pair and apply_gate:
-            r = evaluate.compare(ws, *pair, **opts)
-            r["gate"] = evaluate.check_gate(r, ws.model(r["model"]).eval.gate)
+            r = compare.compare(ws, *pair, **opts)
+            r["gate"] = gating.check_gate(r, ws.model(r["model"]).eval.gate)
             return r
         if pair:
-            return evaluate.compare(ws, *pair, **opts)
+            return compare.compare(ws, *pair, **opts)
         if apply_gate:
-            return evaluate.gated_compare(ws, ref or "latest", against=against, **opts)
+            return gating.gated_compare(ws, ref or "latest", against=against, **opts)
         return evaluate.evaluate(ws, ref or "latest", **opts)
 
     result = app.mutate("eval", run)
     app.emit(_public(result), lambda r: _render(app, r))
     if result.get("gate") and not result["gate"]["passed"]:
-        err = evaluate.gate_error(result)
+        err = gating.gate_error(result)
         if app.json:  # stdout already holds the one JSON document: the reason goes to stderr
             click.echo(f"error: {err.message}", err=True)
             raise click.exceptions.Exit(GATE_FAILED)
@@ -99,10 +99,10 @@ def _render(app, r: dict) -> None:
 @pass_app
 def chat(app, ref, artifact, prompt, system, model):
     """Chat with a version in the terminal (/reset starts over, /exit or Ctrl-D quits)."""
-    from ftctl.eval import run as evaluate
+    from ftctl.eval import predict
 
     ws = app.workspace()
-    target, backend = evaluate.chat_backend(ws, ref, model=model, artifact=artifact)
+    target, backend = predict.chat_backend(ws, ref, model=model, artifact=artifact)
     start = [{"role": "system", "content": system}] if system else []
     if prompt is not None:
         answer = backend.generate([[*start, {"role": "user", "content": prompt}]])[0]

@@ -205,10 +205,10 @@ def deploy(ws, ref: str, *, canary: int | None = None, dry_run: bool = False, ga
     _recover(ws, model, dep, log)
     d = ws.read_lock().state(model).deployment
     if gate if gate is not None else ws.model(model).deploy.gate:
-        from ftctl.eval import run as evaluate
+        from ftctl.eval import gating
 
         log(f"eval gate: {label} against {ws.model(model).eval.gate.against}")
-        evaluate.gate(ws, label, model=model, log=log)
+        gating.gate(ws, label, model=model, log=log)
     stable = _artifact_of(ws, model, d.stable, dep) if d.stable else None
     if canary is not None:
         if d.canary and d.canary["version"] != version:

@@ -223,7 +223,7 @@ def test_kill_9_in_the_middle_of_a_deploy_then_rollback(stack):
 
 def test_the_eval_gate_runs_first_when_configured(stack, monkeypatch):
     from ftctl.deploy import run as deploy
-    from ftctl.eval import run as evaluate
+    from ftctl.eval import gating
     from ftctl.errors import GateFailed
 
     s = stack(deployer_gate=True)
@@ -233,7 +233,7 @@ def test_the_eval_gate_runs_first_when_configured(stack, monkeypatch):
         calls.append(candidate)
         raise GateFailed(f"gate failed for {candidate}", hint="see the report")
 
-    monkeypatch.setattr(evaluate, "gate", failing_gate)
+    monkeypatch.setattr(gating, "gate", failing_gate)
     before = s.eco.read_text()
     with s.ws.run_lock("test"), pytest.raises(GateFailed):
         deploy.deploy(s.ws, "v1.1", log=lambda m: None)

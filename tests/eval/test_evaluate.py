@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from ftctl.eval import run as evaluate
+from ftctl.eval import compare, evaluate, gating
 from ftctl.errors import GateFailed, UsageError
 from ftctl.eval.stats import SAME
 from ftctl.registry.workspace import Workspace
@@ -89,7 +89,7 @@ def test_rerun_gives_the_same_numbers_without_the_cache(eval_ws):
 
 
 def test_comparing_a_version_with_itself_is_zero_difference(eval_ws):
-    r = locked(eval_ws, evaluate.compare, "v1.0", "v1.0", eval_set="qa.jsonl", metrics=["token_f1", "perplexity"])
+    r = locked(eval_ws, compare.compare, "v1.0", "v1.0", eval_set="qa.jsonl", metrics=["token_f1", "perplexity"])
     for m in r["metrics"].values():
         assert m["diff"] == 0 and m["ci"] == [0.0, 0.0] and m["p_value"] == 1.0 and m["verdict"] == SAME
         assert m["ties"] == len(QA)
@@ -137,7 +137,7 @@ def test_gate_cli_exit_code_5(eval_ws, capsys):
 
 def test_gate_core_compares_with_base_when_nothing_is_stable(eval_ws):
     with pytest.raises(GateFailed) as e:
-        locked(eval_ws, evaluate.gate, "v1.1", eval_set="qa.jsonl", metrics=["rougeL"])
+        locked(eval_ws, gating.gate, "v1.1", eval_set="qa.jsonl", metrics=["rougeL"])
     assert "against base" in e.value.message and e.value.exit_code == 5
 
 
@@ -163,7 +163,7 @@ def m(diff, p, a=0.5, higher=True):
 def test_check_gate_rules(metrics, gate, passed, reason):
     from ftctl.config import GateConfig
 
-    r = evaluate.check_gate(cmp(metrics), GateConfig(**gate))
+    r = gating.check_gate(cmp(metrics), GateConfig(**gate))
     assert r["passed"] is passed
     if reason:
         assert reason in r["reasons"][0]

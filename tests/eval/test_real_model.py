@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ftctl.eval import run as evaluate
+from ftctl.eval import evaluate
 from ftctl.registry.workspace import Workspace
 from tests.conftest import need, run_json
 from tests.eval.conftest import add_version, example, write_set

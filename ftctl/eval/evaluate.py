@@ -1,0 +1,104 @@
+"""Evaluate one version: generate, score, write the reports, record the headline numbers.
+
+Callers hold the workspace run lock (the CLI's ``app.mutate``; deploy and cycle already hold it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ftctl.eval.evalset import EvalSet, load_eval_set
+from ftctl.eval.predict import Predictor, settings_of
+from ftctl.eval.scoring import build_evaluators, mean, metric_key, score
+from ftctl.eval.target import Target, resolve_target
+from ftctl.records import Example
+from ftctl.util.log import Log
+
+
+def evaluate(ws, ref: str, *, model: str | None = None, eval_set: str | None = None,
+             artifact: str | None = None, metrics: list[str] | None = None, limit: int | None = None,
+             record: bool = True, log: Log = print) -> dict[str, Any]:
+    """Score one version. Returns ``{"version", "n", "metrics": {name: mean}, "report", ...}``."""
+
+    target = resolve_target(ws, ref, model=model, artifact=artifact)
+    cfg = ws.model(target.model)
+    evalset = load_eval_set(ws, target.model, eval_set, limit or cfg.eval.limit)
+    names = list(metrics or cfg.eval.metrics)
+    predictor = Predictor(ws, target, log)
+    evaluators = build_evaluators(ws, target.model, names, log=log)  # bad config fails before generating
+    preds = predictor.predict(evalset)
+    notes: list[str] = []
+    scores = score(evaluators, preds, evalset.examples, notes, predictor)
+    result = {
+        "model": target.model, "version": target.version, "artifact": target.artifact,
+        "eval_set": evalset.name, "eval_set_sha256": evalset.sha256, "n": len(evalset.examples),
+        "metrics": {k: mean(v) for k, v in scores.items()},
+        "higher_is_better": {k: evaluators[k].higher_is_better for k in scores},
+        "notes": notes, "settings": settings_of(cfg).__dict__ | {"stop": list(cfg.eval.stop)},
+    }
+    result["vs_hf"] = _vs_hf(ws, target, evalset, result["metrics"])
+    examples = [_example_row(ex, {"prediction": p}, {k: v[i] for k, v in scores.items()})
+                for i, (ex, p) in enumerate(zip(evalset.examples, preds))]
+    paths = _write_reports(ws, result, examples, f"eval-{target.version}", kind="eval")
+    if record:
+        _record_eval(ws, target, evalset, result, paths)
+    return result
+
+
+def _write_reports(ws, result: dict, rows: list[dict], stem: str, *, kind: str) -> list[Path]:
+    """JSON + Markdown + HTML, written only once every score is in (never a partial report)."""
+    from ftctl.eval import report
+
+    stem += _suffix(result["eval_set"], result["artifact"])
+    paths = report.write_all(ws.reports_dir(result["model"]), stem, result | {"examples": rows, "complete": True},
+                             kind=kind)
+    result["report"] = ws.rel(paths["html"])
+    result["reports"] = {k: ws.rel(p) for k, p in paths.items()}
+    return list(paths.values())
+
+
+def _suffix(evalset: str, artifact: str) -> str:
+    s = "" if evalset == "test" else f"-{evalset}"
+    return s + ("" if artifact == "hf" else "-" + artifact.replace(":", "-"))
+
+
+def _example_row(ex: Example, preds: dict, scores: dict) -> dict[str, Any]:
+    from ftctl.eval.generation import reference
+
+    return {"id": ex.key, "agent": ex.agent, "source": ex.source, "prompt": ex.prompt,
+            "reference": reference(ex), **preds, "scores": scores}
+
+
+def _vs_hf(ws, target: Target, evalset: EvalSet, metrics: dict) -> dict | None:
+    """For a GGUF file: the quantisation's cost against the same version's HF result, if known."""
+    if target.artifact == "hf" or target.version == "base":
+        return None
+    entry = ws.read_lock().state(target.model).versions[target.version]
+    hf = next((e for e in reversed(entry.evals) if e.get("artifact") == "hf"
+               and e.get("eval_set_sha256") == evalset.sha256 and not e.get("against")), None)
+    if not hf:
+        return None
+    return {k: {"hf": hf["metrics"][k], "gguf": v, "diff": None if v is None else v - hf["metrics"][k]}
+            for k, v in metrics.items() if hf["metrics"].get(k) is not None}
+
+
+def _record_eval(ws, target: Target, evalset: EvalSet, result: dict, paths: list[Path]) -> None:
+    entry = {"time": _now(), "eval_set": evalset.name, "eval_set_sha256": evalset.sha256,
+             "artifact": target.artifact, "n": result["n"], "metrics": result["metrics"],
+             "report": result["report"]}
+
+    def update(lock):
+        if target.version == "base":
+            return  # the base has no lock entry; its report is still committed
+        v = lock.state(target.model).versions[target.version]
+        v.metrics.update({metric_key(k, evalset.name, target.artifact): x for k, x in result["metrics"].items()})
+        v.evals.append(entry)
+
+    ws.record(f"eval {target.model} {target.version} ({target.artifact}, {evalset.name})", update, add=paths)
+
+
+def _now() -> str:
+    from ftctl.registry.workspace import now
+
+    return now()

@@ -1,0 +1,59 @@
+"""Scoring: each evaluator plugin scores every example, so comparisons can be paired."""
+
+from __future__ import annotations
+
+from ftctl import plugins
+from ftctl.eval.predict import Predictor
+from ftctl.records import Example
+from ftctl.util.log import Log
+
+
+def build_evaluators(ws, model: str, names: list[str], log: Log = print):
+    cfg = ws.model(model)
+    ctx = ws.context(model, log=log)
+    return {n: plugins.build("evaluator", n, cfg.eval.plugin_config(n), ctx, key=f"eval.{n}") for n in names}
+
+
+def score(evaluators: dict, predictions: list[str], examples: list[Example], notes: list[str],
+          predictor: Predictor | None = None) -> dict[str, list[float | None]]:
+    """Per-example scores for each metric; metrics that cannot run are skipped with a note."""
+    from ftctl.eval.generation import reference
+
+    refs = [reference(ex) for ex in examples]
+    missing = sum(r is None for r in refs)
+    out: dict[str, list[float | None]] = {}
+    for name, ev in evaluators.items():
+        if ev.needs_reference and missing == len(refs):
+            notes.append(f"{name}: skipped, no example has a reference answer")
+            continue
+        if ev.needs_reference and missing:
+            notes.append(f"{name}: {missing} example(s) without a reference answer not scored")
+        if predictor is not None:
+            ev.ctx.extra["backend"] = _Deferred(predictor)
+        scores = ev.score(predictions, refs, examples)
+        if all(s is None for s in scores):
+            notes.append(f"{name}: skipped, it applies to none of these examples")
+            continue
+        out[name] = scores
+    return out
+
+
+class _Deferred:
+    """The backend, loaded on first use (most metrics need text only, not the model)."""
+
+    def __init__(self, predictor: Predictor):
+        self._p = predictor
+
+    def __getattr__(self, item):
+        return getattr(self._p.backend, item)
+
+
+def mean(xs) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def metric_key(name: str, evalset: str, artifact: str) -> str:
+    """Headline key in models.lock: plain for the default (HF on the test split), else qualified."""
+    key = name if evalset == "test" else f"{name}[{evalset}]"
+    return key if artifact == "hf" else f"{key}@{artifact}"
