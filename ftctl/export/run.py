@@ -98,7 +98,8 @@ def export(ws, ref: str, *, merged: bool | None = None, gguf: bool | None = None
     try:
         result = exporter.export(ExportRequest(model=model, version=version, base=base, adapter_dir=adapter_dir,
                                                out_dir=staging, merged=merged, quants=quant_list,
-                                               lora_gguf=lora_gguf, workspace_cache=ws.cache_dir))
+                                               lora_gguf=lora_gguf, workspace_cache=ws.cache_dir,
+                                               task_prompts=held_out_prompts(ws, model)))
         files = [_describe(ws, f, staging, out_dir) for f in result.files]
         files += _carry_over(entry.exports, staging, out_dir)
         old = _move_in(staging, out_dir)
@@ -135,6 +136,33 @@ def gguf_path(ws, model: str, version: str, quant: str | None = None, kind: str 
     have = ", ".join(f"{f.get('kind')}:{f.get('quant')}" for f in entry.exports) or "none"
     raise UsageError(f"{model}@{version} has no {kind} export" + (f" {quant}" if quant else ""),
                      hint=f"exports: {have}; run `ftctl export {model}@{version} --quant {quant or 'Q8_0'}`")
+
+
+def held_out_prompts(ws, model: str, limit: int = 32) -> list[list[dict[str, str]]]:
+    """Up to ``limit`` prompts of the model's held-out test split (each chat cut after its last
+    user turn), for the exporter's parity probes: the ones with the smallest content hash, so the
+    choice depends on the split's contents, never on its order. [] when there is no snapshot."""
+    import hashlib
+
+    from ftctl.data.collect import snapshot_paths
+    from ftctl.records import read_jsonl
+
+    path = Path(snapshot_paths(ws, model)["test"])
+    if not path.is_file():
+        return []
+    picked: dict[str, list[dict[str, str]]] = {}
+    for ex in read_jsonl(path):  # streamed: keeping only `limit` chats keeps memory flat
+        last_user = max((i for i, m in enumerate(ex.messages) if m.get("role") == "user"), default=None)
+        if last_user is None:
+            continue
+        chat = [{"role": m["role"], "content": m["content"]} for m in ex.messages[:last_user + 1]]
+        key = hashlib.sha256(json.dumps(chat, sort_keys=True).encode()).hexdigest()
+        if key in picked:
+            continue
+        picked[key] = chat
+        if len(picked) > limit:
+            del picked[max(picked)]
+    return [picked[k] for k in sorted(picked)]
 
 
 # --- preflight ------------------------------------------------------------------------------

@@ -91,6 +91,9 @@ class ExportRequest:
     quants: list[str]  # [] = no merged GGUF
     lora_gguf: bool
     workspace_cache: Path | None = None
+    # held-out prompts of the version's task (its test split), each a chat up to the last user turn:
+    # parity is measured where the model will be used, as well as on generic probes
+    task_prompts: list[list[dict[str, str]]] = field(default_factory=list)
 
 
 @dataclass
