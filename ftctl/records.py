@@ -29,6 +29,7 @@ class Example:
     correction: str | None = None  # a user's edited answer: becomes the training target
     agent: str | None = None
     created_at: datetime | None = None
+    served_model: str | None = None  # the model id the server answered with (deploy sets `model@vX.Y`)
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property

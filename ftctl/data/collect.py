@@ -23,6 +23,7 @@ from typing import Any
 from ftctl import plugins
 
 from ftctl.data import curate
+from ftctl.data.served import Attribution, Resolver
 from ftctl.errors import FtctlError
 from ftctl.records import Reject, read_jsonl
 from ftctl.registry.workspace import Workspace
@@ -149,6 +150,8 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
         writers = {s: open(out / FILES[s], "wb") for s in SPLITS}
         try:
             for ex, status, tokens, line in spill.results():
+        state = ws.read_lock().models.get(mc.name)
+        resolve, served = Resolver(mc.name, state.versions if state else ()), Attribution()
                 if status == "kept" and cfg.limit is not None and kept >= cfg.limit:
                     status = "limit"
                 if status != "kept":
@@ -164,6 +167,7 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
         finally:
             for w in writers.values():
                 w.close()
+                served.add(ex.served_model, resolve(ex.served_model))
         for good, bad in spill.negatives_for_kept():
             split = curate.split_of(good.key, cfg.split.salt, cfg.split.val, cfg.split.test)
             prefs.write(json.dumps(curate.preference(curate.prompt_messages(good), good.response, bad.response,
@@ -184,6 +188,7 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
         "sources": per_source,
         "window": {k: v.isoformat() if v else None for k, v in zip(("start", "end"), (filters.start, filters.end))},
         "filters": cfg.model_dump(mode="json", exclude={"scrub", "split", "collect_before_train"}),
+        "served": served.to_dict(),
         "split": cfg.split.model_dump(mode="json"), "golden": {"path": cfg.golden, "examples": n_golden},
         "pii": {"enabled": cfg.scrub.enabled, "engine": "presidio-analyzer (pattern recognizers)",
                 "names": scrubber.names if scrubber else "off"},
@@ -191,6 +196,9 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
     total = kept + sum(filtered.values()) + sum(rejected.values())
     if total != read:  # a bug, never a data problem: refuse to record an unbalanced card
         raise FtctlError(f"internal accounting error: read {read} != kept+filtered+rejected {total}")
+    if served.unmatched:  # kept and counted, but say so: a deploy alias or a source mapping is off
+        log(f"[yellow]{sum(served.unmatched.values())} kept row(s) name a served model that matches no version "
+            f"of {mc.name}: {', '.join(list(served.unmatched)[:5])}[/] (counted as `served.unmatched` in the card)")
     (out / FILES["card"]).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return card
 

@@ -92,6 +92,7 @@ def messages_from(value: Any) -> list[dict[str, str]]:
     for m in value:
         if not isinstance(m, Mapping) or m.get("role") not in ROLES:
             raise RowError("bad_message", repr(m)[:80])
+        served_model=text(row.get("served_model"), "served_model"),
         content = m.get("content")
         if not isinstance(content, str):
             raise RowError("wrong_type:content", repr(content)[:80])
@@ -104,7 +105,7 @@ def messages_from(value: Any) -> list[dict[str, str]]:
 def example_from(row: Mapping[str, Any], *, source: str, source_id: str) -> Example:
     """One feedback event -> Example. Accepts ``messages`` (OpenAI chat format),
     ``prompt``/``response`` or ``prompt``/``completion``, plus optional rating, reward,
-    feedback_type, correction, agent, created_at, conversation_id and system."""
+    feedback_type, correction, agent, created_at, conversation_id, served_model and system."""
     if not isinstance(row, Mapping):
         raise RowError("not_an_object", type(row).__name__)
     if row.get("messages") is not None:

@@ -19,7 +19,8 @@ from ftctl.records import Example, Reject
 from ftctl_plugins.sources.common import RowError, example_from
 from ftctl_plugins.sources.files import Watermarked, display, expand
 
-_FIELDS = ("rating", "reward", "feedback_type", "correction", "agent", "created_at", "conversation_id")
+_FIELDS = ("rating", "reward", "feedback_type", "correction", "agent", "created_at", "conversation_id",
+           "served_model")
 
 
 class CsvSource(Watermarked, Source):
@@ -38,6 +39,7 @@ class CsvSource(Watermarked, Source):
         agent: str | None = None
         created_at: str | None = None
         conversation_id: str | None = None
+        served_model: str | None = None
         delimiter: str = Field(",", min_length=1, max_length=1)
         encoding: str = "utf-8-sig"  # tolerates a BOM
 

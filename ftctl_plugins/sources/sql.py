@@ -22,7 +22,7 @@ from ftctl_plugins.sources.common import RowError, number, parse_time
 
 # mapping key -> output column name (what a custom ``query`` must call its columns)
 MAPPED = ("id", "conversation_id", "role", "content", "prompt", "response", "rating", "reward",
-          "feedback_type", "correction", "agent", "created_at")
+          "feedback_type", "correction", "agent", "created_at", "served_model")
 FEEDBACK = ("rating", "reward", "feedback_type", "correction")
 
 
@@ -43,6 +43,7 @@ class SqlConfig(PluginConfig):
     correction: str | None = None
     agent: str | None = None
     created_at: str | None = "created_at"
+    served_model: str | None = Field(None, description="the model id that answered (deploy serves `model@vX.Y`)")
     feedback_table: str | None = Field(None, description="ratings in a joined table")
     feedback_key: str = Field("message_id", description="the feedback table's column referencing id")
 
@@ -159,7 +160,8 @@ class RowsToExamples:
             reward=number(row.get("reward"), "reward", -1, 1),
             feedback_type=str(ft).strip().lower() if ft is not None else None,
             correction=row.get("correction") or None,
-            agent=row.get("agent"), created_at=created)
+            agent=row.get("agent"), created_at=created,
+            served_model=str(row["served_model"]) if row.get("served_model") not in (None, "") else None)
 
 
 def _text(row: dict, key: str) -> str:

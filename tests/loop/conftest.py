@@ -1,0 +1,71 @@
+"""Loop fixtures: a PostgreSQL feedback table the test writes to, versions in models.lock."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from tests.collect.conftest import configure, pg_dsn  # noqa: F401 - pg_dsn is a fixture
+
+
+def add_versions(ws, model: str, versions) -> None:
+    """Bare version entries (no files): enough to attribute served_model values."""
+    from ftctl.registry.lockfile import VersionEntry
+    from ftctl.registry.workspace import now
+
+    def update(lock):
+        for v in versions:
+            lock.state(model).versions.setdefault(v, VersionEntry(version=v, created=now()))
+
+    with ws.run_lock("test setup"):
+        ws.record(f"test: versions of {model}", update)
+
+
+class Feedback:
+    """One interactions table (prompt, response, rating, served_model, ...) in a scratch schema."""
+
+    def __init__(self, dsn: str, schema: str):
+        self.dsn, self.schema, self.n = dsn, schema, 0
+
+    @property
+    def table(self) -> str:
+        return f'"{self.schema}".feedback'
+
+    def source(self, name: str = "chat") -> dict:
+        return {"name": name, "kind": "postgres", "dsn": self.dsn, "table": f"{self.schema}.feedback",
+                "prompt": "prompt", "response": "response", "rating": "rating", "agent": "agent",
+                "served_model": "served_model", "conversation_id": "conversation_id"}
+
+    def add(self, served: str | None, ratings, *, agent: str = "support", prompt: str = "Question {i} about my order?",
+            at: datetime | None = None) -> None:
+        """One row per rating, answered by ``served``, created at ``at`` (default: now)."""
+        import psycopg
+
+        at = at or datetime.now(timezone.utc)
+        rows = []
+        for r in ratings:
+            self.n += 1
+            rows.append((prompt.format(i=self.n), f"Answer {self.n}: it ships tomorrow.", r, served, agent,
+                         f"c{self.n}", at + timedelta(microseconds=self.n)))
+        with psycopg.connect(self.dsn, autocommit=True) as conn, conn.cursor() as cur:
+            cur.executemany(f"INSERT INTO {self.table} (prompt, response, rating, served_model, agent, "
+                            f"conversation_id, created_at) VALUES (%s,%s,%s,%s,%s,%s,%s)", rows)
+
+
+@pytest.fixture
+def feedback(pg_dsn):  # noqa: F811 - the imported fixture
+    import psycopg
+
+    schema = f"ftctl_loop_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f'''CREATE TABLE "{schema}".feedback (id bigserial PRIMARY KEY, prompt text, response text,
+                         rating int, served_model text, agent text, conversation_id text, created_at timestamptz)''')
+    yield Feedback(pg_dsn, schema)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+__all__ = ["Feedback", "add_versions", "configure"]
