@@ -147,11 +147,11 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
         spill.resolve(cfg.conflict)
         kept, splits, bins = 0, Counter(), [0] * len(curate.TOKEN_BINS)
         ratings, agents = Counter(), Counter()
+        state = ws.read_lock().models.get(mc.name)
+        resolve, served = Resolver(mc.name, state.versions if state else ()), Attribution()
         writers = {s: open(out / FILES[s], "wb") for s in SPLITS}
         try:
             for ex, status, tokens, line in spill.results():
-        state = ws.read_lock().models.get(mc.name)
-        resolve, served = Resolver(mc.name, state.versions if state else ()), Attribution()
                 if status == "kept" and cfg.limit is not None and kept >= cfg.limit:
                     status = "limit"
                 if status != "kept":
@@ -164,10 +164,10 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
                 bins[curate.bin_of(tokens)] += 1
                 ratings["unrated" if ex.rating is None else f"{ex.rating:g}"] += 1
                 agents[ex.agent or "none"] += 1
+                served.add(ex.served_model, resolve(ex.served_model))
         finally:
             for w in writers.values():
                 w.close()
-                served.add(ex.served_model, resolve(ex.served_model))
         for good, bad in spill.negatives_for_kept():
             split = curate.split_of(good.key, cfg.split.salt, cfg.split.val, cfg.split.test)
             prefs.write(json.dumps(curate.preference(curate.prompt_messages(good), good.response, bad.response,
@@ -185,20 +185,20 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
         "splits": {s: splits[s] for s in SPLITS}, "preferences": n_prefs,
         "tokens": {"counted_with": counted_with, "histogram": curate.histogram(bins)},
         "ratings": dict(sorted(ratings.items())), "agents": dict(sorted(agents.items())),
+        "served": served.to_dict(),
         "sources": per_source,
         "window": {k: v.isoformat() if v else None for k, v in zip(("start", "end"), (filters.start, filters.end))},
         "filters": cfg.model_dump(mode="json", exclude={"scrub", "split", "collect_before_train"}),
-        "served": served.to_dict(),
         "split": cfg.split.model_dump(mode="json"), "golden": {"path": cfg.golden, "examples": n_golden},
         "pii": {"enabled": cfg.scrub.enabled, "engine": "presidio-analyzer (pattern recognizers)",
                 "names": scrubber.names if scrubber else "off"},
     }
-    total = kept + sum(filtered.values()) + sum(rejected.values())
-    if total != read:  # a bug, never a data problem: refuse to record an unbalanced card
-        raise FtctlError(f"internal accounting error: read {read} != kept+filtered+rejected {total}")
     if served.unmatched:  # kept and counted, but say so: a deploy alias or a source mapping is off
         log(f"[yellow]{sum(served.unmatched.values())} kept row(s) name a served model that matches no version "
             f"of {mc.name}: {', '.join(list(served.unmatched)[:5])}[/] (counted as `served.unmatched` in the card)")
+    total = kept + sum(filtered.values()) + sum(rejected.values())
+    if total != read:  # a bug, never a data problem: refuse to record an unbalanced card
+        raise FtctlError(f"internal accounting error: read {read} != kept+filtered+rejected {total}")
     (out / FILES["card"]).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return card
 

@@ -92,7 +92,6 @@ def messages_from(value: Any) -> list[dict[str, str]]:
     for m in value:
         if not isinstance(m, Mapping) or m.get("role") not in ROLES:
             raise RowError("bad_message", repr(m)[:80])
-        served_model=text(row.get("served_model"), "served_model"),
         content = m.get("content")
         if not isinstance(content, str):
             raise RowError("wrong_type:content", repr(content)[:80])
@@ -136,6 +135,7 @@ def example_from(row: Mapping[str, Any], *, source: str, source_id: str) -> Exam
         feedback_type=feedback_type,
         correction=text(row.get("correction"), "correction"),
         agent=text(row.get("agent"), "agent"),
+        served_model=text(row.get("served_model"), "served_model"),
         created_at=parse_time(row.get("created_at")),
         meta=dict(row["meta"]) if isinstance(row.get("meta"), Mapping) else {},
     )
