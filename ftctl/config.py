@@ -132,6 +132,17 @@ class CycleConfig(Strict):
     canary_percent: int = Field(20, ge=1, le=100)
 
 
+class ServeConfig(Strict):
+    """`ftctl serve`: the HTTP service (its token is read from the environment, never from here)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=1, le=65535)
+    token_env: str = "FTCTL_SERVE_TOKEN"  # the variable holding the bearer token of mutating routes
+    lock_wait: float = Field(0, ge=0)  # a job waits this long for another run's lock, then is refused
+    max_queue: int = Field(20, ge=1)  # queued jobs beyond this are refused (429)
+    url: str | None = None  # where the running service answers; `ftctl doctor` checks it when set
+
+
 class DvcConfig(Strict):
     remote: str | None = None  # name of a DVC remote; None: the workspace default
     push: bool = True
@@ -175,6 +186,7 @@ class FtctlConfig(Strict):
     deploy: dict[str, Any] = {}
     cycle: CycleConfig = CycleConfig()
     dvc: DvcConfig = DvcConfig()
+    serve: ServeConfig = ServeConfig()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

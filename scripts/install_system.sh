@@ -18,6 +18,15 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
     $SUDO systemctl disable --now nginx >/dev/null 2>&1 || $SUDO service nginx stop >/dev/null 2>&1 || true
 fi
 
+# headless Chromium + its driver from Debian, for the dashboard's browser test (`ftctl serve`);
+# selenium is pointed at these binaries, so nothing downloads a browser of its own
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver
+fi
+
 installed="$(node -p "require('$PREFIX/node_modules/pm2/package.json').version" 2>/dev/null || true)"
 if [ "$installed" != "$PM2_VERSION" ]; then
     mkdir -p "$PREFIX"
@@ -25,4 +34,5 @@ if [ "$installed" != "$PM2_VERSION" ]; then
 fi
 
 echo "nginx: $(command -v nginx || echo /usr/sbin/nginx)"
+echo "chromium: $(command -v chromium) ($(command -v chromedriver))"
 echo "pm2:   $PREFIX/node_modules/.bin/pm2 ($PM2_VERSION)"

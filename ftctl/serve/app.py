@@ -1,0 +1,401 @@
+"""The FastAPI app: routes, bearer-token auth, errors in the CLI's JSON shape, the worker's life.
+
+Reads call the core functions the CLI calls, in this process, and answer with the JSON text
+`ftctl --json` prints. Mutating verbs run the real command line in another process
+(ftctl.serve.runner), so the run lock, the JSON and .ftctl/log.jsonl are the CLI's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import subprocess
+import sys
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, Response
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from ftctl.config import redact
+from ftctl.errors import LOCKED, FtctlError, UsageError
+from ftctl.serve import jobs as J
+from ftctl.serve import runner
+from ftctl.serve.health import Health
+from ftctl.serve.requests import (DeployRequest, EvaluateRequest, FinetuneRequest, PromoteRequest,
+                                  RollbackRequest)
+
+# exit code -> HTTP status (README "Exit codes"): usage errors (a bad ref) are 422, a held lock 409
+HTTP_STATUS = {0: 200, 1: 500, 2: 422, 3: 409, 4: 409, 5: 409, 6: 502}
+MAX_BODY = 64 * 1024
+WORKER_KINDS = ("train", "cycle", "evaluate")
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+
+
+@dataclass
+class Settings:
+    root: Path
+    token: str | None = None
+    token_env: str = "FTCTL_SERVE_TOKEN"
+    lock_wait: float = 0
+    max_queue: int = 20
+    loopback: bool = True  # bound to loopback only: Host headers are checked (DNS rebinding)
+
+
+def cli_json(data: Any, status: int = 200) -> Response:
+    """The text `ftctl --json` prints for ``data`` (ftctl.cli.main.App.emit)."""
+    return Response(json.dumps(data, indent=2, default=str, ensure_ascii=False), status,
+                    media_type="application/json")
+
+
+def error_body(e: FtctlError) -> dict:
+    """The CLI's --json error object, secrets redacted."""
+    return {"error": redact(e.message), "hint": redact(e.hint) if e.hint else e.hint, "exit_code": e.exit_code}
+
+
+class Unauthorized(FtctlError):
+    exit_code = 2
+
+
+class BodyLimit:
+    """Refuse request bodies over MAX_BODY (413) before they are read into memory."""
+
+    def __init__(self, app, limit: int = MAX_BODY):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await _send_413(send, self.limit)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return msg
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _send_413(send, self.limit)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _send_413(send, limit: int) -> None:
+    body = json.dumps({"error": f"request body over {limit} bytes", "hint": None, "exit_code": 2}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Supervisor:
+    """Starts the worker process and restarts it if it dies (its running job: interrupted)."""
+
+    def __init__(self, settings: Settings, store: J.JobStore):
+        self.s, self.store = settings, store
+        self.proc: subprocess.Popen | None = None
+        self.stopping = False
+
+    def start(self) -> None:
+        log = open(self.store.path.parent / "worker.log", "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ftctl.serve.worker", str(self.s.root), "--lock-wait", str(self.s.lock_wait),
+             "--token-env", self.s.token_env],
+            cwd=self.s.root, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=runner.child_env(self.s.token_env))
+        log.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    async def watch(self) -> None:
+        while not self.stopping:
+            await asyncio.sleep(2)
+            if not self.stopping and not self.alive():
+                self.store.mark_interrupted(WORKER_KINDS)
+                self.start()
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.alive():
+            self.proc.terminate()  # the worker stops its job (SIGTERM, then SIGKILL) and exits
+            try:
+                self.proc.wait(runner.GRACE + 5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
+    root = Path(settings.root).resolve()
+    store = J.JobStore(root / ".ftctl" / "serve" / "jobs.sqlite")
+    sup = Supervisor(settings, store)
+    health = Health(root, store, sup.alive)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        store.mark_interrupted()  # left running by a service that was killed
+        task = None
+        if start_worker:
+            sup.start()
+            task = asyncio.create_task(sup.watch())
+        yield
+        if task:
+            task.cancel()
+        await asyncio.to_thread(sup.stop)
+
+    app = FastAPI(title="ftctl", version=_version(), lifespan=lifespan,
+                  description="The ftctl loop over HTTP: every body is the JSON `ftctl --json` prints.")
+    app.state.store = store
+    app.add_middleware(BodyLimit)
+    if settings.loopback:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOSTS)
+    # CORS: no middleware, so browsers refuse cross-origin reads (off by default, as asked)
+
+    def workspace():
+        from ftctl.registry.workspace import Workspace
+
+        return Workspace(root)
+
+    @app.exception_handler(FtctlError)
+    async def _ftctl_error(request: Request, e: FtctlError):
+        resp = cli_json(error_body(e), 401 if isinstance(e, Unauthorized) else HTTP_STATUS.get(e.exit_code, 500))
+        if isinstance(e, Unauthorized):
+            resp.headers["WWW-Authenticate"] = "Bearer"
+        return resp
+
+    def authorized(request: Request) -> None:
+        if not settings.token:
+            raise Unauthorized("mutating routes are disabled: the service has no token",
+                               hint=f"set {settings.token_env} in the service's environment and restart it")
+        scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), settings.token.encode()):
+            raise Unauthorized("missing or wrong bearer token", hint="send `Authorization: Bearer $TOKEN`")
+
+    def validate(ws, req) -> None:
+        """The CLI's own checks, before anything is queued: a bad ref is the CLI's message (422)."""
+        from ftctl.registry.lineage import resolve_ref
+
+        model = getattr(req, "model", None)
+        ws.model(model)
+        for ref in req.refs():
+            resolve_ref(ws, ref, model)
+
+    def enqueue(kind: str, req, *, resumed_from: str | None = None) -> Response:
+        ws = workspace()
+        validate(ws, req)
+        if store.counts().get(J.QUEUED, 0) >= settings.max_queue:
+            return cli_json({"error": f"{settings.max_queue} jobs are already queued", "hint": "retry later",
+                             "exit_code": LOCKED}, 429)
+        job = store.add(kind, req.model_dump(by_alias=True), req.argv(), resumed_from=resumed_from)
+        return cli_json(job_view(job), 202)
+
+    async def run_now(kind: str, req) -> Response:
+        """deploy/promote/rollback: short, answered when done, with the CLI's JSON and exit code."""
+        ws = workspace()
+        validate(ws, req)
+        job = store.add(kind, req.model_dump(by_alias=True), req.argv(), state=J.RUNNING)
+        row = await asyncio.to_thread(runner.run, store, job, root, lock_wait=settings.lock_wait,
+                                      token_env=settings.token_env)
+        body = row["result"] if row["result"] is not None else {
+            "error": f"`ftctl {kind}` ended with exit code {row['exit_code']} and no output",
+            "hint": f"see GET /jobs/{row['id']}", "exit_code": row["exit_code"]}
+        return cli_json(body, HTTP_STATUS.get(row["exit_code"], 500))
+
+    def job_view(job: dict, log_lines: int = 20) -> dict:
+        result = job["result"]
+        links = {}
+        if isinstance(result, dict):
+            for fmt, path in (result.get("reports") or {}).items():
+                links[fmt] = "/" + str(path)
+        finished = job["state"] in J.FINISHED
+        return {
+            "id": job["id"], "kind": job["kind"], "state": job["state"], "params": job["params"],
+            "command": ["ftctl", *job["argv"]], "created": _iso(job["created"]), "started": _iso(job["started"]),
+            "finished": _iso(job["finished"]), "exit_code": job["exit_code"],
+            "progress": {"step": job["step"], "total": job["total"], "loss": job["loss"],
+                         "eta_seconds": None if job["eta"] is None else round(job["eta"], 1)},
+            "result": result, "reports": links,
+            "resumable": finished and job["kind"] in ("train", "cycle") and job["state"] != J.DONE
+            and _unfinished_run(root, (job["params"] or {}).get("model")),
+            "resumed_from": job["resumed_from"],
+            "log_tail": runner.tail(store.log_path(job["id"]), log_lines),
+        }
+
+    app.state.job_view = job_view
+
+    def get_job(job_id: str) -> dict:
+        job = store.get(job_id) if len(job_id) <= 32 and job_id.isalnum() else None
+        if not job:
+            raise UsageError(f"no job {job_id[:40]!r}", hint="GET /jobs lists them", exit_code=2)
+        return job
+
+    # --- reads -------------------------------------------------------------------------------
+
+    @app.get("/health")
+    async def get_health():
+        code, body = await asyncio.to_thread(health.report)
+        return cli_json(body, code)
+
+    @app.get("/metrics")
+    def get_metrics():
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        from ftctl.serve.metrics import FtctlCollector
+
+        registry = CollectorRegistry()
+        registry.register(FtctlCollector(root, store))
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/status")
+    def get_status(model: str | None = Query(None, max_length=64)):
+        from ftctl.deploy import run as core
+
+        return cli_json(core.status(workspace(), model, log=_quiet))
+
+    @app.get("/versions")
+    def get_versions(model: str | None = Query(None, max_length=64)):
+        from ftctl.registry.lineage import version_rows
+
+        ws = workspace()
+        if model:
+            ws.model(model)
+        return cli_json(version_rows(ws, model))
+
+    @app.get("/versions/{ref}")
+    def get_version(ref: str, model: str | None = Query(None, max_length=64)):
+        from ftctl.registry.lineage import show
+
+        return cli_json(show(workspace(), ref[:80], model))
+
+    @app.get("/reports/{model}")
+    def list_reports(model: str):
+        ws = workspace()
+        ws.model(model)
+        d = ws.reports_dir(model)
+        files = sorted(p for p in d.iterdir() if p.is_file()) if d.is_dir() else []
+        return cli_json({"model": model, "reports": [
+            {"name": p.name, "url": f"/reports/{model}/{p.name}", "bytes": p.stat().st_size} for p in files]})
+
+    @app.get("/reports/{model}/{name}")
+    def get_report(model: str, name: str):
+        ws = workspace()
+        ws.model(model)  # a configured model name: no path characters
+        d = ws.reports_dir(model)
+        # only a name listed in the directory: never a client path joined onto ours
+        listed = {p.name: p for p in d.iterdir() if p.is_file()} if d.is_dir() else {}
+        if name not in listed:
+            raise UsageError(f"no report {name[:80]!r} of model {model!r}", hint=f"GET /reports/{model} lists them")
+        return FileResponse(listed[name])
+
+    @app.get("/jobs")
+    def list_jobs(limit: int = Query(50, ge=1, le=500)):
+        return cli_json([job_view(j, 0) for j in store.list(limit)])
+
+    @app.get("/jobs/{job_id}")
+    @app.get("/finetune/status/{job_id}")
+    def job_status(job_id: str, log_lines: int = Query(20, ge=0, le=500)):
+        return cli_json(job_view(get_job(job_id), log_lines))
+
+    # --- mutations (bearer token) -------------------------------------------------------------
+
+    @app.post("/finetune/start", status_code=202, dependencies=[Depends(authorized)])
+    def finetune_start(req: FinetuneRequest):
+        return enqueue(req.kind, req)
+
+    @app.post("/evaluate", status_code=202, dependencies=[Depends(authorized)])
+    def evaluate(req: EvaluateRequest):
+        return enqueue("evaluate", req)
+
+    @app.post("/jobs/{job_id}/cancel", dependencies=[Depends(authorized)])
+    def cancel(job_id: str):
+        get_job(job_id)
+        return cli_json(job_view(store.request_cancel(job_id)))
+
+    @app.post("/jobs/{job_id}/resume", status_code=202, dependencies=[Depends(authorized)])
+    def resume(job_id: str):
+        job = job_view(get_job(job_id), 0)
+        if not job["resumable"]:
+            raise UsageError(f"job {job_id} has no unfinished training run to resume",
+                             hint="only an interrupted, cancelled or failed train/cycle job whose run did not finish")
+        p = job["params"]
+        req = FinetuneRequest(kind="train", model=p.get("model"), resume=True, set=p.get("set") or [])
+        return enqueue("train", req, resumed_from=job_id)
+
+    @app.post("/deploy", dependencies=[Depends(authorized)])
+    async def deploy(req: DeployRequest):
+        return await run_now("deploy", req)
+
+    @app.post("/promote", dependencies=[Depends(authorized)])
+    async def promote(req: PromoteRequest):
+        return await run_now("promote", req)
+
+    @app.post("/rollback", dependencies=[Depends(authorized)])
+    async def rollback(req: RollbackRequest):
+        return await run_now("rollback", req)
+
+    # --- the dashboard -------------------------------------------------------------------------
+
+    from ftctl.serve import dashboard
+
+    @app.get("/", response_class=HTMLResponse)
+    def index():
+        return dashboard.page(workspace(), store, job_view)
+
+    @app.get("/ui/jobs", response_class=HTMLResponse)
+    def jobs_fragment():
+        return dashboard.jobs_fragment(store, job_view)
+
+    @app.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
+    def job_page(job_id: str):
+        return dashboard.job_page(job_view(get_job(job_id), 40))
+
+    @app.get("/ui/versions/{ref}", response_class=HTMLResponse)
+    def version_page(ref: str, model: str | None = Query(None, max_length=64)):
+        from ftctl.registry.lineage import show
+
+        return dashboard.version_page(show(workspace(), ref[:80], model))
+
+    return app
+
+
+def _quiet(_msg: str) -> None:
+    """Core functions log progress for people; the API's answer is the JSON."""
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(t, timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _unfinished_run(root: Path, model: str | None) -> bool:
+    """Is there a run `ftctl train --resume` would finish? (ftctl.train.run's own lookup)"""
+    from ftctl.registry.workspace import Workspace
+    from ftctl.train.run import _unfinished_run as find
+
+    with contextlib.suppress(FtctlError):
+        ws = Workspace(root)
+        find(ws, ws.model(model).name)
+        return True
+    return False
+
+
+def _version() -> str:
+    from ftctl import __version__
+
+    return __version__

@@ -1,0 +1,135 @@
+"""The API over a real uvicorn: job lifecycle, the CLI's JSON, auth, validation, the lock."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import hold_run_lock, run_ftctl
+from tests.serve.conftest import Service
+
+pytestmark = pytest.mark.integration
+
+
+def test_train_job_lifecycle_and_reads_match_the_cli(service, serve_ws):
+    r = service.http.post("/finetune/start", json={"kind": "train", "max_steps": 4})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["state"] == "queued" and job["command"] == ["ftctl", "train", "--max-steps", "4"]
+    done = service.wait_job(job["id"])
+    assert done["state"] == "done", done["log_tail"]
+    assert done["exit_code"] == 0 and done["result"]["version"] == "v1.0"
+    assert done["progress"]["total"] == 4 and done["progress"]["step"] == 4 and done["progress"]["loss"] > 0
+    assert any("trained assistant@v1.0" in line for line in done["log_tail"])
+
+    # every read is byte for byte what `ftctl --json` prints
+    for route, argv in (("/versions", ["versions"]), ("/versions/v1.0", ["show", "v1.0"]),
+                        ("/versions/latest", ["show", "latest"])):
+        api = service.http.get(route)
+        cli = run_ftctl("--json", *argv, cwd=serve_ws.root)
+        assert api.status_code == 200 and api.text == cli.stdout.rstrip("\n"), route
+
+    metrics = service.http.get("/metrics").text
+    assert 'ftctl_versions{model="assistant"} 1.0' in metrics
+    assert 'ftctl_version_metric{metric="train_loss",model="assistant",ref="latest",version="v1.0"}' in metrics
+    assert 'ftctl_job_duration_seconds_count{kind="train"} 1.0' in metrics
+    assert "ftctl_jobs_queued 0.0" in metrics
+
+    jobs = service.http.get("/jobs").json()
+    assert [j["id"] for j in jobs] == [job["id"]]
+    assert service.http.get("/openapi.json").json()["paths"]["/finetune/start"]
+
+
+def test_mutating_routes_need_the_token(service):
+    import httpx
+
+    anon = httpx.Client(base_url=service.url, timeout=10)
+    for route, body in (("/finetune/start", {}), ("/evaluate", {}), ("/deploy", {"ref": "v1.0"}),
+                        ("/promote", {}), ("/rollback", {})):
+        r = anon.post(route, json=body)
+        assert r.status_code == 401, route
+        assert r.json()["error"] == "missing or wrong bearer token" and r.headers["www-authenticate"] == "Bearer"
+    wrong = anon.post("/finetune/start", json={}, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert anon.get("/versions").status_code == 200  # reads stay open
+    assert service.http.get("/jobs").json() == []  # nothing was queued
+    anon.close()
+
+
+def test_bad_refs_get_the_cli_message_with_422(service, serve_ws):
+    for ref in ("v1.x", "../../etc", "v9.9", "latest"):
+        cli = run_ftctl("--json", "show", ref, cwd=serve_ws.root)
+        assert cli.returncode == 2
+        expected = json.loads(cli.stdout)
+        api = service.http.get(f"/versions/{ref}")
+        if "/" in ref:  # not even a route: a path never reaches the core
+            assert api.status_code == 404
+            continue
+        assert api.status_code == 422 and api.json() == expected, ref
+        r = service.http.post("/evaluate", json={"a": "base", "b": ref})
+        assert r.status_code == 422 and r.json()["error"] == expected["error"]
+    r = service.http.post("/finetune/start", json={"from": "v1.x"})
+    assert r.status_code == 422 and r.json()["error"] == "invalid version 'v1.x'"
+    assert service.http.get("/jobs").json() == []
+
+
+def test_inputs_are_validated_and_bounded(service):
+    bad = [{"kind": "export"}, {"max_steps": 0}, {"set": ["base=/etc/passwd"]},
+           {"set": ["curate.golden=x.jsonl"]}, {"set": ["train.lora.r=${FTCTL_SERVE_TOKEN}"]},
+           {"set": ["train.lora.r=1"] * 33}, {"unknown": 1}, {"model": "../x"}]
+    for body in bad:
+        assert service.http.post("/finetune/start", json=body).status_code == 422, body
+    huge = service.http.post("/finetune/start", content=b"{" + b" " * 100_000 + b"}",
+                             headers={"content-type": "application/json"})
+    assert huge.status_code == 413
+    assert service.http.get("/reports/assistant/..%2Fmodels.lock").status_code in (404, 422)
+    assert service.http.get("/reports/assistant/ftctl.yaml").status_code == 422
+    assert service.http.get("/jobs").json() == []
+    # no CORS: a browser on another origin gets no permission to read
+    r = service.http.options("/versions", headers={"Origin": "http://evil.example",
+                                                    "Access-Control-Request-Method": "GET"})
+    assert "access-control-allow-origin" not in r.headers
+    # loopback service: another Host (DNS rebinding) is refused
+    assert service.http.get("/versions", headers={"Host": "evil.example"}).status_code == 400
+
+
+def test_a_cli_run_and_an_api_job_lock_each_other_out(service, serve_ws):
+    # the CLI holds the lock: the API job is refused with the CLI's message (serve.lock_wait = 0)
+    holder = hold_run_lock(serve_ws.root, 60)
+    try:
+        job = service.http.post("/finetune/start", json={"max_steps": 2}).json()
+        failed = service.wait_job(job["id"])
+        assert failed["state"] == "failed" and failed["exit_code"] == 4
+        assert failed["result"]["error"].startswith("another ftctl command holds the workspace lock")
+        # a synchronous verb too: 409 with the CLI's JSON
+        r = service.http.post("/promote", json={})
+        assert r.status_code == 409 and r.json()["exit_code"] == 4
+    finally:
+        holder.kill()
+        holder.wait()
+    # an API job holds the lock: the CLI is refused, the job finishes untouched
+    job = service.http.post("/finetune/start", json={"max_steps": 40}).json()
+    service.wait_job(job["id"], until=lambda j: j["progress"]["step"] is not None)
+    cli = run_ftctl("--json", "train", "--max-steps", "2", cwd=serve_ws.root)
+    assert cli.returncode == 4 and "holds the workspace lock" in json.loads(cli.stdout)["error"]
+    done = service.wait_job(job["id"])
+    assert done["state"] == "done" and done["result"]["version"] == "v1.0"
+    assert set(serve_ws.read_lock().state("assistant").versions) == {"v1.0"}
+
+
+def test_refuses_a_public_address_without_a_token(serve_ws):
+    proc = run_ftctl("--json", "serve", "--host", "0.0.0.0", "--port", "1", cwd=serve_ws.root,
+                     env={"FTCTL_SERVE_TOKEN": ""})
+    assert proc.returncode == 2
+    assert json.loads(proc.stdout)["error"] == "refusing to listen on 0.0.0.0 without a token"
+
+
+def test_without_a_token_the_service_is_read_only(serve_ws):
+    svc = Service(serve_ws.root, token=None)
+    try:
+        r = svc.http.post("/finetune/start", json={})
+        assert r.status_code == 401 and "no token" in r.json()["error"]
+        assert svc.http.get("/health").json()["status"] in ("ok", "degraded")
+    finally:
+        svc.stop()
