@@ -119,8 +119,33 @@ class ExportConfig(WithPlugins):
     exporter: str = "gguf"
 
 
+class CanaryConfig(Strict):
+    """`ftctl canary check` (and cycle while a canary is live): judge a canary on live feedback."""
+
+    steps: list[int] = [5, 20, 50, 100]  # traffic percentages a good canary climbs; the last step promotes
+    min_rated: int = Field(30, ge=2)  # rated answers per version (since the last step) before deciding
+    signal: Literal["auto", "rating", "reward"] = "auto"  # auto: ratings when the window has any, else rewards
+    max_drop: float = Field(0.2, ge=0)  # how much lower (signal units) the canary may be and still step up
+    confidence: float = Field(0.95, gt=0, lt=1)
+    max_latency_ratio: float = Field(1.5, gt=0)  # canary ms/token over stable's (llama-server /metrics)
+    metrics_url: str = "http://127.0.0.1:{port}/metrics"  # llama-server needs --metrics
+    metrics_timeout: float = Field(5.0, gt=0)
+    bootstrap: int = Field(2000, ge=100)
+
+
+class DriftConfig(Strict):
+    """`ftctl drift` (and cycle): new feedback against the training snapshot."""
+
+    enabled: bool = True
+    ngram: int = Field(3, ge=1, le=8)  # word n-grams for novelty
+    min_rated: int = Field(30, ge=2)  # per served version and window, for the rating test
+    confidence: float = Field(0.95, gt=0, lt=1)
+    retrain_on_drop: bool = True  # a significant rating drop on stable trains below min_new_examples
+
+
 class DeployConfig(WithPlugins):
     deployer: str = "pm2"
+    canary: CanaryConfig = CanaryConfig()
     gate: bool = False  # run the eval gate (eval.gate) before a deploy; `--no-gate` skips it
 
 
@@ -130,6 +155,7 @@ class CycleConfig(Strict):
     export: bool = True
     deploy: bool = False
     canary_percent: int = Field(20, ge=1, le=100)
+    drift: DriftConfig = DriftConfig()
 
 
 class ServeConfig(Strict):

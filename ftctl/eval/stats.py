@@ -62,3 +62,33 @@ def verdict(lo: float, hi: float, higher_is_better: bool = True) -> str:
     if hi < 0:
         return WORSE if higher_is_better else BETTER
     return SAME
+
+
+@dataclass(frozen=True)
+class Unpaired:
+    n_a: int
+    n_b: int
+    a: float
+    b: float
+    diff: float  # mean(b) - mean(a)
+    ci: tuple[float, float]
+    p_value: float
+    verdict: str
+
+
+def two_sample_bootstrap(a, b, *, higher_is_better: bool = True, n_boot: int = 2000, seed: int = 0,
+                         confidence: float = 0.95) -> Unpaired:
+    """Compare two independent samples (live ratings of two versions: different users, different
+    prompts), resampling each on its own; same interval, p-value and verdict rules as the paired test."""
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    if a.ndim != 1 or b.ndim != 1 or not len(a) or not len(b):
+        raise ValueError("two non-empty 1-D samples are needed")
+    rng = np.random.default_rng(seed)
+    boot = (b[rng.integers(0, len(b), size=(n_boot, len(b)))].mean(axis=1)
+            - a[rng.integers(0, len(a), size=(n_boot, len(a)))].mean(axis=1))
+    alpha = 1 - confidence
+    lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    p = min(1.0, 2 * min(np.mean(boot <= 0), np.mean(boot >= 0)))
+    return Unpaired(n_a=len(a), n_b=len(b), a=float(a.mean()), b=float(b.mean()), diff=float(b.mean() - a.mean()),
+                    ci=(float(lo), float(hi)), p_value=float(p), verdict=verdict(float(lo), float(hi), higher_is_better))

@@ -8,6 +8,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from tests.collect.conftest import configure, pg_dsn  # noqa: F401 - pg_dsn is a fixture
+from tests.deploy.conftest import (_workspace_template, deploy_workspace, nginx_factory,  # noqa: F401 - fixtures
+                                   pm2_home, stack)
 
 
 def add_versions(ws, model: str, versions) -> None:

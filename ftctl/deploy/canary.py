@@ -1,0 +1,226 @@
+"""`ftctl canary check`: judge a live canary on what users say, then promote, step up, hold or roll back.
+
+Evidence, from the moment the canary reached its current traffic share (each step is judged on
+its own traffic):
+
+- users' ratings (or rewards) of the answers each version served, read live from the model's
+  sources and attributed through ``served_model`` (deploy serves ``model@vX.Y``); canary and
+  stable are compared with a two-sample bootstrap (ftctl.eval.stats), CI and p-value;
+- generation latency (ms per predicted token) from llama-server's Prometheus ``/metrics``
+  (``--metrics``), canary against stable. llama-server counts no failed requests there; a
+  canary that is down shows as an unreachable endpoint, which holds the canary (never a crash).
+
+The decision and its evidence are appended to models.lock's history (``canary check``); the
+action itself goes through ftctl.deploy.run's promote / deploy / rollback, which record theirs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from ftctl.errors import UsageError
+
+Log = Callable[[str], None]
+PROMOTE, STEP, HOLD, ROLLBACK = "promote", "step", "hold", "rollback"
+ACTION = "canary check"
+
+
+def stage_start(history: list[dict], version: str) -> str | None:
+    """When the canary got its current share: the latest successful `canary` change of it."""
+    for h in reversed(history):
+        if h.get("action") == "canary" and h.get("version") == version and h.get("result", "ok") == "ok":
+            return h.get("time")
+    return None
+
+
+# --- evidence -----------------------------------------------------------------------------------
+
+
+def ratings(ws, model: str, versions: dict[str, str], since: str | None, signal: str, log: Log) -> dict[str, Any]:
+    """Scores per role ({"stable": [...], "canary": [...]}) of rows newer than ``since``."""
+    from ftctl.data import feedback
+    from ftctl.data.served import Attribution, Resolver
+
+    state = ws.read_lock().state(model)
+    resolve, seen = Resolver(model, state.versions), Attribution()
+    role_of = {v: r for r, v in versions.items()}
+    rows: dict[str, list] = {r: [] for r in versions}
+
+    def visit(ex) -> None:
+        v = resolve(ex.served_model)
+        seen.add(ex.served_model, v)
+        if v in role_of:
+            rows[role_of[v]].append(ex)
+
+    counts = feedback.scan(ws, model, since, visit, log)
+    if signal == "auto":
+        signal = "rating" if any(ex.rating is not None for r in rows.values() for ex in r) else "reward"
+    scores = {r: [s for s in (feedback.score(ex, signal) for ex in exs) if s is not None] for r, exs in rows.items()}
+    return {"signal": signal, "scores": scores, "rows": {r: len(x) for r, x in rows.items()},
+            "served": seen.to_dict(), **counts}
+
+
+def scrape(url: str, timeout: float) -> dict[str, Any]:
+    """llama-server's /metrics -> generation ms per token; an unreachable endpoint is reported, not raised."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            text = r.read(1 << 20).decode("utf-8", "replace")
+        values = {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples}
+    except (OSError, ValueError) as e:
+        return {"url": url, "ok": False, "error": str(getattr(e, "reason", e)) or type(e).__name__}
+    tokens = values.get("llamacpp:tokens_predicted_total")
+    seconds = values.get("llamacpp:tokens_predicted_seconds_total")
+    if tokens is None or seconds is None:
+        return {"url": url, "ok": False, "error": "no llamacpp:tokens_predicted_* counters (is it llama-server?)"}
+    return {"url": url, "ok": True, "tokens": tokens,
+            "ms_per_token": round(1000 * seconds / tokens, 3) if tokens else None}
+
+
+def latency(apps: list[dict], cfg) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for app in apps:
+        if app.get("role") in ("stable", "canary") and app.get("port"):
+            out[app["role"]] = scrape(cfg.metrics_url.format(port=app["port"]), cfg.metrics_timeout)
+    s, c = (out.get(r, {}).get("ms_per_token") for r in ("stable", "canary"))
+    out["ratio"] = round(c / s, 3) if s and c else None
+    return out
+
+
+# --- the decision -------------------------------------------------------------------------------
+
+
+def next_step(steps: list[int], percent: int) -> int | None:
+    """The next traffic share above ``percent``; None means the next move is a promotion."""
+    up = sorted(p for p in steps if p > percent)
+    return up[0] if up and up[0] < 100 else None
+
+
+def more_needed(n: int, half_width: float, target: float) -> int:
+    """Rated answers still needed for the interval to shrink to ``target`` (width ~ 1/sqrt(n))."""
+    if target <= 0 or half_width <= 0:
+        return n  # no estimate: ask for as many again
+    return max(1, math.ceil(n * (half_width / target) ** 2) - n)
+
+
+def decide(cfg, scores: dict[str, list[float]], ops: dict[str, Any], percent: int,
+           higher_is_better: bool = True) -> dict[str, Any]:
+    """{"decision", "reason", "needs", "percent", "test"} from the evidence; pure, for testing."""
+    from ftctl.eval.stats import WORSE, two_sample_bootstrap
+
+    n_s, n_c = len(scores.get("stable", [])), len(scores.get("canary", []))
+    test = None
+    if n_s >= 2 and n_c >= 2:
+        t = two_sample_bootstrap(scores["stable"], scores["canary"], higher_is_better=higher_is_better,
+                                 n_boot=cfg.bootstrap, confidence=cfg.confidence)
+        test = {"stable_mean": round(t.a, 4), "canary_mean": round(t.b, 4), "diff": round(t.diff, 4),
+                "ci": [round(t.ci[0], 4), round(t.ci[1], 4)], "p_value": round(t.p_value, 4), "verdict": t.verdict}
+    out = {"test": test, "needs": None, "percent": percent}
+    enough = n_s >= cfg.min_rated and n_c >= cfg.min_rated
+    if enough and test["verdict"] == WORSE:
+        return {**out, "decision": ROLLBACK, "percent": 0,
+                "reason": f"users rate the canary worse: {test['canary_mean']:.2f} vs {test['stable_mean']:.2f} "
+                          f"(diff {test['diff']:+.2f}, CI [{test['ci'][0]:+.2f}, {test['ci'][1]:+.2f}], "
+                          f"n {n_c}/{n_s})"}
+    ratio = ops.get("ratio")
+    if ratio is not None and ratio > cfg.max_latency_ratio:
+        return {**out, "decision": ROLLBACK, "percent": 0,
+                "reason": f"the canary is slower: {ratio:.2f}x stable's ms/token (limit {cfg.max_latency_ratio:g}x)"}
+    if not enough:
+        need = max(cfg.min_rated - n_c, 0) + max(cfg.min_rated - n_s, 0)
+        who = [f"{cfg.min_rated - n:d} more from the {r}" for r, n in (("canary", n_c), ("stable", n_s))
+               if n < cfg.min_rated]
+        return {**out, "decision": HOLD, "needs": need,
+                "reason": f"too little evidence: needs {need} more rated answers ({', '.join(who)}; "
+                          f"has canary {n_c}, stable {n_s}, wants {cfg.min_rated} each)"}
+    down = [f"{r} {ops[r]['url']}: {ops[r]['error']}" for r in ("stable", "canary") if not ops.get(r, {}).get("ok")]
+    if down:
+        return {**out, "decision": HOLD,
+                "reason": "cannot judge latency, /metrics unavailable (" + "; ".join(down)
+                          + "); start llama-server with --metrics"}
+    lo, hi = test["ci"]
+    if lo >= -cfg.max_drop:
+        nxt = next_step(cfg.steps, percent)
+        why = (f"canary rated {test['canary_mean']:.2f} vs stable {test['stable_mean']:.2f} "
+               f"(diff {test['diff']:+.2f}, CI [{lo:+.2f}, {hi:+.2f}] above -{cfg.max_drop:g}; n {n_c}/{n_s})"
+               + (f", {ratio:.2f}x stable's ms/token" if ratio is not None else ""))
+        if nxt is None:
+            return {**out, "decision": PROMOTE, "percent": 100, "reason": why}
+        return {**out, "decision": STEP, "percent": nxt, "reason": f"{why}: {percent}% -> {nxt}%"}
+    half = (hi - lo) / 2
+    need = more_needed(min(n_c, n_s), half, half - (-cfg.max_drop - lo))
+    return {**out, "decision": HOLD, "needs": need,
+            "reason": f"not sure yet: diff {test['diff']:+.2f}, CI [{lo:+.2f}, {hi:+.2f}] reaches below "
+                      f"-{cfg.max_drop:g}; needs about {need} more rated answers per version"}
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry (containers): still record the decision
+        return "?"
+
+
+# --- the verb -----------------------------------------------------------------------------------
+
+
+def check(ws, model: str | None = None, *, dry_run: bool = False, log: Log = print) -> dict[str, Any]:
+    """Judge the live canary of ``model``; unless ``dry_run``, act and record the decision."""
+    from ftctl.deploy import run
+    from ftctl.registry.workspace import now
+
+    model = model or ws.config.default_model
+    cfg = ws.model(model).deploy.canary
+    state = ws.read_lock().state(model)
+    d = state.deployment
+    if not d.canary:
+        raise UsageError(f"model {model!r} has no live canary to check",
+                         hint="start one with `ftctl deploy vX.Y --canary 5`")
+    canary_v, percent = d.canary["version"], int(d.canary.get("percent", 0))
+    since = stage_start(state.history, canary_v)
+    log(f"judging canary {model}@{canary_v} ({percent}%) against stable {model}@{d.stable}"
+        + (f" on feedback since {since}" if since else ""))
+    live = ratings(ws, model, {"stable": d.stable, "canary": canary_v}, since, cfg.signal, log)
+    before = run.status(ws, model, log)
+    ops = latency(before["apps"], cfg)
+    verdict = decide(cfg, live["scores"], ops, percent)
+    evidence = {"since": since, "signal": live["signal"],
+                "rated": {r: len(s) for r, s in live["scores"].items()}, "rows": live["rows"],
+                "test": verdict["test"], "latency": ops, "served": live["served"],
+                "read": live["read"], "rejected": live["rejected"]}
+    out = {"model": model, "stable": d.stable, "canary": {"version": canary_v, "percent": percent},
+           "decision": verdict["decision"], "percent": verdict["percent"], "reason": verdict["reason"],
+           "needs": verdict["needs"], "evidence": evidence, "applied": False}
+    log(f"decision: {verdict['decision']}: {verdict['reason']}")
+    if live["served"]["unmatched"]:
+        log(f"[yellow]{sum(live['served']['unmatched'].values())} feedback row(s) name a served model that "
+            f"matches no version[/]: {', '.join(list(live['served']['unmatched'])[:5])}")
+    if dry_run:
+        out["status"] = before
+        return out
+
+    def update(lock) -> None:
+        st = lock.state(model)
+        st.history.append({"time": now(), "user": _user(), "action": ACTION, "version": canary_v,
+                           "stable": st.deployment.stable,
+                           "canary": dict(st.deployment.canary) if st.deployment.canary else None,
+                           "result": verdict["decision"], "detail": verdict["reason"], "evidence": evidence})
+
+    ws.record(f"canary check {model}@{canary_v}: {verdict['decision']}", update)
+    if verdict["decision"] == PROMOTE:
+        out["status"] = run.promote(ws, model, log=log)
+    elif verdict["decision"] == STEP:
+        out["status"] = run.deploy(ws, f"{model}@{canary_v}", canary=verdict["percent"], gate=False, log=log)
+    elif verdict["decision"] == ROLLBACK:
+        out["status"] = run.rollback(ws, model, log=log)
+    else:
+        out["status"] = before
+    out["applied"] = verdict["decision"] != HOLD
+    return out

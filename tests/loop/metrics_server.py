@@ -1,0 +1,71 @@
+"""A tiny OpenAI-shaped upstream that also serves llama-server's Prometheus /metrics.
+
+Like tests/deploy/tiny_server.py (refuses a non-GGUF --model, answers with its --model_alias),
+plus the llama-server counters `ftctl canary check` reads: every answer "predicts" one token
+in --ms-per-token milliseconds.
+"""
+
+import argparse
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+p = argparse.ArgumentParser()
+p.add_argument("--model", required=True)
+p.add_argument("--port", type=int, required=True)
+p.add_argument("--host", default="127.0.0.1")
+p.add_argument("--model_alias", default=None)
+p.add_argument("--startup-delay", type=float, default=0.0)
+p.add_argument("--ms-per-token", type=float, default=20.0)
+a = p.parse_args()
+
+try:
+    with open(a.model, "rb") as f:
+        if f.read(4) != b"GGUF":
+            sys.exit(f"{a.model}: not a GGUF file")
+except OSError as e:
+    sys.exit(str(e))
+ID = a.model_alias or a.model
+COUNT = {"tokens": 1, "seconds": a.ms_per_token / 1000}  # as if one request had been served
+LOCK = threading.Lock()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def _send(self, body: bytes, ctype="application/json"):
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path.startswith("/metrics"):
+            with LOCK:
+                t, s = COUNT["tokens"], COUNT["seconds"]
+            self._send((f"# HELP llamacpp:tokens_predicted_total Number of generation tokens processed.\n"
+                        f"# TYPE llamacpp:tokens_predicted_total counter\nllamacpp:tokens_predicted_total {t}\n"
+                        f"# HELP llamacpp:tokens_predicted_seconds_total Predict process time\n"
+                        f"# TYPE llamacpp:tokens_predicted_seconds_total counter\n"
+                        f"llamacpp:tokens_predicted_seconds_total {s:.6f}\n"
+                        f"# HELP llamacpp:requests_processing Number of requests processing.\n"
+                        f"# TYPE llamacpp:requests_processing gauge\nllamacpp:requests_processing 0\n").encode(),
+                       "text/plain; version=0.0.4")
+            return
+        self._send(json.dumps({"object": "list", "data": [{"id": ID, "object": "model"}]}).encode())
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with LOCK:
+            COUNT["tokens"] += 1
+            COUNT["seconds"] += a.ms_per_token / 1000
+        self._send(json.dumps({"model": ID, "choices": [{"message": {"role": "assistant", "content": "ok"}}]}).encode())
+
+    def log_message(self, *args):
+        pass
+
+
+ThreadingHTTPServer((a.host, a.port), Handler).serve_forever()

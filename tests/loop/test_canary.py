@@ -1,0 +1,160 @@
+"""`ftctl canary check` on real pm2 + nginx, feedback rows written to real PostgreSQL by the test.
+
+Upstreams are tiny servers that answer with their version alias and serve llama-server's
+/metrics counters; the decision comes from what "users" rated each served version.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import hold_run_lock, run_ftctl, run_json
+from tests.deploy.conftest import pm2_list, write_yaml
+
+pytestmark = pytest.mark.integration
+METRICS_SERVER = Path(__file__).with_name("metrics_server.py")
+
+
+def configure_loop(ws, feedback, **canary) -> None:
+    from ruamel.yaml import YAML
+
+    data = YAML(typ="safe", pure=True).load(ws.config_path.read_text())
+    data["sources"] = [feedback.source()]
+    data["curate"] = {"scrub": {"enabled": False}}
+    data["deploy"]["canary"] = {"min_rated": 30, "steps": [5, 20, 50, 100], **canary}
+    write_yaml(ws.config_path, data)
+    ws.__dict__.pop("loaded", None)
+
+
+@pytest.fixture
+def live(stack, feedback, monkeypatch):
+    """v1.0 stable, v1.1 a 20% canary behind nginx; feedback in PostgreSQL."""
+    import tests.deploy.conftest as dc
+
+    monkeypatch.setattr(dc, "TINY", METRICS_SERVER)
+    s = stack(with_nginx=True)
+    configure_loop(s.ws, feedback)
+    run_json("deploy", "v1.0", cwd=s.root)
+    run_json("deploy", "v1.1", "--canary", "20", cwd=s.root)
+    return s
+
+
+class Load:
+    """Steady requests through nginx while the canary moves; counts what failed."""
+
+    def __init__(self, url: str):
+        self.url, self.ok, self.failed, self.stop = url, 0, [], threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        from urllib.parse import urlsplit
+
+        u = urlsplit(self.url)
+        body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+        for _ in range(20000):  # bounded: stops by itself
+            if self.stop.is_set():
+                return
+            try:
+                conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+                conn.request("POST", u.path, body, {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                conn.close()
+                (self.failed.append(resp.status) if resp.status != 200 else None)
+                self.ok += resp.status == 200
+            except OSError as e:
+                self.failed.append(repr(e))
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(60)
+
+
+def test_canary_rated_better_is_stepped_up_then_promoted_under_load(live, feedback):
+    s = live
+    feedback.add("assistant@v1.0", [3, 4, 3, 4, 4] * 8)  # stable: 3.6
+    feedback.add("assistant@v1.1", [5, 5, 4, 5, 5] * 8)  # canary: 4.8
+    feedback.add("assistant@v7.7", [1])  # a version nobody deployed: reported, not counted
+    time.sleep(1.1)  # history times have whole seconds: these rows must predate the step's entry
+    with Load(s.nginx.url()) as load:
+        out = run_json("canary", "check", cwd=s.root)
+        assert out["decision"] == "step" and out["percent"] == 50 and out["applied"], out
+        ev = out["evidence"]
+        assert ev["rated"] == {"stable": 40, "canary": 40} and ev["signal"] == "rating"
+        assert ev["test"]["verdict"] == "better" and ev["test"]["ci"][0] > 0
+        assert ev["latency"]["stable"]["ok"] and ev["latency"]["canary"]["ms_per_token"] == pytest.approx(20, rel=0.01)
+        assert ev["served"]["unmatched"] == {"assistant@v7.7": 1}
+        assert out["status"]["canary"]["percent"] == 50
+
+        # the next step is judged on feedback given at 50%
+        held = run_json("canary", "check", cwd=s.root)
+        assert held["decision"] == "hold" and held["needs"] == 60, held
+        feedback.add("assistant@v1.0", [4, 3, 4] * 12)
+        feedback.add("assistant@v1.1", [5, 4, 5] * 12)
+        out = run_json("canary", "check", cwd=s.root)
+        assert out["decision"] == "promote" and out["applied"], out
+    assert out["status"]["stable"] == "v1.1" and out["status"]["canary"] is None
+    assert f"{s.app}-canary" not in pm2_list(s.pm2_home)
+    assert load.failed == [] and load.ok > 0  # steady load: 0 failed requests through every transition
+    status = run_json("status", cwd=s.root)
+    checks = [h for h in status["history"] if h["action"] == "canary check"]
+    assert [h["result"] for h in checks] == ["step", "hold", "promote"]
+    assert checks[0]["evidence"]["test"]["verdict"] == "better" and "4.80" in checks[0]["detail"]
+    assert [h["action"] for h in status["history"]][-2:] == ["canary check", "promote"]
+    human = run_ftctl("status", cwd=s.root, env={"COLUMNS": "200"})
+    assert "canary check" in human.stdout and "promote" in human.stdout
+
+
+def test_too_little_evidence_holds_metrics_down_holds_rated_worse_rolls_back(live, feedback):
+    s = live
+    feedback.add("assistant@v1.0", [4] * 35)
+    feedback.add("assistant@v1.1", [5, 4] * 5)
+    human = run_ftctl("canary", "check", cwd=s.root, env={"COLUMNS": "200"})
+    assert human.returncode == 0 and "hold" in human.stdout and "needs 20 more rated answers" in human.stdout, human
+    out = run_json("canary", "check", cwd=s.root)
+    assert out["decision"] == "hold" and out["needs"] == 20 and not out["applied"]
+    assert out["status"]["canary"] == {"version": "v1.1", "percent": 20, "app": f"{s.app}-canary"}
+
+    # enough ratings, but the metrics endpoint is down: a clear hold, not a crash
+    feedback.add("assistant@v1.1", [5, 4] * 15)
+    out = run_json("--set", "deploy.canary.metrics_url=http://127.0.0.1:9/metrics", "canary", "check", cwd=s.root)
+    assert out["decision"] == "hold" and "/metrics unavailable" in out["reason"], out
+    assert "127.0.0.1:9" in out["reason"] and out["evidence"]["latency"]["canary"]["ok"] is False
+
+    # a rollback asked for while a check holds the run lock waits its turn: nothing half-done
+    holder = hold_run_lock(s.root, 3)
+    try:
+        proc = run_ftctl("rollback", cwd=s.root)
+        assert proc.returncode == 4 and "holds the workspace lock" in proc.stderr
+    finally:
+        holder.wait()
+    assert run_json("status", cwd=s.root)["canary"]["version"] == "v1.1"
+
+    # users turn against the canary: rolled back without a person
+    feedback.add("assistant@v1.1", [1, 2, 1] * 30)
+    proc = run_ftctl("--json", "canary", "check", cwd=s.root)
+    out = json.loads(proc.stdout)
+    assert proc.returncode == 0 and out["decision"] == "rollback" and out["applied"], out
+    assert "users rate the canary worse" in out["reason"] and out["evidence"]["test"]["verdict"] == "worse"
+    assert out["status"]["stable"] == "v1.0" and out["status"]["canary"] is None
+    assert f"{s.app}-canary" not in pm2_list(s.pm2_home)
+    history = run_json("status", cwd=s.root)["history"]
+    assert [h["result"] for h in history if h["action"] == "canary check"] == ["hold", "hold", "hold", "rollback"]
+    assert [h["action"] for h in history][-2:] == ["canary check", "rollback"]
+
+
+def test_no_canary_is_a_clear_error(stack, feedback):
+    s = stack()
+    configure_loop(s.ws, feedback)
+    proc = run_ftctl("canary", "check", cwd=s.root)
+    assert proc.returncode == 2 and "no live canary" in proc.stderr

@@ -1,0 +1,33 @@
+"""The canary decision rule on its own (no services)."""
+
+from __future__ import annotations
+
+from ftctl.config import CanaryConfig
+from ftctl.deploy.canary import decide, next_step
+
+OPS = {"stable": {"ok": True, "ms_per_token": 20.0}, "canary": {"ok": True, "ms_per_token": 21.0}, "ratio": 1.05}
+
+
+def test_steps_climb_then_promote():
+    assert [next_step([5, 20, 50, 100], p) for p in (5, 20, 50)] == [20, 50, None]
+    assert next_step([10, 30], 30) is None
+
+
+def test_slow_canary_is_rolled_back_even_when_rated_well():
+    cfg = CanaryConfig(min_rated=5)
+    r = decide(cfg, {"stable": [4] * 10, "canary": [5] * 10}, {**OPS, "ratio": 2.0}, 20)
+    assert r["decision"] == "rollback" and "slower" in r["reason"]
+
+
+def test_inconclusive_holds_with_an_estimate():
+    cfg = CanaryConfig(min_rated=5, max_drop=0.1)
+    stable = [1, 5] * 10
+    canary = [1, 5, 3] * 7
+    r = decide(cfg, {"stable": stable, "canary": canary}, OPS, 20)
+    assert r["decision"] == "hold" and r["needs"] > 0 and "not sure yet" in r["reason"]
+
+
+def test_equal_rewards_within_the_margin_step_up():
+    cfg = CanaryConfig(min_rated=30, max_drop=0.3)
+    r = decide(cfg, {"stable": [1, -1, 1, 1] * 100, "canary": [1, -1, 1, 1] * 100}, OPS, 5)
+    assert r["decision"] == "step" and r["percent"] == 20
