@@ -44,14 +44,26 @@ def cycle(ws: Workspace, model: str | None = None, *, force: bool = False, max_s
     name, cc = mc.name, ws.config.cycle
     out: dict[str, Any] = {"model": name, "steps": {}}
 
+    if ws.read_lock().state(name).deployment.canary:
+        from ftctl.deploy.canary import check
+
+        # a live canary is judged first; with cycle.deploy off the verdict is reported, not acted on
+        log(f"[bold]0/5 canary check[/] {name}")
+        out["steps"]["canary"] = check(ws, name, dry_run=not cc.deploy, log=log)
+    drift_report = _drift(ws, name, log) if cc.drift.enabled else None
+    out["drift"] = drift_report
+
     log(f"[bold]1/5 collect[/] {name}")
-    collected = collect(ws, name, log=log)
+    collected = collect(ws, name, log=log, card_extra={"drift": drift_report} if drift_report else None)
     out["steps"]["collect"] = {k: collected[k] for k in ("read", "kept", "splits", "snapshot")}
     fresh = new_examples(ws, name)
     out["new_examples"] = fresh
-    if fresh < cc.min_new_examples and not force:
+    retrain = bool(drift_report and drift_report["retrain"])
+    if fresh < cc.min_new_examples and not force and not retrain:
         raise NothingToDo(f"{fresh} new training example(s) since the latest version; the cycle trains "
                           f"at {cc.min_new_examples} (cycle.min_new_examples)", hint="--force trains anyway")
+    if retrain and fresh < cc.min_new_examples:
+        log(f"users rate the stable version significantly lower: retraining on {fresh} new example(s)")
 
     log(f"[bold]2/5 train[/] on {collected['splits']['train']} examples ({fresh} new)")
     trained = train(ws, name, max_steps=max_steps, log=log)
@@ -76,13 +88,29 @@ def cycle(ws: Workspace, model: str | None = None, *, force: bool = False, max_s
 
         log(f"[bold]4/5 export[/] {name}@{version}")
         out["steps"]["export"] = export(ws, f"{name}@{version}", log=log)
-    if cc.deploy:
+    if cc.deploy and ws.read_lock().state(name).deployment.canary:
+        log(f"[bold]5/5 deploy[/] skipped: {name}@{ws.read_lock().state(name).deployment.canary['version']} "
+            f"is still on trial as the canary")
+        out["steps"]["deploy"] = {"skipped": "a canary is live"}
+    elif cc.deploy:
         from ftctl.deploy.run import deploy
 
         log(f"[bold]5/5 deploy[/] {name}@{version} as a {cc.canary_percent}% canary")
         # the gate already ran above, on the same rule deploy would apply
         out["steps"]["deploy"] = deploy(ws, f"{name}@{version}", canary=cc.canary_percent, gate=False, log=log)
     return out
+
+
+def _drift(ws: Workspace, model: str, log: Log) -> dict[str, Any] | None:
+    """The drift report, or None when there is nothing to compare yet (no version, no snapshot)."""
+    from ftctl.data.drift import drift
+    from ftctl.errors import UsageError
+
+    try:
+        return drift(ws, model, log=log)
+    except UsageError as e:
+        log(f"drift: skipped ({e.message})")
+        return None
 
 
 def cron_line(ws: Workspace) -> tuple[str, str]:

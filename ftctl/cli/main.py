@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("ftctl.cli.deploy:status", "What each app serves, its health and the traffic split."),
     "cycle": ("ftctl.cli.cycle:cycle", "The whole loop, safe to run from cron."),
     "canary": ("ftctl.cli.canary:canary", "Judge a live canary on feedback: promote, step, hold or roll back."),
+    "drift": ("ftctl.cli.drift:drift", "Compare new feedback with the training snapshot."),
     "serve": ("ftctl.cli.serve:serve", "Serve the HTTP API, /metrics and the dashboard."),
 }
 

@@ -45,7 +45,7 @@ def snapshot_paths(ws: Workspace, model: str) -> dict[str, Path]:
 
 
 def collect(ws: Workspace, model: str | None = None, dry_run: bool = False, since: str | None = None,
-            strict: bool = False, log=print) -> dict[str, Any]:
+            strict: bool = False, log=print, card_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     mc = ws.model(model)
     name = mc.name
     if not mc.sources:
@@ -74,6 +74,9 @@ def collect(ws: Workspace, model: str | None = None, dry_run: bool = False, sinc
     out.mkdir(parents=True)
     try:
         card = _curate(ws, mc, out, work, marks, carry, log)
+        if card_extra:  # e.g. cycle's drift report: it belongs to the snapshot's card
+            card.update(card_extra)
+            (out / FILES["card"]).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         result = _result(ws, name, card, out if dry_run else ws.data_dir(name))
         if strict and card["rejected"]:
             keep = ws.state_dir / f"rejects-{name}.jsonl"
