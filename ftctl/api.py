@@ -1,16 +1,24 @@
 """The public plugin API: everything a plugin (built-in or third-party) may import from ftctl.
 
 Plugins import from here only; the modules behind it are the core's and may move.
+docs/plugins.md describes the contract with a complete example.
 """
 
-from ftctl.errors import (ConfigError, ExternalToolError, FtctlError, UsageError)
+from ftctl.errors import (ConfigError, ExternalToolError, FtctlError, RolledBack, UsageError)
 from ftctl.hookspecs import hookimpl
-from ftctl.kinds import (KINDS, Context, Deployer, Evaluator, Exporter, Plugin, PluginConfig,
-                         Source, Trainer)
-from ftctl.records import Example, Reject
+from ftctl.kinds import (KINDS, AppStatus, Artifact, BaseModelRef, Context, Deployer, DeployPlan,
+                         Evaluator, ExportDefaults, ExportedFile, Exporter, ExportQuery, ExportRequest,
+                         ExportResult, GenerationBackend, Health, Plugin, PluginConfig, Slot, SlotInfo,
+                         Source, Trainer, TrainPreview, TrainRequest, TrainResult)
+from ftctl.records import ROLES, Example, Reject, RowError, read_jsonl
+from ftctl.util.atomic import write_text
+from ftctl.util.times import parse_time
 
 __all__ = [
-    "ConfigError", "Context", "Deployer", "Evaluator", "Example", "Exporter", "ExternalToolError",
-    "FtctlError", "KINDS", "Plugin", "PluginConfig", "Reject", "Source", "Trainer", "UsageError",
-    "hookimpl",
+    "AppStatus", "Artifact", "BaseModelRef", "ConfigError", "Context", "DeployPlan", "Deployer",
+    "Evaluator", "Example", "ExportDefaults", "ExportQuery", "ExportRequest", "ExportResult",
+    "ExportedFile", "Exporter", "ExternalToolError", "FtctlError", "GenerationBackend", "Health", "KINDS",
+    "Plugin", "PluginConfig", "ROLES", "Reject", "RolledBack", "RowError", "Slot", "SlotInfo", "Source", "TrainPreview",
+    "TrainRequest", "TrainResult", "Trainer", "UsageError", "hookimpl", "parse_time", "read_jsonl",
+    "write_text",
 ]

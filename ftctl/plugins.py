@@ -59,8 +59,13 @@ def registry() -> dict[tuple[str, str], Registered]:
             classes: list[type[Plugin]] = []
             impl.function(classes.append)
             for cls in classes:
-                if not issubclass(cls, KINDS[kind]):
-                    raise ConfigError(f"plugin {cls!r} registered as a {kind} but is not one")
+                if not (isinstance(cls, type) and issubclass(cls, KINDS[kind])):
+                    raise ConfigError(f"plugin {cls!r} registered as a {kind} but is not one",
+                                      hint=f"subclass ftctl.api.{KINDS[kind].__name__}")
+                missing = sorted(cls.__abstractmethods__)  # ABCs: what the class leaves abstract
+                if missing:
+                    raise ConfigError(f"{kind} plugin {cls.name!r} does not implement {', '.join(missing)}",
+                                      hint=f"from {_distribution_of(pm, impl.plugin)}; see docs/plugins.md")
                 key = (kind, cls.name)
                 if key in found:
                     raise ConfigError(

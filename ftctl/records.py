@@ -76,6 +76,15 @@ class Reject:
         return asdict(self)
 
 
+class RowError(ValueError):
+    """A row that cannot become an Example: ``reason`` is the countable part (a Reject's reason)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
 def write_jsonl(path: Path, examples: Iterable[Example]) -> int:
     """Write examples one per line; returns the count. Callers write to a temp path + rename."""
     n = 0

@@ -54,7 +54,8 @@ def collect(ws: Workspace, model: str | None = None, dry_run: bool = False, sinc
     state = lock.models.get(name)
     marks = {} if since == "all" or state is None else dict(state.watermarks)
     if since not in (None, "all"):
-        from ftctl_plugins.sources.common import RowError, parse_time
+        from ftctl.records import RowError
+        from ftctl.util.times import parse_time
 
         try:
             since = parse_time(since).isoformat()
@@ -226,8 +227,7 @@ def _streams(ws: Workspace, mc, marks: dict[str, str], carry: Path | None, log):
                     yield from read_jsonl(carry / FILES[s])
         yield CARRIED, previous(), None, None
     for i, src in enumerate(mc.sources):
-        ctx = ws.context(mc.name, log)
-        ctx.extra["source_name"] = src.name
+        ctx = ws.context(mc.name, log, instance=src.name)
         plugin = plugins.build("source", src.kind, src.plugin_config(), ctx,
                                key=f"models.{mc.name}.sources[{i}]")
         mark = marks.get(src.name)

@@ -32,7 +32,7 @@ def compare(ws, a: str, b: str, *, model: str | None = None, eval_set: str | Non
     pa, pb = Predictor(ws, ta, log), Predictor(ws, tb, log)
     evaluators = build_evaluators(ws, ta.model, names, log=log)
     notes: list[str] = []
-    pairwise = {n: ev for n, ev in evaluators.items() if hasattr(ev, "pairwise")}
+    pairwise = {n: ev for n, ev in evaluators.items() if ev.pairwise}
     single = {n: ev for n, ev in evaluators.items() if n not in pairwise}
     preds_a = pa.predict(evalset)
     sa = score(single, preds_a, evalset.examples, notes, pa)
@@ -43,7 +43,7 @@ def compare(ws, a: str, b: str, *, model: str | None = None, eval_set: str | Non
 
     refs = [reference(ex) for ex in evalset.examples]
     for n, ev in pairwise.items():
-        shares = ev.pairwise(preds_a, preds_b, refs, evalset.examples)
+        shares = ev.judge_pair(preds_a, preds_b, refs, evalset.examples)
         sa[n], sb[n] = [s[0] for s in shares], [s[1] for s in shares]
     higher = {n: evaluators[n].higher_is_better for n in sa}
     table = {}
@@ -121,7 +121,7 @@ def _record_compare(ws, ta: Target, tb: Target, evalset: EvalSet, result: dict, 
                 continue
             v = lock.state(t.model).versions[t.version]
             v.metrics.update({metric_key(k, evalset.name, t.artifact): m[side] for k, m in result["metrics"].items()
-                              if not hasattr(plugins.get("evaluator", k), "pairwise")})  # judge shares are relative
+                              if not plugins.get("evaluator", k).pairwise})  # judge shares are relative
         if tb.version != "base":
             lock.state(tb.model).versions[tb.version].evals.append(entry)
 

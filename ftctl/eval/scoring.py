@@ -28,24 +28,15 @@ def score(evaluators: dict, predictions: list[str], examples: list[Example], not
             continue
         if ev.needs_reference and missing:
             notes.append(f"{name}: {missing} example(s) without a reference answer not scored")
-        if predictor is not None:
-            ev.ctx.extra["backend"] = _Deferred(predictor)
-        scores = ev.score(predictions, refs, examples)
+        if ev.needs_backend:  # only then is the model loaded (most metrics need the text only)
+            scores = ev.score(predictions, refs, examples, backend=predictor.backend if predictor else None)
+        else:
+            scores = ev.score(predictions, refs, examples)
         if all(s is None for s in scores):
             notes.append(f"{name}: skipped, it applies to none of these examples")
             continue
         out[name] = scores
     return out
-
-
-class _Deferred:
-    """The backend, loaded on first use (most metrics need text only, not the model)."""
-
-    def __init__(self, predictor: Predictor):
-        self._p = predictor
-
-    def __getattr__(self, item):
-        return getattr(self._p.backend, item)
 
 
 def mean(xs) -> float | None:

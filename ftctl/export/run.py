@@ -11,6 +11,7 @@ Import-light: torch/transformers/llama_cpp load inside the exporter plugin.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -38,10 +39,9 @@ class PreflightFailed(FtctlError):
 def export(ws, ref: str, *, merged: bool | None = None, gguf: bool | None = None, quants=None,
            lora_gguf: bool | None = None, force: bool = False, log: Log = print) -> dict[str, Any]:
     """Export one version. Flags left as None take export.<exporter>'s config; returns the
-    scripting contract: {"version", "files": [{path, kind, quant, sha256, token_agreement}]}."""
+    scripting contract: {"version", "files": [{path, kind, quant, sha256, token_agreement, parity}]}."""
+    from ftctl.kinds import ExportRequest
     from ftctl.train.basemodel import resolve_base
-    from ftctl.export.llamacpp import find_tools
-    from ftctl_plugins.exporters.gguf import ExportRequest, parse_quants
 
     model, r = split_ref(ref, ws.config.default_model)
     lock = ws.read_lock()
@@ -53,12 +53,12 @@ def export(ws, ref: str, *, merged: bool | None = None, gguf: bool | None = None
     name = cfg.export.exporter
     exporter = plugins.build("exporter", name, cfg.export.plugin_config(name), ws.context(model, log),
                              key=f"models.{model}.export.{name}")
-    pc = exporter.config
-    quant_list = parse_quants(quants) if quants else list(getattr(pc, "quants", []))
+    defaults = exporter.defaults()
+    quant_list = _names(quants) if quants else list(defaults.quants)
     if quants and gguf is None:
         gguf = True
-    merged = getattr(pc, "merged", False) if merged is None else merged
-    lora_gguf = getattr(pc, "lora_gguf", False) if lora_gguf is None else lora_gguf
+    merged = defaults.merged if merged is None else merged
+    lora_gguf = defaults.lora_gguf if lora_gguf is None else lora_gguf
     if gguf is None:
         gguf = not (merged or lora_gguf)  # a bare `ftctl export v1.1` means the GGUF files
     if not gguf:
@@ -74,32 +74,28 @@ def export(ws, ref: str, *, merged: bool | None = None, gguf: bool | None = None
                         else "only trained versions can be exported; see `ftctl versions`")
 
     out_dir = ws.export_dir(model, version)
-    wanted = _planned(model, version, merged, quant_list, lora_gguf, getattr(pc, "modelfile", False))
+    staging_root = ws.state_dir / "tmp"  # same filesystem as exports/: the final move is a rename
+    base = resolve_base(entry.base.get("ref") or cfg.base, trust_remote_code=cfg.trust_remote_code,
+                        root=ws.root, log=log)
+    request = ExportRequest(model=model, version=version, base=base, adapter_dir=adapter_dir, out_dir=staging_root,
+                            merged=merged, quants=quant_list, lora_gguf=lora_gguf, workspace_cache=ws.cache_dir)
+    wanted = set(exporter.outputs(request))  # the exporter names its files
     have = {Path(f["path"]).name for f in entry.exports}
     if not force and out_dir.is_dir() and wanted <= have and all((out_dir / n).exists() for n in wanted):
         log(f"{model}@{version} is already exported (use --force to export again)")
         return {"version": version, "model": model, "skipped": True,
                 "files": [_public(f) for f in entry.exports if Path(f["path"]).name in wanted]}
 
-    base = resolve_base(entry.base.get("ref") or cfg.base, trust_remote_code=cfg.trust_remote_code,
-                        root=ws.root, log=log)
-    tools = None
-    if quant_list or lora_gguf:  # a missing converter is its own clear error, before any work
-        need = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py") if lora_gguf else ("convert_hf_to_gguf.py",)
-        tools = find_tools(getattr(pc, "llama_cpp_dir", None), ws.cache_dir, need=need)
-    problems = preflight(base.path, adapter_dir, lora_gguf=lora_gguf, tools_root=tools.root if tools else None)
+    problems = exporter.check(request)  # e.g. a missing converter, an architecture llama.cpp cannot take
     if problems:
         raise PreflightFailed(f"{model}@{version} cannot be exported: {problems[0]}",
                               hint="; ".join(problems[1:3]) or "see `ftctl train --preview` for the preflight")
 
-    staging_root = ws.state_dir / "tmp"  # same filesystem as exports/: the final move is a rename
     staging_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"export-{model}-{version}-", dir=staging_root))
     try:
-        result = exporter.export(ExportRequest(model=model, version=version, base=base, adapter_dir=adapter_dir,
-                                               out_dir=staging, merged=merged, quants=quant_list,
-                                               lora_gguf=lora_gguf, workspace_cache=ws.cache_dir,
-                                               task_prompts=held_out_prompts(ws, model)))
+        result = exporter.export(dataclasses.replace(request, out_dir=staging,
+                                                     task_prompts=held_out_prompts(ws, model)))
         files = [_describe(ws, f, staging, out_dir) for f in result.files]
         files += _carry_over(entry.exports, staging, out_dir)
         old = _move_in(staging, out_dir)
@@ -233,16 +229,10 @@ def adapter_tensors(adapter_dir: Path) -> list[str]:
 # --- files ----------------------------------------------------------------------------------
 
 
-def _planned(model, version, merged, quants, lora_gguf, modelfile) -> set[str]:
-    stem = f"{model}-{version}"
-    names = {"merged"} if merged else set()
-    for q in quants:
-        names.add(f"{stem}-{q}.gguf")
-        if modelfile:
-            names.add(f"{stem}-{q}.Modelfile")
-    if lora_gguf:
-        names.add(f"{stem}-lora-F16.gguf")
-    return names
+def _names(values) -> list[str]:
+    """``["q8_0", "Q4_K_M,F16"]`` -> ["Q8_0", "Q4_K_M", "F16"] (the exporter judges the names)."""
+    names = (n.strip().upper() for v in values or [] for n in str(v).split(","))
+    return list(dict.fromkeys(n for n in names if n))
 
 
 def _describe(ws, f, staging: Path, out_dir: Path) -> dict[str, Any]:
@@ -260,8 +250,10 @@ def _size(p: Path) -> int:
 
 
 def _public(f: dict) -> dict:
+    """A file of the `ftctl export --json` contract; ``parity`` (GGUFs): top-1 agreement, KL and
+    the base's figures for the same type (see docs/export.md)."""
     keys = ("path", "kind", "quant", "sha256", "token_agreement")
-    return {k: f.get(k) for k in keys}
+    return {**{k: f.get(k) for k in keys}, **({"parity": f["parity"]} if f.get("parity") else {})}
 
 
 def _carry_over(previous: list[dict], staging: Path, out_dir: Path) -> list[dict]:

@@ -112,9 +112,9 @@ class Workspace:
     def read_lock(self) -> Lock:
         return lockfile.read(self.lock_path)
 
-    def context(self, model: str | None = None, log: Callable[[str], None] = print) -> Context:
+    def context(self, model: str | None = None, log: Callable[[str], None] = print, instance: str = "") -> Context:
         return Context(root=self.root, model=model or self.config.default_model,
-                       cache_dir=self.cache_dir, log=log)
+                       cache_dir=self.cache_dir, log=log, instance=instance)
 
     # --- the run lock -------------------------------------------------------------------
 

@@ -16,10 +16,10 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from ftctl.errors import FtctlError
+from ftctl.kinds import BaseModelRef
 
 DEFAULT_BASE = "smollm2-135m-instruct"
 META_FILE = "ftctl-base.json"
@@ -44,17 +44,7 @@ def _smollm2() -> Path:
 CATALOGUE = {DEFAULT_BASE: _smollm2}
 
 
-@dataclass(frozen=True)
-class ResolvedBase:
-    ref: str  # what the user wrote
-    path: Path  # an HF directory (config.json, safetensors, tokenizer)
-    sha256: str  # of the GGUF file, or of the HF directory's files
-    source_file: Path | None = None  # the .gguf it was converted from, if any
-    trust_remote_code: bool = False
-
-    def lineage(self) -> dict:
-        return {"ref": self.ref, "sha256": self.sha256,
-                "path": str(self.source_file or self.path)}
+ResolvedBase = BaseModelRef  # the contract's type (ftctl.api.BaseModelRef); this name predates it
 
 
 def cache_root() -> Path:

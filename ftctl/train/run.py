@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,39 +25,13 @@ from ftctl import plugins
 from ftctl.util.atomic import write_text
 from ftctl.train.basemodel import ResolvedBase, resolve_base
 from ftctl.errors import FtctlError, UsageError
+from ftctl.kinds import TrainRequest, TrainResult
 from ftctl.registry.lockfile import VersionEntry
 from ftctl.registry.versions import next_version, resolve, split_ref
 from ftctl.registry.workspace import Workspace, now
 
 RUN_FILE = "run.json"
 RESULT_FILE = "result.json"
-
-
-@dataclass
-class TrainRequest:
-    """What a trainer plugin gets: everything it needs, nothing it may write outside output_dir."""
-
-    base: ResolvedBase
-    train_file: Path
-    val_file: Path | None
-    output_dir: Path  # the run directory: checkpoints and the final adapter go here
-    init_adapter: Path | None = None  # --from: continue this adapter
-    resume: bool = False
-    show_progress: bool = False
-
-
-@dataclass
-class TrainResult:
-    adapter_dir: Path  # PEFT format (adapter_config.json + adapter_model.safetensors)
-    steps: int
-    metrics: dict[str, Any]  # train_loss, val_loss, ...
-    tokens: int
-    tokens_per_s: float | None
-    seconds: float
-    params: dict[str, Any]
-    seed: int
-    data: dict[str, Any] = field(default_factory=dict)
-    libraries: dict[str, str] = field(default_factory=dict)
 
 
 def snapshot_paths(ws: Workspace, model: str) -> dict[str, Path]:
@@ -120,8 +93,7 @@ def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, 
     if dry_run:
         return plan
 
-    if hasattr(trainer, "preflight"):
-        trainer.preflight()  # e.g. QLoRA without CUDA: fail before any model loads
+    trainer.preflight()  # e.g. QLoRA without CUDA: fail before any model loads
     base = resolve_base(mc.base, trust_remote_code=mc.trust_remote_code, root=ws.root, log=log)
     if spec and base.sha256 != spec["base_sha256"]:
         raise UsageError("the base model changed since this run started", hint="start a new run without --resume")
@@ -247,27 +219,23 @@ def _count_lines(path: Path) -> int | None:
 
 
 def _preview(trainer, base: ResolvedBase, train_file: Path) -> dict:
-    from ftctl.train.chat_format import histogram, mark_trained
     from ftctl.export.run import preflight
+    from ftctl.train.chat_format import histogram
 
-    tok = trainer.tokenizer(base)
-    encoded = trainer.encode_file(tok, base, train_file)
-    max_length = trainer.config.max_length
-    usable = [e for e in encoded if e is not None]
-    lengths = [len(e) for e in usable]
-    model_type = json.loads((base.path / "config.json").read_text()).get("model_type", "")
-    first = next((e for e in usable if len(e) <= max_length), usable[0] if usable else None)
     problems = preflight(base.path)  # the same preflight `ftctl export` runs: know it before training
+    model_type = json.loads((base.path / "config.json").read_text()).get("model_type", "")
+    out = {"architecture": model_type, "export_problems": problems, "gguf_convertible": not problems}
+    p = trainer.preview(base, train_file)
+    if p is None:
+        return {**out, "example": None, "note": f"the {trainer.name} trainer has no preview"}
     return {
-        "example": mark_trained(tok, first) if first else None,
-        "max_length": max_length,
-        "histogram": [{"from": a, "to": b, "count": n} for a, b, n in histogram(lengths, max_length)],
-        "examples": len(encoded),
-        "too_long": sum(1 for n in lengths if n > max_length),
-        "no_assistant_turn": len(encoded) - len(usable),
-        "architecture": model_type,
-        "export_problems": problems,
-        "gguf_convertible": not problems,
+        "example": p.example,
+        "max_length": p.max_length,
+        "histogram": [{"from": a, "to": b, "count": n} for a, b, n in histogram(p.lengths, p.max_length)],
+        "examples": p.examples,
+        "too_long": sum(1 for n in p.lengths if n > p.max_length),
+        "no_assistant_turn": p.no_assistant_turn,
+        **out,
     }
 
 

@@ -4,7 +4,7 @@ Every evaluator returns one score per example (None where it does not apply), so
 versions scored on the same set can be compared pair by pair (ftctl.eval.stats).
 """
 
-from ftctl.hookspecs import hookimpl
+from ftctl.api import hookimpl
 from ftctl_plugins.evaluators.groundedness import Groundedness
 from ftctl_plugins.evaluators.judge import LlmJudge
 from ftctl_plugins.evaluators.lexical import Bleu, ExactMatch, RougeL, TokenF1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from ftctl.kinds import Evaluator, PluginConfig
+from ftctl.api import Evaluator, PluginConfig
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 # no stop-word list ships with our dependencies (nltk's needs a download), and these few
@@ -54,7 +54,7 @@ class Groundedness(Evaluator):
     def source_of(self, example) -> str | None:
         return next((example.meta[k] for k in self.config.source_keys if example.meta.get(k)), None)
 
-    def score(self, predictions, references, examples):
+    def score(self, predictions, references, examples, backend=None):
         out = []
         for pred, ex in zip(predictions, examples):
             source = self.source_of(ex)

@@ -14,8 +14,7 @@ import time
 
 from pydantic import model_validator
 
-from ftctl.errors import FtctlError
-from ftctl.kinds import Evaluator, PluginConfig
+from ftctl.api import Evaluator, FtctlError, PluginConfig
 
 RUBRIC = ("Judge how helpful, correct and concise the answer is for the user's question. "
           "A reference answer, when given, shows what a good answer contains.")
@@ -30,6 +29,8 @@ class JudgeError(FtctlError):
 class LlmJudge(Evaluator):
     name = "llm_judge"
     needs_reference = False
+    pairwise = True  # in a comparison: judge_pair, both orders
+    _llama = None  # the local GGUF judge, loaded on first use
 
     class Config(PluginConfig):
         endpoint: str | None = None  # OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1
@@ -72,7 +73,7 @@ class LlmJudge(Evaluator):
         return resp.json()["choices"][0]["message"]["content"] or ""
 
     def _chat_gguf(self, messages: list[dict]) -> str:
-        if not hasattr(self, "_llama"):
+        if self._llama is None:
             from ftctl.eval.generation import open_llama
 
             self._llama = open_llama(self.config.gguf, n_ctx=self.config.n_ctx)
@@ -108,7 +109,7 @@ class LlmJudge(Evaluator):
             text += f"\n[Reference answer]\n{ref}\n"
         return text
 
-    def score(self, predictions, references, examples):
+    def score(self, predictions, references, examples, backend=None):
         out = []
         for pred, ref, ex in zip(predictions, references, examples):
             prompt = (self._question(ex, ref) + f"\n[Answer]\n{pred}\n\n"
@@ -117,7 +118,7 @@ class LlmJudge(Evaluator):
             out.append((n - 1) / 9)
         return out
 
-    def pairwise(self, preds_a, preds_b, references, examples) -> list[tuple[float, float]]:
+    def judge_pair(self, preds_a, preds_b, references, examples) -> list[tuple[float, float]]:
         """Per example (share of A, share of B), judged in both orders."""
         out = []
         for pa, pb, ref, ex in zip(preds_a, preds_b, references, examples):

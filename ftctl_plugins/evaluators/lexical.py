@@ -6,7 +6,7 @@ import re
 import string
 from collections import Counter
 
-from ftctl.kinds import Evaluator, PluginConfig
+from ftctl.api import Evaluator, PluginConfig
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -29,7 +29,7 @@ def _each(predictions, references, fn):
 class ExactMatch(Evaluator):
     name = "exact_match"
 
-    def score(self, predictions, references, examples):
+    def score(self, predictions, references, examples, backend=None):
         return _each(predictions, references, lambda p, r: float(normalize(p) == normalize(r)))
 
 
@@ -47,7 +47,7 @@ def token_f1(pred: str, ref: str) -> float:
 class TokenF1(Evaluator):
     name = "token_f1"
 
-    def score(self, predictions, references, examples):
+    def score(self, predictions, references, examples, backend=None):
         return _each(predictions, references, token_f1)
 
 
@@ -59,7 +59,7 @@ class Bleu(Evaluator):
     class Config(PluginConfig):
         tokenize: str = "13a"
 
-    def score(self, predictions, references, examples):
+    def score(self, predictions, references, examples, backend=None):
         from sacrebleu.metrics import BLEU
 
         bleu = BLEU(tokenize=self.config.tokenize, effective_order=True)
@@ -74,7 +74,7 @@ class RougeL(Evaluator):
     class Config(PluginConfig):
         stemmer: bool = True
 
-    def score(self, predictions, references, examples):
+    def score(self, predictions, references, examples, backend=None):
         from rouge_score import rouge_scorer
 
         scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=self.config.stemmer)

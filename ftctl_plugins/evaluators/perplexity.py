@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import math
 
-from ftctl.errors import UsageError
-from ftctl.kinds import Evaluator
+from ftctl.api import Evaluator, UsageError
 
 
 class Perplexity(Evaluator):
     """exp(mean token loss) of each reference answer, given its prompt.
 
-    Needs the model itself, not just its text: the core passes the generation backend as
-    ``ctx.extra["backend"]``; backends that cannot score tokens return None (skipped, noted).
+    Needs the model itself, not just its text (``needs_backend``): the core passes the generation
+    backend; backends that cannot score tokens return None (skipped, noted).
     """
 
     name = "perplexity"
     higher_is_better = False
+    needs_backend = True
 
-    def score(self, predictions, references, examples):
-        backend = self.ctx.extra.get("backend")
+    def score(self, predictions, references, examples, backend=None):
         if backend is None:
             raise UsageError("perplexity needs a model backend", hint="run it through `ftctl eval`")
         losses = backend.reference_nll(examples, references)

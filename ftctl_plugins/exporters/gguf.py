@@ -14,14 +14,14 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from ftctl.errors import ExternalToolError, FtctlError, UsageError
-from ftctl.kinds import Exporter, PluginConfig
+from ftctl.api import (ExportDefaults, ExportedFile, Exporter, ExportRequest, ExportResult,  # noqa: F401
+                       PluginConfig)
 
 # llama.cpp file types by the names users know (llama-quantize's names). F32/F16/BF16 come
 # straight from the converter; the rest are quantized from the F16 file by llama.cpp.
@@ -80,40 +80,36 @@ class GgufConfig(PluginConfig):
             raise ValueError(e.message) from None
 
 
-@dataclass
-class ExportRequest:
-    model: str  # the model (agent) name
-    version: str
-    base: Any  # ftctl.train.basemodel.ResolvedBase
-    adapter_dir: Path
-    out_dir: Path  # an empty temp dir; the core moves it to exports/<model>/<version>/
-    merged: bool
-    quants: list[str]  # [] = no merged GGUF
-    lora_gguf: bool
-    workspace_cache: Path | None = None
-    # held-out prompts of the version's task (its test split), each a chat up to the last user turn:
-    # parity is measured where the model will be used, as well as on generic probes
-    task_prompts: list[list[dict[str, str]]] = field(default_factory=list)
-
-
-@dataclass
-class ExportedFile:
-    path: Path
-    kind: str  # merged | gguf | lora-gguf | modelfile
-    quant: str | None = None
-    token_agreement: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ExportResult:
-    files: list[ExportedFile]
-    checks: list[dict[str, Any]]
-
-
 class GgufExporter(Exporter):
     name = "gguf"
     Config = GgufConfig
+
+    def defaults(self) -> ExportDefaults:
+        return ExportDefaults(tuple(self.config.quants), self.config.merged, self.config.lora_gguf)
+
+    def outputs(self, req: ExportRequest) -> list[str]:
+        """The names :meth:`export` writes for ``req`` (the core skips what exists already)."""
+        stem = f"{req.model}-{req.version}"
+        names = ["merged"] if req.merged else []
+        for q in parse_quants(req.quants):  # an unknown type is a usage error before any work
+            names.append(f"{stem}-{q}.gguf")
+            if self.config.modelfile:
+                names.append(f"{stem}-{q}.Modelfile")
+        if req.lora_gguf:
+            names.append(f"{stem}-lora-F16.gguf")
+        return names
+
+    def check(self, req: ExportRequest) -> list[str]:
+        """llama.cpp's converters must exist (their own error) and accept this base and adapter."""
+        from ftctl.export.llamacpp import find_tools
+        from ftctl.export.run import preflight
+
+        tools = None
+        if req.quants or req.lora_gguf:
+            need = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py") if req.lora_gguf else ("convert_hf_to_gguf.py",)
+            tools = find_tools(self.config.llama_cpp_dir, req.workspace_cache, need=need)
+        return preflight(req.base.path, req.adapter_dir, lora_gguf=req.lora_gguf,
+                         tools_root=tools.root if tools else None)
 
     def export(self, req: ExportRequest) -> ExportResult:
         from ftctl.export.llamacpp import find_tools

@@ -4,7 +4,7 @@ Each module stays import-light (``ftctl plugins`` imports them): database driver
 inside ``read``.
 """
 
-from ftctl.hookspecs import hookimpl
+from ftctl.api import hookimpl
 
 
 @hookimpl

@@ -8,54 +8,11 @@ countable (``missing_field:response``, ``rating_out_of_range``, ...): they becom
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timezone
 from typing import Any
 
-from ftctl.records import ROLES, Example
+from ftctl.api import ROLES, Example, RowError, parse_time  # noqa: F401  (RowError: for the sources)
 
 FEEDBACK_TYPES = {"thumbs_up", "thumbs_down", "correction", "validation", "rating", "reward", "flag"}
-
-
-class RowError(ValueError):
-    """A row that cannot become an Example: ``reason`` is the countable part."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(reason)
-        self.reason = reason
-        self.detail = detail
-
-
-def parse_time(value: Any) -> datetime | None:
-    """Timestamps arrive as datetimes, ISO strings, other date formats or epoch seconds.
-
-    Naive times are taken as UTC so that every watermark compares.
-    """
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime) and value.tzinfo is not None:  # the common case, first
-        return value
-    if isinstance(value, datetime):
-        dt = value
-    elif isinstance(value, bool):
-        raise RowError("bad_timestamp", repr(value))
-    elif isinstance(value, (int, float)):
-        try:
-            dt = datetime.fromtimestamp(float(value) / (1000 if value > 1e11 else 1), tz=timezone.utc)
-        except (OverflowError, OSError, ValueError):
-            raise RowError("bad_timestamp", repr(value)) from None
-    elif isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            from dateutil import parser
-
-            try:
-                dt = parser.parse(value)
-            except (ValueError, OverflowError):
-                raise RowError("bad_timestamp", value[:80]) from None
-    else:
-        raise RowError("bad_timestamp", f"{type(value).__name__}")
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
 def number(value: Any, field: str, low: float, high: float) -> float | None:

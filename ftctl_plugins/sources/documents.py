@@ -31,7 +31,7 @@ class DocumentsSource(Source):
         agent: str | None = None
 
     def read(self, since: str | None) -> Iterator[Example | Reject]:
-        source = self.ctx.extra.get("source_name", self.name)
+        source = self.source_name
         for path in expand(self.ctx.root, self.config.path, (".md", ".txt", ".rst", ".markdown")):
             where = display(self.ctx.root, path)
             try:

@@ -42,7 +42,7 @@ class Watermarked:
 
     @property
     def source(self) -> str:
-        return self.ctx.extra.get("source_name", self.name)
+        return self.source_name
 
     def seen(self, ex: Example) -> Example:
         if ex.created_at and (self._newest is None or ex.created_at > self._newest):

@@ -30,7 +30,7 @@ class PostgresSource(SqlSource):
         from psycopg.rows import dict_row
 
         c = self.config
-        source = self.ctx.extra.get("source_name", self.name)
+        source = self.source_name
         try:
             conn = psycopg.connect(c.dsn, connect_timeout=c.connect_timeout, autocommit=False)
         except psycopg.Error as e:

@@ -25,7 +25,7 @@ class SqliteSource(SqlSource):
 
     def read(self, since: str | None) -> Iterator[Example | Reject]:
         c = self.config
-        source = self.ctx.extra.get("source_name", self.name)
+        source = self.source_name
         path = self.ctx.root / c.path
         if not path.is_file():
             raise ConfigError(f"source {source!r}: no SQLite database at {c.path}",

@@ -1,6 +1,6 @@
 """Built-in trainer plugins, registered through the `ftctl` entry-point group."""
 
-from ftctl.hookspecs import hookimpl
+from ftctl.api import hookimpl
 
 
 @hookimpl

@@ -21,8 +21,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from ftctl.errors import FtctlError, UsageError
-from ftctl.kinds import PluginConfig, Trainer
+from ftctl.api import (BaseModelRef, FtctlError, PluginConfig, Trainer, TrainPreview, TrainRequest, TrainResult,
+                       UsageError)
 
 COMPLETE = ".ftctl-complete"  # written into a checkpoint dir once every file of it is saved
 CACHE_FORMAT = 1  # bump when chat_format's encoding changes: invalidates cached token rows
@@ -141,8 +141,18 @@ class LoraTrainer(Trainer):
 
     # --- training -----------------------------------------------------------------------
 
-    def train(self, request):
-        """request: ftctl.train.run.TrainRequest -> ftctl.train.run.TrainResult."""
+    def preview(self, base: BaseModelRef, train_file: Path) -> TrainPreview:
+        from ftctl.train.chat_format import mark_trained
+
+        tok = self.tokenizer(base)
+        encoded = self.encode_file(tok, base, train_file)
+        usable = [e for e in encoded if e is not None]
+        first = next((e for e in usable if len(e) <= self.config.max_length), usable[0] if usable else None)
+        return TrainPreview(max_length=self.config.max_length, lengths=[len(e) for e in usable],
+                            examples=len(encoded), no_assistant_turn=len(encoded) - len(usable),
+                            example=mark_trained(tok, first) if first else None)
+
+    def train(self, request: TrainRequest) -> TrainResult:
         self.preflight()
         import torch
         import transformers
@@ -152,7 +162,6 @@ class LoraTrainer(Trainer):
         from ftctl.train.basemodel import load_model
         from ftctl.train.chat_format import Collator
         from ftctl_plugins.trainers.callbacks import CompleteMarker, Progress
-        from ftctl.train.run import TrainResult
 
         cfg = self.config
         log = self.ctx.log

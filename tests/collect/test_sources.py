@@ -15,8 +15,7 @@ from tests.collect.conftest import event, write_jsonl
 
 
 def read_all(kind, cfg, root, since=None):
-    ctx = Context(root=root, model="m", cache_dir=root)
-    ctx.extra["source_name"] = "src"
+    ctx = Context(root=root, model="m", cache_dir=root, instance="src")
     src = plugins.build("source", kind, cfg, ctx, key="sources[0]")
     items = list(src.read(since))
     return ([i for i in items if isinstance(i, Example)], [i for i in items if isinstance(i, Reject)],

@@ -114,11 +114,11 @@ def test_judge_pointwise_and_key_from_env(judge_server, tmp_path, monkeypatch):
 def test_judge_pairwise_swaps_positions(judge_server, tmp_path):
     j = build("llm_judge", tmp_path, endpoint=endpoint(judge_server))
     # a judge that prefers the longer answer is consistent across both orders
-    assert j.pairwise(["short", "a much longer answer"], ["a much longer answer", "tiny"], [None, None],
+    assert j.judge_pair(["short", "a much longer answer"], ["a much longer answer", "tiny"], [None, None],
                       [ex(), ex()]) == [(0.0, 1.0), (1.0, 0.0)]
     # a judge that always picks the first slot: the swap turns its bias into a tie
     judge_server.mode = "first"
-    assert j.pairwise(["x"], ["yyyy"], [None], [ex()]) == [(0.5, 0.5)]
+    assert j.judge_pair(["x"], ["yyyy"], [None], [ex()]) == [(0.5, 0.5)]
 
 
 @pytest.mark.parametrize("mode", ["garbage", "broken"])
