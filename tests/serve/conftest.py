@@ -79,19 +79,49 @@ class Service:
         self.log.close()
 
 
-@pytest.fixture
-def serve_ws(workspace, tiny_base):
+def prepare(ws, tiny_base) -> None:
     """The tiny base on a 30-example snapshot, committed (a clean tree, as in production)."""
-    configure(workspace, tiny_base, checkpoint_every=2, max_steps=4)
-    data = workspace.data_dir("assistant")
+    configure(ws, tiny_base, checkpoint_every=2, max_steps=4)
+    data = ws.data_dir("assistant")
     write_jsonl(data / "train.jsonl", examples(30))
     write_jsonl(data / "val.jsonl", examples(6, long_every=2))
-    subprocess.run(["git", "commit", "-qam", "configure"], cwd=workspace.root, check=True)
+    write_jsonl(data / "test.jsonl", examples(4, long_every=5))
+    subprocess.run(["git", "commit", "-qam", "configure"], cwd=ws.root, check=True)
+
+
+@pytest.fixture
+def serve_ws(workspace, tiny_base):
+    prepare(workspace, tiny_base)
     return workspace
 
 
-@pytest.fixture
-def service(serve_ws):
-    svc = Service(serve_ws.root)
-    yield svc
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, tiny_base):
+    """One workspace and one service for a module's tests (a service start costs seconds)."""
+    from ftctl.registry.init import init
+    from ftctl.registry.workspace import Workspace
+
+    root = tmp_path_factory.mktemp("serve") / "ws"
+    init(root, model="assistant")
+    ws = Workspace(root)
+    prepare(ws, tiny_base)
+    svc = Service(root)
+    yield ws, svc
     svc.stop()
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in state  # a zombie no one reaped: dead all the same
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

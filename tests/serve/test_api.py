@@ -7,27 +7,33 @@ import json
 import pytest
 
 from tests.conftest import hold_run_lock, run_ftctl
-from tests.serve.conftest import Service
+from tests.serve.conftest import Service, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def test_train_job_lifecycle_and_reads_match_the_cli(service, serve_ws):
+def test_job_lifecycle_reads_match_the_cli_and_the_cli_is_locked_out(shared):
+    ws, service = shared
     r = service.http.post("/finetune/start", json={"kind": "train", "max_steps": 4})
     assert r.status_code == 202, r.text
     job = r.json()
     assert job["state"] == "queued" and job["command"] == ["ftctl", "train", "--max-steps", "4"]
+    # while the API job holds the run lock, the CLI is refused (exit 4) and the job is untouched
+    assert wait_for(lambda: (ws.state_dir / "run.lock.json").is_file(), 120)
+    cli = run_ftctl("--json", "train", "--max-steps", "2", cwd=ws.root)
+    assert cli.returncode == 4 and "holds the workspace lock: `train`" in json.loads(cli.stdout)["error"]
     done = service.wait_job(job["id"])
     assert done["state"] == "done", done["log_tail"]
     assert done["exit_code"] == 0 and done["result"]["version"] == "v1.0"
     assert done["progress"]["total"] == 4 and done["progress"]["step"] == 4 and done["progress"]["loss"] > 0
     assert any("trained assistant@v1.0" in line for line in done["log_tail"])
+    assert set(ws.read_lock().state("assistant").versions) == {"v1.0"}
 
     # every read is byte for byte what `ftctl --json` prints
     for route, argv in (("/versions", ["versions"]), ("/versions/v1.0", ["show", "v1.0"]),
                         ("/versions/latest", ["show", "latest"])):
         api = service.http.get(route)
-        cli = run_ftctl("--json", *argv, cwd=serve_ws.root)
+        cli = run_ftctl("--json", *argv, cwd=ws.root)
         assert api.status_code == 200 and api.text == cli.stdout.rstrip("\n"), route
 
     metrics = service.http.get("/metrics").text
@@ -36,12 +42,28 @@ def test_train_job_lifecycle_and_reads_match_the_cli(service, serve_ws):
     assert 'ftctl_job_duration_seconds_count{kind="train"} 1.0' in metrics
     assert "ftctl_jobs_queued 0.0" in metrics
 
-    jobs = service.http.get("/jobs").json()
-    assert [j["id"] for j in jobs] == [job["id"]]
+    assert job["id"] in [j["id"] for j in service.http.get("/jobs").json()]
     assert service.http.get("/openapi.json").json()["paths"]["/finetune/start"]
 
 
-def test_mutating_routes_need_the_token(service):
+def test_a_job_is_refused_while_the_cli_holds_the_lock(shared):
+    ws, service = shared
+    holder = hold_run_lock(ws.root, 60)
+    try:
+        job = service.http.post("/finetune/start", json={"max_steps": 2}).json()
+        failed = service.wait_job(job["id"])
+        assert failed["state"] == "failed" and failed["exit_code"] == 4
+        assert failed["result"]["error"].startswith("another ftctl command holds the workspace lock")
+        r = service.http.post("/promote", json={})  # a synchronous verb: 409 with the CLI's JSON
+        assert r.status_code == 409 and r.json()["exit_code"] == 4
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_mutating_routes_need_the_token(shared):
+    _, service = shared
+    before = len(service.http.get("/jobs").json())
     import httpx
 
     anon = httpx.Client(base_url=service.url, timeout=10)
@@ -53,12 +75,14 @@ def test_mutating_routes_need_the_token(service):
     wrong = anon.post("/finetune/start", json={}, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
     assert anon.get("/versions").status_code == 200  # reads stay open
-    assert service.http.get("/jobs").json() == []  # nothing was queued
+    assert len(service.http.get("/jobs").json()) == before  # nothing was queued
     anon.close()
 
 
-def test_bad_refs_get_the_cli_message_with_422(service, serve_ws):
-    for ref in ("v1.x", "../../etc", "v9.9", "latest"):
+def test_bad_refs_get_the_cli_message_with_422(shared):
+    serve_ws, service = shared
+    before = len(service.http.get("/jobs").json())
+    for ref in ("v1.x", "../../etc", "v9.9", "stable", "other@v1.0"):
         cli = run_ftctl("--json", "show", ref, cwd=serve_ws.root)
         assert cli.returncode == 2
         expected = json.loads(cli.stdout)
@@ -71,10 +95,12 @@ def test_bad_refs_get_the_cli_message_with_422(service, serve_ws):
         assert r.status_code == 422 and r.json()["error"] == expected["error"]
     r = service.http.post("/finetune/start", json={"from": "v1.x"})
     assert r.status_code == 422 and r.json()["error"] == "invalid version 'v1.x'"
-    assert service.http.get("/jobs").json() == []
+    assert len(service.http.get("/jobs").json()) == before
 
 
-def test_inputs_are_validated_and_bounded(service):
+def test_inputs_are_validated_and_bounded(shared):
+    _, service = shared
+    before = len(service.http.get("/jobs").json())
     bad = [{"kind": "export"}, {"max_steps": 0}, {"set": ["base=/etc/passwd"]},
            {"set": ["curate.golden=x.jsonl"]}, {"set": ["train.lora.r=${FTCTL_SERVE_TOKEN}"]},
            {"set": ["train.lora.r=1"] * 33}, {"unknown": 1}, {"model": "../x"}]
@@ -85,7 +111,7 @@ def test_inputs_are_validated_and_bounded(service):
     assert huge.status_code == 413
     assert service.http.get("/reports/assistant/..%2Fmodels.lock").status_code in (404, 422)
     assert service.http.get("/reports/assistant/ftctl.yaml").status_code == 422
-    assert service.http.get("/jobs").json() == []
+    assert len(service.http.get("/jobs").json()) == before
     # no CORS: a browser on another origin gets no permission to read
     r = service.http.options("/versions", headers={"Origin": "http://evil.example",
                                                     "Access-Control-Request-Method": "GET"})
@@ -94,38 +120,16 @@ def test_inputs_are_validated_and_bounded(service):
     assert service.http.get("/versions", headers={"Host": "evil.example"}).status_code == 400
 
 
-def test_a_cli_run_and_an_api_job_lock_each_other_out(service, serve_ws):
-    # the CLI holds the lock: the API job is refused with the CLI's message (serve.lock_wait = 0)
-    holder = hold_run_lock(serve_ws.root, 60)
-    try:
-        job = service.http.post("/finetune/start", json={"max_steps": 2}).json()
-        failed = service.wait_job(job["id"])
-        assert failed["state"] == "failed" and failed["exit_code"] == 4
-        assert failed["result"]["error"].startswith("another ftctl command holds the workspace lock")
-        # a synchronous verb too: 409 with the CLI's JSON
-        r = service.http.post("/promote", json={})
-        assert r.status_code == 409 and r.json()["exit_code"] == 4
-    finally:
-        holder.kill()
-        holder.wait()
-    # an API job holds the lock: the CLI is refused, the job finishes untouched
-    job = service.http.post("/finetune/start", json={"max_steps": 40}).json()
-    service.wait_job(job["id"], until=lambda j: j["progress"]["step"] is not None)
-    cli = run_ftctl("--json", "train", "--max-steps", "2", cwd=serve_ws.root)
-    assert cli.returncode == 4 and "holds the workspace lock" in json.loads(cli.stdout)["error"]
-    done = service.wait_job(job["id"])
-    assert done["state"] == "done" and done["result"]["version"] == "v1.0"
-    assert set(serve_ws.read_lock().state("assistant").versions) == {"v1.0"}
-
-
-def test_refuses_a_public_address_without_a_token(serve_ws):
+def test_refuses_a_public_address_without_a_token(workspace):
+    serve_ws = workspace
     proc = run_ftctl("--json", "serve", "--host", "0.0.0.0", "--port", "1", cwd=serve_ws.root,
                      env={"FTCTL_SERVE_TOKEN": ""})
     assert proc.returncode == 2
     assert json.loads(proc.stdout)["error"] == "refusing to listen on 0.0.0.0 without a token"
 
 
-def test_without_a_token_the_service_is_read_only(serve_ws):
+def test_without_a_token_the_service_is_read_only(workspace):
+    serve_ws = workspace
     svc = Service(serve_ws.root, token=None)
     try:
         r = svc.http.post("/finetune/start", json={})
