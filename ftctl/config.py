@@ -57,8 +57,10 @@ class SourceEntry(BaseModel):
 
 class ScrubConfig(Strict):
     enabled: bool = True
-    types: list[str] | None = None  # None: every type the scrubber knows
+    types: list[str] | None = None  # None: every type the scrubber knows (LOCATION is opt-in)
     names: bool = True  # person names, where a library can find them
+    recognizers: str | None = None  # YAML of site-specific identifier formats (Presidio's format)
+    on_error: Literal["reject", "fail"] = "reject"  # a row the scrubber cannot process: rejected, or collect stops
 
 
 class SplitConfig(Strict):

@@ -102,11 +102,12 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
     count_tokens, counted_with = curate.token_counter(_tokenizer_json(ws, mc.base))
     golden, n_golden = curate.golden_keys(ws.root / cfg.golden) if cfg.golden else (set(), 0)
     filters = curate.Filters(cfg, count_tokens, stamp, golden)
-    scrubber = None
-    if cfg.scrub.enabled:
-        from ftctl.data.scrub import Scrubber
+    scrubber, pii = _scrubber(ws, cfg.scrub)
+    # the previous snapshot was scrubbed with these very settings: scrubbing it again is waste
+    rescrub_carried = pii != _card_of(carry).get("pii")
+    from ftctl.data.tombstones import of_lock
 
-        scrubber = Scrubber(cfg.scrub.types, cfg.scrub.names, ws.cache_dir)
+    forgotten = of_lock(ws.read_lock())
 
     read, filtered, rejected, scrubbed = 0, Counter(), Counter(), Counter()
     per_source: dict[str, dict] = {}
@@ -127,16 +128,30 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
                             and src_name != CARRIED:
                         filtered["already_collected"] += 1
                         continue
+                    if forgotten and forgotten.matches(item):  # `ftctl forget`: never collected again
+                        filtered["forgotten"] += 1
+                        continue
                     ex, original = curate.apply_correction(item)
                     reason, tokens = filters.reason(ex)
                     negative = reason in ("min_rating", "min_reward", "negative_feedback")
                     if reason and not (negative and cfg.keep_negative):
                         filtered[reason] += 1
                         continue
-                    if scrubber:
-                        ex.messages = scrubber.scrub_messages(ex.messages, scrubbed)
-                        if original:
-                            original = scrubber.scrub(original, scrubbed)
+                    if scrubber and (src_name != CARRIED or rescrub_carried):
+                        try:
+                            found: Counter = Counter()  # counted only once the whole row is scrubbed
+                            ex.messages = scrubber.scrub_messages(ex.messages, found)
+                            if original:
+                                original = scrubber.scrub(original, found)
+                            scrubbed.update(found)
+                        except Exception as e:  # fail closed: a row not fully scrubbed is never kept
+                            if cfg.scrub.on_error == "fail":
+                                raise FtctlError(f"scrubbing {src_name} {ex.source_id or ex.key} failed: {e}",
+                                                 hint="curate.scrub.on_error: reject skips such rows instead") from e
+                            rejected["scrub_error"] += 1
+                            rejects.write(json.dumps(Reject(src_name, ex.source_id or ex.key, "scrub_error",
+                                                            type(e).__name__).to_dict()) + "\n")
+                            continue
                     spill.add(ex, dedup=cfg.dedup, neg=reason, tokens=tokens)
                     if original and original != ex.response:
                         split = curate.split_of(ex.key, cfg.split.salt, cfg.split.val, cfg.split.test)
@@ -194,8 +209,7 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
         "window": {k: v.isoformat() if v else None for k, v in zip(("start", "end"), (filters.start, filters.end))},
         "filters": cfg.model_dump(mode="json", exclude={"scrub", "split", "collect_before_train"}),
         "split": cfg.split.model_dump(mode="json"), "golden": {"path": cfg.golden, "examples": n_golden},
-        "pii": {"enabled": cfg.scrub.enabled, "engine": "presidio-analyzer (pattern recognizers)",
-                "names": scrubber.names if scrubber else "off"},
+        "pii": pii,
     }
     if served.unmatched:  # kept and counted, but say so: a deploy alias or a source mapping is off
         log(f"[yellow]{sum(served.unmatched.values())} kept row(s) name a served model that matches no version "
@@ -205,6 +219,24 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
         raise FtctlError(f"internal accounting error: read {read} != kept+filtered+rejected {total}")
     (out / FILES["card"]).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return card
+
+
+def _scrubber(ws: Workspace, sc) -> tuple[Any, dict[str, Any]]:
+    """The scrubber (None when off) and the card's record of what it scrubs (no values)."""
+    if not sc.enabled:
+        return None, {"enabled": False, "on_error": sc.on_error}
+    from ftctl.data.scrub import Scrubber
+
+    site = ws.root / sc.recognizers if sc.recognizers else None
+    scrubber = Scrubber(sc.types, sc.names, ws.cache_dir, recognizers=site, root=ws.root)
+    return scrubber, {"enabled": True, **scrubber.describe(), "on_error": sc.on_error}
+
+
+def _card_of(snapshot: Path | None) -> dict[str, Any]:
+    try:
+        return json.loads((snapshot / FILES["card"]).read_text(encoding="utf-8")) if snapshot else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _carry_preferences(carry: Path | None, prefs) -> int:
@@ -280,6 +312,7 @@ def _publish(ws: Workspace, name: str, out: Path, card: dict) -> None:
             "md5": _dvc_md5(final.with_name(name + ".dvc")), "created": card["created"],
             "rows": card["splits"], "filters": card["filters"], "window": card["window"],
             "card": {k: card[k] for k in ("read", "kept", "filtered", "rejected", "scrubbed", "preferences")},
+            "scrub": card["pii"],  # `ftctl diff` shows a change of scrub settings between versions
         }
         for src, info in card["sources"].items():
             if src != CARRIED and info.get("watermark"):

