@@ -167,19 +167,36 @@ def to_features(segments: list[Encoded]) -> dict[str, list[int]]:
 
 
 class Collator:
-    """Right-pads a batch. Pads continue the last segment's positions: causal attention means no
-    real token ever sees them, and the model keeps its fast unmasked path. Counts real tokens."""
+    """One micro-batch of conversations -> right-padded rows (plus each row's real length).
 
-    def __init__(self, pad_id: int):
+    The sampler decides which conversations share an optimizer step (``batch_size`` of them, packed
+    or not); with ``pack_to`` the collator only puts those conversations into fewer rows of at
+    most ``pack_to`` tokens. So packing changes the number of rows, never the optimisation.
+    Pads continue the last segment's positions: causal attention means no real token ever sees
+    them, and the model keeps its fast unmasked path. Counts real tokens.
+    """
+
+    def __init__(self, pad_id: int, pack_to: int | None = None):
         self.pad_id = pad_id
+        self.pack_to = pack_to
         self.tokens = 0
+        self.rows_made = 0
+
+    def rows(self, features: list[dict]) -> list[dict]:
+        if self.pack_to is None:
+            return [f if "position_ids" in f else to_features([Encoded(f["input_ids"], f["labels"])])
+                    for f in features]
+        segments = [Encoded(f["input_ids"], f["labels"]) for f in features]
+        return [to_features(b) for b in pack(segments, max(self.pack_to, max(map(len, segments))))]
 
     def __call__(self, features: list[dict]) -> dict:
         import torch
 
-        width = max(len(f["input_ids"]) for f in features)
-        batch = {"input_ids": [], "labels": [], "position_ids": []}
-        for f in features:
+        rows = self.rows(features)
+        self.rows_made += len(rows)
+        width = max(len(f["input_ids"]) for f in rows)
+        batch = {"input_ids": [], "labels": [], "position_ids": [], "lengths": []}
+        for f in rows:
             n = len(f["input_ids"])
             self.tokens += n
             extra = width - n
@@ -187,10 +204,16 @@ class Collator:
             batch["labels"].append(f["labels"] + [IGNORE] * extra)
             last = f["position_ids"][-1] + 1
             batch["position_ids"].append(f["position_ids"] + list(range(last, last + extra)))
+            batch["lengths"].append(n)
         out = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
         # with a KV cache transformers skips packed-sequence detection: conversations would mix
         out["use_cache"] = False
         return out
+
+
+def model_inputs(batch: dict) -> dict:
+    """The batch without the keys only the loss needs (what a plain ``model(**x)`` accepts)."""
+    return {k: v for k, v in batch.items() if k not in ("labels", "lengths")}
 
 
 def mark_trained(tokenizer, enc: Encoded, start: str = "[[", end: str = "]]") -> str:

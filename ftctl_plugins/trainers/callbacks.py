@@ -30,19 +30,22 @@ class Progress(TrainerCallback):
     def __init__(self, log, collator, show: bool):
         self.log, self.collator, self.show = log, collator, show
         self.tokens = 0
+        self.rows = 0  # rows the collator made while training (packing: fewer than conversations)
         self.seconds = 0.0
         self.bar = self.task = None
         self.t0 = time.monotonic()
-        self.tokens0 = 0
+        self.tokens0 = self.rows0 = self.steps0 = self.steps = 0
         self.last_line = 0.0
 
     def _measure(self):
         self.tokens = self.collator.tokens - self.tokens0
+        self.rows = self.collator.rows_made - self.rows0
         self.seconds = time.monotonic() - self.t0
 
     def on_train_begin(self, args, state, control, **kw):
         self.t0 = time.monotonic()
-        self.tokens0 = self.collator.tokens
+        self.tokens0, self.rows0 = self.collator.tokens, self.collator.rows_made
+        self.steps0 = state.global_step  # > 0 when resuming
         if self.show and args.should_save:
             from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -69,6 +72,7 @@ class Progress(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kw):
         self._measure()
+        self.steps = state.global_step - self.steps0
 
     def close(self):
         if self.bar is not None:
@@ -80,3 +84,12 @@ def rss_mb() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (what the OS had to give it)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux

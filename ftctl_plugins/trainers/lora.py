@@ -132,12 +132,10 @@ class LoraTrainer(Trainer):
             raise UsageError(f"no trainable examples in the {what} set ({why})", hint=hint)
         return kept, report
 
-    def features(self, rows, pack: bool):
-        from ftctl.train.chat_format import pack as pack_rows
-        from ftctl.train.chat_format import to_features
-
-        groups = pack_rows(rows, self.config.max_length) if pack else [[r] for r in rows]
-        return [to_features(g) for g in groups]
+    def features(self, rows):
+        """One dataset item per conversation: the sampler puts ``batch_size`` of them in each
+        micro-batch whether packed or not; the collator packs a micro-batch into rows."""
+        return [{"input_ids": r.input_ids, "labels": r.labels} for r in rows]
 
     # --- training -----------------------------------------------------------------------
 
@@ -161,7 +159,8 @@ class LoraTrainer(Trainer):
         import peft
         from ftctl.train.basemodel import load_model
         from ftctl.train.chat_format import Collator
-        from ftctl_plugins.trainers.callbacks import CompleteMarker, Progress
+        from ftctl_plugins.trainers.callbacks import CompleteMarker, Progress, peak_rss_mb
+        from ftctl_plugins.trainers.loss import LabelledTrainer
 
         cfg = self.config
         log = self.ctx.log
@@ -171,8 +170,8 @@ class LoraTrainer(Trainer):
         val_rows = []
         if request.val_file and Path(request.val_file).is_file():
             val_rows, _ = self.rows(self.encode_file(tok, request.base, request.val_file), "val")
-        train_ds = self.features(train_rows, cfg.packing)
-        val_ds = self.features(val_rows, False) if val_rows else None
+        train_ds = self.features(train_rows)
+        val_ds = self.features(val_rows) if val_rows else None
 
         set_seed(cfg.seed)  # before the adapter exists: its initial weights come from this seed
         bf16 = _use_bf16(cfg.precision)
@@ -220,7 +219,7 @@ class LoraTrainer(Trainer):
             gradient_checkpointing=cfg.gradient_checkpointing,
             seed=cfg.seed,
             data_seed=cfg.seed,
-            train_sampling_strategy="random" if cfg.packing else "group_by_length",
+            train_sampling_strategy="random",  # the same conversations per step, packed or not
             remove_unused_columns=False,
             dataloader_num_workers=0,
             report_to=["tensorboard"],
@@ -228,13 +227,13 @@ class LoraTrainer(Trainer):
             ddp_backend="gloo" if _distributed() and not torch.cuda.is_available() else None,
             ddp_find_unused_parameters=False,
         )
-        collator = Collator(tok.pad_token_id)
+        collator = Collator(tok.pad_token_id, pack_to=cfg.max_length if cfg.packing else None)
         progress = Progress(log, collator, request.show_progress)
         callbacks = [progress, CompleteMarker()]
         if early:
             callbacks.append(transformers.EarlyStoppingCallback(cfg.early_stopping))
-        trainer = transformers.Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                                       data_collator=collator, callbacks=callbacks)
+        trainer = LabelledTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                                  data_collator=collator, callbacks=callbacks, token_budget=cfg.max_length)
         trainer.remove_callback(transformers.PrinterCallback)  # stdout belongs to the CLI (--json)
         checkpoint = latest_checkpoint(out) if request.resume else None
         if request.resume and checkpoint is None:
@@ -255,12 +254,17 @@ class LoraTrainer(Trainer):
             progress.close()
         seconds = time.monotonic() - started
         val_loss = trainer.evaluate()["eval_loss"] if val_ds else None
+        trainer.remove_hook()
         adapter = out / "adapter"
         if trainer.args.should_save:
             if adapter.exists():
                 shutil.rmtree(adapter)
             trainer.model.save_pretrained(adapter, safe_serialization=True)
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        if trainer.args.should_save:  # the whole curve (loss, learning rate, grad norm per logged step)
+            from ftctl.util.atomic import write_text
+
+            write_text(out / "log_history.json", json.dumps(trainer.state.log_history))
         return TrainResult(
             adapter_dir=adapter,
             steps=trainer.state.global_step,
@@ -273,7 +277,9 @@ class LoraTrainer(Trainer):
             params={**cfg.model_dump(exclude={"chat_template"}), "precision": "bf16" if bf16 else cfg.precision,
                     "target_modules": sorted(lora_cfg.target_modules)},
             seed=cfg.seed,
-            data={"examples": train_report.to_dict(), "trained_rows": len(train_ds), "packed": cfg.packing},
+            data={"examples": train_report.to_dict(), "trained_rows": len(train_ds), "packed": cfg.packing,
+                  "rows_per_step": round(progress.rows / max(progress.steps, 1), 2)},
+            peak_rss_mb=round(peak_rss_mb()),
             libraries={"torch": torch.__version__, "transformers": transformers.__version__,
                        "peft": peft.__version__},
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ftctl.train.chat_format import (IGNORE, ChatFormatError, Collator, check_template, encode, encode_all,
-                               ensure_pad, histogram, mark_trained, pack, to_features)
+                               ensure_pad, histogram, mark_trained, model_inputs, pack, to_features)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_packing_fits_rows_and_keeps_conversations_apart(tok, tiny_base):
     collator = Collator(tok.pad_token_id)
     packed = collator([to_features(bins[0])])
     with torch.no_grad():
-        logits = model(**{k: v for k, v in packed.items() if k != "labels"}).logits[0]
+        logits = model(**model_inputs(packed)).logits[0]
         start = 0
         for seg in bins[0]:
             alone = model(input_ids=torch.tensor([seg.input_ids])).logits[0]
