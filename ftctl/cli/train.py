@@ -11,6 +11,7 @@ from ftctl.cli.main import pass_app
 
 @click.command()
 @click.option("--model", help="The model to train (default: default_model in ftctl.yaml).")
+@click.option("--trainer", help="The trainer plugin (default: train.trainer), e.g. dpo or kto on preference data.")
 @click.option("--from", "from_", metavar="VERSION", help="Continue this version's adapter on the current data.")
 @click.option("--resume", is_flag=True, help="Finish the newest unfinished run from its last checkpoint.")
 @click.option("--major", is_flag=True, help="Start a new major version (v2.0 after v1.x).")
@@ -23,9 +24,12 @@ from ftctl.cli.main import pass_app
 @click.option("--dry-run", is_flag=True, help="Show what would be trained on what; train nothing.")
 @click.option("--preview", is_flag=True, help="Show a rendered example (trained spans in [[ ]]) and lengths.")
 @pass_app
-def train(app, model, from_, resume, major, max_steps, epochs, qlora, nproc, accelerate_config, dry_run, preview):
+def train(app, model, trainer, from_, resume, major, max_steps, epochs, qlora, nproc, accelerate_config, dry_run, preview):
     """Fine-tune a LoRA/QLoRA adapter on the latest dataset snapshot into a new version."""
     from ftctl.train.run import train as do_train
+
+    if trainer:  # the same as --set train.trainer=NAME
+        app.overrides = (*app.overrides, f"train.trainer={trainer}")
 
     def run(ws):
         return do_train(ws, model, from_=from_, resume=resume, major=major, max_steps=max_steps, epochs=epochs,

@@ -1,0 +1,177 @@
+"""What the preference trainers (dpo, kto) share: the pairs file, the adapter setup, the margin.
+
+The pairs are the ``preferences.jsonl`` that ``collect`` writes beside ``train.jsonl`` (TRL's
+conversational format: ``prompt`` messages, one-message ``chosen`` and ``rejected`` lists, plus
+``split``). Pairs of the train split are trained on; the others are held out, and the mean
+held-out margin, log p(chosen) - log p(rejected) summed over the answer tokens, is measured
+before and after training.
+
+Import-light: torch, transformers, peft and trl load inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ftctl.api import PluginConfig, UsageError
+
+PAIRS_FILE = "preferences.jsonl"
+
+
+class PreferenceConfig(PluginConfig):
+    beta: float = Field(0.1, gt=0, description="how far the policy may move from the reference (TRL's beta)")
+    r: int = Field(16, ge=1, description="LoRA rank of a new adapter (--from continues the version's own)")
+    alpha: int = Field(32, ge=1, description="LoRA alpha of a new adapter")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout of a new adapter")
+    target_modules: list[str] | Literal["all-linear"] | None = Field(None, description="modules a new adapter adapts (None: peft's per-architecture default)")
+    epochs: float = Field(1.0, gt=0, description="passes over the preference pairs")
+    max_steps: int | None = Field(None, ge=1, description="wins over epochs")
+    batch_size: int = Field(4, ge=1, description="pairs per micro-batch")
+    gradient_accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    learning_rate: float = Field(5e-5, gt=0, description="peak learning rate")
+    warmup: float = Field(0.0, ge=0, description="< 1: a ratio of the steps; >= 1: a step count")
+    max_length: int = Field(512, ge=16, description="prompt + answer tokens; longer pairs are truncated")
+    precision: Literal["auto", "fp32", "bf16"] = Field("fp32", description="training precision")
+    seed: int = Field(42, description="seed of a new adapter's weights and the data order")
+    chat_template: str | None = Field(None, description="a Jinja template for bases whose tokenizer has none")
+
+
+def pairs_path(train_file: Path) -> Path:
+    return Path(train_file).with_name(PAIRS_FILE)
+
+
+def read_pairs(path: Path) -> list[dict[str, Any]]:
+    """Every pair, validated first: a pair with a missing side is an error naming its line."""
+    if not path.is_file():
+        raise UsageError(f"no preference pairs: {path} does not exist",
+                         hint="`ftctl collect` writes them from corrections and low-rated answers")
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                p = json.loads(line)
+            except ValueError:
+                raise UsageError(f"{path.name}:{n}: not JSON", hint="fix or remove the line; nothing was trained") from None
+            for side in ("prompt", "chosen", "rejected"):
+                v = p.get(side) if isinstance(p, dict) else None
+                if not v or (side != "prompt" and not (isinstance(v, list) and v[0].get("content"))):
+                    raise UsageError(f"{path.name}:{n}: the pair has no {side!r}" + (" answer" if side != "prompt" else ""),
+                                     hint="every pair needs a prompt, a chosen and a rejected answer; "
+                                          "fix or remove the line (nothing was trained)")
+            pairs.append(p)
+    if not pairs:
+        raise UsageError(f"{path.name} has no preference pairs", hint="collect corrections or ratings first")
+    return pairs
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_policy(base, init_adapter: Path | None, cfg: PreferenceConfig):
+    """(model, tokenizer): a trainable LoRA on the base, or with --from the version's adapter; TRL
+    copies it into a frozen "ref" adapter, so the version itself is the reference policy."""
+    import peft
+
+    from ftctl.train.basemodel import load_model, load_tokenizer
+    from ftctl.train.chat_format import check_template, ensure_pad
+
+    tok = load_tokenizer(base, cfg.chat_template)
+    check_template(tok)
+    ensure_pad(tok)
+    model = load_model(base)
+    model.config.use_cache = False
+    if init_adapter:
+        model = peft.PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+    else:
+        model = peft.get_peft_model(model, peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                                                           target_modules=cfg.target_modules, task_type="CAUSAL_LM"))
+    return model, tok
+
+
+def answer_logps(model, tok, prompt: list[dict], answer: list[dict], max_length: int) -> float:
+    """log p(answer | prompt) under ``model``, summed over the answer's tokens."""
+    import torch
+
+    # hand-written: TRL scores pairs only inside its training step, with no public scoring call
+    head = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    full = tok.apply_chat_template(prompt + answer, tokenize=False)
+    p_ids = tok(head, add_special_tokens=False)["input_ids"]
+    ids = tok(full, add_special_tokens=False)["input_ids"][:max_length]
+    if len(ids) <= len(p_ids):
+        return 0.0
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        logits = model(input_ids=x).logits[0, :-1].float()
+    lp = torch.log_softmax(logits, dim=-1).gather(1, x[0, 1:].unsqueeze(1)).squeeze(1)
+    return float(lp[len(p_ids) - 1:].sum())
+
+
+def margins(model, tok, pairs: list[dict], max_length: int) -> dict[str, Any]:
+    """Mean held-out margin and the share of pairs whose chosen answer is the likelier one."""
+    if not pairs:
+        return {"pairs": 0, "margin": None, "accuracy": None}
+    was_training = model.training
+    model.eval()
+    ms = [answer_logps(model, tok, p["prompt"], p["chosen"], max_length)
+          - answer_logps(model, tok, p["prompt"], p["rejected"], max_length) for p in pairs]
+    model.train(was_training)
+    return {"pairs": len(ms), "margin": round(sum(ms) / len(ms), 4),
+            "accuracy": round(sum(m > 0 for m in ms) / len(ms), 4)}
+
+
+def training_args(cls, cfg: PreferenceConfig, out: Path, **extra):
+    """TRL's DPOConfig/KTOConfig from our config: the same fields for both trainers."""
+    import torch
+
+    return cls(
+        output_dir=str(out), beta=cfg.beta, per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation, learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
+        warmup_steps=int(cfg.warmup) if cfg.warmup >= 1 else cfg.warmup,  # < 1: a ratio
+        max_length=cfg.max_length, bf16=cfg.precision == "bf16", use_cpu=not torch.cuda.is_available(),
+        seed=cfg.seed, data_seed=cfg.seed, logging_steps=1, save_strategy="no", report_to=[],
+        disable_tqdm=True, dataloader_num_workers=0, **extra)
+
+
+def quiet(trainer):
+    """stdout belongs to the CLI (--json): progress goes through ctx.log, not transformers' printer."""
+    import transformers
+
+    trainer.remove_callback(transformers.PrinterCallback)
+    return trainer
+
+
+def finish(trainer, model, tok, out: Path, heldout: list[dict], before: dict, cfg: PreferenceConfig,
+           seconds: float, data: dict, name: str):
+    """Save the trained adapter (only "default") and build the TrainResult."""
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    from ftctl.api import TrainResult
+
+    after = margins(model, tok, heldout, cfg.max_length)
+    adapter = out / "adapter"
+    model.save_pretrained(adapter, selected_adapters=["default"], safe_serialization=True)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return TrainResult(
+        adapter_dir=adapter, steps=trainer.state.global_step,
+        metrics={"train_loss": round(sum(losses) / len(losses), 4) if losses else None,
+                 "first_loss": round(losses[0], 4) if losses else None,
+                 "last_loss": round(losses[-1], 4) if losses else None,
+                 "margin_before": before["margin"], "margin_after": after["margin"],
+                 "pref_accuracy_before": before["accuracy"], "pref_accuracy_after": after["accuracy"]},
+        tokens=0, tokens_per_s=None, seconds=round(seconds, 1),
+        params={**cfg.model_dump(exclude={"chat_template"}), "method": name}, seed=cfg.seed,
+        data={**data, "heldout_pairs": after["pairs"]},
+        libraries={"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+                   "trl": trl.__version__})

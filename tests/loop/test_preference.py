@@ -1,0 +1,76 @@
+"""The `dpo` and `kto` trainers: tiny model for the mechanics, bad pairs files, the lineage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from ruamel.yaml import YAML
+
+from tests.conftest import run_ftctl, run_json
+from tests.fixtures_models import chat
+
+pytestmark = pytest.mark.slow
+
+COLOURS = [("sky", "blue"), ("grass", "green"), ("snow", "white"), ("coal", "black"), ("blood", "red"),
+           ("banana", "yellow"), ("orange", "orange"), ("violet", "purple"), ("chocolate", "brown"),
+           ("ash", "grey"), ("lemon", "yellow"), ("cherry", "red")]
+
+
+def pair(thing, colour, split):
+    return {"prompt": [{"role": "user", "content": f"What colour is {thing}?"}],
+            "chosen": [{"role": "assistant", "content": f"{thing.capitalize()} is {colour}."}],
+            "rejected": [{"role": "assistant", "content": "I do not know."}], "key": thing, "split": split,
+            "from": "correction"}
+
+
+def snapshot(ws, pairs, base, trainer_cfg):
+    """A snapshot as collect leaves it (train.jsonl + preferences.jsonl), and the trainer's settings."""
+    d = ws.data_dir("assistant")
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / "train.jsonl", "w") as f:
+        for thing, colour in COLOURS:
+            f.write(json.dumps(chat(f"What colour is {thing}?", f"{thing.capitalize()} is {colour}.")) + "\n")
+    with open(d / "preferences.jsonl", "w") as f:
+        for p in pairs:
+            f.write((p if isinstance(p, str) else json.dumps(p)) + "\n")
+    y = YAML(typ="safe", pure=True)
+    cfg = y.load(ws.config_path.read_text())
+    cfg["base"] = str(base)
+    cfg["train"] = trainer_cfg
+    with open(ws.config_path, "w") as f:
+        y.dump(cfg, f)
+    subprocess.run(["git", "add", "-A"], cwd=ws.root, check=True)
+    subprocess.run(["git", "commit", "-qm", "snapshot"], cwd=ws.root, check=True)
+
+
+TINY = {"dpo": {"max_steps": 2, "batch_size": 2, "learning_rate": 1e-3, "max_length": 64, "r": 4, "alpha": 8},
+        "kto": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "max_length": 64, "r": 4, "alpha": 8}}
+
+
+def test_a_pair_with_a_missing_side_is_a_clear_error(workspace, tiny_base):
+    bad = pair("sky", "blue", "train")
+    del bad["rejected"]
+    snapshot(workspace, [pair("grass", "green", "train"), bad], tiny_base, {"trainer": "lora", **TINY})
+    proc = run_ftctl("train", "--trainer", "dpo", cwd=workspace.root)
+    assert proc.returncode == 2 and "preferences.jsonl:2: the pair has no 'rejected' answer" in proc.stderr
+    assert "hint:" in proc.stderr and workspace.read_lock().state("assistant").versions == {}
+
+
+@pytest.mark.parametrize("trainer", ["dpo", "kto"])
+def test_preference_trainers_record_their_lineage(workspace, tiny_base, trainer):
+    pairs = [pair(t, c, "test" if i % 4 == 0 else "train") for i, (t, c) in enumerate(COLOURS)]
+    snapshot(workspace, pairs, tiny_base, {"trainer": "lora", **TINY})
+    out = run_json("train", "--trainer", trainer, cwd=workspace.root)
+    assert out["version"] == "v1.0" and out["steps"] == 2
+    entry = workspace.read_lock().state("assistant").versions["v1.0"]
+    assert entry.training["trainer"] == trainer and entry.training["params"]["beta"] == 0.1
+    assert entry.dataset["preferences"] == "data/assistant/preferences.jsonl"
+    assert len(entry.dataset["preferences_sha256"]) == 64
+    assert entry.metrics["margin_before"] is not None and entry.metrics["margin_after"] is not None
+    assert (workspace.root / entry.adapter["path"] / "adapter_model.safetensors").is_file()
+    assert not (workspace.root / entry.adapter["path"] / "ref").exists()  # only the trained adapter ships
+    if trainer == "dpo":  # continuing a version: its adapter is the start and the reference
+        again = run_json("train", "--trainer", "dpo", "--from", "v1.0", cwd=workspace.root)
+        assert again["version"] == "v1.1" and again["parent"] == "v1.0"
