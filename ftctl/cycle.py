@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ftctl.errors import GateFailed, NothingToDo
-from ftctl.registry.workspace import Workspace
+from ftctl.registry.workspace import Workspace, locked
 
 Log = Callable[[str], None]
 
@@ -33,6 +33,7 @@ def new_examples(ws: Workspace, model: str) -> int:
     return max(now_rows - (last.dataset.get("rows") or {}).get("train", 0), 0)
 
 
+@locked
 def cycle(ws: Workspace, model: str | None = None, *, force: bool = False, max_steps: int | None = None,
           log: Log = print) -> dict[str, Any]:
     from ftctl.data.collect import collect

@@ -26,7 +26,7 @@ from ftctl.data import curate
 from ftctl.data.served import Attribution, Resolver
 from ftctl.errors import FtctlError
 from ftctl.records import Reject, read_jsonl
-from ftctl.registry.workspace import Workspace
+from ftctl.registry.workspace import Workspace, locked
 
 SPLITS = ("train", "val", "test")
 FILES = {**{s: f"{s}.jsonl" for s in SPLITS}, "preferences": "preferences.jsonl",
@@ -44,6 +44,7 @@ def snapshot_paths(ws: Workspace, model: str) -> dict[str, Path]:
     return {k: d / name for k, name in FILES.items()}
 
 
+@locked
 def collect(ws: Workspace, model: str | None = None, dry_run: bool = False, since: str | None = None,
             strict: bool = False, log=print, card_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     mc = ws.model(model)

@@ -1,11 +1,14 @@
 """`ftctl deploy / promote / rollback / status`: decide, call the deployer, record.
 
-The deployer plugin (``deploy.deployer``, pm2 by default) does the work on the serving stack;
-this module picks the file to serve (the version's exported GGUF), applies the eval gate,
-and records every change in models.lock (``deployment`` and ``history``) through
-``ws.record``. Each returns the status shape of the scripting contract.
+The deployer plugin (``deploy.deployer``, pm2 by default) offers a few primitives
+(:class:`ftctl.kinds.Deployer`: serve an artifact in a slot, stop a slot, identity and health
+of the slots, move traffic, snapshot/restore its configuration). Everything else is here and
+the same for every deployer: which file to serve (the version's exported GGUF), the eval gate,
+canary, promote, rollback, the hand-off without downtime, recovery of an interrupted command,
+and the record of every change in models.lock (``deployment`` and ``history``) through
+``ws.record``. Each verb returns the status shape of the scripting contract.
 
-A command killed half-way leaves a pending note (with the ecosystem file as it was); the next
+A command killed half-way leaves a pending note (with the deployer's snapshot); the next
 deploy/promote/rollback puts the serving stack back to the recorded state first, and
 ``ftctl rollback`` does only that.
 """
@@ -15,20 +18,21 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ftctl.util.atomic import write_text
-from ftctl.train.basemodel import file_sha256
 from ftctl.errors import NothingToDo, RolledBack, UsageError
+from ftctl.kinds import AppStatus, Artifact, Deployer
 from ftctl.registry.lockfile import Lock, ModelState
 from ftctl.registry.versions import resolve, split_ref
+from ftctl.registry.workspace import locked
+from ftctl.train.basemodel import file_sha256
+from ftctl.util.atomic import write_text
+from ftctl.util.log import Log
 
-Log = Callable[[str], None]
 
-
-def _deployer(ws, model: str, log: Log):
+def _deployer(ws, model: str, log: Log) -> Deployer:
     from ftctl import plugins
 
     cfg = ws.model(model).deploy
@@ -45,15 +49,14 @@ def _model_and_version(ws, ref: str) -> tuple[str, str]:
     return model, version
 
 
-def artifact(ws, model: str, version: str, dep) -> dict[str, Any]:
-    """The exported file this deployer serves for ``version``: {path, rel, sha256, kind, quant}."""
+def artifact(ws, model: str, version: str, dep: Deployer) -> Artifact:
+    """The exported file ``dep`` serves for ``version``, checked against its recorded sha256."""
+    want = dep.serves()
     entry = ws.read_lock().state(model).versions[version]
-    kind = "lora-gguf" if "--lora" in dep.config.arg else "gguf"
-    quant = getattr(dep.config, "quant", None)
-    files = [e for e in entry.exports
-             if e.get("kind") == kind and (quant is None or str(e.get("quant")).upper() == quant.upper())]
+    files = [e for e in entry.exports if e.get("kind") == want.kind
+             and (want.quant is None or str(e.get("quant")).upper() == want.quant.upper())]
     if not files:
-        raise UsageError(f"{model}@{version} has no exported {kind}" + (f" ({quant})" if quant else ""),
+        raise UsageError(f"{model}@{version} has no exported {want.kind}" + (f" ({want.quant})" if want.quant else ""),
                          hint=f"run `ftctl export {model}@{version}` first")
     path = (ws.root / files[0]["path"]).resolve()
     if not path.is_file():
@@ -63,8 +66,8 @@ def artifact(ws, model: str, version: str, dep) -> dict[str, Any]:
     if files[0].get("sha256") and files[0]["sha256"] != digest:
         raise UsageError(f"{files[0]['path']} does not match the sha256 recorded for {model}@{version}",
                          hint="the file changed since export; restore it with `ftctl checkout`")
-    return {"path": str(path), "rel": files[0]["path"], "sha256": digest, "kind": kind,
-            "quant": files[0].get("quant")}
+    return Artifact(model=model, version=version, path=path, rel=files[0]["path"], sha256=digest, kind=want.kind,
+                    quant=files[0].get("quant"))
 
 
 def _served_files(ws, state: ModelState) -> dict[str, tuple[str, str | None]]:
@@ -80,18 +83,18 @@ def _served_files(ws, state: ModelState) -> dict[str, tuple[str, str | None]]:
 # --- status -------------------------------------------------------------------------------------
 
 
-def status(ws, model: str | None = None, log: Log = print, dep=None) -> dict[str, Any]:
+def status(ws, model: str | None = None, log: Log = print, dep: Deployer | None = None) -> dict[str, Any]:
     model = model or ws.config.default_model
     dep = dep or _deployer(ws, model, log)
     state = ws.read_lock().models.get(model) or ModelState()
     files = _served_files(ws, state)
     apps = []
-    for app in dep.describe():
-        path = app["model_path"]
-        version, digest = files.get(str((dep.file.parent / path).resolve()) if path else "", (None, None))
-        healthy, served = dep.probe(app["port"])
-        apps.append({"name": app["name"], "role": app["role"], "version": version, "model_path": path,
-                     "sha256": digest, "healthy": healthy, "served_id": served, "port": app["port"]})
+    for slot in dep.slots():
+        version, digest = files.get(str(slot.resolved) if slot.resolved else "", (None, None))
+        health = dep.health(slot)
+        apps.append(AppStatus(name=slot.name, role=slot.slot, version=version, model_path=slot.model_path,
+                              sha256=digest, healthy=health.healthy, served_id=health.served_id,
+                              port=slot.port).to_dict())
     d = state.deployment
     return {"model": model, "stable": d.stable, "canary": dict(d.canary) if d.canary else None,
             "apps": apps, "history": list(state.history),
@@ -122,15 +125,11 @@ def _record(ws, model: str, action: str, version: str | None, *, stable: str | N
     ws.record(f"deploy: {what}" + ("" if result == "ok" else f" ({result})"), update)
 
 
-def _apps_entry(ws, dep, versions: dict[str, dict]) -> list[dict]:
-    """What models.lock keeps per app: name, role, version, file, sha256."""
-    out = []
-    for role, art in versions.items():
-        if art:
-            name = dep.config.app if role == "stable" else dep.canary_name
-            out.append({"name": name, "role": role, "version": art["version"], "model_path": art["rel"],
-                        "sha256": art["sha256"]})
-    return out
+def _apps_entry(dep: Deployer, arts: dict[str, Artifact | None]) -> list[dict]:
+    """What models.lock keeps per slot: name, role, version, file, sha256 (after the change)."""
+    names = {s.slot: s.name for s in dep.slots()}
+    return [{"name": names.get(role, role), "role": role, "version": art.version, "model_path": art.rel,
+             "sha256": art.sha256} for role, art in arts.items() if art]
 
 
 def _user() -> str:
@@ -147,7 +146,7 @@ def _pending_path(ws, model: str) -> Path:
 
 
 @contextlib.contextmanager
-def _pending(ws, model: str, dep, action: str, version: str) -> Iterator[None]:
+def _pending(ws, model: str, dep: Deployer, action: str, version: str) -> Iterator[None]:
     """Note what is about to change; kept only if the command dies before it finishes."""
     path = _pending_path(ws, model)
     snapshot = dep.snapshot()
@@ -161,7 +160,7 @@ def _pending(ws, model: str, dep, action: str, version: str) -> Iterator[None]:
         # a tool failed half-way: put the recorded state back now; if that fails too, the note
         # stays and the next command (or `ftctl rollback`) retries it
         with contextlib.suppress(Exception):
-            dep.recover(snapshot, _canary_percent(ws, model))
+            _restore(dep, snapshot, _canary_percent(ws, model))
             path.unlink(missing_ok=True)
         raise
     path.unlink(missing_ok=True)
@@ -171,13 +170,22 @@ def _canary_percent(ws, model: str) -> int:
     return (ws.read_lock().state(model).deployment.canary or {}).get("percent", 0)
 
 
-def _recover(ws, model: str, dep, log: Log) -> bool:
+def _restore(dep: Deployer, snapshot: str, canary_percent: int) -> None:
+    """The deployer's configuration as recorded, traffic as recorded, no canary unless recorded."""
+    dep.restore(snapshot)
+    canary_up = any(s.slot == "canary" for s in dep.slots())
+    dep.route(canary_percent if canary_up else 0)
+    if not canary_percent:
+        dep.stop("canary")
+
+
+def _recover(ws, model: str, dep: Deployer, log: Log) -> bool:
     path = _pending_path(ws, model)
     if not path.exists():
         return False
     note = json.loads(path.read_text())
     log(f"an interrupted `{note['action']} {note['version']}` left {model} half-changed: restoring the recorded state")
-    dep.recover(note["snapshot"], _canary_percent(ws, model))
+    _restore(dep, note["snapshot"], _canary_percent(ws, model))
     path.unlink()
     _record(ws, model, "recover", note["version"], detail=f"undid interrupted {note['action']}")
     return True
@@ -186,10 +194,11 @@ def _recover(ws, model: str, dep, log: Log) -> bool:
 # --- verbs --------------------------------------------------------------------------------------
 
 
-def _artifact_of(ws, model: str, version: str | None, dep) -> dict | None:
-    return {"version": version, **artifact(ws, model, version, dep)} if version else None
+def _artifact_of(ws, model: str, version: str | None, dep: Deployer) -> Artifact | None:
+    return artifact(ws, model, version, dep) if version else None
 
 
+@locked
 def deploy(ws, ref: str, *, canary: int | None = None, dry_run: bool = False, gate: bool | None = None,
            log: Log = print) -> dict[str, Any]:
     """Serve version ``ref`` from the stable app, or from a canary taking ``canary`` percent."""
@@ -198,9 +207,11 @@ def deploy(ws, ref: str, *, canary: int | None = None, dry_run: bool = False, ga
     model, version = _model_and_version(ws, ref)
     dep = _deployer(ws, model, log)
     art = artifact(ws, model, version, dep)
-    label = f"{model}@{version}"
+    label = art.label
     if dry_run:
-        return {**status(ws, model, log, dep), "dry_run": dep.plan(art["path"], label, canary)}
+        plan = dep.preview("canary" if canary else "stable", art)
+        return {**status(ws, model, log, dep), "dry_run": {"diff": plan.diff, "commands": plan.commands,
+                                                           "notes": plan.notes}}
     dep.preflight()
     _recover(ws, model, dep, log)
     d = ws.read_lock().state(model).deployment
@@ -217,43 +228,61 @@ def deploy(ws, ref: str, *, canary: int | None = None, dry_run: bool = False, ga
         if not d.canary:
             if version == d.stable:
                 raise NothingToDo(f"{label} is already the stable version")
-            log(f"starting canary {dep.canary_name} with {label}")
+            log(f"starting a canary with {label}")
             with _pending(ws, model, dep, "canary", version):
-                dep.start_canary(art["path"], label)
-                dep.set_split(canary)
+                dep.serve("canary", art)
+                dep.route(canary)
         else:
             with _pending(ws, model, dep, "canary", version):
-                dep.set_split(canary)
+                dep.route(canary)
         log(f"{canary}% of traffic goes to {label}")
-        new = {"version": version, "percent": canary, "app": dep.canary_name}
-        _record(ws, model, "canary", version, canary=new,
-                apps=_apps_entry(ws, dep, {"stable": stable, "canary": {"version": version, **art}}))
+        apps = _apps_entry(dep, {"stable": stable, "canary": art})
+        new = {"version": version, "percent": canary, "app": apps[-1]["name"]}
+        _record(ws, model, "canary", version, canary=new, apps=apps)
         return status(ws, model, log, dep)
     if d.canary:
         raise UsageError(f"{model}@{d.canary['version']} is running as a canary",
                          hint="`ftctl promote` or `ftctl rollback` it before deploying another version")
-    if version == d.stable and any(a["model_path"] and Path(dep.file.parent, a["model_path"]).resolve()
-                                   == Path(art["path"]) for a in dep.describe() if a["role"] == "stable"):
+    if version == d.stable and any(s.slot == "stable" and s.resolved == art.path for s in dep.slots()):
         raise NothingToDo(f"{label} is already deployed", hint="`ftctl status` shows what is serving")
-    _swap_stable(ws, model, dep, "deploy", {"version": version, **art})
+    _swap_stable(ws, model, dep, "deploy", art)
     return status(ws, model, log, dep)
 
 
-def _swap_stable(ws, model: str, dep, action: str, art: dict, *, canary_ready: bool = False) -> None:
-    label = f"{model}@{art['version']}"
-    dep.ctx.log(f"{action}: {dep.config.app} -> {label}")
+def _canary_up(dep: Deployer) -> bool:
+    return any(s.slot == "canary" for s in dep.slots())
+
+
+def _serve_stable(dep: Deployer, art: Artifact, *, canary_ready: bool) -> None:
+    """The stable slot serves ``art``. With a router, a hand-off without downtime: the canary
+    slot serves ``art`` and takes all traffic while stable restarts, then gives it back."""
+    if not dep.splits_traffic():
+        dep.serve("stable", art)
+        if _canary_up(dep):  # a promoted canary is still up: stable serves its file now
+            dep.stop("canary")
+        return
+    if not canary_ready:
+        dep.serve("canary", art)
+    dep.route(100)
     try:
-        with _pending(ws, model, dep, action, art["version"]):
-            dep.deploy(art["path"], label, canary_ready=canary_ready)
-            if dep.canary_app() is not None:  # no hand-off (no nginx): a promoted canary is still up
-                dep.stop_canary()
+        dep.serve("stable", art)
+    finally:
+        dep.route(0)  # stable (new, or the old one put back) takes all traffic again
+        dep.stop("canary")
+
+
+def _swap_stable(ws, model: str, dep: Deployer, action: str, art: Artifact, *, canary_ready: bool = False) -> None:
+    dep.ctx.log(f"{action}: stable -> {art.label}")
+    try:
+        with _pending(ws, model, dep, action, art.version):
+            _serve_stable(dep, art, canary_ready=canary_ready)
     except RolledBack as e:
-        _record(ws, model, action, art["version"], result="rolled back", detail=e.message)
+        _record(ws, model, action, art.version, result="rolled back", detail=e.message)
         raise
-    _record(ws, model, action, art["version"], stable=art["version"], canary=None,
-            apps=_apps_entry(ws, dep, {"stable": art}))
+    _record(ws, model, action, art.version, stable=art.version, canary=None, apps=_apps_entry(dep, {"stable": art}))
 
 
+@locked
 def promote(ws, model: str | None = None, log: Log = print) -> dict[str, Any]:
     """The stable app takes the canary's model; the canary goes away."""
     model = model or ws.config.default_model
@@ -265,10 +294,11 @@ def promote(ws, model: str | None = None, log: Log = print) -> dict[str, Any]:
         raise UsageError(f"model {model!r} has no canary to promote",
                          hint="start one with `ftctl deploy vX.Y --canary 20`")
     art = _artifact_of(ws, model, d.canary["version"], dep)
-    _swap_stable(ws, model, dep, "promote", art, canary_ready=dep.canary_app() is not None)
+    _swap_stable(ws, model, dep, "promote", art, canary_ready=_canary_up(dep))
     return status(ws, model, log, dep)
 
 
+@locked
 def rollback(ws, model: str | None = None, to: str | None = None, log: Log = print) -> dict[str, Any]:
     """Undo an interrupted command; else drop the canary; else go back to the previous stable."""
     model = model or ws.config.default_model
@@ -279,13 +309,12 @@ def rollback(ws, model: str | None = None, to: str | None = None, log: Log = pri
     state = ws.read_lock().state(model)
     d = state.deployment
     if d.canary and not to:
-        log(f"all traffic back to {model}@{d.stable}; removing canary {dep.canary_name}")
+        log(f"all traffic back to {model}@{d.stable}; removing the canary {model}@{d.canary['version']}")
         with _pending(ws, model, dep, "rollback", d.canary["version"]):
-            dep.set_split(0)
-            dep.stop_canary()
+            dep.route(0)
+            dep.stop("canary")
         stable = _artifact_of(ws, model, d.stable, dep) if d.stable else None
-        _record(ws, model, "rollback", d.canary["version"], canary=None,
-                apps=_apps_entry(ws, dep, {"stable": stable}))
+        _record(ws, model, "rollback", d.canary["version"], canary=None, apps=_apps_entry(dep, {"stable": stable}))
         return status(ws, model, log, dep)
     if to:
         target = resolve(ws.read_lock(), model, split_ref(to, model)[1])
@@ -295,8 +324,8 @@ def rollback(ws, model: str | None = None, to: str | None = None, log: Log = pri
             raise UsageError(f"model {model!r} has no previous version to roll back to",
                              hint="see `ftctl status`; deploy one with `ftctl deploy vX.Y`")
     if d.canary:
-        dep.set_split(0)
-        dep.stop_canary()
+        dep.route(0)
+        dep.stop("canary")
     _swap_stable(ws, model, dep, "rollback", _artifact_of(ws, model, target, dep))
     return status(ws, model, log, dep)
 

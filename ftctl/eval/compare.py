@@ -12,9 +12,11 @@ from ftctl.eval.evaluate import _example_row, _now, _write_reports
 from ftctl.eval.predict import Predictor
 from ftctl.eval.scoring import build_evaluators, mean, metric_key, score
 from ftctl.eval.target import Target, resolve_target
+from ftctl.registry.workspace import locked
 from ftctl.util.log import Log
 
 
+@locked
 def compare(ws, a: str, b: str, *, model: str | None = None, eval_set: str | None = None,
             artifact: str | None = None, metrics: list[str] | None = None, limit: int | None = None,
             record: bool = True, log: Log = print) -> dict[str, Any]:

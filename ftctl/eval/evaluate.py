@@ -13,9 +13,11 @@ from ftctl.eval.predict import Predictor, settings_of
 from ftctl.eval.scoring import build_evaluators, mean, metric_key, score
 from ftctl.eval.target import Target, resolve_target
 from ftctl.records import Example
+from ftctl.registry.workspace import locked
 from ftctl.util.log import Log
 
 
+@locked
 def evaluate(ws, ref: str, *, model: str | None = None, eval_set: str | None = None,
              artifact: str | None = None, metrics: list[str] | None = None, limit: int | None = None,
              record: bool = True, log: Log = print) -> dict[str, Any]:

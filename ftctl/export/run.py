@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from typing import Any
 from ftctl import plugins
 from ftctl.errors import FtctlError, UsageError
 from ftctl.registry.versions import resolve, split_ref
+from ftctl.registry.workspace import locked
+from ftctl.util.atomic import make_temp_dir
 
 Log = Callable[[str], None]
 
@@ -36,6 +37,7 @@ class PreflightFailed(FtctlError):
     """The model cannot be converted by llama.cpp as it is: said before any work starts."""
 
 
+@locked
 def export(ws, ref: str, *, merged: bool | None = None, gguf: bool | None = None, quants=None,
            lora_gguf: bool | None = None, force: bool = False, log: Log = print) -> dict[str, Any]:
     """Export one version. Flags left as None take export.<exporter>'s config; returns the
@@ -92,7 +94,7 @@ def export(ws, ref: str, *, merged: bool | None = None, gguf: bool | None = None
                               hint="; ".join(problems[1:3]) or "see `ftctl train --preview` for the preflight")
 
     staging_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"export-{model}-{version}-", dir=staging_root))
+    staging = make_temp_dir(f"export-{model}-{version}-", staging_root)  # becomes exports/<model>/<version>
     try:
         result = exporter.export(dataclasses.replace(request, out_dir=staging,
                                                      task_prompts=held_out_prompts(ws, model)))

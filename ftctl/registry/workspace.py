@@ -17,6 +17,7 @@ import functools
 import getpass
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -35,6 +36,9 @@ from ftctl.registry.versions import tag_name
 
 STATE_DIR = ".ftctl"
 JOURNAL = "txn.json"
+# (workspace root, thread) -> how deep the run lock is held: nested core verbs (cycle -> train)
+# re-enter it instead of deadlocking on their own flock
+_HELD: dict[tuple[Path, int], int] = {}
 
 
 def now() -> str:
@@ -118,9 +122,23 @@ class Workspace:
 
     # --- the run lock -------------------------------------------------------------------
 
+    def holds_lock(self) -> bool:
+        return bool(_HELD.get((self.root, threading.get_ident())))
+
     @contextlib.contextmanager
     def run_lock(self, command: str, wait: float = 0) -> Iterator[None]:
-        """One mutating command at a time. An OS lock (flock): a killed holder releases it."""
+        """One mutating command at a time. An OS lock (flock): a killed holder releases it.
+
+        Reentrant in one thread: a core verb called by another (cycle -> train) or by a caller
+        that already holds the lock (the CLI, ``ftctl serve``) just goes on."""
+        key = (self.root, threading.get_ident())
+        if _HELD.get(key):
+            _HELD[key] += 1
+            try:
+                yield
+            finally:
+                _HELD[key] -= 1
+            return
         from filelock import FileLock, Timeout
 
         info = self.state_dir / "run.lock.json"
@@ -134,11 +152,13 @@ class Workspace:
                 + (f": `{holder.get('command')}` (pid {holder.get('pid')}, since {holder.get('since')})" if holder else ""),
                 hint="wait for it, or retry with --wait SECONDS",
             ) from None
+        _HELD[key] = 1
         try:
             write_text(info, json.dumps({"command": command, "pid": os.getpid(), "since": now()}))
             self.recover()
             yield
         finally:
+            del _HELD[key]
             with contextlib.suppress(FileNotFoundError):
                 info.unlink()
             lock.release()
@@ -156,8 +176,11 @@ class Workspace:
 
         ``update`` mutates the lock in memory; ``track`` are paths to ``dvc add`` (large
         artifacts); ``add`` are small files git tracks itself (reports); ``tag`` is
-        (model, version). Must be called under :meth:`run_lock`.
+        (model, version). Must be called under :meth:`run_lock` (core verbs take it with ``@locked``).
         """
+        if not self.holds_lock():
+            raise FtctlError(f"internal error: `{message}` recorded without the workspace run lock",
+                             hint="core verbs take it with @locked; other callers use `with ws.run_lock(...)`")
         self.check_git_identity()
         head = self.head()
         journal = self.state_dir / JOURNAL
@@ -268,6 +291,20 @@ class Workspace:
         line = json.dumps({"time": now(), "user": _user(), **event}, default=str)
         with open(self.state_dir / "log.jsonl", "a", encoding="utf-8") as f:
             f.write(redact(line) + "\n")
+
+
+def locked(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a core verb ``func(ws, ...)`` under the workspace run lock (as DVC's ``@locked``).
+
+    The lock belongs to the logic layer: Python callers and ``ftctl serve`` get it like the CLI.
+    Reentrant, so verbs that call verbs (cycle) and callers that hold it already just go on."""
+
+    @functools.wraps(func)
+    def wrapper(ws: Workspace, *args: Any, **kwargs: Any) -> Any:
+        with ws.run_lock(func.__name__):
+            return func(ws, *args, **kwargs)
+
+    return wrapper
 
 
 def _user() -> str:

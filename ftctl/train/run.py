@@ -28,7 +28,7 @@ from ftctl.errors import FtctlError, UsageError
 from ftctl.kinds import TrainRequest, TrainResult
 from ftctl.registry.lockfile import VersionEntry
 from ftctl.registry.versions import next_version, resolve, split_ref
-from ftctl.registry.workspace import Workspace, now
+from ftctl.registry.workspace import Workspace, locked, now
 
 RUN_FILE = "run.json"
 RESULT_FILE = "result.json"
@@ -44,6 +44,7 @@ def snapshot_paths(ws: Workspace, model: str) -> dict[str, Path]:
     return collected(ws, model)
 
 
+@locked
 def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, resume: bool = False,
           major: bool = False, max_steps: int | None = None, epochs: float | None = None,
           dry_run: bool = False, preview: bool = False, nproc: int | None = None,

@@ -10,8 +10,10 @@ With nginx and a canary port configured, every change of the stable app is a han
 downtime: the new model starts on the canary port, takes all traffic, the stable app restarts
 on it, takes the traffic back, and the temporary canary stops.
 
-The core decides and records (ftctl.deploy.run); this class only does, and raises RolledBack
-after putting things back when a new process is not healthy in time.
+The core decides, orchestrates (canary, promote, rollback, the hand-off) and records
+(ftctl.deploy.run); this class implements the Deployer primitives only, and raises RolledBack
+after putting things back when a new process is not healthy in time. pm2 specifics (the
+ecosystem file, the app and its arguments, nginx) live here and nowhere in the core.
 """
 
 from __future__ import annotations
@@ -26,36 +28,34 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from ftctl_plugins.deployers import ecosystem
-
-from ftctl_plugins.deployers import nginx
-from ftctl.errors import ConfigError, ExternalToolError, RolledBack
-from ftctl.kinds import Deployer, PluginConfig
+from ftctl.api import (Artifact, ConfigError, Deployer, DeployPlan, ExportQuery, ExternalToolError, Health,
+                       PluginConfig, RolledBack, Slot, SlotInfo)
 from ftctl.util.tools import run
+from ftctl_plugins.deployers import ecosystem, nginx
 
 APP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 PM2_HINT = "install it with scripts/install_system.sh (npm install --prefix .ftctl/node pm2), or set deploy.pm2.pm2"
 
 
 class Pm2Config(PluginConfig):
-    ecosystem: str  # the team's ecosystem file; relative paths are from the workspace root
-    app: str  # the one app this model is served by
-    arg: list[str] = ["-m", "--model"]  # how the model path appears in its args ("--lora" for adapters)
-    alias_arg: str | None = None  # "--model_alias" (llama_cpp.server) / "--alias" (llama-server)
-    port_arg: str = "--port"
-    health_url: str = "http://127.0.0.1:{port}/v1/models"  # llama-server: http://127.0.0.1:{port}/health
-    health_timeout: float = Field(120, gt=0)  # how long a new process may take to become healthy
-    probe_timeout: float = Field(10, gt=0)  # one health request (a busy 1-thread server answers late)
-    canary_app: str | None = None  # default: "<app>-canary"
-    canary_port: int | None = Field(None, ge=1, le=65535)
-    nginx_include: str | None = None  # the generated split_clients include
-    nginx_test: list[str] = ["nginx", "-t"]
-    nginx_reload: list[str] = ["nginx", "-s", "reload"]
-    split_key: str = "$request_id"  # e.g. "$remote_addr" to keep each client on one side
-    drain_seconds: float = Field(2.0, ge=0)  # let requests in flight finish before a restart
-    pm2: str | None = None  # the pm2 executable; default: PATH, then .ftctl/node
-    pm2_timeout: float = Field(90, gt=0)
-    quant: str | None = None  # which exported GGUF to serve; default: the first
+    ecosystem: str = Field(description="the team's ecosystem file; relative paths are from the workspace root")
+    app: str = Field(description="the one app this model is served by")
+    arg: list[str] = Field(["-m", "--model"], description='how the model path appears in its args ("--lora" for adapters)')
+    alias_arg: str | None = Field(None, description='how the served model id appears in its args: "--model_alias" (llama_cpp.server), "--alias" (llama-server)')
+    port_arg: str = Field("--port", description="how the port appears in the app's args")
+    health_url: str = Field("http://127.0.0.1:{port}/v1/models", description="polled for health, {port} filled in (llama-server: http://127.0.0.1:{port}/health)")
+    health_timeout: float = Field(120, gt=0, description="how long a new process may take to become healthy")
+    probe_timeout: float = Field(10, gt=0, description="one health request (a busy 1-thread server answers late)")
+    canary_app: str | None = Field(None, description='the canary\'s pm2 app name (default: "<app>-canary")')
+    canary_port: int | None = Field(None, ge=1, le=65535, description="a free port for the canary app (needed for canaries and hand-offs)")
+    nginx_include: str | None = Field(None, description="the nginx include ftctl generates for the traffic split (none: no canary traffic)")
+    nginx_test: list[str] = Field(["nginx", "-t"], description="command that checks the nginx configuration")
+    nginx_reload: list[str] = Field(["nginx", "-s", "reload"], description="command that reloads nginx")
+    split_key: str = Field("$request_id", description='nginx split_clients key; "$remote_addr" keeps each client on one side')
+    drain_seconds: float = Field(2.0, ge=0, description="let requests in flight finish before a restart")
+    pm2: str | None = Field(None, description="the pm2 executable; default: PATH, then .ftctl/node")
+    pm2_timeout: float = Field(90, gt=0, description="seconds a pm2 command may take")
+    quant: str | None = Field(None, description="which exported GGUF to serve; default: the first")
 
     @field_validator("arg", mode="before")
     @classmethod
@@ -139,14 +139,58 @@ class Pm2Deployer(Deployer):
             return None
         return json.loads(self.canary_file.read_text())["apps"][0]
 
-    def describe(self) -> list[dict]:
-        """Each app ftctl manages for this model: name, role, model_path, port."""
+    # --- the Deployer primitives --------------------------------------------------------------
+
+    def serves(self) -> ExportQuery:
+        # an app whose model argument is --lora serves the adapter as a GGUF LoRA
+        return ExportQuery("lora-gguf" if "--lora" in self.config.arg else "gguf", self.config.quant)
+
+    def slots(self) -> list[SlotInfo]:
         out = []
-        for role, app in (("stable", self.stable_app()), ("canary", self.canary_app())):
+        for slot, app in (("stable", self.stable_app()), ("canary", self.canary_app())):
             if app:
-                out.append({"name": app["name"], "role": role, "port": self.port_of(app),
-                            "model_path": ecosystem.get_arg(app, self.config.arg)})
+                path = ecosystem.get_arg(app, self.config.arg)
+                out.append(SlotInfo(slot=slot, name=app["name"], model_path=path, port=self.port_of(app),
+                                    resolved=(self.file.parent / path).resolve() if path else None))
         return out
+
+    def health(self, slot: SlotInfo) -> Health:
+        healthy, served = self.probe(slot.port)
+        return Health(healthy, served)
+
+    def serve(self, slot: Slot, artifact: Artifact) -> None:
+        if slot == "canary":
+            self.start_canary(str(artifact.path), artifact.label)
+        else:
+            self.restart_stable(self.new_text(str(artifact.path), artifact.label), artifact.label)
+
+    def stop(self, slot: Slot) -> None:
+        if slot == "canary":
+            self.stop_canary()
+        else:
+            self.pm2("stop", self.config.app, check=False)
+
+    def restore(self, snapshot: str) -> None:
+        if self.snapshot() != snapshot:
+            ecosystem.replace(self.file, snapshot)
+            self.pm2("startOrReload", str(self.file), "--only", self.config.app)
+            self.wait_healthy(self.port_of(self.stable_app(snapshot)))
+
+    def splits_traffic(self) -> bool:
+        return bool(self.include and self.config.canary_port)
+
+    def route(self, canary_percent: int) -> None:
+        self.set_split(canary_percent)
+
+    def preview(self, slot: Slot, artifact: Artifact) -> DeployPlan:
+        pm2 = self.pm2_exe()
+        if slot == "canary":
+            return DeployPlan(commands=[[pm2, "startOrReload", str(self.canary_file), "--only", self.canary_name],
+                                        *([self.config.nginx_reload] if self.include else [])])
+        old = self.snapshot()
+        new = self.new_text(str(artifact.path), artifact.label, old)
+        return DeployPlan(diff=ecosystem.unified_diff(self.file, old, new),
+                          commands=[[pm2, "startOrReload", str(self.file), "--only", self.config.app]])
 
     def probe(self, port: int) -> tuple[bool, str | None]:
         """(healthy, served model id when the server lists one)."""
@@ -171,7 +215,7 @@ class Pm2Deployer(Deployer):
             time.sleep(0.25)
         return False
 
-    # --- planning (dry run) -------------------------------------------------------------------
+    # --- helpers ---------------------------------------------------------------------------
 
     def new_text(self, model_path: str, label: str, text: str | None = None) -> str:
         text = self.snapshot() if text is None else text
@@ -180,20 +224,7 @@ class Pm2Deployer(Deployer):
             text = ecosystem.rewrite(self.file, text, self.config.app, [self.config.alias_arg], label)
         return text
 
-    def plan(self, model_path: str, label: str, percent: int | None) -> dict:
-        pm2 = self.pm2_exe()
-        if percent:
-            return {"diff": "", "commands": [
-                [pm2, "startOrReload", str(self.canary_file), "--only", self.canary_name],
-                *([self.config.nginx_reload] if self.include else [])]}
-        old = self.snapshot()
-        return {"diff": ecosystem.unified_diff(self.file, old, self.new_text(model_path, label, old)),
-                "commands": [[pm2, "startOrReload", str(self.file), "--only", self.config.app]]}
-
     # --- acting ---------------------------------------------------------------------------------
-
-    def can_hand_off(self) -> bool:
-        return bool(self.include and self.config.canary_port)
 
     def set_split(self, percent: int) -> None:
         if not self.include:
@@ -241,28 +272,3 @@ class Pm2Deployer(Deployer):
                          f"{self.config.health_timeout:g}s; rolled back to the previous model"
                          + ("" if back else " (which is not healthy either)"),
                          hint=f"check the GGUF and `pm2 logs {self.config.app}`")
-
-    def deploy(self, model_path: str, label: str, *, canary_ready: bool = False) -> None:
-        """Serve ``model_path`` from the stable app; a hand-off through the canary when possible."""
-        text = self.new_text(model_path, label)
-        if not self.can_hand_off():
-            self.restart_stable(text, label)
-            return
-        if not canary_ready:
-            self.start_canary(model_path, label)
-        self.set_split(100)
-        try:
-            self.restart_stable(text, label)
-        finally:
-            self.set_split(0)  # stable (new, or the old one put back) takes all traffic again
-            self.stop_canary()
-
-    def recover(self, snapshot: str, percent: int) -> None:
-        """Back to the recorded state after an interrupted command (kill -9)."""
-        if self.snapshot() != snapshot:
-            ecosystem.replace(self.file, snapshot)
-            self.pm2("startOrReload", str(self.file), "--only", self.config.app)
-            self.wait_healthy(self.port_of(self.stable_app(snapshot)))
-        self.set_split(percent if self.canary_app() else 0)
-        if not percent:
-            self.stop_canary()
