@@ -64,8 +64,8 @@ def _dvc_remote(ws) -> Check:
     remote = ws.default_remote()
     if not remote:
         return Check("dvc remote", False, "no default remote", "ftctl init  (or: dvc remote add -d NAME URL)")
-    url = dvc(ws.root, "remote", "list", check=False).stdout
-    url = next((line.split(None, 1)[1].strip() for line in url.splitlines() if line.startswith(remote)), "")
+    # `dvc config` prints the bare URL; `dvc remote list` wraps its table at 80 columns
+    url = dvc(ws.root, "config", f"remote.{remote}.url", check=False).stdout.strip()
     if "://" not in url:  # a local directory remote: reachable means present and writable
         p = Path(url)
         if not p.is_absolute():
@@ -125,4 +125,8 @@ def run_checks(ws=None) -> list[dict]:
     if ws:
         checks.append(_dvc_remote(ws))
         checks += _databases(ws)
+        if ws.config.serve.url:  # `ftctl serve` is configured: is it up and healthy?
+            from ftctl.serve.health import check_service
+
+            checks.append(Check(**check_service(ws.config.serve.url)))
     return [asdict(c) for c in checks]

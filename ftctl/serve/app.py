@@ -13,6 +13,7 @@ import hmac
 import json
 import subprocess
 import sys
+import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,10 +165,10 @@ def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOSTS)
     # CORS: no middleware, so browsers refuse cross-origin reads (off by default, as asked)
 
-    def workspace():
-        from ftctl.registry.workspace import Workspace
+    cache = ReadCache(root)
 
-        return Workspace(root)
+    def workspace():
+        return cache.workspace()
 
     @app.exception_handler(FtctlError)
     async def _ftctl_error(request: Request, e: FtctlError):
@@ -256,14 +257,14 @@ def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
         from ftctl.serve.metrics import FtctlCollector
 
         registry = CollectorRegistry()
-        registry.register(FtctlCollector(root, store))
+        registry.register(FtctlCollector(workspace, store))
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/status")
     def get_status(model: str | None = Query(None, max_length=64)):
-        from ftctl.deploy import run as core
+        from ftctl.serve.dashboard import deployment_status
 
-        return cli_json(core.status(workspace(), model, log=_quiet))
+        return cli_json(deployment_status(workspace(), model))
 
     @app.get("/versions")
     def get_versions(model: str | None = Query(None, max_length=64)):
@@ -371,8 +372,48 @@ def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
     return app
 
 
-def _quiet(_msg: str) -> None:
-    """Core functions log progress for people; the API's answer is the JSON."""
+
+class ReadCache:
+    """ftctl.yaml and models.lock parsed once per change of the file (its stat), not per request:
+    YAML parsing dominated the read routes under load. Any change on disk is seen at once."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._ws = None
+        self._ws_key = None
+        self._lock = None
+        self._lock_key = None
+        self._mutex = threading.Lock()
+
+    @staticmethod
+    def _key(path: Path):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def workspace(self):
+        from ftctl.registry.workspace import Workspace
+
+        cache = self
+
+        class Cached(Workspace):
+            def read_lock(self):
+                return cache.read_lock(lambda: Workspace.read_lock(self))
+
+        with self._mutex:
+            key = self._key(self.root / "ftctl.yaml")
+            if self._ws is None or key != self._ws_key:
+                self._ws, self._ws_key = Cached(self.root), key
+            return self._ws
+
+    def read_lock(self, load):
+        with self._mutex:
+            key = self._key(self.root / "models.lock")
+            if self._lock is None or key != self._lock_key:
+                self._lock, self._lock_key = load(), key
+            return self._lock
 
 
 def _iso(t: float | None) -> str | None:

@@ -7,6 +7,7 @@ JavaScript only re-fetch the server-rendered jobs fragment for live progress.
 from __future__ import annotations
 
 import re
+import threading
 from functools import cache
 from pathlib import Path
 
@@ -53,11 +54,22 @@ def version_page(entry: dict) -> str:
     return _render("version.html", v=entry)
 
 
-def _status(ws, model: str) -> dict:
+STATUS_LOCK = threading.Lock()
+
+
+def deployment_status(ws, model: str | None) -> dict:
+    """`ftctl status`'s core function, one call at a time: the deployer parses the ecosystem
+    file through per-process temp files (ftctl_plugins/deployers/ecosystem.py) that threads
+    running at once would share."""
     from ftctl.deploy import run as core
 
-    try:
+    with STATUS_LOCK:
         return core.status(ws, model, log=lambda _m: None)
+
+
+def _status(ws, model: str) -> dict:
+    try:
+        return deployment_status(ws, model)
     except FtctlError as e:
         lock = ws.read_lock().models.get(model)
         dep = lock.deployment if lock else None

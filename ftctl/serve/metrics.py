@@ -14,14 +14,12 @@ BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400, float("inf"))
 
 
 class FtctlCollector:
-    def __init__(self, root: Path, store):
-        self.root = Path(root)
+    def __init__(self, workspace, store):
+        self.workspace = workspace  # () -> Workspace (the API's cached reads)
         self.store = store
 
     def collect(self):
-        from ftctl.registry.workspace import Workspace
-
-        ws = Workspace(self.root)
+        ws = self.workspace()
         lock = ws.read_lock()
         versions = GaugeMetricFamily("ftctl_versions", "Versions recorded per model", labels=["model"])
         metric = GaugeMetricFamily("ftctl_version_metric", "Train and eval metrics of the latest and stable versions",

@@ -137,3 +137,10 @@ def test_without_a_token_the_service_is_read_only(workspace):
         assert svc.http.get("/health").json()["status"] in ("ok", "degraded")
     finally:
         svc.stop()
+
+
+def test_doctor_checks_the_configured_service(shared):
+    ws, service = shared
+    proc = run_ftctl("--json", "--set", f"serve.url={service.url}", "doctor", cwd=ws.root)
+    check = next(c for c in json.loads(proc.stdout) if c["name"] == "ftctl serve")
+    assert check["ok"] is True and check["detail"].startswith(service.url)

@@ -1,0 +1,157 @@
+"""`ftctl serve` under load: p50/p99 latency of GET /status and GET /metrics with 50 concurrent
+clients, while a training job runs, against the same service idle (the baseline, same run).
+
+Loopback only, bounded loops: each phase sends --requests requests per route through 50
+clients, then stops. The training job (a tiny random Llama with SmolLM2's tokenizer, many
+steps) is started through the API and cancelled at the end.
+
+    .venv/bin/python benchmarks/serve.py [--clients 50] [--requests 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TOKEN = "bench-token"
+ECOSYSTEM = """module.exports = {apps: [{name: "assistant", script: "python3", interpreter: "none",
+  args: "server.py --model models/none.gguf --port 18765"}]};
+"""
+
+
+def tiny_base(out: Path) -> Path:
+    """A random 2-layer Llama with the real SmolLM2 tokenizer: trains fast, loads the CPU."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ftctl.train.basemodel import DEFAULT_BASE, resolve_base
+
+    real = resolve_base(DEFAULT_BASE).path
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        if (real / name).is_file():
+            shutil.copy(real / name, out / name)
+    cfg = LlamaConfig.from_pretrained(real)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, bos_token_id=cfg.bos_token_id,
+                                 eos_token_id=cfg.eos_token_id, tie_word_embeddings=True)).save_pretrained(out)
+    return out
+
+
+def workspace(tmp: Path) -> Path:
+    from ruamel.yaml import YAML
+
+    from ftctl.registry.init import init
+
+    root = tmp / "ws"
+    init(root, model="assistant")
+    base = tiny_base((tmp / "base").resolve() if (tmp / "base").mkdir() is None else tmp / "base")
+    y = YAML(typ="safe", pure=True)
+    cfg = y.load((root / "ftctl.yaml").read_text())
+    cfg["base"] = str(base)
+    cfg["train"] = {"trainer": "lora", "lora": {"r": 4, "alpha": 8, "batch_size": 2, "max_length": 256,
+                                                "checkpoint_every": 1000, "precision": "fp32", "warmup": 0}}
+    cfg["deploy"] = {"deployer": "pm2", "pm2": {"ecosystem": "ecosystem.config.js", "app": "assistant"}}
+    with open(root / "ftctl.yaml", "w") as f:
+        y.dump(cfg, f)
+    (root / "ecosystem.config.js").write_text(ECOSYSTEM)
+    data = root / "data" / "assistant"
+    data.mkdir(parents=True, exist_ok=True)
+    rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                          {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]} for i in range(200)]
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "commit", "-qm", "bench"], cwd=root, check=True)
+    return root
+
+
+async def hammer(url: str, route: str, clients: int, total: int) -> list[float]:
+    import httpx
+
+    latencies: list[float] = []
+    per = total // clients
+
+    async def one(client):
+        for _ in range(per):
+            t = time.perf_counter()
+            r = await client.get(route)
+            latencies.append(time.perf_counter() - t)
+            if r.status_code != 200:
+                raise SystemExit(f"{route}: {r.status_code} {r.text[:500]}")
+
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        await asyncio.gather(*(one(client) for _ in range(clients)))
+    return latencies
+
+
+def pct(xs: list[float], q: float) -> float:
+    return statistics.quantiles(xs, n=100, method="inclusive")[q - 1] * 1000 if q < 100 else max(xs) * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--requests", type=int, default=1000, help="per route and phase")
+    args = ap.parse_args()
+    env = {**os.environ, "FTCTL_SERVE_TOKEN": TOKEN, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@x.invalid",
+           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "b@x.invalid"}
+    os.environ.update({k: v for k, v in env.items() if k.startswith("GIT_")})
+    import httpx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = workspace(Path(tmp))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
+        log = open(Path(tmp) / "serve.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen([sys.executable, "-m", "ftctl", "-C", str(root), "serve", "--port", str(port)],
+                                env=env, stdout=log, stderr=log)
+        api = httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"})
+        try:
+            for _ in range(300):
+                try:
+                    if api.get("/health").status_code in (200, 503):
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            results = {}
+            for route in ("/status", "/metrics"):  # warm-up: imports, the first parse of each file
+                asyncio.run(hammer(url, route, 5, 20))
+            for phase in ("idle", "training"):
+                if phase == "training":
+                    job = api.post("/finetune/start", json={"max_steps": 100000}).json()
+                    while api.get(f"/jobs/{job['id']}").json()["progress"]["step"] is None:
+                        time.sleep(0.5)
+                for route in ("/status", "/metrics"):
+                    xs = asyncio.run(hammer(url, route, args.clients, args.requests))
+                    results[(phase, route)] = xs
+                    print(f"{phase:9s} {route:9s} n={len(xs):5d}  p50 {pct(xs, 50):8.1f} ms  p99 {pct(xs, 99):8.1f} ms",
+                          flush=True)
+            step = api.get(f"/jobs/{job['id']}").json()["progress"]
+            api.post(f"/jobs/{job['id']}/cancel")
+            print(f"(the training job reached step {step['step']} meanwhile; cancelled)")
+            for route in ("/status", "/metrics"):
+                idle, busy = results[("idle", route)], results[("training", route)]
+                print(f"{route}: training/idle p50 x{pct(busy, 50) / pct(idle, 50):.2f}, "
+                      f"p99 x{pct(busy, 99) / pct(idle, 99):.2f}")
+        finally:
+            api.close()
+            proc.terminate()
+            proc.wait(60)
+            log.close()
+
+
+if __name__ == "__main__":
+    main()
