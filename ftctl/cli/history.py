@@ -73,6 +73,8 @@ def diff(app, a, b, model):
             app.say(f"  rating mix: {data['rating_mix']['a']} -> {data['rating_mix']['b']}")
         for k, x in d["params"].items():
             app.say(f"param {k}: {_fmt(x['a'])} -> {_fmt(x['b'])}")
+        for k, x in d.get("scrub", {}).items():
+            app.say(f"scrub {k}: {_fmt(x['a'])} -> {_fmt(x['b'])}")
         for k, x in d["metrics"].items():
             app.say(f"metric {k}: {_fmt(x['a'])} -> {_fmt(x['b'])}")
 

@@ -47,7 +47,7 @@ TYPES = {
     "US_PRIOR_AUTHORIZATION_NUMBER": "PRIOR_AUTH_NUMBER", "US_PRESCRIPTION_NUMBER": "RX_NUMBER",
     "US_REFERRAL_NUMBER": "REFERRAL_NUMBER",
     # ours (recognizers/ftctl.yaml)
-    "MRN": "MRN", "DOB": "DOB", "WRITTEN_DATE": "DATE", "AGE_OVER_89": "AGE_OVER_89", "STREET_ADDRESS": "ADDRESS", "ZIP": "ZIP",
+    "MRN": "MRN", "DOB": "DOB", "WRITTEN_DATE": "DATE", "PHONE_SHAPE": "PHONE", "LONG_NUMBER": "ID_NUMBER", "AGE_OVER_89": "AGE_OVER_89", "STREET_ADDRESS": "ADDRESS", "ZIP": "ZIP",
     "ID_NUMBER": "ID_NUMBER",
     # statistical NER (spaCy)
     "PERSON": "PERSON", "LOCATION": "LOCATION",
@@ -347,3 +347,14 @@ def _spacy_model(cache_dir: Path, spacy, ner_wanted: bool = True) -> tuple[str, 
         path.parent.mkdir(parents=True, exist_ok=True)
         spacy.blank("en").to_disk(path)
     return str(path), None
+
+
+def for_reports(ws, model: str):
+    """``text -> scrubbed text`` with the model's scrub settings (its site recognizers too), for
+    anything quoted into a committed report; the identity when the model turned scrubbing off."""
+    sc = ws.model(model).curate.scrub
+    if not sc.enabled:
+        return lambda text: text
+    s = Scrubber(sc.types, sc.names, ws.cache_dir, recognizers=ws.root / sc.recognizers if sc.recognizers else None,
+                 root=ws.root)
+    return lambda text: s.scrub(text, Counter())

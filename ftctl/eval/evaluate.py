@@ -53,8 +53,10 @@ def _write_reports(ws, result: dict, rows: list[dict], stem: str, *, kind: str) 
     from ftctl.eval import report
 
     stem += _suffix(result["eval_set"], result["artifact"])
+    from ftctl.data.scrub import for_reports
+
     paths = report.write_all(ws.reports_dir(result["model"]), stem, result | {"examples": rows, "complete": True},
-                             kind=kind)
+                             kind=kind, scrub=for_reports(ws, result["model"]))
     result["report"] = ws.rel(paths["html"])
     result["reports"] = {k: ws.rel(p) for k, p in paths.items()}
     return list(paths.values())

@@ -10,14 +10,25 @@ from __future__ import annotations
 import html
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ftctl.util.atomic import write_text
 
 
-def write_all(directory: Path, stem: str, data: dict[str, Any], *, kind: str) -> dict[str, Path]:
-    """Write ``<stem>.json``, ``.md`` and ``.html``; returns their paths by format."""
+# the texts a report quotes (rows of `examples` and `changed`): prompts, references, outputs
+QUOTED = ("prompt", "reference", "prediction", "a", "b")
+
+
+def write_all(directory: Path, stem: str, data: dict[str, Any], *, kind: str,
+              scrub: Callable[[str], str] | None = None) -> dict[str, Path]:
+    """Write ``<stem>.json``, ``.md`` and ``.html``; returns their paths by format.
+
+    Reports are committed to git: every quoted text goes through ``scrub`` first (by default
+    the scrubber with its default settings), so PHI in an eval set or a model's output never
+    reaches the repository."""
+    data = scrubbed(data, scrub or _default_scrub())
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"json": directory / f"{stem}.json", "md": directory / f"{stem}.md", "html": directory / f"{stem}.html"}
     md = markdown(data, kind)
@@ -25,6 +36,25 @@ def write_all(directory: Path, stem: str, data: dict[str, Any], *, kind: str) ->
     write_text(paths["md"], md)
     write_text(paths["html"], to_html(data, kind, md))
     return paths
+
+
+def scrubbed(data: dict[str, Any], scrub: Callable[[str], str]) -> dict[str, Any]:
+    """A copy of ``data`` whose quoted texts went through ``scrub`` (the caller's stays as is)."""
+    out = dict(data)
+    for key in ("examples", "changed"):
+        if data.get(key):
+            out[key] = [{**r, **{f: scrub(r[f]) for f in QUOTED if isinstance(r.get(f), str)}} for r in data[key]]
+    out["scrubbed"] = True
+    return out
+
+
+def _default_scrub() -> Callable[[str], str]:
+    from collections import Counter
+
+    from ftctl.data.scrub import Scrubber
+
+    s = Scrubber()
+    return lambda text: s.scrub(text, Counter())
 
 
 def _f(x: Any, digits: int = 4) -> str:

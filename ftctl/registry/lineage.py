@@ -74,6 +74,8 @@ def diff(ws, a: str, b: str, model: str | None = None) -> dict[str, Any]:
         "metrics": {k: {"a": ea.get("metrics", {}).get(k), "b": eb.get("metrics", {}).get(k)}
                     for k in sorted(set(ea.get("metrics", {})) | set(eb.get("metrics", {})))},
         "data": _data_diff(ws, ea.get("dataset", {}), eb.get("dataset", {})),
+        # what was scrubbed from each version's data (types, NER model, site recognizers, on_error)
+        "scrub": _dict_diff(ea.get("dataset", {}).get("scrub") or {}, eb.get("dataset", {}).get("scrub") or {}),
     }
 
 

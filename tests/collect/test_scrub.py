@@ -143,3 +143,20 @@ def test_bad_recognizer_yaml_is_a_config_error_naming_the_key(tmp_path, body, ke
     with pytest.raises(ConfigError, match=key) as e:
         Scrubber(recognizers=f, cache_dir=tmp_path)
     assert "curate.scrub.recognizers" in str(e.value)
+
+
+def test_reports_quote_only_scrubbed_text(tmp_path, scrubber):
+    from ftctl.eval import report
+
+    phi = "My SSN is 536-22-8890, email jane.roe@example.com"
+    data = {"model": "m", "version": "v1.0", "artifact": "hf", "eval_set": "test", "n": 1,
+            "eval_set_sha256": "0" * 64, "metrics": {"exact_match": 0.0},
+            "examples": [{"id": "c1", "prompt": phi, "reference": "Call 415-555-0132", "prediction": phi,
+                          "scores": {"exact_match": 0.0}}]}
+    paths = report.write_all(tmp_path, "eval-v1.0", data, kind="eval",
+                             scrub=lambda t: scrubber.scrub(t, Counter()))
+    for p in paths.values():
+        text = p.read_text()
+        assert "536-22-8890" not in text and "jane.roe" not in text and "555-0132" not in text, p.name
+    assert "&lt;SSN&gt;" in paths["html"].read_text() and "<SSN>" in paths["json"].read_text()
+    assert data["examples"][0]["prompt"] == phi  # the caller's result is not rewritten
