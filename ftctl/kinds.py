@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Literal, Protocol
 from pydantic import BaseModel, ConfigDict
 
 from ftctl.records import Example, Reject
+from ftctl.train.plan import TrainPlan
 from ftctl.util.log import Log
 
 
@@ -152,6 +153,11 @@ class Trainer(Plugin):
 
     def preview(self, base: BaseModelRef, train_file: Path) -> TrainPreview | None:
         """How the training file would be tokenised, without training; None: not supported."""
+        return None
+
+    def plan(self, base: BaseModelRef, train_file: Path, processes: int = 1) -> TrainPlan | None:
+        """Optimizer steps, conversations and tokens per step, epochs, warmup, schedule end and
+        warnings (``ftctl.train.plan.make_plan``), without training; None: not supported."""
         return None
 
 

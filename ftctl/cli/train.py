@@ -46,6 +46,7 @@ def _render(app, r: dict, dry_run: bool, preview: bool) -> None:
                 f"with {r['trainer']} on {r['data']['train']} ({r['rows'].get('train')} rows"
                 f"{', val ' + str(r['rows'].get('val')) if r['rows'].get('val') else ''})")
         app.say("params: " + ", ".join(f"{k}={v}" for k, v in r["params"].items() if v is not None))
+        _render_plan(app, r.get("plan"))
         return
     if preview:
         from rich.markup import escape
@@ -62,7 +63,18 @@ def _render(app, r: dict, dry_run: bool, preview: bool) -> None:
         app.say(f"architecture {r['architecture']}: "
                 + ("converts to GGUF" if r["gguf_convertible"]
                    else "[yellow]will not export to GGUF:[/] " + "; ".join(r["export_problems"])))
+        _render_plan(app, r.get("plan"))
         return
     app.say(f"[green]created {r['model']}@{r['version']}[/] (parent {r['parent'] or 'base'}): "
             f"train loss {r['train_loss']}, val loss {r['val_loss']}, {r['steps']} steps, "
-            f"{r['tokens_per_s']} tokens/s, adapter {r['adapter']}")
+            f"{r['tokens_per_s']} tokens/s, peak RSS {r.get('peak_rss_mb')} MB, adapter {r['adapter']}")
+
+
+def _render_plan(app, plan: dict | None) -> None:
+    from rich.markup import escape
+
+    from ftctl.train.plan import describe
+
+    for line in describe(plan) if plan else []:
+        warning = line.startswith("warning: ")
+        app.say(f"[yellow]{escape(line)}[/]" if warning else escape(line))

@@ -91,8 +91,6 @@ def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, 
             "trainer": trainer_name, "params": trainer.config.model_dump(),
             "data": {k: ws.rel(p) if p else None for k, v in paths.items() for p in [v]},
             "rows": {k: _count_lines(p) for k, p in paths.items() if p}, "resume": bool(spec)}
-    if dry_run:
-        return plan
 
     trainer.preflight()  # e.g. QLoRA without CUDA: fail before any model loads
     base = resolve_base(mc.base, trust_remote_code=mc.trust_remote_code, root=ws.root, log=log)
@@ -103,8 +101,10 @@ def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, 
         if parent_base and parent_base != base.sha256:
             raise UsageError(f"{name}@{parent} was trained on another base model",
                              hint="--from needs the same base; train from the base instead")
-    if preview:
-        return {**plan, **_preview(trainer, base, paths["train"])}
+    if dry_run or preview:
+        p = trainer.plan(base, paths["train"], processes=nproc or 1)  # the steps it would take, and warnings
+        plan["plan"] = p.to_dict() if p else None
+        return {**plan, **_preview(trainer, base, paths["train"])} if preview else plan
 
     run_dir = run_dir if spec else ws.run_dir(name, datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +146,7 @@ def _record(ws, name, version, parent, base, spec, run_dir, result: TrainResult,
             training={"trainer": trainer_name, "params": result.params, "seed": result.seed,
                       "libraries": result.libraries, "from": parent, "steps": result.steps,
                       "tokens": result.tokens, "tokens_per_s": result.tokens_per_s,
-                      "seconds": result.seconds, "run": run_dir.name},
+                      "seconds": result.seconds, "peak_rss_mb": result.peak_rss_mb, "run": run_dir.name},
             adapter={"path": ws.rel(dest), "md5": _dvc_md5(dest)},
             metrics={k: v for k, v in result.metrics.items() if v is not None},
         )
@@ -157,7 +157,8 @@ def _record(ws, name, version, parent, base, spec, run_dir, result: TrainResult,
         f"val loss {result.metrics.get('val_loss')}")
     return {"model": name, "version": version, "parent": parent,
             "train_loss": result.metrics.get("train_loss"), "val_loss": result.metrics.get("val_loss"),
-            "steps": result.steps, "tokens_per_s": result.tokens_per_s, "adapter": ws.rel(dest)}
+            "steps": result.steps, "tokens_per_s": result.tokens_per_s, "adapter": ws.rel(dest),
+            "optimizer_steps": result.steps, "peak_rss_mb": result.peak_rss_mb}
 
 
 def _dvc_md5(path: Path) -> str | None:

@@ -139,6 +139,21 @@ class LoraTrainer(Trainer):
 
     # --- training -----------------------------------------------------------------------
 
+    def plan(self, base: BaseModelRef, train_file: Path, processes: int = 1):
+        tok = self.tokenizer(base)
+        rows, _ = self.rows(self.encode_file(tok, base, train_file), "train")
+        return self.plan_of(rows, processes)
+
+    def plan_of(self, rows, processes: int = 1):
+        """ftctl.train.plan.TrainPlan of these encoded conversations (transformers' step arithmetic)."""
+        from ftctl.train.plan import make_plan
+
+        c = self.config
+        return make_plan([len(r) for r in rows], [r.trained for r in rows], batch_size=c.batch_size,
+                         gradient_accumulation=c.gradient_accumulation, processes=processes, epochs=c.epochs,
+                         max_steps=c.max_steps, warmup=c.warmup, scheduler=c.scheduler, max_length=c.max_length,
+                         packing=c.packing, seed=c.seed)
+
     def preview(self, base: BaseModelRef, train_file: Path) -> TrainPreview:
         from ftctl.train.chat_format import mark_trained
 
@@ -172,6 +187,11 @@ class LoraTrainer(Trainer):
             val_rows, _ = self.rows(self.encode_file(tok, request.base, request.val_file), "val")
         train_ds = self.features(train_rows)
         val_ds = self.features(val_rows) if val_rows else None
+        from ftctl.train.plan import describe
+
+        if int(os.environ.get("RANK", "0")) == 0:
+            for line in describe(self.plan_of(train_rows, int(os.environ.get("WORLD_SIZE", "1")))):
+                log(line)
 
         set_seed(cfg.seed)  # before the adapter exists: its initial weights come from this seed
         bf16 = _use_bf16(cfg.precision)

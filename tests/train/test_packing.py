@@ -33,7 +33,7 @@ def runs(tmp_path_factory, tiny_base):
     return {"packed": run_plugin(ws, out / "packed", packing=True, **SAME),
             "unpacked": run_plugin(ws, out / "unpacked", packing=False, **SAME),
             "accumulated": run_plugin(ws, out / "accumulated", packing=True,
-                                      **{**SAME, "batch_size": 2, "gradient_accumulation": 2})}
+                                      **{**SAME, "batch_size": 2, "gradient_accumulation": 2}), "ws": ws}
 
 
 def test_packed_and_unpacked_take_the_same_steps_schedule_and_losses(runs):
@@ -48,6 +48,19 @@ def test_packed_and_unpacked_take_the_same_steps_schedule_and_losses(runs):
     for x, y in zip(a, b):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-3, abs=1e-3)
     assert a[-1]["loss"] < a[0]["loss"]  # and it learned
+
+
+def test_the_plan_predicts_the_steps_taken(runs, tiny_base):
+    from ftctl import plugins
+    from ftctl.train.basemodel import resolve_base
+
+    ws = runs["ws"]
+    for name, over in [("packed", {"packing": True}), ("accumulated", {"batch_size": 2, "gradient_accumulation": 2})]:
+        raw = {**ws.model().train.plugin_config("lora"), **SAME, **over}
+        trainer = plugins.build("trainer", "lora", raw, ws.context(log=lambda _m: None), key="train.lora")
+        plan = trainer.plan(resolve_base(str(tiny_base)), ws.data_dir("assistant") / "train.jsonl")
+        assert plan.optimizer_steps == runs[name].steps == 8
+        assert plan.tokens_per_step * plan.optimizer_steps == pytest.approx(runs[name].tokens, rel=0.1)
 
 
 def test_gradient_accumulation_gives_the_same_steps_as_a_bigger_batch(runs):

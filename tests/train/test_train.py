@@ -105,6 +105,7 @@ def test_dry_run_and_preview_change_nothing(train_ws):
     p = train(train_ws, preview=True)
     assert p["example"].count("[[") >= 1 and p["example"].rstrip().endswith("]]")
     assert sum(b["count"] for b in p["histogram"]) == 30 and p["gguf_convertible"] is True
+    assert plan["plan"]["optimizer_steps"] == p["plan"]["optimizer_steps"] == 4  # max_steps 4
     assert train_ws.lock_path.read_text() == before and not (train_ws.state_dir / "runs").exists()
 
 
@@ -112,7 +113,9 @@ def test_cli_json_contract(train_ws, ftctl):
     proc = ftctl("--json", "train", "--max-steps", "2", cwd=train_ws.root)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert set(data) == {"model", "version", "parent", "train_loss", "val_loss", "steps", "tokens_per_s", "adapter"}
+    assert set(data) == {"model", "version", "parent", "train_loss", "val_loss", "steps", "tokens_per_s", "adapter",
+                         "optimizer_steps", "peak_rss_mb"}  # the contract's keys, plus issue 10's two
+    assert data["optimizer_steps"] == data["steps"] == 2 and data["peak_rss_mb"] > 100
     assert data["steps"] == 2 and data["version"] == "v1.0" and data["adapter"] == "adapters/assistant/v1.0"
     proc = ftctl("--json", "train", "--model", "nope", cwd=train_ws.root)
     assert proc.returncode == 2 and "no model named" in json.loads(proc.stdout)["error"]
