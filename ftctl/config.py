@@ -288,28 +288,65 @@ def validate_model(schema: type[BaseModel], data: Any, where: str) -> Any:
 # --- loading -------------------------------------------------------------------------------
 
 
-def interpolate(data: Any, env: dict[str, str], path: str = "", secrets: set[str] | None = None) -> Any:
-    """Replace ${VAR} and ${VAR:-default} in every string; record which keys got a value."""
+class Unset(str):
+    """A plugin setting whose ${VAR} is not set, kept as written: an error only where a command
+    builds that plugin (``ftctl export`` needs no source's DSN); `config validate` checks all."""
+
+    var: str = ""
+    where: str = ""
+
+    def error(self) -> ConfigError:
+        return ConfigError(f"{self.where}: environment variable {self.var} is not set",
+                           hint=f"export {self.var}=... or write ${{{self.var}:-default}} in {CONFIG_FILE}")
+
+
+# plugin sections (sources, and train/eval/export/deploy.<plugin>): their ${VAR}s resolve lazily
+_PLUGIN_PATH = re.compile(r"^(models\.[^.]+\.)?(sources\[\d+\]|(train|eval|export|deploy)\.[^.\[]+)[.\[]")
+
+
+def interpolate(data: Any, env: dict[str, str], path: str = "", secrets: set[str] | None = None,
+                lazy: bool = False) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string; record which keys got a value.
+    ``lazy``: a missing variable in a plugin section becomes an :class:`Unset` (checked on use)."""
     if isinstance(data, dict):
-        return {k: interpolate(v, env, f"{path}.{k}" if path else str(k), secrets) for k, v in data.items()}
+        return {k: interpolate(v, env, f"{path}.{k}" if path else str(k), secrets, lazy) for k, v in data.items()}
     if isinstance(data, list):
-        return [interpolate(v, env, f"{path}[{i}]", secrets) for i, v in enumerate(data)]
+        return [interpolate(v, env, f"{path}[{i}]", secrets, lazy) for i, v in enumerate(data)]
     if isinstance(data, str) and "${" in data:
+        missing: list[str] = []
+
         def sub(m: re.Match) -> str:
             var, default = m.group(1), m.group(2)
             if var in env:
                 return env[var]
             if default is not None:
                 return default
-            raise ConfigError(
-                f"{path}: environment variable {var} is not set",
-                hint=f"export {var}=... or write ${{{var}:-default}} in {CONFIG_FILE}",
-            )
+            missing.append(var)
+            return m.group(0)
 
         if secrets is not None:
             secrets.add(path)
-        return _ENV_RE.sub(sub, data)
+        out = _ENV_RE.sub(sub, data)
+        if missing:
+            unset = Unset(out)
+            unset.var, unset.where = missing[0], path
+            if not (lazy and _PLUGIN_PATH.match(path)):
+                raise unset.error()
+            return unset
+        return out
     return data
+
+
+def check_set(data: Any) -> None:
+    """Raise for the first :class:`Unset` value in a plugin's config (before it is built)."""
+    if isinstance(data, Unset):
+        raise data.error()
+    if isinstance(data, dict):
+        for v in data.values():
+            check_set(v)
+    elif isinstance(data, list):
+        for v in data:
+            check_set(v)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -362,7 +399,10 @@ class LoadedConfig:
         return mask(self.raw, self.secret_keys)
 
 
-def load(path: Path, overrides: list[str] = (), env: dict[str, str] | None = None) -> LoadedConfig:
+def load(path: Path, overrides: list[str] = (), env: dict[str, str] | None = None, *,
+         lazy: bool = True) -> LoadedConfig:
+    """``lazy``: ${VAR}s of plugin sections resolve when a command builds the plugin (the
+    default); ``lazy=False`` (`config validate`) requires every one of them now."""
     if not path.exists():
         raise ConfigError(f"{path} does not exist", hint="run `ftctl init` to create one")
     data = read_yaml(path)
@@ -370,7 +410,7 @@ def load(path: Path, overrides: list[str] = (), env: dict[str, str] | None = Non
         raise ConfigError(f"{path.name} must be a mapping of sections", hint="see `ftctl init`")
     data = apply_overrides(data, list(overrides))
     secrets: set[str] = set()
-    data = interpolate(data, dict(os.environ if env is None else env), "", secrets)
+    data = interpolate(data, dict(os.environ if env is None else env), "", secrets, lazy)
     config = validate_model(FtctlConfig, data, "")
     if config.default_model not in config.models:
         raise ConfigError(f"default_model: {config.default_model!r} is not one of models "

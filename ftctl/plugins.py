@@ -89,9 +89,10 @@ def get(kind: str, name: str) -> type[Plugin]:
 
 def build(kind: str, name: str, raw_config: dict, ctx: Context, *, key: str) -> Plugin:
     """Instantiate a plugin with its validated config; ``key`` names the config location."""
-    from ftctl.config import validate_model
+    from ftctl.config import check_set, validate_model
 
     cls = get(kind, name)
+    check_set(raw_config)  # a ${VAR} of this section that is not set: said now, by its key
     return cls(validate_model(cls.Config, raw_config, key), ctx)
 
 

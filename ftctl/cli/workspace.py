@@ -70,18 +70,21 @@ def config_show(app, model):
 @pass_app
 def config_validate(app):
     """Check ftctl.yaml, including every plugin section, against its schema."""
+    from ftctl.config import load
     from ftctl.pluginconfig import validate_all
 
     ws = app.workspace()
-    checked = validate_all(ws.config)
+    loaded = load(ws.config_path, ws.overrides, lazy=False)  # every ${VAR}, used by this command or not
+    checked = validate_all(loaded.config)
     app.emit({"valid": True, "models": ws.config.model_names(), "checked": checked},
              lambda r: app.say(f"[green]ftctl.yaml is valid[/] ({len(checked)} plugin sections checked)"))
 
 
 @click.command()
+@click.argument("name", required=False)
 @pass_app
-def plugins(app):
-    """List loaded plugins: kind, name, distribution and config schema."""
+def plugins(app, name):
+    """List loaded plugins; with NAME, its settings: type, default and description."""
     from ftctl.plugins import registry
 
     rows = [
@@ -89,6 +92,17 @@ def plugins(app):
          "module": r.cls.__module__, "config_schema": r.cls.Config.model_json_schema()}
         for r in sorted(registry().values(), key=lambda r: (r.kind, r.name))
     ]
+    if name:
+        chosen = [r for r in rows if r["name"] == name]
+        if not chosen:
+            from ftctl.errors import UsageError
+
+            raise UsageError(f"no plugin named {name!r}",
+                             hint=f"available: {', '.join(sorted({r['name'] for r in rows}))}")
+        for r in chosen:
+            r["settings"] = _settings(registry()[(r["kind"], r["name"])].cls.Config)
+        app.emit(chosen, lambda rs: _render_settings(app, rs))
+        return
 
     def render(rs):
         from rich.table import Table
@@ -100,3 +114,31 @@ def plugins(app):
         app.console.print(t)
 
     app.emit(rows, render)
+
+
+def _settings(config_cls) -> list[dict]:
+    """Each field of a plugin's Config: name, type, default (or required), description."""
+    import typing
+
+    from pydantic_core import PydanticUndefined
+
+    out = []
+    for field_name, f in config_cls.model_fields.items():
+        ann = f.annotation
+        type_name = ann.__name__ if isinstance(ann, type) and not typing.get_args(ann) else None
+        default = None if f.is_required() else (f.get_default(call_default_factory=True)
+                                                 if f.default is PydanticUndefined else f.default)
+        out.append({"name": field_name, "type": type_name or str(ann).replace("typing.", ""),
+                    "required": f.is_required(), "default": default, "description": f.description or ""})
+    return out
+
+
+def _render_settings(app, rows) -> None:
+    from rich.table import Table
+
+    for r in rows:
+        app.say(f"[bold]{r['kind']} {r['name']}[/] ({r['distribution']}, {r['module']})")
+        t = Table("setting", "type", "default", "description")
+        for s in r["settings"]:
+            t.add_row(s["name"], s["type"], "(required)" if s["required"] else repr(s["default"]), s["description"])
+        app.console.print(t)

@@ -85,7 +85,7 @@ def drift(ws, model: str | None = None, log: Log = print) -> dict[str, Any]:
     from ftctl.data.served import Resolver
     from ftctl.eval.stats import WORSE, two_sample_bootstrap
     from ftctl.records import read_jsonl
-    from ftctl_plugins.sources.common import parse_time
+    from ftctl.util.times import parse_time
 
     model = model or ws.config.default_model
     cfg = ws.config.cycle.drift

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from pydantic import Field
+
 from ftctl.api import Evaluator, PluginConfig
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -48,8 +50,8 @@ class Groundedness(Evaluator):
     needs_reference = False
 
     class Config(PluginConfig):
-        source_keys: list[str] = ["source_text", "context", "document"]
-        threshold: float = 0.6  # share of a claim's content words the source must contain
+        source_keys: list[str] = Field(["source_text", "context", "document"], description="Example.meta keys holding the source text an answer must be grounded in")
+        threshold: float = Field(0.6, description="share of a claim's content words the source must contain")
 
     def source_of(self, example) -> str | None:
         return next((example.meta[k] for k in self.config.source_keys if example.meta.get(k)), None)

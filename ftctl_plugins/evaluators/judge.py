@@ -12,7 +12,7 @@ import os
 import re
 import time
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from ftctl.api import Evaluator, FtctlError, PluginConfig
 
@@ -33,15 +33,15 @@ class LlmJudge(Evaluator):
     _llama = None  # the local GGUF judge, loaded on first use
 
     class Config(PluginConfig):
-        endpoint: str | None = None  # OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1
-        model: str = "judge"  # the model name sent to the endpoint
-        api_key_env: str | None = None  # the *name* of the variable holding the key, never the key
-        gguf: str | None = None  # or a local GGUF judge run through llama-cpp-python
-        rubric: str = RUBRIC
-        retries: int = 3
-        timeout: float = 60.0
-        max_tokens: int = 256
-        n_ctx: int = 4096
+        endpoint: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1")
+        model: str = Field("judge", description="the model name sent to the endpoint")
+        api_key_env: str | None = Field(None, description="the *name* of the variable holding the key, never the key")
+        gguf: str | None = Field(None, description="or a local GGUF judge run through llama-cpp-python")
+        rubric: str = Field(RUBRIC, description="what the judge is told to judge")
+        retries: int = Field(3, description="asks per answer before giving up")
+        timeout: float = Field(60.0, description="seconds per request to the endpoint")
+        max_tokens: int = Field(256, description="tokens the judge may answer with")
+        n_ctx: int = Field(4096, description="context size of the local GGUF judge")
 
         @model_validator(mode="after")
         def _one_judge(self):

@@ -6,6 +6,8 @@ import re
 import string
 from collections import Counter
 
+from pydantic import Field
+
 from ftctl.api import Evaluator, PluginConfig
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -57,7 +59,7 @@ class Bleu(Evaluator):
     name = "bleu"
 
     class Config(PluginConfig):
-        tokenize: str = "13a"
+        tokenize: str = Field("13a", description="sacrebleu's tokenizer")
 
     def score(self, predictions, references, examples, backend=None):
         from sacrebleu.metrics import BLEU
@@ -72,7 +74,7 @@ class RougeL(Evaluator):
     name = "rougeL"
 
     class Config(PluginConfig):
-        stemmer: bool = True
+        stemmer: bool = Field(True, description="stem words before matching (Porter)")
 
     def score(self, predictions, references, examples, backend=None):
         from rouge_score import rouge_scorer

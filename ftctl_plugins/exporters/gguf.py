@@ -58,18 +58,18 @@ def parse_quants(values) -> list[str]:
 
 
 class GgufConfig(PluginConfig):
-    quants: list[str] = ["Q8_0"]  # what `ftctl export --gguf` writes when --quant is not given
-    merged: bool = False  # also keep the merged HF directory (safetensors) under exports/
-    lora_gguf: bool = False  # also write the adapter as a GGUF LoRA (llama-server --lora)
-    modelfile: bool = True  # an Ollama Modelfile beside each GGUF
-    merged_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
-    probes: list[str] = Field(DEFAULT_PROBES, min_length=1)  # prompts for the greedy comparison
-    probe_tokens: int = Field(24, ge=1, le=512)  # greedy tokens generated per probe
+    quants: list[str] = Field(["Q8_0"], description="what `ftctl export --gguf` writes when --quant is not given")
+    merged: bool = Field(False, description="also keep the merged HF directory (safetensors) under exports/")
+    lora_gguf: bool = Field(False, description="also write the adapter as a GGUF LoRA (llama-server --lora)")
+    modelfile: bool = Field(True, description="an Ollama Modelfile beside each GGUF")
+    merged_dtype: Literal["float16", "bfloat16", "float32"] = Field("float16", description="dtype of the merged HF model (the converter's source)")
+    probes: list[str] = Field(DEFAULT_PROBES, min_length=1, description="prompts for the greedy comparison")
+    probe_tokens: int = Field(24, ge=1, le=512, description="greedy tokens generated per probe")
     min_agreement: float = Field(0.95, ge=0, le=1)
-    strict: list[str] = ["F32", "F16", "BF16", "Q8_0"]  # types held to min_agreement (others: reported)
-    llama_cpp_dir: str | None = None  # a llama.cpp checkout whose converters to use
-    n_threads: int | None = Field(None, ge=1)
-    convert_timeout: float = Field(3600, gt=0)
+    strict: list[str] = Field(["F32", "F16", "BF16", "Q8_0"], description="types held to min_agreement (others: reported)")
+    llama_cpp_dir: str | None = Field(None, description="a llama.cpp checkout whose converters to use")
+    n_threads: int | None = Field(None, ge=1, description="threads for llama.cpp (default: all cores)")
+    convert_timeout: float = Field(3600, gt=0, description="seconds a converter run may take")
 
     @field_validator("quants", "strict")
     @classmethod

@@ -30,18 +30,18 @@ class CsvSource(Watermarked, Source):
         path: str = Field(description="a file, directory or glob (relative to the workspace)")
         prompt: str = Field(description="template over columns, e.g. 'Claim {id}: {description}'")
         response: str = Field(description="template over columns, e.g. '{decision}'")
-        system: str | None = None
+        system: str | None = Field(None, description="template of a system message over columns (none when unset)")
         id: str | None = Field(None, description="column with the row's primary key")
-        rating: str | None = None
-        reward: str | None = None
-        feedback_type: str | None = None
-        correction: str | None = None
-        agent: str | None = None
-        created_at: str | None = None
-        conversation_id: str | None = None
-        served_model: str | None = None
-        delimiter: str = Field(",", min_length=1, max_length=1)
-        encoding: str = "utf-8-sig"  # tolerates a BOM
+        rating: str | None = Field(None, description="column with a 1..5 rating")
+        reward: str | None = Field(None, description="column with a -1..+1 reward")
+        feedback_type: str | None = Field(None, description="column with the feedback type (thumbs_up, correction, ...)")
+        correction: str | None = Field(None, description="column with a user's corrected answer (becomes the training target)")
+        agent: str | None = Field(None, description="column with the agent type")
+        created_at: str | None = Field(None, description="column with the event time (the watermark)")
+        conversation_id: str | None = Field(None, description="column with the conversation id (keeps a conversation in one split)")
+        served_model: str | None = Field(None, description="column with the model id that answered (deploy serves `model@vX.Y`)")
+        delimiter: str = Field(",", min_length=1, max_length=1, description="the field separator")
+        encoding: str = Field("utf-8-sig", description="the file encoding (the default tolerates a BOM)")
 
     def read(self, since: str | None) -> Iterator[Example | Reject]:
         c = self.config

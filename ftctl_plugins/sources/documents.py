@@ -25,10 +25,10 @@ class DocumentsSource(Source):
 
     class Config(PluginConfig):
         path: str = Field(description="a directory, file or glob of .md/.txt/.rst files")
-        style: Literal["continuation", "qa"] = "continuation"
-        chunk_chars: int = Field(1500, ge=200)
+        style: Literal["continuation", "qa"] = Field("continuation", description="continuation: learn the text; qa: a question per chunk answered by the chunk")
+        chunk_chars: int = Field(1500, ge=200, description="characters per chunk (split at paragraph boundaries)")
         min_chars: int = Field(80, ge=1, description="shorter chunks are rejected as too_short")
-        agent: str | None = None
+        agent: str | None = Field(None, description="the agent type the examples get")
 
     def read(self, since: str | None) -> Iterator[Example | Reject]:
         source = self.source_name

@@ -22,7 +22,7 @@ class PostgresSource(SqlSource):
     class Config(SqlConfig):
         dsn: str = Field(description="libpq DSN or URL; use ${ENV} for the password")
         itersize: int = Field(5000, ge=1, description="rows fetched per round trip")
-        connect_timeout: int = Field(10, ge=1)
+        connect_timeout: int = Field(10, ge=1, description="seconds to wait for the database")
 
     def read(self, since: str | None) -> Iterator[Example | Reject]:
         import psycopg

@@ -31,18 +31,18 @@ class SqlConfig(PluginConfig):
     query: str | None = Field(None, description="full SELECT with named parameters; columns named as the mapping keys")
     params: dict[str, Any] = Field({}, description="values for the query's named parameters")
     where: dict[str, Any] = Field({}, description="column: value equality filters (bound parameters)")
-    id: str = "id"
-    conversation_id: str | None = "conversation_id"
-    role: str | None = "role"
-    content: str | None = "content"
-    prompt: str | None = None  # set prompt+response for one-row-per-interaction tables
-    response: str | None = None
-    rating: str | None = "rating"
-    reward: str | None = None
-    feedback_type: str | None = None
-    correction: str | None = None
-    agent: str | None = None
-    created_at: str | None = "created_at"
+    id: str = Field("id", description="column with the row's primary key")
+    conversation_id: str | None = Field("conversation_id", description="column with the conversation id")
+    role: str | None = Field("role", description="column with the message role (one row per message)")
+    content: str | None = Field("content", description="column with the message text")
+    prompt: str | None = Field(None, description="column with the prompt (with response: one row per interaction)")
+    response: str | None = Field(None, description="column with the answer (with prompt: one row per interaction)")
+    rating: str | None = Field("rating", description="column with a 1..5 rating")
+    reward: str | None = Field(None, description="column with a -1..+1 reward")
+    feedback_type: str | None = Field(None, description="column with the feedback type")
+    correction: str | None = Field(None, description="column with a user's corrected answer")
+    agent: str | None = Field(None, description="column with the agent type")
+    created_at: str | None = Field("created_at", description="column with the event time (the watermark)")
     served_model: str | None = Field(None, description="the model id that answered (deploy serves `model@vX.Y`)")
     feedback_table: str | None = Field(None, description="ratings in a joined table")
     feedback_key: str = Field("message_id", description="the feedback table's column referencing id")
