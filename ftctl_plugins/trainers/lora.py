@@ -33,29 +33,29 @@ class TrainingFailed(FtctlError):
 
 
 class LoraConfig(PluginConfig):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] | None = None  # None: peft's per-architecture default
-    epochs: float = Field(3.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)  # wins over epochs
-    batch_size: int = Field(4, ge=1)
-    gradient_accumulation: int = Field(1, ge=1)
-    learning_rate: float = Field(2e-4, gt=0)
-    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts"] = "cosine"
-    warmup: float = Field(0.03, ge=0)  # < 1: a ratio of the steps; >= 1: a step count
-    weight_decay: float = Field(0.0, ge=0)
-    max_length: int = Field(1024, ge=8)
-    gradient_checkpointing: bool = False
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where supported
-    seed: int = 42
-    packing: bool = True
-    qlora: bool = False
-    checkpoint_every: int = Field(50, ge=1)  # steps
-    eval_every: int | None = Field(None, ge=1)  # with early_stopping: evaluate (and checkpoint) this often
-    early_stopping: int | None = Field(None, ge=1)  # patience, in evaluations of val loss
-    chat_template: str | None = None  # a Jinja template for bases whose tokenizer has none
-    log_every: int = Field(1, ge=1)
+    r: int = Field(16, ge=1, description="LoRA rank")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (the update is scaled by alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
+    target_modules: list[str] | Literal["all-linear"] | None = Field(None, description="None: peft's per-architecture default")
+    epochs: float = Field(3.0, gt=0, description="passes over the training set")
+    max_steps: int | None = Field(None, ge=1, description="wins over epochs")
+    batch_size: int = Field(4, ge=1, description="conversations per micro-batch")
+    gradient_accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    learning_rate: float = Field(2e-4, gt=0, description="peak learning rate")
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts"] = Field("cosine", description="learning-rate schedule")
+    warmup: float = Field(0.03, ge=0, description="< 1: a ratio of the steps; >= 1: a step count")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_length: int = Field(1024, ge=8, description="tokens per training row; longer conversations are skipped (counted)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, slower")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 where supported")
+    seed: int = Field(42, description="seed of the adapter's initial weights and the data order")
+    packing: bool = Field(True, description="pack several conversations into one row of max_length tokens")
+    qlora: bool = Field(False, description="4-bit QLoRA (needs CUDA and bitsandbytes)")
+    checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints (resume points)")
+    eval_every: int | None = Field(None, ge=1, description="with early_stopping: evaluate (and checkpoint) this often")
+    early_stopping: int | None = Field(None, ge=1, description="patience, in evaluations of val loss")
+    chat_template: str | None = Field(None, description="a Jinja template for bases whose tokenizer has none")
+    log_every: int = Field(1, ge=1, description="steps between progress lines")
 
 
 class LoraTrainer(Trainer):
