@@ -9,14 +9,13 @@ drift from what a person does by hand. A second cron tick while a cycle runs exi
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ftctl.errors import GateFailed, NothingToDo
 from ftctl.registry.workspace import Workspace, locked
+from ftctl.util.log import Log
 
-Log = Callable[[str], None]
 
 
 def new_examples(ws: Workspace, model: str) -> int:

@@ -26,7 +26,7 @@ from ftctl.data import curate
 from ftctl.data.served import Attribution, Resolver
 from ftctl.errors import FtctlError
 from ftctl.records import Reject, read_jsonl
-from ftctl.registry.workspace import Workspace, locked
+from ftctl.registry.workspace import Workspace, dvc_md5, locked
 
 SPLITS = ("train", "val", "test")
 FILES = {**{s: f"{s}.jsonl" for s in SPLITS}, "preferences": "preferences.jsonl",
@@ -310,7 +310,7 @@ def _publish(ws: Workspace, name: str, out: Path, card: dict) -> None:
     def update(lock) -> None:
         st = lock.state(name)
         st.dataset = {
-            "md5": _dvc_md5(final.with_name(name + ".dvc")), "created": card["created"],
+            "md5": dvc_md5(final), "created": card["created"],
             "rows": card["splits"], "filters": card["filters"], "window": card["window"],
             "card": {k: card[k] for k in ("read", "kept", "filtered", "rejected", "scrubbed", "preferences")},
             "scrub": card["pii"],  # `ftctl diff` shows a change of scrub settings between versions
@@ -331,11 +331,3 @@ def _publish(ws: Workspace, name: str, out: Path, card: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _dvc_md5(dvc_file: Path) -> str | None:
-    from ruamel.yaml import YAML
-
-    try:
-        data = YAML(typ="safe").load(dvc_file.read_text())
-        return data["outs"][0]["md5"]
-    except (OSError, KeyError, IndexError, TypeError):
-        return None

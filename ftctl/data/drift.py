@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from ftctl.errors import UsageError
 
-Log = Callable[[str], None]
+from ftctl.util.log import Log
 WORD = re.compile(r"\w+", re.UNICODE)
 NOVELTY_MARGIN = 0.25  # new prompts' unseen-n-gram share above the reference's own baseline
 

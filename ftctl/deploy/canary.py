@@ -17,12 +17,11 @@ action itself goes through ftctl.deploy.run's promote / deploy / rollback, which
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 from ftctl.errors import UsageError
 
-Log = Callable[[str], None]
+from ftctl.util.log import Log, current_user
 PROMOTE, STEP, HOLD, ROLLBACK = "promote", "step", "hold", "rollback"
 ACTION = "canary check"
 
@@ -159,15 +158,6 @@ def decide(cfg, scores: dict[str, list[float]], ops: dict[str, Any], percent: in
                       f"-{cfg.max_drop:g}; needs about {need} more rated answers per version"}
 
 
-def _user() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no passwd entry (containers): still record the decision
-        return "?"
-
-
 # --- the verb -----------------------------------------------------------------------------------
 
 
@@ -208,7 +198,7 @@ def check(ws, model: str | None = None, *, dry_run: bool = False, log: Log = pri
 
     def update(lock) -> None:
         st = lock.state(model)
-        st.history.append({"time": now(), "user": _user(), "action": ACTION, "version": canary_v,
+        st.history.append({"time": now(), "user": current_user(), "action": ACTION, "version": canary_v,
                            "stable": st.deployment.stable,
                            "canary": dict(st.deployment.canary) if st.deployment.canary else None,
                            "result": verdict["decision"], "detail": verdict["reason"], "evidence": evidence})

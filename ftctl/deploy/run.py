@@ -16,7 +16,6 @@ deploy/promote/rollback puts the serving stack back to the recorded state first,
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from ftctl.registry.versions import resolve, split_ref
 from ftctl.registry.workspace import locked
 from ftctl.train.basemodel import file_sha256
 from ftctl.util.atomic import write_text
-from ftctl.util.log import Log
+from ftctl.util.log import Log, current_user
 
 
 def _deployer(ws, model: str, log: Log) -> Deployer:
@@ -116,7 +115,7 @@ def _record(ws, model: str, action: str, version: str | None, *, stable: str | N
             st.deployment.canary = canary
         if apps is not None:
             st.deployment.apps = apps
-        st.history.append({"time": now(), "user": _user(), "action": action, "version": version,
+        st.history.append({"time": now(), "user": current_user(), "action": action, "version": version,
                            "stable": st.deployment.stable,
                            "canary": dict(st.deployment.canary) if st.deployment.canary else None,
                            "result": result, **({"detail": detail} if detail else {})})
@@ -130,12 +129,6 @@ def _apps_entry(dep: Deployer, arts: dict[str, Artifact | None]) -> list[dict]:
     names = {s.slot: s.name for s in dep.slots()}
     return [{"name": names.get(role, role), "role": role, "version": art.version, "model_path": art.rel,
              "sha256": art.sha256} for role, art in arts.items() if art]
-
-
-def _user() -> str:
-    with contextlib.suppress(Exception):
-        return getpass.getuser()
-    return "?"
 
 
 # --- interrupted commands -----------------------------------------------------------------------

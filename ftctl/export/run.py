@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,8 @@ from ftctl.errors import FtctlError, UsageError
 from ftctl.registry.versions import resolve, split_ref
 from ftctl.registry.workspace import locked
 from ftctl.util.atomic import make_temp_dir
+from ftctl.util.log import Log
 
-Log = Callable[[str], None]
 
 
 class NoAdapter(UsageError):

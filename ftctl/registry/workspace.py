@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import getpass
 import json
 import os
 import threading
@@ -26,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ftctl.registry import lockfile
-from ftctl.util.atomic import write_text
+from ftctl.util.atomic import read_json, write_text
+from ftctl.util.log import current_user
 from ftctl.config import CONFIG_FILE, FtctlConfig, LoadedConfig, ModelConfig, load, redact
 from ftctl.errors import ExternalToolError, FtctlError, Locked, NotAWorkspace
 from ftctl.kinds import Context
@@ -146,7 +146,7 @@ class Workspace:
         try:
             lock.acquire(timeout=wait)
         except Timeout:
-            holder = _read_json(info) or {}
+            holder = read_json(info) or {}
             raise Locked(
                 "another ftctl command holds the workspace lock"
                 + (f": `{holder.get('command')}` (pid {holder.get('pid')}, since {holder.get('since')})" if holder else ""),
@@ -228,7 +228,7 @@ class Workspace:
     def recover(self) -> str | None:
         """Finish or undo a record interrupted by a crash. Returns what was done, if anything."""
         journal = self.state_dir / JOURNAL
-        entry = _read_json(journal)
+        entry = read_json(journal)
         if entry is None:
             return None
         head = self.head()
@@ -288,7 +288,7 @@ class Workspace:
 
     def log_event(self, event: dict[str, Any]) -> None:
         """Append one JSON line to .ftctl/log.jsonl (secrets redacted)."""
-        line = json.dumps({"time": now(), "user": _user(), **event}, default=str)
+        line = json.dumps({"time": now(), "user": current_user(), **event}, default=str)
         with open(self.state_dir / "log.jsonl", "a", encoding="utf-8") as f:
             f.write(redact(line) + "\n")
 
@@ -307,16 +307,13 @@ def locked(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _user() -> str:
-    with contextlib.suppress(Exception):
-        return getpass.getuser()
-    return "?"
+def dvc_md5(path: Path) -> str | None:
+    """The md5 DVC recorded for a tracked ``path`` (from ``<path>.dvc``), or None."""
+    from ruamel.yaml import YAML
 
-
-def _read_json(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
+        return YAML(typ="safe").load(Path(f"{path}.dvc").read_text())["outs"][0]["md5"]
+    except (OSError, KeyError, IndexError, TypeError):
         return None
 
 

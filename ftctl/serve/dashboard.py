@@ -59,7 +59,7 @@ STATUS_LOCK = threading.Lock()
 
 def deployment_status(ws, model: str | None) -> dict:
     """`ftctl status`'s core function, one call at a time: the deployer parses the ecosystem
-    file through per-process temp files (ftctl_plugins/deployers/ecosystem.py) that threads
+    file through per-process temp files (the pm2 plugin's ecosystem module) that threads
     running at once would share."""
     from ftctl.deploy import run as core
 

@@ -8,7 +8,6 @@ human log) go to files under .ftctl/serve/jobs/, so nothing is lost if the servi
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -20,8 +19,9 @@ from pathlib import Path
 
 from ftctl.errors import NOTHING_TO_DO, OK
 from ftctl.serve import jobs as J
+from ftctl.util.atomic import read_json
 
-# the trainer's progress line (ftctl_plugins/trainers/callbacks.py: "step 12/100  loss 1.2345 ...")
+# the trainer's progress line (the lora trainer's callbacks: "step 12/100  loss 1.2345 ...")
 STEP_RE = re.compile(r"step (\d+)/(\d+)\s+loss ([-+0-9.eE]+|nan|inf)")
 GRACE = 10.0  # seconds between SIGTERM and SIGKILL on cancel
 
@@ -62,7 +62,7 @@ def run(store: J.JobStore, job: dict, root: Path, *, lock_wait: float = 0, token
             stopped_by = J.INTERRUPTED
             _stop(proc)
     p = progress.read()
-    result = _read_json(out)
+    result = read_json(out)
     code = proc.returncode
     state = stopped_by or (J.DONE if code in (OK, NOTHING_TO_DO) else J.FAILED)
     store.update(job["id"], state=state, exit_code=code, result=result, finished=time.time(), pid=None,
@@ -80,14 +80,6 @@ def _stop(proc: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-
-
-def _read_json(path: Path):
-    try:
-        text = path.read_text(encoding="utf-8")
-        return json.loads(text) if text.strip() else None
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 class Progress:

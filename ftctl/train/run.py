@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from ftctl import plugins
-from ftctl.util.atomic import write_text
+from ftctl.util.atomic import read_json, write_text
 from ftctl.train.basemodel import ResolvedBase, resolve_base
 from ftctl.errors import FtctlError, UsageError
 from ftctl.kinds import TrainRequest, TrainResult
 from ftctl.registry.lockfile import VersionEntry
 from ftctl.registry.versions import next_version, resolve, split_ref
-from ftctl.registry.workspace import Workspace, locked, now
+from ftctl.registry.workspace import Workspace, dvc_md5, locked, now
 
 RUN_FILE = "run.json"
 RESULT_FILE = "result.json"
@@ -147,7 +147,7 @@ def _record(ws, name, version, parent, base, spec, run_dir, result: TrainResult,
                       "libraries": result.libraries, "from": parent, "steps": result.steps,
                       "tokens": result.tokens, "tokens_per_s": result.tokens_per_s,
                       "seconds": result.seconds, "peak_rss_mb": result.peak_rss_mb, "run": run_dir.name},
-            adapter={"path": ws.rel(dest), "md5": _dvc_md5(dest)},
+            adapter={"path": ws.rel(dest), "md5": dvc_md5(dest)},
             metrics={k: v for k, v in result.metrics.items() if v is not None},
         )
 
@@ -159,16 +159,6 @@ def _record(ws, name, version, parent, base, spec, run_dir, result: TrainResult,
             "train_loss": result.metrics.get("train_loss"), "val_loss": result.metrics.get("val_loss"),
             "steps": result.steps, "tokens_per_s": result.tokens_per_s, "adapter": ws.rel(dest),
             "optimizer_steps": result.steps, "peak_rss_mb": result.peak_rss_mb}
-
-
-def _dvc_md5(path: Path) -> str | None:
-    from ruamel.yaml import YAML
-
-    dvc_file = path.with_name(path.name + ".dvc")
-    if not dvc_file.is_file():
-        return None
-    outs = YAML(typ="safe").load(dvc_file.read_text()).get("outs") or [{}]
-    return outs[0].get("md5")
 
 
 # --- runs ---------------------------------------------------------------------------------
@@ -263,7 +253,7 @@ def _launch(ws, trainer, run_dir: Path, request: TrainRequest, nproc: int, accel
     log_file = run_dir / "train.log"  # the workers' output: stdout stays clean for --json
     with open(log_file, "a") as out:
         proc = subprocess.run(cmd, cwd=ws.root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-    failure = _read_json(run_dir / "error.json")
+    failure = read_json(run_dir / "error.json")
     if failure:
         raise FtctlError(failure["message"], hint=failure.get("hint"))
     if proc.returncode != 0 or not (run_dir / RESULT_FILE).is_file():
@@ -301,13 +291,6 @@ def _worker(root: str, run_dir: str) -> None:
 
 def _jsonable(d):
     return json.loads(json.dumps(d, default=str))
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ read what ftctl writes on a shared server.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 import tempfile
@@ -77,3 +78,12 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_json(path: Path):
+    """A small JSON state file, or None when it is missing, empty or half-written by a crash."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        return json.loads(text) if text.strip() else None
+    except (FileNotFoundError, ValueError):
+        return None
