@@ -63,12 +63,14 @@ class Progress(TrainerCallback):
         if loss is None or not args.should_save:
             return
         tps = self.tokens / self.seconds if self.seconds else 0
-        info = f"loss {loss:.4f}  {tps:,.0f} tok/s  {rss_mb():,.0f} MB"
+        info = f"loss {loss:.4f}  {tps:,.0f} tok/s  RSS {rss_mb():,.0f} MB"
         if self.bar is not None:
             self.bar.update(self.task, completed=state.global_step, info=info)
         elif time.monotonic() - self.last_line > 10 or state.global_step == state.max_steps:
             self.last_line = time.monotonic()
-            self.log(f"step {state.global_step}/{state.max_steps}  {info}")
+            done = state.global_step - self.steps0
+            eta = self.seconds / done * (state.max_steps - state.global_step) if done else 0
+            self.log(f"step {state.global_step}/{state.max_steps}  {info}  eta {_clock(eta)}")
 
     def on_train_end(self, args, state, control, **kw):
         self._measure()
@@ -78,6 +80,11 @@ class Progress(TrainerCallback):
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
 def rss_mb() -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -116,6 +117,9 @@ def test_cli_json_contract(train_ws, ftctl):
     assert set(data) == {"model", "version", "parent", "train_loss", "val_loss", "steps", "tokens_per_s", "adapter",
                          "optimizer_steps", "peak_rss_mb"}  # the contract's keys, plus issue 10's two
     assert data["optimizer_steps"] == data["steps"] == 2 and data["peak_rss_mb"] > 100
+    # without a terminal, progress is plain lines; with --json they go to stderr (stdout: one document)
+    assert re.search(r"^step 2/2  loss [\d.]+  [\d,]+ tok/s  RSS [\d,]+ MB  eta 0:00$", proc.stderr, re.M), proc.stderr
+    assert "plan: 2 optimizer steps" in proc.stderr
     assert data["steps"] == 2 and data["version"] == "v1.0" and data["adapter"] == "adapters/assistant/v1.0"
     proc = ftctl("--json", "train", "--model", "nope", cwd=train_ws.root)
     assert proc.returncode == 2 and "no model named" in json.loads(proc.stdout)["error"]
