@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -65,3 +66,27 @@ def test_a_second_service_on_the_same_workspace_is_refused(workspace):
         assert proc.returncode == 4 and "another `ftctl serve`" in proc.stdout
     finally:
         svc.stop()
+
+
+def test_a_job_waits_for_the_lock_as_configured_and_can_be_cancelled(workspace):
+    from tests.conftest import hold_run_lock
+
+    holder = hold_run_lock(workspace.root, 120)
+    svc = Service(workspace.root, extra_args=["--lock-wait", "60"])
+    try:
+        job = svc.http.post("/finetune/start", json={"max_steps": 2}).json()
+        waiting = svc.wait_job(job["id"], states=("running",), timeout=30)
+        assert waiting["command"] == ["ftctl", "train", "--max-steps", "2"]
+        time.sleep(2)
+        assert svc.http.get(f"/jobs/{job['id']}").json()["state"] == "running"  # still waiting, not refused
+        r = svc.http.post(f"/jobs/{job['id']}/cancel")
+        assert r.status_code == 200 and r.json()["state"] in ("running", "cancelled")
+        cancelled = svc.wait_job(job["id"], timeout=30)
+        assert cancelled["state"] == "cancelled" and cancelled["resumable"] is False
+        assert holder.poll() is None  # the lock's holder was never disturbed
+        metrics = svc.http.get("/metrics").text
+        assert 'ftctl_jobs{state="cancelled"} 1.0' in metrics
+    finally:
+        svc.stop()
+        holder.kill()
+        holder.wait()
