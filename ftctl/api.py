@@ -13,6 +13,7 @@ from ftctl.kinds import (KINDS, AppStatus, Artifact, BaseModelRef, Context, Depl
 from ftctl.records import ROLES, Example, Reject, RowError, read_jsonl
 from ftctl.util.atomic import write_text
 from ftctl.util.times import parse_time
+from ftctl.data.scrub import phi_spans
 
 __all__ = [
     "AppStatus", "Artifact", "BaseModelRef", "ConfigError", "Context", "DeployPlan", "Deployer",
@@ -20,5 +21,5 @@ __all__ = [
     "ExportedFile", "Exporter", "ExternalToolError", "FtctlError", "GenerationBackend", "Health", "KINDS",
     "Plugin", "PluginConfig", "ROLES", "Reject", "RolledBack", "RowError", "Slot", "SlotInfo", "Source", "TrainPreview",
     "TrainRequest", "TrainResult", "Trainer", "UsageError", "hookimpl", "parse_time", "read_jsonl",
-    "write_text",
+    "write_text", "phi_spans",
 ]

@@ -99,6 +99,8 @@ class GateConfig(Strict):
     min_improvement: float = 0.0  # the mean difference must reach this (in the metric's units)
     confidence: float = Field(0.95, gt=0, lt=1)  # ... and be significant at this level
     guards: list[str] = []  # metrics that must not get significantly worse
+    # absolute ceilings on the candidate's mean, e.g. {memorisation: 0, phi_in_output: 0}: fail on any leak
+    max: dict[str, float] = {}
     against: str = "stable"  # the ref a candidate is compared with (base when nothing is stable)
 
 

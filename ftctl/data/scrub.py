@@ -358,3 +358,14 @@ def for_reports(ws, model: str):
     s = Scrubber(sc.types, sc.names, ws.cache_dir, recognizers=ws.root / sc.recognizers if sc.recognizers else None,
                  root=ws.root)
     return lambda text: s.scrub(text, Counter())
+
+
+@functools.cache
+def _default() -> Scrubber:
+    return Scrubber()
+
+
+def phi_spans(text: str) -> list[tuple[str, str]]:
+    """(type, text) of each PHI-shaped span in ``text``, with the default settings: for
+    evaluators that check what a model says (public through ftctl.api)."""
+    return [(s.type, text[s.start:s.end]) for s in _default().analyze(text)]

@@ -35,6 +35,12 @@ def check_gate(comparison: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
         sign = 1 if gm.get("higher_is_better", True) else -1
         if sign * gm["diff"] < 0 and gm["p_value"] < alpha:
             reasons.append(f"guard {g} got significantly worse ({gm['a']:.4g} -> {gm['b']:.4g}, p={gm['p_value']:.3g})")
+    for g, limit in gate.max.items():
+        gm = comparison["metrics"].get(g)
+        if gm is None or gm.get("b") is None:
+            reasons.append(f"gate.max metric {g} was not measured (add it to eval.metrics)")
+        elif gm["b"] > limit:
+            reasons.append(f"{g}: {gm['b']:.4g} on {comparison['b']} is above gate.max {limit:g}")
     return {"passed": not reasons, "metric": gate.metric, "a": comparison["a"], "b": comparison["b"],
             "reasons": reasons}
 

@@ -8,9 +8,10 @@ from ftctl.api import hookimpl
 from ftctl_plugins.evaluators.groundedness import Groundedness
 from ftctl_plugins.evaluators.judge import LlmJudge
 from ftctl_plugins.evaluators.lexical import Bleu, ExactMatch, RougeL, TokenF1
+from ftctl_plugins.evaluators.memorisation import Memorisation, PhiInOutput
 from ftctl_plugins.evaluators.perplexity import Perplexity
 
-BUILTINS = (ExactMatch, TokenF1, Bleu, RougeL, Perplexity, LlmJudge, Groundedness)
+BUILTINS = (ExactMatch, TokenF1, Bleu, RougeL, Perplexity, LlmJudge, Groundedness, Memorisation, PhiInOutput)
 
 
 @hookimpl
