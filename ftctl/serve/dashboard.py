@@ -73,7 +73,7 @@ def _status(ws, model: str) -> dict:
     except FtctlError as e:
         lock = ws.read_lock().models.get(model)
         dep = lock.deployment if lock else None
-        return {"model": model, "stable": dep.stable if dep else None, "canary": dep.canary if dep else None,
+        return {"model": model, "stable": dep.stable if dep else None, "canary": dep.canary.model_dump() if dep and dep.canary else None,
                 "apps": [], "error": e.message}
 
 

@@ -87,7 +87,7 @@ class FtctlCollector:
             by_kind.setdefault(kind, []).append(max(0.0, seconds))
         hist = HistogramMetricFamily("ftctl_job_duration_seconds", "Run time of finished jobs", labels=["kind"])
         for kind, xs in sorted(by_kind.items()):
-            buckets = [(str(b) if b != float("inf") else "+Inf", sum(1 for x in xs if x <= b)) for b in BUCKETS]
+            buckets = [(str(float(b)) if b != float("inf") else "+Inf", sum(1 for x in xs if x <= b)) for b in BUCKETS]
             hist.add_metric([kind], buckets, sum(xs))
         yield hist
 
