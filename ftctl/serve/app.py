@@ -190,6 +190,10 @@ def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
         from ftctl.registry.lineage import resolve_ref
 
         model = getattr(req, "model", None)
+        if getattr(req, "set", None):  # the overrides must give a valid config, as `--set` checks
+            from ftctl.registry.workspace import Workspace
+
+            ws = Workspace(ws.root, tuple(req.set))
         ws.model(model)
         for ref in req.refs():
             resolve_ref(ws, ref, model)

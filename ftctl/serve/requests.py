@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
 # a ref as the CLI takes it (v1.1, latest, model@v1.1): the resolver decides if it exists
@@ -64,6 +64,14 @@ class FinetuneRequest(WithOverrides):
     major: bool = False
     from_: Ref | None = Field(None, alias="from", description="train: continue this version's adapter")
     force: bool = Field(False, description="cycle: train even with few new examples")
+
+    @model_validator(mode="after")
+    def _options_of_kind(self):
+        if self.kind == "cycle" and (self.resume or self.major or self.from_ or self.epochs):
+            raise ValueError("cycle takes model, max_steps, force and set; resume, major, from and epochs are train's")
+        if self.kind == "train" and self.force:
+            raise ValueError("force is cycle's option")
+        return self
 
     def argv(self) -> list[str]:
         if self.kind == "cycle":

@@ -101,7 +101,8 @@ def test_bad_refs_get_the_cli_message_with_422(shared):
 def test_inputs_are_validated_and_bounded(shared):
     _, service = shared
     before = len(service.http.get("/jobs").json())
-    bad = [{"kind": "export"}, {"max_steps": 0}, {"set": ["base=/etc/passwd"]},
+    bad = [{"kind": "export"}, {"max_steps": 0}, {"kind": "cycle", "resume": True},
+           {"set": ["eval.batch_size=-1"]}, {"set": ["base=/etc/passwd"]},
            {"set": ["curate.golden=x.jsonl"]}, {"set": ["train.lora.r=${FTCTL_SERVE_TOKEN}"]},
            {"set": ["train.lora.r=1"] * 33}, {"unknown": 1}, {"model": "../x"}]
     for body in bad:

@@ -48,7 +48,7 @@ def test_click_through_the_dashboard_while_a_job_runs(serve_ws, browser, tmp_pat
 
     svc = Service(serve_ws.root)
     try:
-        job = svc.http.post("/finetune/start", json={"max_steps": 16}).json()
+        job = svc.http.post("/finetune/start", json={"max_steps": 12}).json()
         browser.get(svc.url + "/")
         assert "ftctl" in browser.title and text_of(browser, "#deployment").startswith("stable -")
         assert "no versions yet" in text_of(browser, "#versions")
@@ -64,7 +64,7 @@ def test_click_through_the_dashboard_while_a_job_runs(serve_ws, browser, tmp_pat
         assert '"version": "v1.0"' in text_of(browser, "#result")
 
         evaluation = svc.http.post("/evaluate", json={
-            "a": "base", "b": "latest", "metrics": ["exact_match", "token_f1"], "limit": 4,
+            "a": "base", "b": "latest", "metrics": ["exact_match", "token_f1"], "limit": 2,
             "set": ["eval.max_new_tokens=4", "eval.bootstrap=200"]}).json()
         done = svc.wait_job(evaluation["id"])
         assert done["state"] == "done", done["log_tail"]

@@ -20,7 +20,7 @@ def test_kill_9_mid_job_then_restart_and_resume(serve_ws):
     root = serve_ws.root
     store = JobStore(root / ".ftctl" / "serve" / "jobs.sqlite")
     svc = Service(root)
-    job = svc.http.post("/finetune/start", json={"max_steps": 24}).json()
+    job = svc.http.post("/finetune/start", json={"max_steps": 10}).json()
     runs = root / ".ftctl" / "runs" / "assistant"
     assert wait_for(lambda: any(runs.glob("*/checkpoint-*/.ftctl-complete")), 240, 0.05), svc.output()
     job_pid = store.get(job["id"])["pid"]
@@ -48,7 +48,7 @@ def test_kill_9_mid_job_then_restart_and_resume(serve_ws):
         done = svc.wait_job(again["id"])
         assert done["state"] == "done", done["log_tail"]
         assert any("resuming from checkpoint-" in line for line in done["log_tail"])
-        assert done["result"]["version"] == "v1.0" and done["result"]["steps"] == 24
+        assert done["result"]["version"] == "v1.0" and done["result"]["steps"] == 10
         assert set(serve_ws.read_lock().state("assistant").versions) == {"v1.0"}
         # the interrupted job's run is finished now: nothing left to resume
         assert svc.http.get(f"/jobs/{job['id']}").json()["resumable"] is False
