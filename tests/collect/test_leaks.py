@@ -104,3 +104,23 @@ def test_a_row_the_scrubber_cannot_process_is_rejected_and_counted(workspace, mo
 
     with workspace.run_lock("test"), pytest.raises(FtctlError, match="scrubbing e .* failed"):
         collect(workspace, "assistant", since="all", log=lambda *_: None)
+
+
+def test_diff_shows_a_change_of_scrub_settings(workspace, ftctl):
+    from ftctl.registry.lockfile import VersionEntry
+    from ftctl.registry.workspace import now
+
+    before = {"enabled": True, "types": ["EMAIL", "PHONE"], "names": "unavailable", "on_error": "reject"}
+    after = {**before, "types": ["EMAIL", "PERSON", "PHONE"], "names": "spacy-ner:en_core_web_sm 3.8.0"}
+
+    def update(lock):
+        for v, scrub in (("v1.0", before), ("v1.1", after)):
+            lock.state("assistant").versions[v] = VersionEntry(version=v, created=now(), dataset={"scrub": scrub})
+
+    with workspace.run_lock("test"):
+        workspace.record("test: two versions", update)
+    out = ftctl("diff", "v1.0", "v1.1", cwd=workspace.root, check=True).stdout
+    assert "scrub types: ['EMAIL', 'PHONE'] -> ['EMAIL', 'PERSON', 'PHONE']" in out
+    assert "scrub names: unavailable -> spacy-ner:en_core_web_sm 3.8.0" in out
+    data = json.loads(ftctl("--json", "diff", "v1.0", "v1.1", cwd=workspace.root, check=True).stdout)
+    assert set(data["scrub"]) == {"types", "names"}
