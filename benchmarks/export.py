@@ -42,7 +42,7 @@ def main() -> None:
 
         def log(line: str) -> None:
             print(f"  {time.perf_counter() - t0:7.1f}s  {line}")  # where ftctl's time goes
-            marks.setdefault("from merged" if line.startswith("greedy reference") else line, time.perf_counter())
+            marks.setdefault("from merged" if line.startswith("the merged model's greedy") else line, time.perf_counter())
 
         exporter = GgufExporter(GgufConfig(probe_tokens=args.probe_tokens), Context(tmp, "bench", tmp, log=log))
         t0 = time.perf_counter()

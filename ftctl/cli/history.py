@@ -13,6 +13,22 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v))
 
 
+def _parity(p: dict | None, long: bool = False) -> str:
+    """A GGUF's parity with the merged model, and the base's figures for the same type."""
+    if not p:
+        return ""
+    b = p.get("base") or {}
+    if long:
+        return (f"top-1 agreement {p['top1']:.1%}, mean KL {p['kl_mean']:.4f} over {p.get('positions')} positions"
+                + (f"; the base's: {b['top1']:.1%}, {b['kl_mean']:.4f}" if b else ""))
+    return f" {p['top1']:.1%}/{p['kl_mean']:.3f}" + (f" (base {b['top1']:.1%}/{b['kl_mean']:.3f})" if b else "")
+
+
+def _export_cell(exports: list[dict]) -> str:
+    return "\n".join((x["quant"] or x["kind"]) + _parity(x.get("parity")) for x in exports
+                     if x["kind"] != "modelfile") or "-"
+
+
 @click.command()
 @model_option
 @pass_app
@@ -34,9 +50,11 @@ def versions(app, model):
         for r in rs:
             rows_n = sum(v for v in r["rows"].values() if isinstance(v, int)) if r["rows"] else None
             t.add_row(r["model"], r["version"], r["parent"] or "base", r["created"][:16], _fmt(rows_n),
-                      _fmt(r["metrics"].get(key)), ", ".join(x["quant"] or x["kind"] for x in r["exports"]) or "-",
-                      r["deployed"] or "-")
+                      _fmt(r["metrics"].get(key)), _export_cell(r["exports"]), r["deployed"] or "-")
         app.console.print(t)
+        if any(x.get("parity") for r in rs for x in r["exports"]):
+            app.say("exports: GGUF top-1 agreement / mean KL with the merged model (the untuned base's GGUF "
+                    "of the same type)")
 
     app.emit(rows, render)
 
@@ -49,7 +67,15 @@ def show(app, ref, model):
     """Show a version's whole models.lock entry (REF: v1.1, latest, stable, model@v1.0)."""
     from ftctl.registry.lineage import show as do_show
 
-    app.emit(do_show(app.workspace(), ref, model))
+    def render(entry):
+        import json
+
+        app.console.print_json(json.dumps(entry, default=str))
+        for x in entry.get("exports", []):
+            if x.get("parity"):
+                app.say(f"parity {x['kind']} {x['quant']}: {_parity(x['parity'], long=True)}")
+
+    app.emit(do_show(app.workspace(), ref, model), render)
 
 
 @click.command()

@@ -67,7 +67,7 @@ def export(ws, ref: str, *, merged: bool | None = None, gguf: bool | None = None
     if not (merged or quant_list or lora_gguf):
         raise UsageError("nothing to export", hint="choose --gguf (with --quant), --merged or --lora-gguf")
 
-    adapter_rel = (entry.adapter or {}).get("path")
+    adapter_rel = entry.adapter.path
     adapter_dir = ws.root / adapter_rel if adapter_rel else None
     if adapter_dir is None or not (adapter_dir / "adapter_config.json").is_file():
         raise NoAdapter(f"{model}@{version} has no adapter" + (f" in {adapter_rel}" if adapter_rel else ""),
@@ -127,10 +127,10 @@ def gguf_path(ws, model: str, version: str, quant: str | None = None, kind: str 
     entry = ws.read_lock().state(model).versions.get(version)
     if entry is None:
         raise UsageError(f"unknown version {version!r} of model {model!r}", hint="see `ftctl versions`")
-    for f in entry.exports:
-        if f.get("kind") == kind and (quant is None or str(f.get("quant")).upper() == quant.upper()):
-            return ws.root / f["path"]
-    have = ", ".join(f"{f.get('kind')}:{f.get('quant')}" for f in entry.exports) or "none"
+    found = entry.find_export(kind, quant)
+    if found is not None:
+        return ws.root / found.path
+    have = ", ".join(f"{f.kind}:{f.quant}" for f in entry.exports) or "none"
     raise UsageError(f"{model}@{version} has no {kind} export" + (f" {quant}" if quant else ""),
                      hint=f"exports: {have}; run `ftctl export {model}@{version} --quant {quant or 'Q8_0'}`")
 

@@ -36,7 +36,7 @@ def version_rows(ws, model: str | None = None) -> list[dict[str, Any]]:
             rows.append({
                 "model": m, "version": v, "parent": e.parent, "created": e.created,
                 "tag": tag_name(m, v), "metrics": e.metrics, "rows": _split_rows(e.dataset),
-                "exports": [{k: x.get(k) for k in ("kind", "quant", "path")} for x in e.exports],
+                "exports": [{k: x.get(k) for k in ("kind", "quant", "path", "parity")} for x in e.exports],
                 "deployed": deployed_as(lock, m, v),
             })
     return rows

@@ -2,7 +2,8 @@
 
 Every step uses llama.cpp's own tools (its converter scripts as a subprocess, its quantizer
 through llama-cpp-python) so the files are exactly what llama.cpp expects; then each file is
-checked against the merged model in transformers before the core may keep it.
+checked against the merged model in transformers before the core may keep it (parity.py:
+teacher-forced top-1 agreement and KL, judged against what the same type costs the base).
 
 torch/transformers/peft/llama_cpp load inside methods: `ftctl plugins` imports this module.
 """
@@ -22,6 +23,8 @@ from pydantic import Field, field_validator
 from ftctl.errors import ExternalToolError, FtctlError, UsageError
 from ftctl.api import (ExportDefaults, ExportedFile, Exporter, ExportRequest, ExportResult,  # noqa: F401
                        PluginConfig)
+from ftctl_plugins.exporters.parity import (BaseFigures, Figures, Margins, Reference, _llama_cpp, judge, limits,
+                                            measure, probe_texts)
 
 # llama.cpp file types by the names users know (llama-quantize's names). F32/F16/BF16 come
 # straight from the converter; the rest are quantized from the F16 file by llama.cpp.
@@ -36,6 +39,8 @@ DEFAULT_PROBES = [
     "How do I reset my password?",
     "Explain what a GGUF file is in one sentence.",
 ]
+# Margins per type where the default (Margins()) is not right; measured, see docs/export.md.
+DEFAULT_MARGINS: dict[str, Margins] = {}
 
 
 class VerificationFailed(FtctlError):
@@ -63,21 +68,39 @@ class GgufConfig(PluginConfig):
     lora_gguf: bool = Field(False, description="also write the adapter as a GGUF LoRA (llama-server --lora)")
     modelfile: bool = Field(True, description="an Ollama Modelfile beside each GGUF")
     merged_dtype: Literal["float16", "bfloat16", "float32"] = Field("float16", description="dtype of the merged HF model (the converter's source)")
-    probes: list[str] = Field(DEFAULT_PROBES, min_length=1, description="prompts for the greedy comparison")
-    probe_tokens: int = Field(24, ge=1, le=512, description="greedy tokens generated per probe")
-    min_agreement: float = Field(0.95, ge=0, le=1)
-    strict: list[str] = Field(["F32", "F16", "BF16", "Q8_0"], description="types held to min_agreement (others: reported)")
+    probes: list[str] = Field(DEFAULT_PROBES, min_length=1, description=(
+        "generic prompts of the parity check (besides held-out prompts of the version's test split)"))
+    task_probes: int = Field(8, ge=0, description=(
+        "how many held-out prompts of the version's test split the parity check uses"))
+    probe_tokens: int = Field(32, ge=1, le=512, description=(
+        "tokens of the merged model's greedy answer per probe; both models read them and are "
+        "compared position by position"))
+    parity: Margins = Field(default_factory=Margins, description=(
+        "how much worse than the base's GGUF of the same type a GGUF may be (top-1 agreement, mean KL)"))
+    parity_by_quant: dict[str, Margins] = Field(default_factory=lambda: dict(DEFAULT_MARGINS), description=(
+        "per-type overrides of `parity`, e.g. {Q2_K: {kl_ratio: 3}}"))
     llama_cpp_dir: str | None = Field(None, description="a llama.cpp checkout whose converters to use")
     n_threads: int | None = Field(None, ge=1, description="threads for llama.cpp (default: all cores)")
     convert_timeout: float = Field(3600, gt=0, description="seconds a converter run may take")
 
-    @field_validator("quants", "strict")
+    @field_validator("quants")
     @classmethod
     def _types(cls, v: list[str]) -> list[str]:
         try:
             return parse_quants(v)
         except UsageError as e:
             raise ValueError(e.message) from None
+
+    @field_validator("parity_by_quant")
+    @classmethod
+    def _type_keys(cls, v: dict[str, Margins]) -> dict[str, Margins]:
+        try:
+            return {parse_quants([k])[0]: m for k, m in v.items()}
+        except UsageError as e:
+            raise ValueError(e.message) from None
+
+    def margins(self, quant: str) -> Margins:
+        return self.parity_by_quant.get(quant, self.parity)
 
 
 class GgufExporter(Exporter):
@@ -128,17 +151,36 @@ class GgufExporter(Exporter):
         work = req.out_dir / ".work"  # intermediates (the F16 source of quantization); removed at the end
         work.mkdir(parents=True)
         merged_dir = (req.out_dir if req.merged else work) / "merged"
+        tok, base = self._load(req)
+        prompts = self._prompts(req)
+        types = list(dict.fromkeys([*req.quants, *(["F16"] if req.lora_gguf else [])]))
+        calibration = BaseFigures(self.ctx.cache_dir, req.base.sha256, probe_texts(tok, prompts), cfg.probe_tokens)
+        base_ref = None
+        if any(calibration.get(t) is None for t in types):
+            log(f"the base's greedy answers to {len(prompts)} probes (to measure what each type costs it; cached)")
+            # the plain model, before PEFT wraps it (generating through disable_adapter() was
+            # many times slower)
+            base_ref = Reference.compute(base, tok, prompts, cfg.probe_tokens)
         log(f"merging the adapter into {req.base.ref} ({cfg.merged_dtype})")
-        model, tok = self._merge(req, merged_dir)
+        model = self._merge(base, tok, req.adapter_dir, merged_dir)
+        del base
         if req.merged:
             files.append(ExportedFile(merged_dir, "merged"))
 
         stem = f"{req.model}-{req.version}"
         src_type = "F16" if "BF16" not in req.quants or "F16" in req.quants else "BF16"
         src = (req.out_dir if src_type in req.quants else work) / f"{stem}-{src_type}.gguf"
-        log("greedy reference continuations of the probe prompts (transformers)")
-        reference = Reference.compute(model, tok, cfg.probes, cfg.probe_tokens)
+        log(f"the merged model's greedy answers to {len(prompts)} probes (transformers)")
+        reference = Reference.compute(model, tok, prompts, cfg.probe_tokens)
         del model
+
+        def base_figures(quant: str) -> Figures:
+            fig = calibration.get(quant)
+            if fig is None:
+                fig = self._measure_base(req, tools, quant, work, base_ref, tok)
+                calibration.put(quant, fig)
+            return fig
+
         if req.quants:
             # one thing at a time: the converter overlapped with torch's threads on a small
             # machine ran many times slower (oversubscribed cores), see benchmarks/export.py
@@ -155,30 +197,49 @@ class GgufExporter(Exporter):
                     else:
                         log(f"quantizing to {quant} with llama.cpp")
                         quantize(src, path, quant, cfg.n_threads)
-                check = self._verify(path, quant, reference, tok)
+                check = self._verify(path, quant, reference, tok, base_figures(quant), req)
                 checks.append(check)
-                files.append(ExportedFile(path, "gguf", quant, check["token_agreement"]))
+                files.append(ExportedFile(path, "gguf", quant, check["token_agreement"], {"parity": check["parity"]}))
                 if cfg.modelfile:
                     from ftctl_plugins.exporters.modelfile import write_modelfile
 
                     files.append(ExportedFile(write_modelfile(path, tok), "modelfile", quant))
         if req.lora_gguf:
-            files += self._lora(req, tools, reference, tok, checks, stem)
+            files += self._lora(req, tools, reference, tok, checks, stem, base_figures("F16"))
         shutil.rmtree(work)
         return ExportResult(files, checks)
 
     # --- steps ----------------------------------------------------------------------------
 
-    def _merge(self, req: ExportRequest, out: Path):
-        """Base in full precision (a QLoRA run's 4-bit base is never merged into), + adapter, merged."""
+    def _load(self, req: ExportRequest):
+        """The tokenizer and the base in full precision (a QLoRA run's 4-bit base is never merged into)."""
         import torch
-        from peft import PeftModel
 
         from ftctl.train.basemodel import load_model, load_tokenizer
 
         tok = load_tokenizer(req.base)
         base = load_model(req.base, dtype=torch.float32)
-        model = PeftModel.from_pretrained(base, str(req.adapter_dir)).merge_and_unload()
+        base.eval()
+        return tok, base
+
+    def _prompts(self, req: ExportRequest) -> list:
+        """The generic probes plus ``task_probes`` held-out prompts, chosen by content hash
+        (so neither the config's nor the test split's order changes which are used)."""
+        import hashlib
+        import json
+
+        def key(chat):
+            return hashlib.sha256(json.dumps(chat, sort_keys=True).encode()).hexdigest()
+
+        task = sorted(req.task_prompts, key=key)[:self.config.task_probes]
+        return [*self.config.probes, *task]
+
+    def _merge(self, base, tok, adapter_dir: Path, out: Path):
+        """The adapter merged into ``base`` (in place), saved to ``out``; returns the merged model."""
+        import torch
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
         model.eval()
         gen = model.generation_config
         if gen.eos_token_id is None and tok.eos_token_id is not None:
@@ -190,39 +251,64 @@ class GgufExporter(Exporter):
         model.to(torch.float32)
         if any(out.glob("*.bin")) or not any(out.glob("*.safetensors")):
             raise FtctlError("the merged model was not saved as safetensors", hint="upgrade transformers")
-        return model, tok
+        return model
 
-    def _verify(self, path: Path, quant: str, reference: Reference, tok, lora: Path | None = None) -> dict:
+    def _measure_base(self, req: ExportRequest, tools, quant: str, work: Path, base_ref: Reference, tok) -> Figures:
+        """What ``quant`` costs the untuned base on the same probes (its GGUF vs itself in HF)."""
+        base_f16 = base_f16_gguf(req.base, tools, self.config.convert_timeout, self.ctx.log)
+        path = work / f"base-{quant}.gguf"
+        if quant == "F16":
+            path = base_f16
+        elif quant in CONVERTER_TYPES:
+            _finish(_start(tools, [tools.convert_hf, req.base.path, "--outfile", path, "--outtype",
+                                   CONVERTER_TYPES[quant]]), "convert_hf_to_gguf.py", path, self.config.convert_timeout)
+        else:
+            quantize(base_f16, path, quant, self.config.n_threads)
+        try:
+            fig = measure(path, base_ref, tok, n_threads=self.config.n_threads, check_tokens=False).figures
+        finally:
+            if path != base_f16:
+                path.unlink(missing_ok=True)
+        self.ctx.log(f"the base's {quant}: top-1 {fig.top1:.1%}, mean KL {fig.kl_mean:.4f} (cached)")
+        return fig
+
+    def _verify(self, path: Path, quant: str, reference: Reference, tok, base: Figures, req: ExportRequest,
+                lora: Path | None = None) -> dict:
         cfg: GgufConfig = self.config
-        agreement, diffs, problems = reference.compare(path, tok, lora=lora, n_threads=cfg.n_threads)
-        strict = quant in cfg.strict
+        m = measure(path, reference, tok, lora=lora, n_threads=cfg.n_threads)
+        margins = cfg.margins(quant)
+        fig = m.figures
         label = f"{path.name}" + (f" + {lora.name}" if lora else "")
-        self.ctx.log(f"{label}: {agreement:.1%} of probe tokens agree with the merged model"
-                     + ("" if strict else " (reported)"))
-        if strict and agreement < cfg.min_agreement:
-            problems.append(f"only {agreement:.1%} of probe tokens agree with the merged model "
-                            f"(needs {cfg.min_agreement:.0%})")
+        self.ctx.log(f"{label}: top-1 agreement {fig.top1:.1%}, mean KL {fig.kl_mean:.4f} over {fig.positions} "
+                     f"positions (the base's {quant}: {base.top1:.1%}, {base.kl_mean:.4f})")
+        problems = m.problems + judge(fig, base, margins, quant)
         if problems:
-            shown = "; ".join(f"probe {d['probe']!r}: HF {d['hf']!r} vs GGUF {d['gguf']!r}" for d in diffs[:2])
+            shown = "; ".join(f"probe {d['probe']!r}: HF {d['hf']!r} vs GGUF {d['gguf']!r}" for d in m.diffs)
+            hint = ("; ".join(problems[1:3]) + "; " if len(problems) > 1 else "") + (
+                shown if len(problems) > len(m.problems) else "check the converter's version and the tokenizer files")
             raise VerificationFailed(f"{label} failed verification: {problems[0]}"
                                      + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),
-                                     hint=shown or "; ".join(problems[1:3]) or "see the converter's version")
-        return {"file": path.name, "quant": quant, "token_agreement": round(agreement, 4), "strict": strict,
-                "differing": diffs[:3]}
+                                     hint=hint + "; limits: export.gguf.parity (docs/export.md)")
+        n_task = min(cfg.task_probes, len(req.task_prompts))
+        parity = {**fig.rounded(), "base": base.rounded(), "limits": limits(base, margins, fig),
+                  "probes": {"generic": len(set(cfg.probes)), "task": n_task}}
+        return {"file": path.name, "quant": quant, "token_agreement": parity["top1"], "parity": parity,
+                "differing": m.diffs}
 
-    def _lora(self, req, tools, reference, tok, checks, stem) -> list[ExportedFile]:
-        """The adapter alone as a GGUF LoRA, checked applied to an F16 GGUF of the base."""
+    def _lora(self, req, tools, reference, tok, checks, stem, base: Figures) -> list[ExportedFile]:
+        """The adapter alone as a GGUF LoRA, checked applied to an F16 GGUF of the base (against
+        what F16 costs the base: the LoRA adds no rounding of its own beyond its F16 weights)."""
         base_gguf = base_f16_gguf(req.base, tools, self.config.convert_timeout, self.ctx.log)
         path = req.out_dir / f"{stem}-lora-F16.gguf"
         self.ctx.log("converting the adapter with llama.cpp's convert_lora_to_gguf.py")
         _finish(_start(tools, [tools.convert_lora, "--base", req.base.path, "--outtype", "f16",
                                "--outfile", path, req.adapter_dir]),
                 "convert_lora_to_gguf.py", path, self.config.convert_timeout)
-        check = self._verify(base_gguf, "F16", reference, tok, lora=path)
+        check = self._verify(base_gguf, "F16", reference, tok, base, req, lora=path)
         check["file"] = path.name
         checks.append(check)
         return [ExportedFile(path, "lora-gguf", "F16", check["token_agreement"],
-                             {"base_gguf": str(base_gguf), "base_sha256": req.base.sha256})]
+                             {"parity": check["parity"], "base_gguf": str(base_gguf), "base_sha256": req.base.sha256})]
 
 
 # --- llama.cpp tools ------------------------------------------------------------------------
@@ -274,15 +360,6 @@ def quantize(src: Path, dst: Path, quant: str, n_threads: int | None = None) -> 
                                     hint="try another --quant; some types need dimensions divisible by 256")
 
 
-def _llama_cpp():
-    try:
-        import llama_cpp
-    except ImportError:
-        raise ExternalToolError("llama-cpp-python is not installed",
-                                hint="pip install 'ftctl[export]' (it builds llama.cpp; a few minutes)") from None
-    return llama_cpp
-
-
 class _disk_errors:
     """ENOSPC/EDQUOT anywhere inside becomes one clear error (the core then keeps nothing)."""
 
@@ -318,119 +395,3 @@ def base_f16_gguf(base, tools, timeout: float, log) -> Path:
                     "convert_hf_to_gguf.py", tmp, timeout)
             os.replace(tmp, out)
     return out
-
-
-# --- verification ---------------------------------------------------------------------------
-
-
-def check_metadata(llm, tok) -> list[str]:
-    """The chat template and the EOS/BOS ids must survive conversion exactly.
-
-    Read through llama.cpp itself (what the server will use); gguf's GGUFReader parses every
-    vocab array element by element, which takes tens of seconds on a 49k-token vocab."""
-    meta = llm.metadata
-    template = meta.get("tokenizer.chat_template")
-    problems = []
-    if tok.chat_template and template != tok.chat_template:
-        problems.append("the chat template is missing from the GGUF" if not template
-                        else "the GGUF's chat template differs from the tokenizer's")
-    if tok.eos_token_id is not None and llm.token_eos() != tok.eos_token_id:
-        problems.append(f"EOS id is {llm.token_eos()} in the GGUF, {tok.eos_token_id} ({tok.eos_token}) "
-                        "in the tokenizer")
-    if tok.bos_token_id is not None and llm.token_bos() != tok.bos_token_id:
-        problems.append(f"BOS id is {llm.token_bos()} in the GGUF, {tok.bos_token_id} in the tokenizer")
-    return problems
-
-
-@dataclass
-class Probe:
-    text: str  # the prompt, rendered with the chat template
-    prompt: list[int]  # its token ids (HF tokenizer)
-    continuation: list[int]  # HF merged model's greedy continuation
-
-
-@dataclass
-class Reference:
-    """Greedy continuations of the probe prompts by the merged model in transformers."""
-
-    probes: list[Probe]
-    decode: Any
-
-    @classmethod
-    def compute(cls, model, tok, prompts: list[str], max_new_tokens: int) -> Reference:
-        """One left-padded batch: a forward pass per new token for all probes at once (CPU
-        transformers is the slowest step of an export; see benchmarks/export.py)."""
-        import torch
-
-        eos = model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos])
-        texts = [render_prompt(tok, p) for p in prompts]
-        ids = [tok(t, add_special_tokens=False).input_ids for t in texts]
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        width = max(map(len, ids))
-        batch = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-        with torch.no_grad():
-            out = model.generate(batch, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                 eos_token_id=eos, pad_token_id=pad)
-        probes = []
-        for text, prompt, row in zip(texts, ids, out[:, width:].tolist()):
-            cut = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))  # through the first EOS
-            probes.append(Probe(text, prompt, row[:cut]))
-        return cls(probes, lambda t: tok.decode(t, skip_special_tokens=False))
-
-    def compare(self, path: Path, tok, *, lora: Path | None = None, n_threads: int | None = None):
-        """Teacher-forced greedy agreement: at each step of the HF continuation, does the GGUF
-        pick the same next token? (A free-running comparison would count one early near-tie as
-        every later token wrong.) Also: does llama.cpp tokenize the prompt the same way?"""
-        import numpy as np
-
-        llama_cpp = _llama_cpp()
-        n_ctx = max(len(p.prompt) + len(p.continuation) for p in self.probes) + 8
-        kwargs = {"lora_path": str(lora)} if lora else {}
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=max(n_ctx, 64), logits_all=True, verbose=False,
-                              n_threads=n_threads or os.cpu_count(), seed=0, **kwargs)
-        agree = total = 0
-        diffs, problems = [], check_metadata(llm, tok)
-        try:
-            for p in self.probes:
-                ids = llm.tokenize(p.text.encode(), add_bos=False, special=True)
-                if ids != p.prompt:
-                    problems.append(f"llama.cpp tokenizes the prompt differently ({len(ids)} vs {len(p.prompt)} tokens)")
-                if not p.continuation:
-                    continue
-                llm.reset()
-                llm.eval(p.prompt + p.continuation[:-1])
-                start = len(p.prompt) - 1
-                picks = np.asarray(llm.scores[start:start + len(p.continuation)]).argmax(axis=-1).tolist()
-                same = sum(a == b for a, b in zip(picks, p.continuation))
-                agree += same
-                total += len(p.continuation)
-                if same < len(p.continuation):
-                    diffs.append({"probe": p.text[-60:], "hf": self.decode(p.continuation),
-                                  "gguf": self.decode(_greedy(llm, p.prompt, len(p.continuation)))})
-        finally:
-            llm.close()
-        return (agree / total if total else 1.0), diffs, problems
-
-
-def _greedy(llm, prompt: list[int], n: int) -> list[int]:
-    import numpy as np
-
-    llm.reset()
-    llm.eval(prompt)
-    out = []
-    for _ in range(n):
-        t = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        out.append(t)
-        if t == llm.token_eos():
-            break
-        llm.eval([t])
-    return out
-
-
-def render_prompt(tok, prompt: str) -> str:
-    messages = [{"role": "user", "content": prompt}]
-    if tok.chat_template:
-        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return prompt

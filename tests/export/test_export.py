@@ -196,11 +196,14 @@ def test_export_all_kinds_through_the_cli(tiny_version, real_tools):
     assert {f["sha256"] for f in first["files"]} <= {f["sha256"] for f in out["files"]}
     assert {f["path"]: f["sha256"] for f in exports_of(ws, version)} == {f["path"]: f["sha256"] for f in out["files"]}
     for f in out["files"]:
-        assert set(f) == {"path", "kind", "quant", "sha256", "token_agreement"}
+        parity = {"parity"} if f["kind"] in ("gguf", "lora-gguf") else set()
+        assert set(f) == {"path", "kind", "quant", "sha256", "token_agreement"} | parity
         assert f["path"].startswith(f"exports/assistant/{version}/") and (ws.root / f["path"]).exists()
         assert len(f["sha256"]) == 64
     for key in (("gguf", "F16"), ("gguf", "Q8_0"), ("lora-gguf", "F16")):
-        assert by_kind[key]["token_agreement"] >= 0.95
+        p = by_kind[key]["parity"]  # teacher-forced figures, and the base's for the same type
+        assert by_kind[key]["token_agreement"] == p["top1"] >= p["limits"]["min_top1"]
+        assert p["kl_mean"] <= p["limits"]["max_kl"] and {"top1", "kl_mean"} <= set(p["base"])
     merged = ws.root / by_kind[("merged", None)]["path"]
     assert list(merged.glob("*.safetensors")) and not list(merged.glob("*.bin"))
     assert (merged / "chat_template.jinja").exists() or "chat_template" in (merged / "tokenizer_config.json").read_text()
@@ -211,7 +214,14 @@ def test_export_all_kinds_through_the_cli(tiny_version, real_tools):
 
     q8 = gguf_path(ws, "assistant", version, "Q8_0")
     assert q8.read_bytes()[:4] == b"GGUF"
-    assert next(f for f in recorded if f["quant"] == "Q8_0" and f["kind"] == "gguf")["sha256"] == file_sha256(q8)
+    q8_entry = next(f for f in recorded if f["quant"] == "Q8_0" and f["kind"] == "gguf")
+    assert q8_entry["sha256"] == file_sha256(q8) and q8_entry["parity"] == by_kind[("gguf", "Q8_0")]["parity"]
+    # shown by `ftctl versions` and `ftctl show`
+    rows = run_json("versions", cwd=ws.root)
+    assert next(r for r in rows if r["version"] == version)["exports"][0].keys() >= {"kind", "quant", "parity"}
+    shown = run_ftctl("versions", cwd=ws.root).stdout
+    assert "Q8_0" in shown and "top-1 agreement" in shown
+    assert "parity gguf Q8_0: top-1 agreement" in run_ftctl("show", version, cwd=ws.root).stdout
     assert (ws.root / f"exports/assistant/{version}.dvc").exists()
     modelfile = (ws.root / by_kind[("modelfile", "Q8_0")]["path"]).read_text()
     assert f"FROM ./{q8.name}" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile

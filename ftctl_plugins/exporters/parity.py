@@ -1,0 +1,322 @@
+"""Does a GGUF behave like the model it was made from? Teacher-forced parity, calibrated on the base.
+
+Both models read the same tokens: each probe's prompt plus the merged (HF) model's own greedy
+continuation. At every position of the continuation the next-token distributions are compared:
+top-1 agreement and KL(HF || GGUF), the figures llama.cpp's `llama-perplexity --kl-divergence`
+reports ("same top p", mean KLD). A near-tied token that flips costs one position, not the rest of
+the probe (free-running agreement compounded it; kept only for the human-readable hint).
+
+What a quant type costs is a property of the model, not of the fine-tune: each type's limits come
+from the untuned base's GGUF of that type on the same probes (cached per base, type and probe set),
+and a fine-tune fails only when its GGUF is clearly worse than that (margins in config).
+
+numpy/torch/llama_cpp load inside functions: `ftctl plugins` imports this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Bump when the measure changes: cached base figures of another method are not comparable.
+METHOD = "teacher-forced-v2"
+# Two tokens the HF model rates within this many nats (5%) of each other are tied: either is its
+# top-1, so a GGUF that picks the other agrees. Half-precision rounding alone moves logits by a few
+# hundredths (an F16 GGUF of a tiny model flipped a 0.018-nat near-tie at KL 1e-5); llama.cpp's
+# "same top p" counts such a flip as a miss, which measures rounding, not the conversion.
+TIE = 0.05
+# How many probes the hint shows (the worst by summed KL), each with free-running continuations.
+HINT_PROBES = 2
+
+
+class Margins(BaseModel):
+    """How much worse than the base's GGUF of the same type a fine-tune's GGUF may be."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    top1_drop: float = Field(0.03, ge=0, le=1, description=(
+        "top-1 agreement may be this much below the base's (0.03 = 3 points) ..."))
+    top1_noise: float = Field(2.0, ge=0, description=(
+        "... plus this many standard errors of the difference of two agreement rates (binomial), so "
+        "that a small probe set does not fail by chance"))
+    kl_ratio: float = Field(2.0, ge=1, description="mean KL may be this many times the base's ...")
+    kl_slack: float = Field(0.01, ge=0, description="... plus this many nats (room for sampling noise "
+                                                    "when the base's KL is near zero)")
+
+
+@dataclass
+class Probe:
+    text: str  # the prompt rendered with the chat template
+    prompt: list[int]  # its token ids (HF tokenizer)
+    continuation: list[int]  # the HF model's greedy continuation (through EOS, if it came)
+    logprobs: Any = None  # np.ndarray [len(continuation), vocab]: HF log-softmax before each continuation token
+
+    @property
+    def label(self) -> str:
+        return self.text.strip()[-60:]
+
+
+@dataclass
+class Reference:
+    """The HF model's side: greedy continuations and its next-token distributions along them."""
+
+    probes: list[Probe]
+    decode: Callable[[list[int]], str]
+
+    @classmethod
+    def compute(cls, model, tok, prompts: list[list[dict[str, str]]], max_new_tokens: int) -> Reference:
+        """Continuations in one left-padded batch (CPU transformers is the slowest step of an
+        export; see benchmarks/export.py), then one unpadded forward pass per probe for the
+        distributions. Probes are deduplicated and sorted by text: the figures are a function
+        of the probe *set*, whatever order the config or the test split lists them in."""
+        import torch
+
+        texts = probe_texts(tok, prompts)
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = tok.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        ids = [tok(t, add_special_tokens=False).input_ids for t in texts]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        width = max(map(len, ids))
+        batch = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        with torch.no_grad():
+            out = model.generate(batch, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=eos, pad_token_id=pad)
+            probes = []
+            for text, prompt, row in zip(texts, ids, out[:, width:].tolist()):
+                cut = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))  # through the first EOS
+                cont = row[:cut]
+                logprobs = None
+                if cont:
+                    logits = model(torch.tensor([prompt + cont[:-1]])).logits[0, len(prompt) - 1:].float()
+                    logprobs = torch.log_softmax(logits, dim=-1).numpy()
+                probes.append(Probe(text, prompt, cont, logprobs))
+        return cls(probes, lambda t: tok.decode(t, skip_special_tokens=False))
+
+
+
+@dataclass
+class Figures:
+    top1: float  # share of positions where both models pick the same most likely next token (ties: TIE)
+    kl_mean: float  # mean KL(HF || GGUF) of the next-token distributions, nats
+    kl_p99: float
+    kl_max: float
+    positions: int
+
+    def rounded(self) -> dict[str, Any]:
+        return {"top1": round(self.top1, 4), "kl_mean": round(self.kl_mean, 5), "kl_p99": round(self.kl_p99, 4),
+                "kl_max": round(self.kl_max, 4), "positions": self.positions}
+
+
+@dataclass
+class Measurement:
+    figures: Figures
+    problems: list[str]  # broken regardless of figures: chat template, EOS/BOS, tokenisation
+    diffs: list[dict[str, str]] = field(default_factory=list)  # worst probes, free-running HF vs GGUF
+
+
+def measure(path: Path, ref: Reference, tok, *, lora: Path | None = None, n_threads: int | None = None,
+            check_tokens: bool = True) -> Measurement:
+    """Run the GGUF (plus a GGUF LoRA) over every probe's tokens and compare with ``ref``."""
+    import numpy as np
+
+    llama_cpp = _llama_cpp()
+    n_ctx = max(len(p.prompt) + len(p.continuation) for p in ref.probes) + 8
+    kwargs = {"lora_path": str(lora)} if lora else {}
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=max(n_ctx, 64), logits_all=True, verbose=False,
+                          n_threads=n_threads or os.cpu_count(), seed=0, **kwargs)
+    try:
+        problems = check_metadata(llm, tok) + (check_vocab(llm, tok, ref) if check_tokens else [])
+        kls, same, per_probe = [], [], []
+        for p in ref.probes:
+            if not p.continuation:
+                continue
+            llm.reset()
+            llm.eval(p.prompt + p.continuation[:-1])
+            start = len(p.prompt) - 1
+            logits = np.asarray(llm.scores[start:start + len(p.continuation)], dtype=np.float64)
+            hf = p.logprobs.astype(np.float64)
+            n = min(hf.shape[1], logits.shape[1])  # sizes differ only when the vocab is broken (reported)
+            gg = logits[:, :n] - _logsumexp(logits[:, :n])
+            kl = (np.exp(hf[:, :n]) * (hf[:, :n] - gg)).sum(axis=-1)
+            kls.append(np.maximum(kl, 0.0))
+            rows = np.arange(len(hf))
+            hf_top, gg_top = hf.argmax(axis=-1), logits.argmax(axis=-1)
+            same.append((hf_top == gg_top) | (hf[rows, hf_top] - hf[rows, np.minimum(gg_top, hf.shape[1] - 1)] <= TIE))
+            per_probe.append((float(kl.sum()), p))
+        kl_all = np.concatenate(kls) if kls else np.zeros(1)
+        agree = np.concatenate(same) if same else np.ones(1, dtype=bool)
+        figures = Figures(float(agree.mean()), float(kl_all.mean()), float(np.percentile(kl_all, 99)),
+                          float(kl_all.max()), int(agree.size if same else 0))
+        diffs = []
+        for _, p in sorted(per_probe, key=lambda x: -x[0])[:HINT_PROBES]:
+            mine = _greedy(llm, p.prompt, len(p.continuation))
+            if mine != p.continuation:
+                diffs.append({"probe": p.label, "hf": ref.decode(p.continuation), "gguf": ref.decode(mine)})
+    finally:
+        llm.close()
+    return Measurement(figures, problems, diffs)
+
+
+def limits(base: Figures, m: Margins, fig: Figures) -> dict[str, float]:
+    """The worst figures ``fig`` may have, given the base's for the same type."""
+    nb, nf = max(base.positions, 1), max(fig.positions, 1)
+    # the standard error of a difference of two rates from their pooled rate (two-proportion z-test)
+    p = (base.top1 * nb + fig.top1 * nf) / (nb + nf)
+    se = (p * (1 - p) * (1 / nb + 1 / nf)) ** 0.5
+    return {"min_top1": round(max(0.0, p - m.top1_drop - m.top1_noise * se), 4),
+            "max_kl": round(base.kl_mean * m.kl_ratio + m.kl_slack, 5)}
+
+
+def judge(fig: Figures, base: Figures, m: Margins, quant: str) -> list[str]:
+    """Why ``fig`` is clearly worse than the base's GGUF of the same type ([] = it is not)."""
+    lim = limits(base, m, fig)
+    out = []
+    if fig.top1 < lim["min_top1"]:
+        out.append(f"top-1 agreement {fig.top1:.1%} is below {lim['min_top1']:.1%} (the base's {quant}: "
+                   f"{base.top1:.1%}, minus {m.top1_drop:.0%} and {m.top1_noise:g} standard errors)")
+    if fig.kl_mean > lim["max_kl"]:
+        out.append(f"mean KL divergence {fig.kl_mean:.4f} is above {lim['max_kl']:.4f} (the base's {quant}: "
+                   f"{base.kl_mean:.4f}, x{m.kl_ratio:g} + {m.kl_slack:g})")
+    return out
+
+
+# --- the base's figures, cached ---------------------------------------------------------------
+
+
+class BaseFigures:
+    """What each type costs the untuned base on a probe set: measured once, then read from
+    ``<cache>/parity/`` (key: base sha256, type, probe set, method, llama-cpp-python version)."""
+
+    def __init__(self, cache_dir: Path, base_sha256: str, texts: list[str], max_new_tokens: int):
+        self.dir = Path(cache_dir) / "parity"
+        self.stem = hashlib.sha256(json.dumps([base_sha256, texts, max_new_tokens, METHOD,
+                                               _llama_cpp_version()]).encode()).hexdigest()[:24]
+
+    def path(self, quant: str) -> Path:
+        return self.dir / f"{self.stem}-{quant}.json"
+
+    def get(self, quant: str) -> Figures | None:
+        try:
+            return Figures(**json.loads(self.path(quant).read_text())["figures"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # absent or unreadable: measure again
+
+    def put(self, quant: str, fig: Figures) -> None:
+        from ftctl.api import write_text
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_text(self.path(quant), json.dumps({"quant": quant, "method": METHOD, "figures": asdict(fig)}))
+
+
+# --- checks that fail whatever the figures ----------------------------------------------------
+
+
+def check_metadata(llm, tok) -> list[str]:
+    """The chat template and the EOS/BOS ids must survive conversion exactly.
+
+    Read through llama.cpp itself (what the server will use); gguf's GGUFReader parses every
+    vocab array element by element, which takes tens of seconds on a 49k-token vocab."""
+    meta = llm.metadata
+    template = meta.get("tokenizer.chat_template")
+    problems = []
+    if tok.chat_template and template != tok.chat_template:
+        problems.append("the chat template is missing from the GGUF" if not template
+                        else "the GGUF's chat template differs from the tokenizer's")
+    if tok.eos_token_id is not None and llm.token_eos() != tok.eos_token_id:
+        problems.append(f"EOS id is {llm.token_eos()} in the GGUF, {tok.eos_token_id} ({tok.eos_token}) "
+                        "in the tokenizer")
+    if tok.bos_token_id is not None and llm.token_bos() != tok.bos_token_id:
+        problems.append(f"BOS id is {llm.token_bos()} in the GGUF, {tok.bos_token_id} in the tokenizer")
+    return problems
+
+
+def check_vocab(llm, tok, ref: Reference) -> list[str]:
+    """Every tokenizer token is in the GGUF under the same id, and llama.cpp tokenizes the probes
+    (prompts and continuations) exactly as the tokenizer does."""
+    problems = []
+    if llm.n_vocab() < len(tok):
+        problems.append(f"the GGUF has {llm.n_vocab()} tokens, the tokenizer {len(tok)}")
+    vocab = tok.convert_ids_to_tokens(list(range(min(len(tok), llm.n_vocab()))))
+    for i, want in enumerate(vocab):
+        have = llm._model.token_get_text(i)  # the token's stored text (llama_vocab_get_text)
+        if want is not None and have != want and (not have or have.startswith("[PAD")):
+            problems.append(f"token {i} ({want!r}) is missing from the GGUF's vocabulary")
+            break
+    for p in ref.probes:
+        ids = llm.tokenize(p.text.encode(), add_bos=False, special=True)
+        if ids != p.prompt:
+            problems.append(f"llama.cpp tokenizes the prompt {p.label!r} differently "
+                            f"({len(ids)} vs {len(p.prompt)} tokens)")
+            break
+        text = ref.decode(p.continuation)
+        if tok(text, add_special_tokens=False).input_ids != llm.tokenize(text.encode(), add_bos=False, special=True):
+            problems.append(f"llama.cpp tokenizes {text[:40]!r} differently from the tokenizer")
+            break
+    return problems
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def probe_texts(tok, prompts: list[str | list[dict[str, str]]]) -> list[str]:
+    """The probe set: each prompt rendered with the chat template, deduplicated, sorted."""
+    return sorted({render_prompt(tok, p) for p in prompts})
+
+
+def render_prompt(tok, prompt: str | list[dict[str, str]]) -> str:
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    if tok.chat_template:
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "\n".join(m["content"] for m in messages)
+
+
+def _logsumexp(x):
+    import numpy as np
+
+    top = x.max(axis=-1, keepdims=True)
+    return top + np.log(np.exp(x - top).sum(axis=-1, keepdims=True))
+
+
+def _greedy(llm, prompt: list[int], n: int) -> list[int]:
+    import numpy as np
+
+    llm.reset()
+    llm.eval(prompt)
+    out = []
+    for _ in range(n):
+        t = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        out.append(t)
+        if t == llm.token_eos():
+            break
+        llm.eval([t])
+    return out
+
+
+def _llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError:
+        from ftctl.api import ExternalToolError
+
+        raise ExternalToolError("llama-cpp-python is not installed",
+                                hint="pip install 'ftctl[export]' (it builds llama.cpp; a few minutes)") from None
+    return llama_cpp
+
+
+def _llama_cpp_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llama_cpp_python")
+    except PackageNotFoundError:
+        return "?"
