@@ -62,6 +62,12 @@ def _bucket(key: str) -> float:
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 2**32
 
 
+def article(kind: str) -> str:
+    """'a state', 'an autonomous region': the subdivision type with its indefinite article."""
+    kind = kind.lower()
+    return f"{'an' if kind[0] in 'aeiou' and not kind.startswith('uni') else 'a'} {kind}"
+
+
 def _chat(question: str, answer: str) -> list[dict]:
     return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
 
@@ -79,7 +85,7 @@ def iso_items() -> list[dict]:
         if country is None:
             continue
         cname = getattr(country, "common_name", None) or country.name
-        question = f"What is the ISO 3166-2 code of {s.name}, a {s.type.lower()} of {cname}?"
+        question = f"What is the ISO 3166-2 code of {s.name}, {article(s.type)} of {cname}?"
         out.append({"task": "iso", "key": s.code, "question": question, "answer": s.code,
                     "country": s.country_code})
     return out

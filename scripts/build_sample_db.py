@@ -48,8 +48,11 @@ def items() -> list[tuple[str, str, str]]:
     countries = [("countries", f"What is the ISO 3166-1 alpha-3 code of {cname(c.alpha_2)}?", c.alpha_3)
                  for c in pycountry.countries]
     subs = sorted(pycountry.subdivisions, key=lambda s: _order(s.code))[:SUBDIVISIONS]
-    subdivisions = [("subdivisions", f"What is the ISO 3166-2 code of {s.name}, a {s.type.lower()} of "
-                     f"{cname(s.country_code)}?", s.code) for s in subs]
+    def article(kind):  # 'a state', 'an autonomous region', 'a unitary authority'
+        return "an" if kind[0] in "aeiou" and not kind.startswith("uni") else "a"
+
+    subdivisions = [("subdivisions", f"What is the ISO 3166-2 code of {s.name}, {article(s.type.lower())} "
+                     f"{s.type.lower()} of {cname(s.country_code)}?", s.code) for s in subs]
     return countries + subdivisions
 
 
