@@ -19,8 +19,10 @@ from ftctl.errors import GATE_FAILED
 @click.option("--against", help="With --gate and one version: the baseline (default eval.gate.against).")
 @click.option("--model", help="Model name (default: the workspace's default model).")
 @click.option("--no-record", is_flag=True, help="Do not write the results to models.lock.")
+@click.option("--probe-memorisation", "probe", is_flag=True,
+              help="Also run the leak checks: memorisation (prompts with training-row prefixes) and phi_in_output.")
 @pass_app
-def eval_(app, ref, pair, artifact, eval_set, metrics, limit, apply_gate, against, model, no_record):
+def eval_(app, ref, pair, artifact, eval_set, metrics, limit, apply_gate, against, model, no_record, probe):
     """Evaluate a version (REF: v1.1, latest, stable, base), or compare two with --compare A B."""
     from ftctl.eval import compare, evaluate, gating
 
@@ -30,6 +32,9 @@ def eval_(app, ref, pair, artifact, eval_set, metrics, limit, apply_gate, agains
                 record=not no_record, log=lambda s: app.console.print(f"[dim]{s}[/]"))
 
     def run(ws):
+        if probe:  # on top of the requested (or configured) metrics
+            chosen = opts["metrics"] or list(ws.model(model).eval.metrics)
+            opts["metrics"] = chosen + [m for m in ("memorisation", "phi_in_output") if m not in chosen]
         if pair and apply_gate:
             r = compare.compare(ws, *pair, **opts)
             r["gate"] = gating.check_gate(r, ws.model(r["model"]).eval.gate)

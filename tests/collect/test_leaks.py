@@ -14,6 +14,7 @@ from ftctl.eval.gating import check_gate
 from ftctl.records import Example
 from ftctl_plugins.evaluators.memorisation import Memorisation, PhiInOutput
 from tests.collect.conftest import configure, event, write_jsonl
+from tests.eval.conftest import tiny_eval_base  # noqa: F401 (fixture)
 
 TRAIN = [
     ("Can you tell me when the pharmacy on the corner opens on weekends please",
@@ -124,3 +125,29 @@ def test_diff_shows_a_change_of_scrub_settings(workspace, ftctl):
     assert "scrub names: unavailable -> spacy-ner:en_core_web_sm 3.8.0" in out
     data = json.loads(ftctl("--json", "diff", "v1.0", "v1.1", cwd=workspace.root, check=True).stdout)
     assert set(data["scrub"]) == {"types", "names"}
+
+
+def test_eval_probe_memorisation_on_a_real_backend(tmp_path, tiny_eval_base):
+    """The probe's plumbing end to end, through `ftctl eval`'s core: the tiny random model
+    repeats nothing of its training rows, and the scores reach the report."""
+    from ftctl.registry.init import init
+    from ftctl.registry.workspace import Workspace
+    from tests.eval.conftest import add_versions, example, make_adapter, write_set
+
+    init(tmp_path / "ws", model="assistant", base=str(tiny_eval_base))
+    ws = Workspace(tmp_path / "ws")
+    add_versions(ws, {"v1.0": (make_adapter(tiny_eval_base, ws.adapter_dir("assistant", "v1.0"), 1), ())})
+    write_set(ws.root / "qa.jsonl", [example("Where is the pharmacy?", "On the ground floor.", i=1)])
+    snap = ws.data_dir("assistant") / "train.jsonl"
+    snap.parent.mkdir(parents=True, exist_ok=True)
+    snap.write_text(json.dumps(Example(messages=[{"role": "user", "content": TRAIN[0][0]},
+                                                 {"role": "assistant", "content": TRAIN[0][1]}]).to_dict()) + "\n")
+    from ftctl.eval.evaluate import evaluate
+
+    ws = Workspace(ws.root, overrides=("eval.max_new_tokens=8",))
+    with ws.run_lock("test"):  # in-process (the CLI's --probe-memorisation adds these two metrics)
+        r = evaluate(ws, "v1.0", eval_set="qa.jsonl", metrics=["token_f1", "memorisation", "phi_in_output"],
+                     record=False, log=lambda *_: None)
+    assert r["metrics"]["memorisation"] == 0.0 and "phi_in_output" in r["metrics"]
+    report = json.loads((ws.root / r["reports"]["json"]).read_text())
+    assert report["scrubbed"] and "memorisation" in report["examples"][0]["scores"]
