@@ -37,7 +37,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("ftctl.cli.history:push", "Push stored artifacts to the DVC remote."),
     "collect": ("ftctl.cli.collect:collect", "Collect feedback into a curated dataset snapshot."),
     "forget": ("ftctl.cli.forget:forget", "Erase a conversation or value from every future snapshot."),
-    "forget": ("ftctl.cli.forget:forget", "Erase a conversation or value from every future snapshot."),
     "train": ("ftctl.cli.train:train", "Fine-tune a LoRA/QLoRA adapter into a new version."),
     "eval": ("ftctl.cli.evaluate:eval_", "Evaluate a version, or compare two."),
     "chat": ("ftctl.cli.evaluate:chat", "Chat with a version in the terminal."),
