@@ -45,7 +45,7 @@ class DpoTrainer(Trainer):
             f"on {before['pairs']} pairs")
         out = Path(request.output_dir)
         trainer = pref.quiet(DPOTrainer(model=model, args=pref.training_args(DPOConfig, cfg, out), processing_class=tok,
-                             train_dataset=Dataset.from_list(train)))
+                             train_dataset=Dataset.from_list(train)), log)
         started = time.monotonic()
         trainer.train()
         result = pref.finish(trainer, model, tok, out, heldout, before, cfg, time.monotonic() - started,

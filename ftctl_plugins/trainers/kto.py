@@ -63,7 +63,7 @@ class KtoTrainer(Trainer):
         out = Path(request.output_dir)
         args = pref.training_args(KTOConfig, cfg, out, desirable_weight=cfg.desirable_weight,
                                   undesirable_weight=cfg.undesirable_weight)
-        trainer = pref.quiet(KTOTrainer(model=model, args=args, processing_class=tok, train_dataset=Dataset.from_list(rows)))
+        trainer = pref.quiet(KTOTrainer(model=model, args=args, processing_class=tok, train_dataset=Dataset.from_list(rows)), log)
         started = time.monotonic()
         trainer.train()
         rel = path.relative_to(self.ctx.root) if path.is_relative_to(self.ctx.root) else path

@@ -129,7 +129,13 @@ def margins(model, tok, pairs: list[dict], max_length: int) -> dict[str, Any]:
 
 def training_args(cls, cfg: PreferenceConfig, out: Path, **extra):
     """TRL's DPOConfig/KTOConfig from our config: the same fields for both trainers."""
+    import warnings
+
     import torch
+
+    # known noise of transformers 5 renaming its checkpointing flags; nothing a user can act on
+    warnings.filterwarnings("ignore", message=".*(gradient|activation)_checkpointing.* is deprecated",
+                            category=FutureWarning)
 
     return cls(
         output_dir=str(out), beta=cfg.beta, per_device_train_batch_size=cfg.batch_size,
@@ -138,14 +144,22 @@ def training_args(cls, cfg: PreferenceConfig, out: Path, **extra):
         warmup_steps=int(cfg.warmup) if cfg.warmup >= 1 else cfg.warmup,  # < 1: a ratio
         max_length=cfg.max_length, bf16=cfg.precision == "bf16", use_cpu=not torch.cuda.is_available(),
         seed=cfg.seed, data_seed=cfg.seed, logging_steps=1, save_strategy="no", report_to=[],
-        disable_tqdm=True, dataloader_num_workers=0, **extra)
+        # TRL turns checkpointing on by default: for LoRA on small models it costs time, not memory worth saving
+        gradient_checkpointing=False, disable_tqdm=True, dataloader_num_workers=0, **extra)
 
 
-def quiet(trainer):
+def quiet(trainer, log):
     """stdout belongs to the CLI (--json): progress goes through ctx.log, not transformers' printer."""
     import transformers
 
+    class Lines(transformers.TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                log(f"step {state.global_step}/{state.max_steps}  loss {float(logs['loss']):.4f}"
+                    + (f"  reward margin {float(logs['rewards/margins']):.3f}" if "rewards/margins" in logs else ""))
+
     trainer.remove_callback(transformers.PrinterCallback)
+    trainer.add_callback(Lines())
     return trainer
 
 

@@ -58,19 +58,22 @@ def test_a_pair_with_a_missing_side_is_a_clear_error(workspace, tiny_base):
     assert "hint:" in proc.stderr and workspace.read_lock().state("assistant").versions == {}
 
 
-@pytest.mark.parametrize("trainer", ["dpo", "kto"])
-def test_preference_trainers_record_their_lineage(workspace, tiny_base, trainer):
+def test_dpo_then_kto_from_it_record_their_lineage(workspace, tiny_base):
     pairs = [pair(t, c, "test" if i % 4 == 0 else "train") for i, (t, c) in enumerate(COLOURS)]
     snapshot(workspace, pairs, tiny_base, {"trainer": "lora", **TINY})
-    out = run_json("train", "--trainer", trainer, cwd=workspace.root)
+    out = run_json("train", "--trainer", "dpo", cwd=workspace.root)
     assert out["version"] == "v1.0" and out["steps"] == 2
-    entry = workspace.read_lock().state("assistant").versions["v1.0"]
-    assert entry.training["trainer"] == trainer and entry.training["params"]["beta"] == 0.1
-    assert entry.dataset["preferences"] == "data/assistant/preferences.jsonl"
-    assert len(entry.dataset["preferences_sha256"]) == 64
-    assert entry.metrics["margin_before"] is not None and entry.metrics["margin_after"] is not None
-    assert (workspace.root / entry.adapter["path"] / "adapter_model.safetensors").is_file()
-    assert not (workspace.root / entry.adapter["path"] / "ref").exists()  # only the trained adapter ships
-    if trainer == "dpo":  # continuing a version: its adapter is the start and the reference
-        again = run_json("train", "--trainer", "dpo", "--from", "v1.0", cwd=workspace.root)
-        assert again["version"] == "v1.1" and again["parent"] == "v1.0"
+    # continuing a version: its adapter is the start and (TRL's frozen copy) the reference
+    again = run_json("train", "--trainer", "kto", "--from", "v1.0", cwd=workspace.root)
+    assert again["version"] == "v1.1" and again["parent"] == "v1.0"
+    versions = workspace.read_lock().state("assistant").versions
+    for version, trainer in (("v1.0", "dpo"), ("v1.1", "kto")):
+        entry = versions[version]
+        assert entry.training["trainer"] == trainer and entry.training["params"]["beta"] == 0.1
+        assert entry.dataset["preferences"] == "data/assistant/preferences.jsonl"
+        assert len(entry.dataset["preferences_sha256"]) == 64
+        assert entry.metrics["margin_before"] is not None and entry.metrics["margin_after"] is not None
+        assert (workspace.root / entry.adapter["path"] / "adapter_model.safetensors").is_file()
+        assert not (workspace.root / entry.adapter["path"] / "ref").exists()  # only the trained adapter ships
+    assert versions["v1.0"].dataset["pairs"] == {"train": 9, "heldout": 3}
+    assert versions["v1.1"].dataset["answers"] == {"liked": 12, "disliked": 9}
