@@ -12,6 +12,7 @@ from tests.serve.conftest import Service, wait_for
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow
 def test_job_lifecycle_reads_match_the_cli_and_the_cli_is_locked_out(shared):
     ws, service = shared
     r = service.http.post("/finetune/start", json={"kind": "train", "max_steps": 4})

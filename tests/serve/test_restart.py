@@ -13,7 +13,7 @@ import pytest
 from ftctl.serve.jobs import JobStore
 from tests.serve.conftest import Service, pid_gone, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_kill_9_mid_job_then_restart_and_resume(serve_ws):
