@@ -13,9 +13,10 @@ import pytest
 from ftctl.serve.jobs import JobStore
 from tests.serve.conftest import Service, pid_gone, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow
 def test_kill_9_mid_job_then_restart_and_resume(serve_ws):
     root = serve_ws.root
     store = JobStore(root / ".ftctl" / "serve" / "jobs.sqlite")
