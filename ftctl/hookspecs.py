@@ -1,7 +1,7 @@
 """The plugin contract. A plugin module implements any of these with ``@hookimpl``.
 
 Each ``register_*`` hook receives a ``register`` callable; call it with a plugin *class* (a
-subclass of the matching base in :mod:`ftctl.kinds`). The class carries its ``name`` and its
+subclass of the matching base in :mod:`ftctl.api`). The class carries its ``name`` and its
 ``Config`` (a pydantic model, validated from the plugin's section in ftctl.yaml), so
 ``ftctl plugins`` can list it with its schema before anything heavy is imported.
 """
@@ -16,27 +16,27 @@ hookimpl = pluggy.HookimplMarker("ftctl")
 
 @hookspec
 def register_sources(register):
-    """Register source classes (``ftctl.kinds.Source``): where interactions come from."""
+    """Register source classes (``ftctl.api.Source``): where interactions come from."""
 
 
 @hookspec
 def register_trainers(register):
-    """Register trainer classes (``ftctl.kinds.Trainer``): base + data -> adapter."""
+    """Register trainer classes (``ftctl.api.Trainer``): base + data -> adapter."""
 
 
 @hookspec
 def register_evaluators(register):
-    """Register evaluator classes (``ftctl.kinds.Evaluator``): per-example scores."""
+    """Register evaluator classes (``ftctl.api.Evaluator``): per-example scores."""
 
 
 @hookspec
 def register_exporters(register):
-    """Register exporter classes (``ftctl.kinds.Exporter``): adapter -> served files."""
+    """Register exporter classes (``ftctl.api.Exporter``): adapter -> served files."""
 
 
 @hookspec
 def register_deployers(register):
-    """Register deployer classes (``ftctl.kinds.Deployer``): files -> serving processes."""
+    """Register deployer classes (``ftctl.api.Deployer``): files -> serving processes."""
 
 
 @hookspec

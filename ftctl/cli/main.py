@@ -81,7 +81,7 @@ class App:
     def emit(self, data: Any, render: Callable[[Any], None] | None = None) -> None:
         """--json: one JSON document on stdout; otherwise ``render`` (or a pretty dump)."""
         if self.json:
-            click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+            click.echo(json.dumps(data, indent=2, default=_jsonable, ensure_ascii=False))
         elif render:
             render(data)
         else:
@@ -104,6 +104,12 @@ class App:
 
 
 pass_app = click.make_pass_decorator(App)
+
+
+def _jsonable(value: Any) -> Any:
+    """Typed values in a result (models.lock entries are pydantic models) as their JSON form."""
+    dump = getattr(value, "model_dump", None)
+    return dump(mode="json") if callable(dump) else str(value)
 
 
 def _late_json(ctx, _param, value) -> None:

@@ -22,7 +22,7 @@ def scan(ws, model: str, since: str | None, visit: Callable[[Example], None], lo
     mc = ws.model(model)
     read, rejected = 0, Counter()
     for i, src in enumerate(mc.sources):
-        plugin = plugins.build("source", src.kind, src.plugin_config(), _context(ws, mc.name, log, src.name),
+        plugin = plugins.build("source", src.kind, src.plugin_config(), ws.context(mc.name, log, instance=src.name),
                                key=f"models.{mc.name}.sources[{i}]")
         for item in plugin.read(since):
             read += 1
@@ -31,16 +31,6 @@ def scan(ws, model: str, since: str | None, visit: Callable[[Example], None], lo
             elif since is None or item.created_at is None or item.created_at.isoformat() > since:
                 visit(item)
     return {"read": read, "rejected": dict(rejected)}
-
-
-def _context(ws, model: str, log, source: str):
-    # issue 11 moves a source's name from ctx.extra["source_name"] to Context.instance
-    try:
-        return ws.context(model, log, instance=source)
-    except TypeError:
-        ctx = ws.context(model, log)
-        ctx.extra["source_name"] = source
-        return ctx
 
 
 def score(ex: Example, signal: str) -> float | None:

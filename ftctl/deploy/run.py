@@ -52,21 +52,20 @@ def artifact(ws, model: str, version: str, dep: Deployer) -> Artifact:
     """The exported file ``dep`` serves for ``version``, checked against its recorded sha256."""
     want = dep.serves()
     entry = ws.read_lock().state(model).versions[version]
-    files = [e for e in entry.exports if e.get("kind") == want.kind
-             and (want.quant is None or str(e.get("quant")).upper() == want.quant.upper())]
-    if not files:
+    found = entry.find_export(want.kind, want.quant)
+    if found is None:
         raise UsageError(f"{model}@{version} has no exported {want.kind}" + (f" ({want.quant})" if want.quant else ""),
                          hint=f"run `ftctl export {model}@{version}` first")
-    path = (ws.root / files[0]["path"]).resolve()
+    path = (ws.root / found.path).resolve()
     if not path.is_file():
-        raise UsageError(f"the GGUF of {model}@{version} does not exist: {files[0]['path']}",
+        raise UsageError(f"the GGUF of {model}@{version} does not exist: {found.path}",
                          hint=f"restore it with `ftctl checkout {model}@{version}` (or `dvc pull`)")
     digest = file_sha256(path)
-    if files[0].get("sha256") and files[0]["sha256"] != digest:
-        raise UsageError(f"{files[0]['path']} does not match the sha256 recorded for {model}@{version}",
+    if found.sha256 and found.sha256 != digest:
+        raise UsageError(f"{found.path} does not match the sha256 recorded for {model}@{version}",
                          hint="the file changed since export; restore it with `ftctl checkout`")
-    return Artifact(model=model, version=version, path=path, rel=files[0]["path"], sha256=digest, kind=want.kind,
-                    quant=files[0].get("quant"))
+    return Artifact(model=model, version=version, path=path, rel=found.path, sha256=digest, kind=want.kind,
+                    quant=found.quant)
 
 
 def _served_files(ws, state: ModelState) -> dict[str, tuple[str, str | None]]:
@@ -74,8 +73,7 @@ def _served_files(ws, state: ModelState) -> dict[str, tuple[str, str | None]]:
     out = {}
     for v, entry in state.versions.items():
         for e in entry.exports:
-            if e.get("path"):
-                out[str((ws.root / e["path"]).resolve())] = (v, e.get("sha256"))
+            out[str((ws.root / e.path).resolve())] = (v, e.sha256)
     return out
 
 
@@ -95,7 +93,7 @@ def status(ws, model: str | None = None, log: Log = print, dep: Deployer | None 
                               sha256=digest, healthy=health.healthy, served_id=health.served_id,
                               port=slot.port).to_dict())
     d = state.deployment
-    return {"model": model, "stable": d.stable, "canary": dict(d.canary) if d.canary else None,
+    return {"model": model, "stable": d.stable, "canary": d.canary.model_dump() if d.canary else None,
             "apps": apps, "history": list(state.history),
             "interrupted": _pending_path(ws, model).exists()}
 
@@ -117,7 +115,7 @@ def _record(ws, model: str, action: str, version: str | None, *, stable: str | N
             st.deployment.apps = apps
         st.history.append({"time": now(), "user": current_user(), "action": action, "version": version,
                            "stable": st.deployment.stable,
-                           "canary": dict(st.deployment.canary) if st.deployment.canary else None,
+                           "canary": st.deployment.canary.model_dump() if st.deployment.canary else None,
                            "result": result, **({"detail": detail} if detail else {})})
 
     what = f"{action} {model}@{version}" if version else f"{action} {model}"
@@ -160,7 +158,8 @@ def _pending(ws, model: str, dep: Deployer, action: str, version: str) -> Iterat
 
 
 def _canary_percent(ws, model: str) -> int:
-    return (ws.read_lock().state(model).deployment.canary or {}).get("percent", 0)
+    canary = ws.read_lock().state(model).deployment.canary
+    return canary.percent if canary else 0
 
 
 def _restore(dep: Deployer, snapshot: str, canary_percent: int) -> None:
@@ -215,8 +214,8 @@ def deploy(ws, ref: str, *, canary: int | None = None, dry_run: bool = False, ga
         gating.gate(ws, label, model=model, log=log)
     stable = _artifact_of(ws, model, d.stable, dep) if d.stable else None
     if canary is not None:
-        if d.canary and d.canary["version"] != version:
-            raise UsageError(f"{model}@{d.canary['version']} is already the canary",
+        if d.canary and d.canary.version != version:
+            raise UsageError(f"{model}@{d.canary.version} is already the canary",
                              hint="`ftctl promote` or `ftctl rollback` it first")
         if not d.canary:
             if version == d.stable:
@@ -234,7 +233,7 @@ def deploy(ws, ref: str, *, canary: int | None = None, dry_run: bool = False, ga
         _record(ws, model, "canary", version, canary=new, apps=apps)
         return status(ws, model, log, dep)
     if d.canary:
-        raise UsageError(f"{model}@{d.canary['version']} is running as a canary",
+        raise UsageError(f"{model}@{d.canary.version} is running as a canary",
                          hint="`ftctl promote` or `ftctl rollback` it before deploying another version")
     if version == d.stable and any(s.slot == "stable" and s.resolved == art.path for s in dep.slots()):
         raise NothingToDo(f"{label} is already deployed", hint="`ftctl status` shows what is serving")
@@ -286,7 +285,7 @@ def promote(ws, model: str | None = None, log: Log = print) -> dict[str, Any]:
     if not d.canary:
         raise UsageError(f"model {model!r} has no canary to promote",
                          hint="start one with `ftctl deploy vX.Y --canary 20`")
-    art = _artifact_of(ws, model, d.canary["version"], dep)
+    art = _artifact_of(ws, model, d.canary.version, dep)
     _swap_stable(ws, model, dep, "promote", art, canary_ready=_canary_up(dep))
     return status(ws, model, log, dep)
 
@@ -302,12 +301,12 @@ def rollback(ws, model: str | None = None, to: str | None = None, log: Log = pri
     state = ws.read_lock().state(model)
     d = state.deployment
     if d.canary and not to:
-        log(f"all traffic back to {model}@{d.stable}; removing the canary {model}@{d.canary['version']}")
-        with _pending(ws, model, dep, "rollback", d.canary["version"]):
+        log(f"all traffic back to {model}@{d.stable}; removing the canary {model}@{d.canary.version}")
+        with _pending(ws, model, dep, "rollback", d.canary.version):
             dep.route(0)
             dep.stop("canary")
         stable = _artifact_of(ws, model, d.stable, dep) if d.stable else None
-        _record(ws, model, "rollback", d.canary["version"], canary=None, apps=_apps_entry(dep, {"stable": stable}))
+        _record(ws, model, "rollback", d.canary.version, canary=None, apps=_apps_entry(dep, {"stable": stable}))
         return status(ws, model, log, dep)
     if to:
         target = resolve(ws.read_lock(), model, split_ref(to, model)[1])

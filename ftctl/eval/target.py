@@ -43,18 +43,16 @@ def resolve_target(ws, ref: str, *, model: str | None = None, artifact: str | No
     entry = ws.read_lock().state(m).versions[version]
     base_ref = entry.base.get("ref") or cfg.base
     if kind == "gguf":
-        gguf = [x for x in entry.exports if x.get("kind") == "gguf" and (quant is None or x.get("quant") == quant)]
-        if not gguf:
-            have = ", ".join(f"{x.get('kind')}:{x.get('quant')}" for x in entry.exports) or "none"
+        x = entry.find_export("gguf", quant)
+        if x is None:
+            have = ", ".join(f"{x.kind}:{x.quant}" for x in entry.exports) or "none"
             raise UsageError(f"{m}@{version} has no GGUF export{f' {quant}' if quant else ''}",
                              hint=f"exports: {have}; run `ftctl export {version}` first")
-        x = gguf[0]
-        path = ws.root / x["path"]
+        path = ws.root / x.path
         if not path.is_file():
-            raise UsageError(f"{x['path']} is not in the workspace", hint=f"run `ftctl checkout {version}`")
-        return Target(m, version, f"gguf:{x.get('quant')}", base_ref, gguf=path,
-                      identity=x.get("sha256") or _sha256(path))
-    adapter = entry.adapter.get("path")
+            raise UsageError(f"{x.path} is not in the workspace", hint=f"run `ftctl checkout {version}`")
+        return Target(m, version, f"gguf:{x.quant}", base_ref, gguf=path, identity=x.sha256 or _sha256(path))
+    adapter = entry.adapter.path
     if not adapter:
         raise UsageError(f"{m}@{version} has no adapter", hint="train it again, or evaluate `base`")
     adapter_dir = ws.root / adapter
@@ -62,7 +60,7 @@ def resolve_target(ws, ref: str, *, model: str | None = None, artifact: str | No
         raise UsageError(f"the adapter of {m}@{version} is not in the workspace ({adapter})",
                          hint=f"run `ftctl checkout {version}` to restore it from DVC")
     return Target(m, version, "hf", base_ref, adapter_dir=adapter_dir,
-                  identity=entry.adapter.get("md5") or _dir_digest(adapter_dir))
+                  identity=entry.adapter.md5 or _dir_digest(adapter_dir))
 
 
 def _base_target(ws, model: str, cfg: ModelConfig, kind: str, quant: str | None) -> Target:

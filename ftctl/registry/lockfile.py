@@ -10,7 +10,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
 
 from ftctl.util.atomic import write_text
 from ftctl.errors import LockfileError
@@ -21,7 +21,55 @@ HEADER = "# models.lock: written by ftctl; edit with care (it is validated on ev
 
 
 class Loose(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+
+class Entry(Loose):
+    """A typed inner entry that still reads like the mapping it is in the file (``e["path"]``,
+    ``e.get("quant")``, ``dict(e)``), and writes only the keys that were set."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = getattr(self, key, None)
+        if value is None:
+            value = (self.model_extra or {}).get(key)
+        return default if value is None else value
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.model_fields_set or key in (self.model_extra or {}):
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.model_fields_set or key in (self.model_extra or {})
+
+    @model_serializer(mode="wrap")
+    def _set_keys_only(self, handler):
+        data = handler(self)
+        if not isinstance(self, BaseModel):  # a plain dict appended to a typed list: as it is
+            return data
+        return {k: v for k, v in data.items() if k in self.model_fields_set or k in (self.model_extra or {})}
+
+
+class ExportEntry(Entry):
+    """One exported file of a version (``exports`` in models.lock)."""
+
+    path: str  # relative to the workspace
+    kind: str  # merged | gguf | lora-gguf | modelfile | what a third-party exporter writes
+    quant: str | None = None
+    sha256: str | None = None
+    token_agreement: float | None = None
+    bytes: int | None = None
+
+
+class AdapterEntry(Entry):
+    path: str | None = None  # adapters/<model>/<version>
+    md5: str | None = None  # DVC's
+
+
+class CanaryEntry(Entry):
+    version: str
+    percent: int = 0
+    app: str | None = None  # the slot's process / app name
 
 
 class VersionEntry(Loose):
@@ -31,15 +79,20 @@ class VersionEntry(Loose):
     base: dict[str, Any] = {}  # ref, path, sha256
     dataset: dict[str, Any] = {}  # snapshot md5, rows, filters, window, card
     training: dict[str, Any] = {}  # trainer, params, seed, libraries, from
-    adapter: dict[str, Any] = {}  # path, md5
+    adapter: AdapterEntry = AdapterEntry()
     metrics: dict[str, Any] = {}
     evals: list[dict[str, Any]] = []
-    exports: list[dict[str, Any]] = []
+    exports: list[ExportEntry] = []
+
+    def find_export(self, kind: str, quant: str | None = None) -> ExportEntry | None:
+        """The first exported file of ``kind`` (and ``quant``, any case; None: any quant)."""
+        return next((e for e in self.exports if e.kind == kind
+                     and (quant is None or str(e.quant).upper() == quant.upper())), None)
 
 
 class Deployment(Loose):
     stable: str | None = None
-    canary: dict[str, Any] | None = None  # {"version", "percent"}
+    canary: CanaryEntry | None = None
     apps: list[dict[str, Any]] = []
 
 
@@ -101,6 +154,8 @@ def read(path: Path) -> Lock:
 
 def dumps(lock: Lock) -> str:
     buf = io.StringIO()
+    # re-validated first: entries appended as plain dicts (``exports.append({...})``) get their types
+    lock = Lock.model_validate(lock.model_dump(by_alias=True, warnings=False))
     _yaml().dump(lock.model_dump(mode="json", by_alias=True, exclude_none=False), buf)
     return HEADER + buf.getvalue()
 
