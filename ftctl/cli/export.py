@@ -33,10 +33,16 @@ def export(app: App, version, merged, gguf, quants, lora_gguf, force):
 def _render(app: App, data) -> None:
     from rich.table import Table
 
-    table = Table("file", "kind", "quant", "token agreement", "sha256", box=None)
+    # parity: teacher-forced top-1 agreement and mean KL with the merged model, beside what the
+    # same type costs the untuned base (docs/export.md)
+    table = Table("file", "kind", "quant", "top-1", "mean KL", "base top-1 / KL", "sha256", box=None)
     for f in data["files"]:
+        p = f.get("parity") or {}
+        b = p.get("base") or {}
         agree = f"{f['token_agreement']:.1%}" if f.get("token_agreement") is not None else ""
-        table.add_row(f["path"], f["kind"], f.get("quant") or "", agree, (f.get("sha256") or "")[:12])
+        table.add_row(f["path"], f["kind"], f.get("quant") or "", agree,
+                      f"{p['kl_mean']:.4f}" if p else "", f"{b['top1']:.1%} / {b['kl_mean']:.4f}" if b else "",
+                      (f.get("sha256") or "")[:12])
     app.console.print(table)
     if data["skipped"]:
         app.say("already exported; nothing changed (--force exports again)")
