@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -193,6 +194,8 @@ class LoraTrainer(Trainer):
             for line in describe(self.plan_of(train_rows, int(os.environ.get("WORLD_SIZE", "1")))):
                 log(line)
 
+        # peft reads a property transformers 5 deprecated: noise on every run, nothing to act on
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         set_seed(cfg.seed)  # before the adapter exists: its initial weights come from this seed
         bf16 = _use_bf16(cfg.precision)
         model = load_model(request.base, **_quantization(cfg))
@@ -236,7 +239,7 @@ class LoraTrainer(Trainer):
             bf16=bf16,
             fp16=cfg.precision == "fp16",
             use_cpu=not torch.cuda.is_available(),
-            gradient_checkpointing=cfg.gradient_checkpointing,
+            **_checkpointing_arg(cfg.gradient_checkpointing),
             seed=cfg.seed,
             data_seed=cfg.seed,
             train_sampling_strategy="random",  # the same conversations per step, packed or not
@@ -317,6 +320,16 @@ def _target_messages(ex) -> list[dict]:
                 m["content"] = ex.correction
                 break
     return msgs
+
+
+def _checkpointing_arg(on: bool) -> dict:
+    """transformers 5 renamed TrainingArguments.gradient_checkpointing (the old name warns)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": on}
 
 
 def _distributed() -> bool:
