@@ -88,6 +88,7 @@ def test_canary_rated_better_is_stepped_up_then_promoted_under_load(live, feedba
     time.sleep(1.1)  # history times have whole seconds: these rows must predate the step's entry
     with Load(s.nginx.url()) as load:
         out = run_json("canary", "check", cwd=s.root)
+        print("check 1:", out["decision"], "|", out["reason"])
         assert out["decision"] == "step" and out["percent"] == 50 and out["applied"], out
         ev = out["evidence"]
         assert ev["rated"] == {"stable": 40, "canary": 40} and ev["signal"] == "rating"
@@ -98,13 +99,16 @@ def test_canary_rated_better_is_stepped_up_then_promoted_under_load(live, feedba
 
         # the next step is judged on feedback given at 50%
         held = run_json("canary", "check", cwd=s.root)
+        print("check 2:", held["decision"], "|", held["reason"])
         assert held["decision"] == "hold" and held["needs"] == 60, held
         feedback.add("assistant@v1.0", [4, 3, 4] * 12)
         feedback.add("assistant@v1.1", [5, 4, 5] * 12)
         out = run_json("canary", "check", cwd=s.root)
+        print("check 3:", out["decision"], "|", out["reason"])
         assert out["decision"] == "promote" and out["applied"], out
     assert out["status"]["stable"] == "v1.1" and out["status"]["canary"] is None
     assert f"{s.app}-canary" not in pm2_list(s.pm2_home)
+    print(f"load through nginx: {load.ok} ok, {len(load.failed)} failed")
     assert load.failed == [] and load.ok > 0  # steady load: 0 failed requests through every transition
     status = run_json("status", cwd=s.root)
     checks = [h for h in status["history"] if h["action"] == "canary check"]
@@ -122,12 +126,14 @@ def test_too_little_evidence_holds_metrics_down_holds_rated_worse_rolls_back(liv
     human = run_ftctl("canary", "check", cwd=s.root, env={"COLUMNS": "200"})
     assert human.returncode == 0 and "hold" in human.stdout and "needs 20 more rated answers" in human.stdout, human
     out = run_json("canary", "check", cwd=s.root)
+    print("hold:", out["reason"])
     assert out["decision"] == "hold" and out["needs"] == 20 and not out["applied"]
     assert out["status"]["canary"] == {"version": "v1.1", "percent": 20, "app": f"{s.app}-canary"}
 
     # enough ratings, but the metrics endpoint is down: a clear hold, not a crash
     feedback.add("assistant@v1.1", [5, 4] * 15)
     out = run_json("--set", "deploy.canary.metrics_url=http://127.0.0.1:9/metrics", "canary", "check", cwd=s.root)
+    print("metrics down:", out["reason"])
     assert out["decision"] == "hold" and "/metrics unavailable" in out["reason"], out
     assert "127.0.0.1:9" in out["reason"] and out["evidence"]["latency"]["canary"]["ok"] is False
 
@@ -140,15 +146,19 @@ def test_too_little_evidence_holds_metrics_down_holds_rated_worse_rolls_back(liv
         holder.wait()
     assert run_json("status", cwd=s.root)["canary"]["version"] == "v1.1"
 
-    # users turn against the canary: rolled back without a person
+    # users turn against the canary: the cron cycle (cycle.deploy: true) rolls it back without a person,
+    # then finds too little new training data (exit 3)
     feedback.add("assistant@v1.1", [1, 2, 1] * 30)
-    proc = run_ftctl("--json", "canary", "check", cwd=s.root)
-    out = json.loads(proc.stdout)
-    assert proc.returncode == 0 and out["decision"] == "rollback" and out["applied"], out
-    assert "users rate the canary worse" in out["reason"] and out["evidence"]["test"]["verdict"] == "worse"
-    assert out["status"]["stable"] == "v1.0" and out["status"]["canary"] is None
+    proc = run_ftctl("--set", "cycle.deploy=true", "--set", "cycle.min_new_examples=100000", "cycle", cwd=s.root,
+                     env={"COLUMNS": "200"})
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "decision: rollback: users rate the canary worse" in proc.stdout
+    status = run_json("status", cwd=s.root)
+    assert status["stable"] == "v1.0" and status["canary"] is None
     assert f"{s.app}-canary" not in pm2_list(s.pm2_home)
-    history = run_json("status", cwd=s.root)["history"]
+    history = status["history"]
+    print("cycle:", history[-2]["result"], "|", history[-2]["detail"])
+    assert history[-2]["evidence"]["test"]["verdict"] == "worse"
     assert [h["result"] for h in history if h["action"] == "canary check"] == ["hold", "hold", "hold", "rollback"]
     assert [h["action"] for h in history][-2:] == ["canary check", "rollback"]
 
