@@ -28,17 +28,18 @@ class PreferenceConfig(PluginConfig):
     r: int = Field(16, ge=1, description="LoRA rank of a new adapter (--from continues the version's own)")
     alpha: int = Field(32, ge=1, description="LoRA alpha of a new adapter")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout of a new adapter")
-    target_modules: list[str] | Literal["all-linear"] | None = Field(None, description="modules a new adapter adapts (None: peft's per-architecture default)")
-    epochs: float = Field(1.0, gt=0, description="passes over the preference pairs")
-    max_steps: int | None = Field(None, ge=1, description="wins over epochs")
-    batch_size: int = Field(4, ge=1, description="pairs per micro-batch")
-    gradient_accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        None, description="modules a new adapter wraps; null: peft's default for the architecture")
+    epochs: float = Field(1.0, gt=0, description="passes over the training pairs")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; wins over epochs")
+    batch_size: int = Field(4, ge=1, description="pairs (dpo) or answers (kto) per device step")
+    gradient_accumulation: int = Field(1, ge=1, description="device steps per optimizer step")
     learning_rate: float = Field(5e-5, gt=0, description="peak learning rate")
     warmup: float = Field(0.0, ge=0, description="< 1: a ratio of the steps; >= 1: a step count")
     max_length: int = Field(512, ge=16, description="prompt + answer tokens; longer pairs are truncated")
-    precision: Literal["auto", "fp32", "bf16"] = Field("fp32", description="training precision")
-    seed: int = Field(42, description="seed of a new adapter's weights and the data order")
-    chat_template: str | None = Field(None, description="a Jinja template for bases whose tokenizer has none")
+    precision: Literal["auto", "fp32", "bf16"] = Field("fp32", description="bf16 halves memory where the CPU/GPU has it")
+    seed: int = Field(42, description="seed of the adapter's initial weights and the data order")
+    chat_template: str | None = Field(None, description="a Jinja chat template for bases whose tokenizer has none")
 
 
 def pairs_path(train_file: Path) -> Path:
