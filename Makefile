@@ -30,9 +30,11 @@ $(STAMP): pyproject.toml Makefile scripts/fetch_llama_cpp_tools.py scripts/insta
 # It records versions in this clone (a workspace); run again, it says there is nothing new (3).
 demo: install
 	$(BIN)/ftctl init .
-	$(BIN)/ftctl cycle --max-steps $${DEMO_STEPS:-12}; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 3 ]
+	$(BIN)/ftctl cycle --max-steps $${DEMO_STEPS:-80}; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 3 ]
 	$(BIN)/ftctl versions
-	$(BIN)/ftctl chat latest --artifact gguf:Q8_0 --prompt "What does json.dumps do?"
+	$(BIN)/ftctl eval --compare base latest
+	# a subdivision the feedback never mentions (held out): the answer is US-TX
+	$(BIN)/ftctl chat latest --artifact gguf:Q8_0 --prompt "What is the ISO 3166-2 code of Texas, a state of United States?"
 
 test: install
 	$(BIN)/python -m pytest -q -ra --durations=25
@@ -43,6 +45,7 @@ bench: install
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/eval_throughput.py
 	$(BIN)/python benchmarks/export.py
+	$(BIN)/python benchmarks/quality.py
 
 clean:
 	rm -rf $(VENV) .ftctl/cache
