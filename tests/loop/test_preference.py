@@ -50,12 +50,17 @@ TINY = {"dpo": {"max_steps": 2, "batch_size": 2, "learning_rate": 1e-3, "max_len
 
 
 def test_a_pair_with_a_missing_side_is_a_clear_error(workspace, tiny_base):
+    from ftctl.errors import UsageError
+    from ftctl.train.run import train
+
     bad = pair("sky", "blue", "train")
     del bad["rejected"]
-    snapshot(workspace, [pair("grass", "green", "train"), bad], tiny_base, {"trainer": "lora", **TINY})
-    proc = run_ftctl("train", "--trainer", "dpo", cwd=workspace.root)
-    assert proc.returncode == 2 and "preferences.jsonl:2: the pair has no 'rejected' answer" in proc.stderr
-    assert "hint:" in proc.stderr and workspace.read_lock().state("assistant").versions == {}
+    snapshot(workspace, [pair("grass", "green", "train"), bad], tiny_base, {"trainer": "dpo", **TINY})
+    with workspace.run_lock("test"), pytest.raises(UsageError) as e:
+        train(workspace, "assistant", log=lambda _: None)
+    assert e.value.message == "preferences.jsonl:2: the pair has no 'rejected' answer" and "fix or remove" in e.value.hint
+    assert workspace.read_lock().state("assistant").versions == {}  # nothing recorded, the file untouched
+    assert len((workspace.data_dir("assistant") / "preferences.jsonl").read_text().splitlines()) == 2
 
 
 def test_dpo_then_kto_from_it_record_their_lineage(workspace, tiny_base):
