@@ -119,30 +119,29 @@ class LoraSwapDeployer(Deployer):
 
     def serve(self, slot: Slot, artifact: Artifact) -> None:
         state = self._state()
+        before = json.loads(json.dumps(state))
         path = str(artifact.path)
-        if slot == "canary":  # the adapter is loaded (or the server restarts to load it); no traffic
-            self._ensure(state, path)
-            state["canary"] = {"path": path, "label": artifact.label}
-            self._save(state)
-            return
-        old = state.get("stable")
         try:
             self._ensure(state, path)
-            state["stable"] = {"path": path, "label": artifact.label}
-            self._apply(state)
+            state[slot] = {"path": path, "label": artifact.label}
+            if slot == "stable":
+                self._apply(state)
             self._save(state)
             return
         except (OSError, ValueError, RuntimeError) as e:
             error = e
-        if old:  # put the previous adapter back on (the server keeps running)
+        # put back what served before: the same server if it still runs, else one with only the
+        # adapters it had (not the one that failed)
+        state = before
+        if before.get("stable"):
             with contextlib.suppress(OSError, ValueError, RuntimeError):
-                state["stable"] = old
-                self._ensure(state, old["path"])
+                self._ensure(state, before["stable"]["path"], loras=before.get("adapters"))
                 self._apply(state)
         else:
-            state.pop("stable", None)
+            self._kill(self._state().get("pid"))
+            state = {}
         self._save(state)
-        raise RolledBack(f"stable serving {artifact.label} failed: {error}; the previous adapter is back",
+        raise RolledBack(f"{slot} serving {artifact.label} failed: {error}; the previous state is back",
                          hint=f"see {self.log_file}")
 
     def stop(self, slot: Slot) -> None:
@@ -200,11 +199,11 @@ class LoraSwapDeployer(Deployer):
             return [a["path"] for a in self._adapters(state["port"])] == state.get("adapters")
         return False
 
-    def _ensure(self, state: dict, path: str) -> None:
+    def _ensure(self, state: dict, path: str, loras: list[str] | None = None) -> None:
         """A running server with ``path`` loaded; start (or restart) it only when it must."""
         if self._alive(state) and path in state.get("adapters", []):
             return
-        loras = self._wanted(state, path)
+        loras = loras or self._wanted(state, path)
         self._kill(state.get("pid"))
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
@@ -221,6 +220,7 @@ class LoraSwapDeployer(Deployer):
                 if len(self._adapters(self.config.port)) == len(loras):
                     return
             time.sleep(0.2)
+        self._kill(proc.pid)
         raise RuntimeError(f"the server did not answer within {self.config.health_timeout:g}s")
 
     def _command(self, loras: list[str]) -> list[str]:

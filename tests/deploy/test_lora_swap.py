@@ -128,3 +128,27 @@ def test_a_version_without_a_lora_gguf_is_a_clear_error(lora_ws):
     proc = run_ftctl("deploy", "v1.2", cwd=ws.root)
     assert proc.returncode == 2 and "no exported lora-gguf" in proc.stderr and "hint:" in proc.stderr
     assert not (ws.root / ".ftctl/lora-swap/assistant.json").exists()  # nothing started
+
+
+def test_an_unloadable_lora_puts_the_previous_adapter_back(lora_ws):
+    from ftctl.registry.lockfile import VersionEntry
+    from ftctl.registry.workspace import now
+
+    ws, port, files = lora_ws
+    run_json("deploy", "v1.0", cwd=ws.root)
+    bad = ws.export_dir("assistant", "v1.3") / "adapter.lora.gguf"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"GGUF not really an adapter")
+
+    def update(lock):  # exported after the server started: loading it needs a restart, which fails
+        lock.state("assistant").versions["v1.3"] = VersionEntry(version="v1.3", created=now(), exports=[
+            {"path": ws.rel(bad), "kind": "lora-gguf", "sha256": hashlib.sha256(bad.read_bytes()).hexdigest()}])
+
+    with ws.run_lock("test setup"):
+        ws.record("test: a bad lora", update)
+    proc = run_ftctl("deploy", "v1.3", cwd=ws.root)
+    assert proc.returncode != 0 and "v1.3" in proc.stderr and "previous state is back" in proc.stderr
+    out = run_json("status", cwd=ws.root)
+    assert out["stable"] == "v1.0" and out["apps"][0]["healthy"] is True
+    assert adapters_on(port) == [str(files["v1.0"].resolve())]
+    assert str(bad.resolve()) not in server_state(ws)["adapters"]
