@@ -7,9 +7,12 @@ server process.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -44,17 +47,28 @@ def write_lora_gguf(path, base, seed: int) -> None:
     writer.close()
 
 
+@pytest.fixture(scope="session")
+def lora_files(tmp_path_factory) -> dict[str, Path]:
+    """Two different adapters, written once per session (reading the base takes seconds)."""
+    d = tmp_path_factory.mktemp("loras")
+    out = {}
+    for i, v in enumerate(("v1.0", "v1.1")):
+        write_lora_gguf(d / f"{v}.gguf", smollm2_gguf(), seed=i + 1)
+        out[v] = d / f"{v}.gguf"
+    return out
+
+
 @pytest.fixture
-def lora_ws(deploy_workspace):
+def lora_ws(deploy_workspace, lora_files):
     from ftctl.registry.lockfile import VersionEntry
     from ftctl.registry.workspace import Workspace, now
 
     ws, base = deploy_workspace, smollm2_gguf()
     files = {}
-    for i, v in enumerate(("v1.0", "v1.1")):
+    for v, src in lora_files.items():
         f = ws.export_dir("assistant", v) / "adapter.lora.gguf"
         f.parent.mkdir(parents=True, exist_ok=True)
-        write_lora_gguf(f, base, seed=i + 1)
+        shutil.copyfile(src, f)
         files[v] = f
 
     def update(lock):
@@ -77,7 +91,7 @@ def lora_ws(deploy_workspace):
     yield ws, port, files
     state = ws.root / ".ftctl/lora-swap/assistant.json"
     if state.exists() and (pid := json.loads(state.read_text()).get("pid")):
-        with __import__("contextlib").suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, 9)
 
 
