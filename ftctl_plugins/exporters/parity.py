@@ -46,8 +46,8 @@ class Margins(BaseModel):
     top1_noise: float = Field(2.0, ge=0, description=(
         "... plus this many standard errors of the difference of two agreement rates (binomial), so "
         "that a small probe set does not fail by chance"))
-    kl_ratio: float = Field(2.0, ge=1, description="mean KL may be this many times the base's ...")
-    kl_slack: float = Field(0.01, ge=0, description="... plus this many nats (room for sampling noise "
+    kl_ratio: float = Field(3.0, ge=1, description="mean KL may be this many times the base's ...")
+    kl_slack: float = Field(0.05, ge=0, description="... plus this many nats (room for sampling noise "
                                                     "when the base's KL is near zero)")
 
 
@@ -135,7 +135,7 @@ def measure(path: Path, ref: Reference, tok, *, lora: Path | None = None, n_thre
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=max(n_ctx, 64), logits_all=True, verbose=False,
                           n_threads=n_threads or os.cpu_count(), seed=0, **kwargs)
     try:
-        problems = check_metadata(llm, tok) + (check_vocab(llm, tok, ref) if check_tokens else [])
+        problems = check_metadata(llm, tok, check_template=lora is None) + (check_vocab(llm, tok, ref) if check_tokens else [])
         kls, same, per_probe = [], [], []
         for p in ref.probes:
             if not p.continuation:
@@ -221,7 +221,7 @@ class BaseFigures:
 # --- checks that fail whatever the figures ----------------------------------------------------
 
 
-def check_metadata(llm, tok) -> list[str]:
+def check_metadata(llm, tok, *, check_template: bool = True) -> list[str]:
     """The chat template and the EOS/BOS ids must survive conversion exactly.
 
     Read through llama.cpp itself (what the server will use); gguf's GGUFReader parses every
@@ -229,7 +229,8 @@ def check_metadata(llm, tok) -> list[str]:
     meta = llm.metadata
     template = meta.get("tokenizer.chat_template")
     problems = []
-    if tok.chat_template and template != tok.chat_template:
+    # a GGUF LoRA runs on the base GGUF, whose template is the base's: only a merged file must carry ours
+    if check_template and tok.chat_template and template != tok.chat_template:
         problems.append("the chat template is missing from the GGUF" if not template
                         else "the GGUF's chat template differs from the tokenizer's")
     if tok.eos_token_id is not None and llm.token_eos() != tok.eos_token_id:
@@ -241,8 +242,9 @@ def check_metadata(llm, tok) -> list[str]:
 
 
 def check_vocab(llm, tok, ref: Reference) -> list[str]:
-    """Every tokenizer token is in the GGUF under the same id, and llama.cpp tokenizes the probes
-    (prompts and continuations) exactly as the tokenizer does."""
+    """Every tokenizer token is in the GGUF under the same id, and llama.cpp tokenizes the rendered
+    prompts exactly as the tokenizer does. (Decoded continuations are not compared: re-tokenising
+    decoded text legitimately splits differently at a cut-off, a false alarm seen on SmolLM2 F16.)"""
     problems = []
     if llm.n_vocab() < len(tok):
         problems.append(f"the GGUF has {llm.n_vocab()} tokens, the tokenizer {len(tok)}")
@@ -257,10 +259,6 @@ def check_vocab(llm, tok, ref: Reference) -> list[str]:
         if ids != p.prompt:
             problems.append(f"llama.cpp tokenizes the prompt {p.label!r} differently "
                             f"({len(ids)} vs {len(p.prompt)} tokens)")
-            break
-        text = ref.decode(p.continuation)
-        if tok(text, add_special_tokens=False).input_ids != llm.tokenize(text.encode(), add_bos=False, special=True):
-            problems.append(f"llama.cpp tokenizes {text[:40]!r} differently from the tokenizer")
             break
     return problems
 
