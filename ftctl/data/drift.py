@@ -128,7 +128,6 @@ def drift(ws, model: str | None = None, log: Log = print) -> dict[str, Any]:
     out: dict[str, Any] = {"model": model, "reference": {"version": version, "since": cutoff, "rows": len(ref_prompts)},
                            "ratings_split_at": rating_cut.isoformat(),
                            "new": {"rows": len(new_prompts), "read": counts["read"], "rejected": counts["rejected"]}}
-    drifted = []
     ref_len = [len(WORD.findall(p)) for p in ref_prompts]
     new_len = [len(WORD.findall(p)) for p in new_prompts]
     pl = {"reference": _lengths(ref_len), "new": _lengths(new_len), "p_value": None, "drifted": False}

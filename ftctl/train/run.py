@@ -19,7 +19,6 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from ftctl import plugins
 from ftctl.util.atomic import read_json, write_text

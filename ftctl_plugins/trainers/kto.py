@@ -8,9 +8,6 @@ there). Held-out pairs measure the margin before and after, as for `dpo`.
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 from pydantic import Field
 
 from ftctl.api import Trainer, TrainRequest, TrainResult, UsageError, read_jsonl
@@ -36,11 +33,9 @@ class KtoTrainer(Trainer):
     Config = KtoConfig
 
     def train(self, request: TrainRequest) -> TrainResult:
-        from datasets import Dataset
-        from transformers import set_seed
         from trl import KTOConfig, KTOTrainer
 
-        cfg, log = self.config, self.ctx.log
+        cfg = self.config
         path = pref.pairs_path(request.train_file)
         pairs = pref.read_pairs(path)
         rows = []
@@ -56,18 +51,7 @@ class KtoTrainer(Trainer):
             raise UsageError("kto needs both liked and disliked answers "
                              f"(has {good} liked, {len(rows) - good} disliked)",
                              hint="collect thumbs-down or low-rated answers (curate.keep_negative) first")
-        set_seed(cfg.seed)
-        model, tok = pref.load_policy(request.base, request.init_adapter, cfg)
-        before = pref.margins(model, tok, heldout, cfg.max_length)
-        log(f"kto: {good} liked, {len(rows) - good} disliked answers (beta {cfg.beta})")
-        out = Path(request.output_dir)
-        args = pref.training_args(KTOConfig, cfg, out, desirable_weight=cfg.desirable_weight,
-                                  undesirable_weight=cfg.undesirable_weight)
-        trainer = pref.quiet(KTOTrainer(model=model, args=args, processing_class=tok, train_dataset=Dataset.from_list(rows)), log)
-        started = time.monotonic()
-        trainer.train()
-        rel = path.relative_to(self.ctx.root) if path.is_relative_to(self.ctx.root) else path
-        data = {"preferences": str(rel), "preferences_sha256": pref.file_sha256(path),
-                "answers": {"liked": good, "disliked": len(rows) - good}}
-        return pref.finish(trainer, model, tok, out, heldout, before, cfg, time.monotonic() - started, data,
-                           self.name)
+        return pref.fit(self.name, (KTOConfig, KTOTrainer), rows, request, cfg, self.ctx, heldout, path,
+                        {"answers": {"liked": good, "disliked": len(rows) - good}},
+                        f"{good} liked, {len(rows) - good} disliked answers",
+                        desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight)

@@ -190,3 +190,30 @@ def finish(trainer, model, tok, out: Path, heldout: list[dict], before: dict, cf
         data={**data, "heldout_pairs": after["pairs"]},
         libraries={"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
                    "trl": trl.__version__})
+
+
+def fit(name: str, trl_classes: tuple, rows: list[dict], request, cfg: PreferenceConfig, ctx,
+        heldout: list[dict], path: Path, counts: dict, describe: str, **trl_args):
+    """The run both trainers share: seed, policy (+ reference), held-out margin before, TRL's
+    trainer on ``rows``, margin after, the adapter and its TrainResult."""
+    import time
+
+    from datasets import Dataset
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
+    model, tok = load_policy(request.base, request.init_adapter, cfg)
+    before = margins(model, tok, heldout, cfg.max_length)
+    ctx.log(f"{name}: {describe} (beta {cfg.beta}); held-out margin before {before['margin']} "
+            f"on {before['pairs']} pairs")
+    out = Path(request.output_dir)
+    config_cls, trainer_cls = trl_classes  # e.g. (DPOConfig, DPOTrainer)
+    trainer = quiet(trainer_cls(model=model, args=training_args(config_cls, cfg, out, **trl_args), processing_class=tok,
+                                train_dataset=Dataset.from_list(rows)), ctx.log)
+    started = time.monotonic()
+    trainer.train()
+    rel = path.relative_to(ctx.root) if path.is_relative_to(ctx.root) else path
+    data = {"preferences": str(rel), "preferences_sha256": file_sha256(path), **counts}
+    result = finish(trainer, model, tok, out, heldout, before, cfg, time.monotonic() - started, data, name)
+    ctx.log(f"{name}: held-out margin {before['margin']} -> {result.metrics['margin_after']}")
+    return result

@@ -10,7 +10,6 @@ import http.client
 import json
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +17,6 @@ from tests.conftest import hold_run_lock, run_ftctl, run_json
 from tests.deploy.conftest import pm2_list, write_yaml
 
 pytestmark = pytest.mark.integration
-METRICS_SERVER = Path(__file__).with_name("metrics_server.py")
 
 
 def configure_loop(ws, feedback, **canary) -> None:
@@ -33,11 +31,9 @@ def configure_loop(ws, feedback, **canary) -> None:
 
 
 @pytest.fixture
-def live(stack, feedback, monkeypatch):
-    """v1.0 stable, v1.1 a 20% canary behind nginx; feedback in PostgreSQL."""
-    import tests.deploy.conftest as dc
-
-    monkeypatch.setattr(dc, "TINY", METRICS_SERVER)
+def live(stack, feedback):
+    """v1.0 stable, v1.1 a 20% canary behind nginx (tiny upstreams serving /metrics); feedback in
+    PostgreSQL."""
     s = stack(with_nginx=True)
     configure_loop(s.ws, feedback)
     run_json("deploy", "v1.0", cwd=s.root)

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from ruamel.yaml import YAML
 
-from tests.conftest import run_ftctl, run_json
+from tests.conftest import run_json
 from tests.fixtures_models import chat
 
 pytestmark = pytest.mark.slow

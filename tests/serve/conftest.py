@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ftctl.registry import workspace
 from tests.train.conftest import configure, examples, write_jsonl
 
 TOKEN = "test-token-0123456789"
@@ -119,9 +120,4 @@ def pid_gone(pid: int) -> bool:
 
 
 def wait_for(predicate, timeout: float = 60, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+    return workspace.wait_for(predicate, timeout, interval)
