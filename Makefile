@@ -46,6 +46,8 @@ bench: install
 	$(BIN)/python benchmarks/eval_throughput.py
 	$(BIN)/python benchmarks/export.py
 	$(BIN)/python benchmarks/quality.py
+	$(BIN)/python benchmarks/phi_recall.py
+	$(BIN)/python benchmarks/serve.py
 
 clean:
 	rm -rf $(VENV) .ftctl/cache
