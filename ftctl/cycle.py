@@ -88,11 +88,9 @@ def cycle(ws: Workspace, model: str | None = None, *, force: bool = False, max_s
 
         log(f"[bold]4/5 export[/] {name}@{version}")
         out["steps"]["export"] = export(ws, f"{name}@{version}", log=log)
-    if cc.deploy and ws.read_lock().state(name).deployment.canary:
-        from ftctl.deploy.canary import as_dict
-
-        live = as_dict(ws.read_lock().state(name).deployment.canary)
-        log(f"[bold]5/5 deploy[/] skipped: {name}@{live['version']} "
+    live = ws.read_lock().state(name).deployment.canary
+    if cc.deploy and live:
+        log(f"[bold]5/5 deploy[/] skipped: {name}@{live.version} "
             f"is still on trial as the canary")
         out["steps"]["deploy"] = {"skipped": "a canary is live"}
     elif cc.deploy:

@@ -20,15 +20,10 @@ import math
 from typing import Any
 
 from ftctl.errors import UsageError
-
 from ftctl.util.log import Log, current_user
+
 PROMOTE, STEP, HOLD, ROLLBACK = "promote", "step", "hold", "rollback"
 ACTION = "canary check"
-
-
-def as_dict(canary) -> dict[str, Any]:
-    """models.lock's canary entry, a mapping or (issue 11's typed lock) a pydantic model."""
-    return canary.model_dump() if hasattr(canary, "model_dump") else dict(canary)
 
 
 def stage_start(history: list[dict], version: str) -> str | None:
@@ -178,8 +173,7 @@ def check(ws, model: str | None = None, *, dry_run: bool = False, log: Log = pri
     if not d.canary:
         raise UsageError(f"model {model!r} has no live canary to check",
                          hint="start one with `ftctl deploy vX.Y --canary 5`")
-    live = as_dict(d.canary)
-    canary_v, percent = live["version"], int(live.get("percent") or 0)
+    canary_v, percent = d.canary.version, d.canary.percent
     since = stage_start(state.history, canary_v)
     log(f"judging canary {model}@{canary_v} ({percent}%) against stable {model}@{d.stable}"
         + (f" on feedback since {since}" if since else ""))
@@ -206,7 +200,7 @@ def check(ws, model: str | None = None, *, dry_run: bool = False, log: Log = pri
         st = lock.state(model)
         st.history.append({"time": now(), "user": current_user(), "action": ACTION, "version": canary_v,
                            "stable": st.deployment.stable,
-                           "canary": as_dict(st.deployment.canary) if st.deployment.canary else None,
+                           "canary": st.deployment.canary.model_dump() if st.deployment.canary else None,
                            "result": verdict["decision"], "detail": verdict["reason"], "evidence": evidence})
 
     ws.record(f"canary check {model}@{canary_v}: {verdict['decision']}", update)
