@@ -7,7 +7,6 @@ JavaScript only re-fetch the server-rendered jobs fragment for live progress.
 from __future__ import annotations
 
 import re
-import threading
 from functools import cache
 from pathlib import Path
 
@@ -54,17 +53,11 @@ def version_page(entry: dict) -> str:
     return _render("version.html", v=entry)
 
 
-STATUS_LOCK = threading.Lock()
-
-
 def deployment_status(ws, model: str | None) -> dict:
-    """`ftctl status`'s core function, one call at a time: the deployer parses the ecosystem
-    file through per-process temp files (the pm2 plugin's ecosystem module) that threads
-    running at once would share."""
+    """`ftctl status`'s core function, quiet."""
     from ftctl.deploy import run as core
 
-    with STATUS_LOCK:
-        return core.status(ws, model, log=lambda _m: None)
+    return core.status(ws, model, log=lambda _m: None)
 
 
 def _status(ws, model: str) -> dict:

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shlex
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +71,12 @@ def _parse_many(path: Path, texts: list[str]) -> list[Any]:
     # JavaScript: node evaluates sibling temp files (same dir: __dirname and require() still work)
     files = []
     try:
-        for i, text in enumerate(texts):
-            f = path.with_name(f".{path.name}.ftctl-{os.getpid()}-{i}{path.suffix}")
-            f.write_text(text, encoding="utf-8")
-            files.append(f)
+        for text in texts:
+            # a unique name per call: threads of one process (ftctl serve) parse at the same time
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.ftctl-", suffix=path.suffix, dir=path.parent)
+            files.append(Path(name))
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
         proc = run(["node", "-e", _NODE_LOAD, *map(str, files)], cwd=path.parent, timeout=60,
                    hint="pm2 needs Node.js too: apt-get install nodejs")
         return [r["ok"] if "ok" in r else ValueError(r["error"]) for r in json.loads(proc.stdout)]

@@ -161,3 +161,15 @@ def test_nginx_failed_test_restores_the_old_include(tmp_path):
     with pytest.raises(FtctlError):
         nginx.apply(inc, "new include\n", ["false"], ["true"])
     assert inc.read_text() == "old include\n"
+
+
+def test_js_files_parse_from_many_threads_at_once(js, tmp_path):
+    """`ftctl serve` answers /status from several threads: each parse has its own temp file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = js
+    texts = [JS.replace("8082", str(9000 + i)) for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        parsed = list(pool.map(lambda t: ecosystem._parse_many(path, [t])[0], texts))
+    assert [c["apps"][1]["args"][3] for c in parsed] == [str(9000 + i) for i in range(8)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ecosystem.config.js"]  # no temp file left
