@@ -12,6 +12,7 @@ from ftctl.kinds import (KINDS, AppStatus, Artifact, BaseModelRef, Context, Depl
                          Source, Trainer, TrainPreview, TrainRequest, TrainResult)
 from ftctl.records import ROLES, Example, Reject, RowError, read_jsonl
 from ftctl.util.atomic import write_text
+from ftctl.util.digest import file_sha256
 from ftctl.util.times import parse_time
 from ftctl.data.scrub import phi_spans
 
@@ -21,5 +22,5 @@ __all__ = [
     "ExportedFile", "Exporter", "ExternalToolError", "FtctlError", "GenerationBackend", "Health", "KINDS",
     "Plugin", "PluginConfig", "ROLES", "Reject", "RolledBack", "RowError", "Slot", "SlotInfo", "Source", "TrainPreview",
     "TrainRequest", "TrainResult", "Trainer", "UsageError", "hookimpl", "parse_time", "read_jsonl",
-    "write_text", "phi_spans",
+    "write_text", "phi_spans", "file_sha256",
 ]

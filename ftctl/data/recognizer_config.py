@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ftctl.errors import ConfigError
+from ftctl.util.digest import file_sha256
 
 PRESIDIO_FLAGS = 26  # re.IGNORECASE | re.MULTILINE | re.DOTALL, Presidio's global_regex_flags
 _ENTITY_RE = re.compile(r"^[A-Z][A-Z0-9_]{1,40}$")
@@ -83,12 +84,6 @@ def entities_in(path: Path, where: str) -> list[str]:
             raise fail(f"{key}.context", "expected a list of words")
         entities.append(entity)
     return entities
-
-
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def describe(path: Path | None, root: Path | None = None) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from ftctl.errors import FtctlError
+from ftctl.util.digest import file_sha256  # noqa: F401  (also this module's public name)
 from ftctl.kinds import BaseModelRef
 
 DEFAULT_BASE = "smollm2-135m-instruct"
@@ -81,14 +82,6 @@ def resolve_base(ref: str, *, trust_remote_code: bool = False, root: Path | None
 def _is_gguf(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(4) == b"GGUF"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def dir_sha256(path: Path) -> str:

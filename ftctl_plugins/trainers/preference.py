@@ -11,14 +11,13 @@ Import-light: torch, transformers, peft and trl load inside the functions that n
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
-from ftctl.api import PluginConfig, UsageError
+from ftctl.api import PluginConfig, UsageError, file_sha256
 
 PAIRS_FILE = "preferences.jsonl"
 
@@ -70,10 +69,6 @@ def read_pairs(path: Path) -> list[dict[str, Any]]:
     if not pairs:
         raise UsageError(f"{path.name} has no preference pairs", hint="collect corrections or ratings first")
     return pairs
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load_policy(base, init_adapter: Path | None, cfg: PreferenceConfig):
