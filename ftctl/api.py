@@ -13,6 +13,7 @@ from ftctl.kinds import (KINDS, AppStatus, Artifact, BaseModelRef, Context, Depl
 from ftctl.records import ROLES, Example, Reject, RowError, read_jsonl
 from ftctl.util.atomic import write_text
 from ftctl.util.digest import file_sha256
+from ftctl.util.tools import wait_for
 from ftctl.util.times import parse_time
 from ftctl.data.scrub import phi_spans
 
@@ -22,5 +23,5 @@ __all__ = [
     "ExportedFile", "Exporter", "ExternalToolError", "FtctlError", "GenerationBackend", "Health", "KINDS",
     "Plugin", "PluginConfig", "ROLES", "Reject", "RolledBack", "RowError", "Slot", "SlotInfo", "Source", "TrainPreview",
     "TrainRequest", "TrainResult", "Trainer", "UsageError", "hookimpl", "parse_time", "read_jsonl",
-    "write_text", "phi_spans", "file_sha256",
+    "write_text", "phi_spans", "file_sha256", "wait_for",
 ]

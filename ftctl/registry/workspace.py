@@ -17,7 +17,6 @@ import functools
 import json
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from functools import cached_property
@@ -315,12 +314,3 @@ def dvc_md5(path: Path) -> str | None:
         return YAML(typ="safe").load(Path(f"{path}.dvc").read_text())["outs"][0]["md5"]
     except (OSError, KeyError, IndexError, TypeError):
         return None
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

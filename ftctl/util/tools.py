@@ -9,7 +9,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ftctl.config import redact
@@ -43,3 +44,13 @@ def dvc(root: Path, *args: str, check: bool = True, hint: str | None = None) -> 
     # no analytics daemon: it phones home (impossible on closed networks) on every command
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     return run([*cmd, *args], cwd=root, check=check, hint=hint, env=env)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds passed; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

@@ -30,7 +30,7 @@ from pydantic import Field, field_validator
 
 from ftctl.api import (Artifact, ConfigError, Deployer, DeployPlan, ExportQuery, ExternalToolError, Health,
                        PluginConfig, RolledBack, Slot, SlotInfo)
-from ftctl.util.tools import run
+from ftctl.util.tools import run, wait_for
 from ftctl_plugins.deployers import ecosystem, nginx
 
 APP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -208,12 +208,7 @@ class Pm2Deployer(Deployer):
             return ok, None
 
     def wait_healthy(self, port: int) -> bool:
-        deadline = time.monotonic() + self.config.health_timeout
-        while time.monotonic() < deadline:
-            if self.probe(port)[0]:
-                return True
-            time.sleep(0.25)
-        return False
+        return wait_for(lambda: self.probe(port)[0], self.config.health_timeout, 0.25)
 
     # --- helpers ---------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ftctl.registry import workspace
+from ftctl.util.tools import wait_for as _wait_for
 from tests.train.conftest import configure, examples, write_jsonl
 
 TOKEN = "test-token-0123456789"
@@ -120,4 +120,4 @@ def pid_gone(pid: int) -> bool:
 
 
 def wait_for(predicate, timeout: float = 60, interval: float = 0.1) -> bool:
-    return workspace.wait_for(predicate, timeout, interval)
+    return _wait_for(predicate, timeout, interval)
