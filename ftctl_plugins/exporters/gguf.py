@@ -346,7 +346,12 @@ def quantize(src: Path, dst: Path, quant: str, n_threads: int | None = None) -> 
     """llama.cpp's quantizer, in process, through llama-cpp-python's binding."""
     import ctypes
 
+    import logging
+
     llama_cpp = _llama_cpp()
+    # llama.cpp logs every tensor it quantizes (600 lines for a 135M model) through
+    # llama-cpp-python's logger; keep its errors, drop the rest (a failure is raised below anyway)
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
     params.nthread = n_threads or os.cpu_count() or 1
