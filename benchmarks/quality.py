@@ -216,11 +216,13 @@ def way_ftctl(train_rows: list[dict], work: Path, log: Path, extra_set: list[str
         for r in train_rows:
             f.write(json.dumps({"messages": _chat(r["question"], r["answer"]), "rating": 5,
                                 "conversation_id": r["key"]}) + "\n")
-    # the benchmark keeps its own held-out split, so ftctl trains on every row it is given
+    # the benchmark keeps its own held-out split, so ftctl trains on every row it is given: the
+    # same rows as the TRL script. The data is public, so no PHI scrubbing (its recognizers rewrite
+    # "numpy.ma" as a URL and place names as people) and no dedup; training defaults are untouched.
     (ws / "ftctl.yaml").write_text(
         "schema: 1\ndefault_model: bench\nbase: smollm2-135m-instruct\nmodels: {bench: {}}\n"
         "sources:\n  - {name: chats, kind: jsonl, path: feedback/chats.jsonl}\n"
-        "curate: {min_rating: 4, split: {val: 0.0, test: 0.0}}\n"
+        "curate: {min_rating: 4, dedup: \"off\", scrub: {enabled: false}, split: {val: 0.0, test: 0.0}}\n"
         "train: {trainer: lora}\nexport: {exporter: gguf}\n")
     sets = [a for s in extra_set for a in ("--set", s)]
     _run([ftctl, "--json", "init", ws], log=log)
