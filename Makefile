@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml Makefile scripts/fetch_llama_cpp_tools.py scripts/insta
 # It records versions in this clone (a workspace); run again, it says there is nothing new (3).
 demo: install
 	$(BIN)/ftctl init .
-	$(BIN)/ftctl cycle --max-steps $${DEMO_STEPS:-80}; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 3 ]
+	$(BIN)/ftctl cycle $${DEMO_STEPS:+--max-steps $$DEMO_STEPS}; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 3 ]
 	$(BIN)/ftctl versions
 	$(BIN)/ftctl eval --compare base latest
 	# a subdivision the feedback never mentions (held out): the answer is US-TX
