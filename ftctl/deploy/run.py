@@ -35,7 +35,12 @@ def _deployer(ws, model: str, log: Log) -> Deployer:
     from ftctl import plugins
 
     cfg = ws.model(model).deploy
-    return plugins.build("deployer", cfg.deployer, cfg.plugin_config(cfg.deployer), ws.context(model, log),
+    raw = cfg.plugin_config(cfg.deployer)
+    required = [n for n, f in plugins.get("deployer", cfg.deployer).Config.model_fields.items() if f.is_required()]
+    if not raw and required:  # nothing set up yet (the demo workspace): say so, not "Field required"
+        raise UsageError(f"no deployment is configured for {model!r}: deploy.{cfg.deployer} is empty",
+                         hint=f"set deploy.{cfg.deployer}: {', '.join(required)} in ftctl.yaml (docs/deploy.md)")
+    return plugins.build("deployer", cfg.deployer, raw, ws.context(model, log),
                          key=f"models.{model}.deploy.{cfg.deployer}")
 
 

@@ -105,6 +105,13 @@ def test_invalid_config_names_the_key(workspace, old, new, expect):
     assert "Traceback" not in proc.stderr
 
 
+def test_status_without_a_deployment_says_what_to_set(workspace):
+    proc = run_ftctl("status", cwd=workspace.root)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "no deployment is configured for 'assistant'" in proc.stderr
+    assert "deploy.pm2: ecosystem, app" in proc.stderr  # the pm2 deployer's required settings, by name
+
+
 def test_missing_config_file(workspace):
     with pytest.raises(ConfigError, match="does not exist"):
         from ftctl.config import load
