@@ -1,6 +1,6 @@
 """`ftctl --help` wall time against `python -c "import click"`, median of several runs.
 
-Goal (issue 2): under 3x. Run: python benchmarks/cli_startup.py [--runs N]
+Goal (issue 11): under 2x (and no torch import: also checked by tests/core). Run: python benchmarks/cli_startup.py [--runs N]
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ def main() -> None:
     }
     base = None
     print(f"{'command':40} {'median s':>9} {'ratio':>7}   ({runs} runs each)")
-    for name, argv in cases.items():
+    for i, (name, argv) in enumerate(cases.items()):
         t = wall(argv, runs)
         base = base or t
-        print(f"{name:40} {t:9.3f} {t / base:6.2f}x")
+        print(f"{name:40} {t:9.3f} {t / base:6.2f}x" + ("   (goal < 2x)" if i else ""))
 
 
 if __name__ == "__main__":

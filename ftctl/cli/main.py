@@ -89,18 +89,24 @@ class App:
 
     def mutate(self, command: str, func: Callable[[], Any]) -> Any:
         """Run a mutating command under the workspace run lock, and log it."""
+        from ftctl.errors import FAILURE, OK, FtctlError, NothingToDo
+
         ws = self.workspace()
-        ok = False
+        code = FAILURE
         try:
             with ws.run_lock(command, self.wait):
                 result = func(ws)
-                ok = True
+                code = OK
                 return result
+        except FtctlError as e:
+            code = e.exit_code
+            raise
         finally:
             for w in getattr(ws, "warnings", []):
                 self.console.print(f"[yellow]warning:[/] {w}")
-            ws.log_event({"command": command, "argv": sys.argv[1:], "ok": ok,
-                          "seconds": round(time.monotonic() - self.started, 3)})
+            # "nothing to do" (a quiet night for cron's cycle) is a success, not a failure
+            ws.log_event({"command": command, "argv": sys.argv[1:], "ok": code in (OK, NothingToDo.exit_code),
+                          "exit_code": code, "seconds": round(time.monotonic() - self.started, 3)})
 
 
 pass_app = click.make_pass_decorator(App)

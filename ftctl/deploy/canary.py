@@ -162,7 +162,17 @@ def decide(cfg, scores: dict[str, list[float]], ops: dict[str, Any], percent: in
 
 
 def check(ws, model: str | None = None, *, dry_run: bool = False, log: Log = print) -> dict[str, Any]:
-    """Judge the live canary of ``model``; unless ``dry_run``, act and record the decision."""
+    """Judge the live canary of ``model``; unless ``dry_run``, act and record the decision.
+
+    Acting holds the run lock from the reading of the evidence to the recording of the decision
+    (reentrant: the CLI and cycle hold it already); a dry run only reads."""
+    if dry_run:
+        return _check(ws, model, True, log)
+    with ws.run_lock("canary check"):
+        return _check(ws, model, False, log)
+
+
+def _check(ws, model: str | None, dry_run: bool, log: Log) -> dict[str, Any]:
     from ftctl.deploy import run
     from ftctl.registry.workspace import now
 

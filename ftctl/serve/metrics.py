@@ -63,14 +63,20 @@ class FtctlCollector:
 
     def _cycle(self, ws):
         last = _last_event(ws.state_dir / "log.jsonl", "cycle")
-        ok = GaugeMetricFamily("ftctl_last_cycle_success", "1 if the last `ftctl cycle` succeeded")
+        ok = GaugeMetricFamily("ftctl_last_cycle_success",
+                               "1 if the last `ftctl cycle` succeeded (nothing to do counts as success)")
+        code = GaugeMetricFamily("ftctl_last_cycle_exit_code",
+                                 "Exit code of the last `ftctl cycle` (0 ok, 3 nothing to do, 5 gate failed, ...)")
         at = GaugeMetricFamily("ftctl_last_cycle_timestamp_seconds", "When the last `ftctl cycle` ended")
         if last:
             from datetime import datetime
 
             ok.add_metric([], 1.0 if last.get("ok") else 0.0)
+            if last.get("exit_code") is not None:
+                code.add_metric([], float(last["exit_code"]))
             at.add_metric([], datetime.fromisoformat(last["time"]).timestamp())
         yield ok
+        yield code
         yield at
 
     def _jobs(self):

@@ -49,3 +49,31 @@ def test_metrics_cover_versions_deployment_collect_cycle_and_jobs(workspace):
         'ftctl_job_duration_seconds_sum{kind="train"} 30.0',
     ):
         assert line in text, line
+
+
+def test_a_cycle_with_nothing_to_do_is_a_success_with_its_exit_code(workspace):
+    """cron's quiet night (exit 3) must not page anyone: success 1, the exit code beside it."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from ruamel.yaml import YAML
+
+    from ftctl.serve.metrics import FtctlCollector
+    from tests.conftest import run_ftctl
+
+    (workspace.root / "empty.jsonl").touch()
+    y = YAML(typ="safe", pure=True)
+    cfg = y.load(workspace.config_path.read_text())
+    cfg["sources"] = [{"name": "events", "kind": "jsonl", "path": "empty.jsonl"}]
+    with open(workspace.config_path, "w") as f:
+        y.dump(cfg, f)
+    assert run_ftctl("cycle", cwd=workspace.root).returncode == 3
+    registry = CollectorRegistry()
+    registry.register(FtctlCollector(lambda: workspace, JobStore(workspace.state_dir / "serve" / "jobs.sqlite")))
+    text = generate_latest(registry).decode()
+    assert "ftctl_last_cycle_success 1.0" in text and "ftctl_last_cycle_exit_code 3.0" in text
+
+    cfg["sources"] = []  # a cycle that cannot run: a real failure
+    with open(workspace.config_path, "w") as f:
+        y.dump(cfg, f)
+    assert run_ftctl("cycle", cwd=workspace.root).returncode not in (0, 3)
+    text = generate_latest(registry).decode()
+    assert "ftctl_last_cycle_success 0.0" in text
