@@ -60,8 +60,10 @@ def cycle(ws: Workspace, model: str | None = None, *, force: bool = False, max_s
     out["new_examples"] = fresh
     retrain = bool(drift_report and drift_report["retrain"])
     if fresh < cc.min_new_examples and not force and not retrain:
-        raise NothingToDo(f"{fresh} new training example(s) since the latest version; the cycle trains "
-                          f"at {cc.min_new_examples} (cycle.min_new_examples)", hint="--force trains anyway")
+        quiet = NothingToDo(f"{fresh} new training example(s) since the latest version; the cycle trains "
+                            f"at {cc.min_new_examples} (cycle.min_new_examples)", hint="--force trains anyway")
+        quiet.result = out  # the canary verdict and drift report still reach `--json`
+        raise quiet
     if retrain and fresh < cc.min_new_examples:
         log(f"users rate the stable version significantly lower: retraining on {fresh} new example(s)")
 
@@ -78,6 +80,7 @@ def cycle(ws: Workspace, model: str | None = None, *, force: bool = False, max_s
         except GateFailed as e:
             out["steps"]["eval"] = {"gate": "failed", "reason": e.message}
             e.hint = f"{name}@{version} is recorded but was not exported or deployed; {e.hint or ''}".strip()
+            e.result = out
             raise
         out["steps"]["eval"] = {"gate": "passed", "against": gated["a"], "report": gated["report"]}
     else:  # the first version has nothing to beat but the base; its numbers still get recorded

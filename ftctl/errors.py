@@ -22,6 +22,7 @@ class FtctlError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.result: dict | None = None  # what the command did before it stopped; --json prints it
         if exit_code is not None:
             self.exit_code = exit_code
 

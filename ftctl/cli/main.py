@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        _print_error(e.message, e.hint, "--json" in argv, e.exit_code)
+        _print_error(e.message, e.hint, "--json" in argv, e.exit_code, getattr(e, "result", None))
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code
@@ -258,9 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _print_error(message: str, hint: str | None, as_json: bool, code: int) -> None:
+def _print_error(message: str, hint: str | None, as_json: bool, code: int, result: dict | None = None) -> None:
     if as_json:
-        click.echo(json.dumps({"error": message, "hint": hint, "exit_code": code}))
+        doc = {"error": message, "hint": hint, "exit_code": code}
+        if result is not None:
+            doc["result"] = _jsonable(result)
+        click.echo(json.dumps(doc, default=str))
     click.echo(f"error: {message}", err=True)
     if hint:
         click.echo(f"  hint: {hint}", err=True)

@@ -71,13 +71,19 @@ def config_show(app, model):
 def config_validate(app):
     """Check ftctl.yaml, including every plugin section, against its schema."""
     from ftctl.config import load
-    from ftctl.pluginconfig import validate_all
+    from ftctl.pluginconfig import not_set_up, validate_all
 
     ws = app.workspace()
     loaded = load(ws.config_path, ws.overrides, lazy=False)  # every ${VAR}, used by this command or not
     checked = validate_all(loaded.config)
-    app.emit({"valid": True, "models": ws.config.model_names(), "checked": checked},
-             lambda r: app.say(f"[green]ftctl.yaml is valid[/] ({len(checked)} plugin sections checked)"))
+    missing = not_set_up(loaded.config)
+
+    def render(_r):
+        app.say(f"[green]ftctl.yaml is valid[/] ({len(checked)} plugin sections checked)")
+        for m in missing:
+            app.say(f"[yellow]not set up yet:[/] {m}: the commands that use it will ask for it")
+
+    app.emit({"valid": True, "models": ws.config.model_names(), "checked": checked, "not_set_up": missing}, render)
 
 
 @click.command()

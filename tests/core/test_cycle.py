@@ -57,11 +57,15 @@ def test_cycle_trains_then_has_nothing_to_do_then_gates(cycle_ws):
 
     again = run_ftctl("--json", "cycle", "--max-steps", "2", cwd=root)
     assert again.returncode == 3 and "new training example" in again.stderr
+    quiet = json.loads(again.stdout)  # the error, and what the cycle did before it stopped
+    assert quiet["exit_code"] == 3 and quiet["result"]["new_examples"] == 0
+    assert quiet["result"]["drift"]["reference"]["version"] == "v1.0" and "collect" in quiet["result"]["steps"]
 
     feedback(root / "feedback.jsonl", 40, 30)
     strict = run_ftctl("--set", "eval.gate.min_improvement=1.0", "--json", "cycle", "--max-steps", "2", cwd=root)
     assert strict.returncode == 5, strict.stderr[-3000:]
     assert "gate failed" in strict.stderr and "not exported or deployed" in strict.stderr
+    assert json.loads(strict.stdout)["result"]["steps"]["eval"]["gate"] == "failed"
     assert set(cycle_ws.read_lock().state("assistant").versions) == {"v1.0", "v1.1"}
     assert not (root / "exports").exists()
 

@@ -110,6 +110,9 @@ def test_status_without_a_deployment_says_what_to_set(workspace):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "no deployment is configured for 'assistant'" in proc.stderr
     assert "deploy.pm2: ecosystem, app" in proc.stderr  # the pm2 deployer's required settings, by name
+    # valid (nothing uses it yet), and `config validate` names what is not set up
+    checked = run_json("config", "validate", cwd=workspace.root)
+    assert checked["valid"] and checked["not_set_up"] == ["models.assistant.deploy.pm2 (needs ecosystem, app)"]
 
 
 def test_missing_config_file(workspace):
