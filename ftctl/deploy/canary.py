@@ -86,6 +86,8 @@ def latency(apps: list[dict], cfg) -> dict[str, Any]:
     for app in apps:
         if app.get("role") in ("stable", "canary") and app.get("port"):
             out[app["role"]] = scrape(cfg.metrics_url.format(port=app["port"]), cfg.metrics_timeout)
+        if app.get("role") in ("stable", "canary"):
+            out.setdefault(app["role"], {})["healthy"] = app.get("healthy")  # the deployer's own probe
     s, c = (out.get(r, {}).get("ms_per_token") for r in ("stable", "canary"))
     out["ratio"] = round(c / s, 3) if s and c else None
     return out
@@ -120,6 +122,9 @@ def decide(cfg, scores: dict[str, list[float]], ops: dict[str, Any], percent: in
         test = {"stable_mean": round(t.a, 4), "canary_mean": round(t.b, 4), "diff": round(t.diff, 4),
                 "ci": [round(t.ci[0], 4), round(t.ci[1], 4)], "p_value": round(t.p_value, 4), "verdict": t.verdict}
     out = {"test": test, "needs": None, "percent": percent}
+    if ops.get("canary", {}).get("healthy") is False:  # failing its health check: no rating can save it
+        return {**out, "decision": ROLLBACK, "percent": 0,
+                "reason": "the canary fails its health check: users on it get errors"}
     enough = n_s >= cfg.min_rated and n_c >= cfg.min_rated
     if enough and test["verdict"] == WORSE:
         return {**out, "decision": ROLLBACK, "percent": 0,

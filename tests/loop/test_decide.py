@@ -31,3 +31,13 @@ def test_equal_rewards_within_the_margin_step_up():
     cfg = CanaryConfig(min_rated=30, max_drop=0.3)
     r = decide(cfg, {"stable": [1, -1, 1, 1] * 100, "canary": [1, -1, 1, 1] * 100}, OPS, 5)
     assert r["decision"] == "step" and r["percent"] == 20
+
+
+def test_a_canary_failing_its_health_check_is_rolled_back_whatever_its_ratings():
+    cfg = CanaryConfig(min_rated=5)
+    down = {**OPS, "canary": {"ok": False, "error": "connection refused", "healthy": False}, "ratio": None}
+    r = decide(cfg, {"stable": [4] * 10, "canary": [5] * 10}, down, 20)
+    assert r["decision"] == "rollback" and "health check" in r["reason"]
+    # unknown health (a deployer that cannot tell) is not a failure: the evidence decides
+    r = decide(cfg, {"stable": [4] * 10, "canary": [4] * 10}, {**OPS, "canary": {**OPS["canary"], "healthy": None}}, 20)
+    assert r["decision"] != "rollback"
