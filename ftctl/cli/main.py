@@ -262,8 +262,8 @@ def _print_error(message: str, hint: str | None, as_json: bool, code: int, resul
     if as_json:
         doc = {"error": message, "hint": hint, "exit_code": code}
         if result is not None:
-            doc["result"] = _jsonable(result)
-        click.echo(json.dumps(doc, default=str))
+            doc["result"] = result
+        click.echo(json.dumps(doc, default=_jsonable))
     click.echo(f"error: {message}", err=True)
     if hint:
         click.echo(f"  hint: {hint}", err=True)
