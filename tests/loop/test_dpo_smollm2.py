@@ -51,7 +51,7 @@ def test_dpo_grows_the_heldout_margin_without_collapse(workspace, smollm2_base):
     snapshot(workspace, pairs, smollm2_base.path, {"trainer": "lora", "dpo": {
         "max_steps": 12, "batch_size": 3, "learning_rate": 2e-4, "beta": 0.1, "r": 8, "alpha": 16,
         "max_length": 96}})
-    out = run_json("train", "--trainer", "dpo", cwd=workspace.root, timeout=900)
+    out = run_json("train", "--trainer", "dpo", cwd=workspace.root, timeout=1800)  # ~70 s alone; a hang guard
     entry = workspace.read_lock().state("assistant").versions[out["version"]]
     m = entry.metrics
     print(f"held-out margin {m['margin_before']} -> {m['margin_after']}, "
