@@ -146,8 +146,14 @@ def load_tokenizer(resolved: ResolvedBase, chat_template: str | None = None):
 def load_model(resolved: ResolvedBase, dtype=None, **kwargs):
     """The base model (float32 on CPU unless ``dtype`` says otherwise)."""
     import torch
+    from huggingface_hub.utils import disable_progress_bars
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    # ftctl shows its own progress; the libraries' per-load bars ("Loading weights", "Writing
+    # model shards") are noise between its lines
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
     try:
         return AutoModelForCausalLM.from_pretrained(
             resolved.path, dtype=dtype or torch.float32,
