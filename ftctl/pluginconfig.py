@@ -50,7 +50,7 @@ def not_set_up(config: FtctlConfig) -> list[str]:
         for section, (kind, selector) in _SECTION_KINDS.items():
             sec = getattr(m, section)
             chosen = getattr(sec, selector)
-            required = [k for k, f in plugins.get(kind, chosen).Config.model_fields.items() if f.is_required()]
+            required = plugins.required_settings(kind, chosen)
             if required and not (sec.model_extra or {}).get(chosen):
                 out.append(f"models.{name}.{section}.{chosen} (needs {', '.join(required)})")
     return out

@@ -96,5 +96,10 @@ def build(kind: str, name: str, raw_config: dict, ctx: Context, *, key: str) -> 
     return cls(validate_model(cls.Config, raw_config, key), ctx)
 
 
+def required_settings(kind: str, name: str) -> list[str]:
+    """The settings a plugin cannot do without (its Config fields with no default)."""
+    return [k for k, f in get(kind, name).Config.model_fields.items() if f.is_required()]
+
+
 def register_commands(cli) -> None:
     manager().hook.register_commands(cli=cli)

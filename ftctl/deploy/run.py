@@ -36,7 +36,7 @@ def _deployer(ws, model: str, log: Log) -> Deployer:
 
     cfg = ws.model(model).deploy
     raw = cfg.plugin_config(cfg.deployer)
-    required = [n for n, f in plugins.get("deployer", cfg.deployer).Config.model_fields.items() if f.is_required()]
+    required = plugins.required_settings("deployer", cfg.deployer)
     if not raw and required:  # nothing set up yet (the demo workspace): say so, not "Field required"
         raise UsageError(f"no deployment is configured for {model!r}: deploy.{cfg.deployer} is empty",
                          hint=f"set deploy.{cfg.deployer}: {', '.join(required)} in ftctl.yaml (docs/deploy.md)")
