@@ -38,6 +38,7 @@ def _render(app, r) -> None:
     for k, v in r["splits"].items():
         t.add_row(f"split: {k}", str(v))
     t.add_row("preference pairs", str(r["preferences"]))
+    t.add_row("unpaired disliked answers", str(r["unpaired"]))
     app.console.print(t)
     app.say("tokens (" + card["tokens"]["counted_with"] + "): "
             + ", ".join(f"{k}: {v}" for k, v in card["tokens"]["histogram"].items() if v))

@@ -8,6 +8,11 @@ Incremental: each source remembers a watermark in models.lock; the next collect 
 newer rows and carries the previous snapshot forward (re-curated: filters, dedup and the
 stable split apply to the whole), so a snapshot is always the full dataset. ``since="all"``
 rebuilds from scratch.
+
+Besides the splits: ``preferences.jsonl`` (pairs: a correction or a kept answer over a disliked
+one to the same prompt) and ``unpaired.jsonl`` (every disliked answer, paired or not, with
+``label: false``: what KTO learns "thumbs down" from). Their disliked sides are in no split, so
+an incremental collect carries both files forward, minus what was forgotten since.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from ftctl.registry.workspace import Workspace, dvc_md5, locked
 
 SPLITS = ("train", "val", "test")
 FILES = {**{s: f"{s}.jsonl" for s in SPLITS}, "preferences": "preferences.jsonl",
-         "card": "card.json", "rejects": "rejects.jsonl"}
+         "unpaired": "unpaired.jsonl", "card": "card.json", "rejects": "rejects.jsonl"}
 CARRIED = "previous-snapshot"
 
 
@@ -39,7 +44,7 @@ class RejectedRows(FtctlError):
 
 
 def snapshot_paths(ws: Workspace, model: str) -> dict[str, Path]:
-    """The files of a model's snapshot: train, val, test, preferences, card, rejects."""
+    """The files of a model's snapshot: train, val, test, preferences, unpaired, card, rejects."""
     d = ws.data_dir(model)
     return {k: d / name for k, name in FILES.items()}
 
@@ -114,8 +119,10 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
     per_source: dict[str, dict] = {}
     spill = curate.Spill(work)
     prefs = open(out / FILES["preferences"], "w", encoding="utf-8")
-    n_prefs = _carry_preferences(carry, prefs)
+    unpaired = open(out / FILES["unpaired"], "w", encoding="utf-8")
     try:
+        n_prefs = _carry(carry, "preferences", prefs, forgotten, log)
+        n_unpaired = _carry(carry, "unpaired", unpaired, forgotten, log)
         with open(out / FILES["rejects"], "w", encoding="utf-8") as rejects:
             for src_name, items, plugin, mark in _streams(ws, mc, marks, carry, log):
                 n_read = 0
@@ -160,6 +167,11 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
                             curate.prompt_messages(ex), ex.response, original, ex.key, split, "correction"),
                             ensure_ascii=False) + "\n")
                         n_prefs += 1
+                        # the corrected original is a disliked answer too (no row of its own in the spill)
+                        unpaired.write(json.dumps(curate.unpaired(
+                            curate.prompt_messages(ex), original, ex.key, split, "correction"),
+                            ensure_ascii=False) + "\n")
+                        n_unpaired += 1
                 wm = plugin.watermark() if plugin else None
                 per_source[src_name] = {"read": n_read, "watermark": wm or mark}
                 read += n_read
@@ -193,9 +205,15 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
             prefs.write(json.dumps(curate.preference(curate.prompt_messages(good), good.response, bad.response,
                                                      good.key, split, "rating"), ensure_ascii=False) + "\n")
             n_prefs += 1
+        for bad, why in spill.negatives():  # every disliked answer once: KTO reads these, not the pairs
+            split = curate.split_of(bad.key, cfg.split.salt, cfg.split.val, cfg.split.test)
+            unpaired.write(json.dumps(curate.unpaired(curate.prompt_messages(bad), bad.response, bad.key, split, why),
+                                      ensure_ascii=False) + "\n")
+            n_unpaired += 1
     finally:
         spill.close()
         prefs.close()
+        unpaired.close()
 
     card = {
         "model": mc.name, "created": stamp.isoformat(),  # full precision: drift splits feedback at this moment
@@ -203,6 +221,7 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
         "filtered": dict(sorted(filtered.items())), "rejected": dict(sorted(rejected.items())),
         "scrubbed": dict(sorted(scrubbed.items())),
         "splits": {s: splits[s] for s in SPLITS}, "preferences": n_prefs,
+        "unpaired": n_unpaired,  # disliked answers (in `filtered` under their filter, or corrected originals)
         "tokens": {"counted_with": counted_with, "histogram": curate.histogram(bins)},
         "ratings": dict(sorted(ratings.items())), "agents": dict(sorted(agents.items())),
         "served": served.to_dict(),
@@ -240,14 +259,33 @@ def _card_of(snapshot: Path | None) -> dict[str, Any]:
         return {}
 
 
-def _carry_preferences(carry: Path | None, prefs) -> int:
-    """The previous snapshot's pairs: their rejected answers are in no split to rebuild them from."""
-    n = 0
-    if carry is not None and (carry / FILES["preferences"]).is_file():
-        with open(carry / FILES["preferences"], encoding="utf-8") as f:
-            for line in f:
-                prefs.write(line)
-                n += 1
+def _carry(carry: Path | None, name: str, out, forgotten, log) -> int:
+    """The previous snapshot's pairs or unpaired answers: their disliked answers are in no split
+    to rebuild them from, so they are copied, except what `ftctl forget` erased since."""
+    if carry is None:
+        return 0
+    path = carry / FILES[name]
+    if not path.is_file():  # a snapshot from before the file existed: say what the new one lacks
+        log(f"[yellow]the previous snapshot has no {FILES[name]}: its disliked answers are not carried[/] "
+            f"(rebuild with `ftctl collect --since all`)")
+        return 0
+    n, dropped = 0, 0
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                gone = bool(forgotten) and forgotten.matches(curate.line_example(json.loads(line)))
+            except (ValueError, TypeError, AttributeError):
+                raise FtctlError(f"{path}:{lineno}: not a line collect wrote",
+                                 hint="fix or remove it, or rebuild with `ftctl collect --since all`") from None
+            if gone:
+                dropped += 1
+                continue
+            out.write(line)
+            n += 1
+    if dropped:
+        log(f"{FILES[name]}: {dropped} carried line(s) dropped (forgotten)")
     return n
 
 
@@ -291,7 +329,7 @@ def _result(ws: Workspace, name: str, card: dict, snapshot: Path) -> dict:
     return {
         "model": name, "read": card["read"], "kept": card["kept"], "filtered": card["filtered"],
         "rejected": card["rejected"], "scrubbed": card["scrubbed"], "splits": card["splits"],
-        "preferences": card["preferences"],
+        "preferences": card["preferences"], "unpaired": card["unpaired"],
         "rejects_file": ws.rel(snapshot / FILES["rejects"]) if snapshot.is_relative_to(ws.root) else None,
         "snapshot": None, "card": card,
     }
@@ -312,7 +350,8 @@ def _publish(ws: Workspace, name: str, out: Path, card: dict) -> None:
         st.dataset = {
             "md5": dvc_md5(final), "created": card["created"],
             "rows": card["splits"], "filters": card["filters"], "window": card["window"],
-            "card": {k: card[k] for k in ("read", "kept", "filtered", "rejected", "scrubbed", "preferences")},
+            "card": {k: card[k] for k in ("read", "kept", "filtered", "rejected", "scrubbed", "preferences",
+                                                 "unpaired")},
             "scrub": card["pii"],  # `ftctl diff` shows a change of scrub settings between versions
         }
         for src, info in card["sources"].items():

@@ -8,8 +8,10 @@ Rules, stated once:
 - A correction replaces the assistant answer; the original becomes the rejected side of a
   preference pair. Corrected answers skip the rating/reward filters (the rating judged the
   original).
-- Negative feedback (thumbs down, rating or reward below the threshold) is never trained on;
-  it is counted under the filter that caught it and kept aside for preference pairs. Rows
+- Negative feedback (thumbs down, rating or reward below the threshold) is never trained on as
+  a target; it is counted under the filter that caught it and kept aside (``keep_negative``):
+  paired with a kept answer to the same prompt (preference pairs), and every one of them, paired
+  or not, as an unpaired disliked answer (KTO's data). Rows
   with no rating and no reward pass the rating filters (nothing says they were bad).
 - Dedup (``exact`` or ``normalized``: case and whitespace folded) keeps the first occurrence.
 - A conflict is one prompt (the whole conversation before the answer) with different answers:
@@ -279,6 +281,16 @@ class Spill:
             for a, b in self.db.execute(q):
                 yield self._at(f, a), self._at(f, b)
 
+    def negatives(self) -> Iterator[tuple[Example, str]]:
+        """(negative answer, its filter name): each once (by the dedup key), paired or not; not one
+        that is also a kept answer to its prompt (liked and disliked at once says nothing)."""
+        q = """SELECT MIN(n.offset), n.neg FROM c n WHERE n.neg IS NOT NULL AND NOT EXISTS
+                   (SELECT 1 FROM c w WHERE w.prompt = n.prompt AND w.status = 'kept' AND w.resp = n.resp)
+               GROUP BY n.dup ORDER BY MIN(n.line)"""
+        with open(self.path, "rb") as f:
+            for offset, neg in self.db.execute(q):
+                yield self._at(f, offset), neg
+
     @staticmethod
     def _at(f, offset: int) -> Example:
         f.seek(offset)
@@ -295,3 +307,15 @@ def preference(prompt: list[dict[str, str]], chosen: str, rejected: str, key: st
     """One pair in TRL's conversational preference format."""
     return {"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
             "rejected": [{"role": "assistant", "content": rejected}], "key": key, "split": split, "from": why}
+
+
+def unpaired(prompt: list[dict[str, str]], answer: str, key: str, split: str, why: str) -> dict:
+    """One disliked answer in TRL's unpaired conversational format (KTO's ``label`` false)."""
+    return {"prompt": prompt, "completion": [{"role": "assistant", "content": answer}], "label": False,
+            "key": key, "split": split, "from": why}
+
+
+def line_example(d: dict) -> Example:
+    """A pairs or unpaired line as an Example, so tombstones can match it (conversation, text)."""
+    answers = [m for side in ("chosen", "rejected", "completion") for m in d.get(side) or []]
+    return Example(messages=[*(d.get("prompt") or []), *answers], conversation_id=d.get("key"))

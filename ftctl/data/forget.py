@@ -102,26 +102,32 @@ def _reached(ws, model: str, found: Tombstones) -> dict[str, Any]:
     return out
 
 
+# the files holding input rows: the splits, and the disliked answers that are in none of them
+ROW_FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "unpaired.jsonl")
+
+
 def _count(rows, found: Tombstones) -> int:
-    return sum(1 for d in rows if found.matches(Example.from_dict(d)))
+    from ftctl.data.curate import line_example
+
+    return sum(1 for d in rows if found.matches(Example.from_dict(d) if "messages" in d else line_example(d)))
 
 
 def _work_tree_rows(ws, model: str):
     d = ws.data_dir(model)
-    for s in ("train", "val", "test"):
-        f = d / f"{s}.jsonl"
+    for name in ROW_FILES:
+        f = d / name
         if f.is_file():
             yield from _jsonl(f)
 
 
 def _cached_rows(ws, md5: str | None):
-    """Every split of a snapshot, from the DVC cache (the manifest of a tracked directory)."""
+    """Every row file of a snapshot, from the DVC cache (the manifest of a tracked directory)."""
     from ftctl.registry.lineage import cache_file
 
     if not md5 or not cache_file(ws, md5).is_file():
         return
     for item in json.loads(cache_file(ws, md5).read_text()):
-        if item["relpath"] in ("train.jsonl", "val.jsonl", "test.jsonl"):
+        if item["relpath"] in ROW_FILES:
             f = cache_file(ws, item["md5"])
             if f.is_file():
                 yield from _jsonl(f)

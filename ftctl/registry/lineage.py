@@ -118,7 +118,7 @@ def _snapshot_rows(ws, md5: str | None) -> dict[str, Any] | None:
         return None
     rows: dict[str, Any] = {}
     for item in json.loads(manifest.read_text()):
-        if not item["relpath"].endswith(".jsonl") or item["relpath"] in ("rejects.jsonl", "preferences.jsonl"):
+        if not item["relpath"].endswith(".jsonl") or item["relpath"] in ("rejects.jsonl", "preferences.jsonl", "unpaired.jsonl"):
             continue
         f = cache_file(ws, item["md5"])
         if not f.exists():

@@ -31,5 +31,5 @@ class DpoTrainer(Trainer):
         heldout = [p for p in pairs if p.get("split", "train") != "train"]
         if not train:
             raise UsageError(f"{path.name} has no pairs in the train split", hint="collect more feedback first")
-        return pref.fit(self.name, (DPOConfig, DPOTrainer), train, request, cfg, self.ctx, heldout, path,
+        return pref.fit(self.name, (DPOConfig, DPOTrainer), train, request, cfg, self.ctx, heldout, {"preferences": path},
                         {"pairs": {"train": len(train), "heldout": len(heldout)}}, f"{len(train)} pairs")

@@ -1,9 +1,12 @@
 """The `kto` trainer: Kahneman-Tversky Optimization on TRL's KTOTrainer, as a LoRA adapter.
 
-KTO needs no pairs: each answer is simply desirable (thumbs up, a good rating: the kept rows of
-train.jsonl, with a user's correction as the answer) or undesirable (thumbs down, a low rating:
-the rejected side of the snapshot's preference pairs, since curation keeps such answers only
-there). Held-out pairs measure the margin before and after, as for `dpo`.
+KTO needs no pairs: each answer is simply desirable or undesirable. Liked: the kept rows of
+train.jsonl (thumbs up, a good rating, or unrated; a user's correction as the answer). Disliked:
+the train split of ``unpaired.jsonl``, where collect writes every thumbs-down or low-rated answer
+(with or without a kept answer to the same prompt) and every corrected original, each once.
+The pairs' rejected sides are those same answers, so they are not read again: held-out pairs of
+preferences.jsonl (when there are any) only measure the margin before and after, as for `dpo`.
+The version records both files' sha256 and the liked/disliked counts.
 """
 
 from __future__ import annotations
@@ -36,22 +39,25 @@ class KtoTrainer(Trainer):
         from trl import KTOConfig, KTOTrainer
 
         cfg = self.config
-        path = pref.pairs_path(request.train_file)
-        pairs = pref.read_pairs(path)
+        unpaired_path = pref.unpaired_path(request.train_file)
+        unpaired = pref.read_unpaired(unpaired_path)  # a bad line fails here, before any model loads
+        pairs_path = pref.pairs_path(request.train_file)
+        heldout = [p for p in pref.read_pairs(pairs_path, required=False) if p.get("split", "train") != "train"]
         rows = []
         for ex in read_jsonl(request.train_file):
             turns = _split_turns(ex.messages, ex.correction)
             if turns and turns[0]:
                 rows.append({"prompt": turns[0], "completion": turns[1], "label": True})
-        good = len(rows)
-        rows += [{"prompt": p["prompt"], "completion": p["rejected"], "label": False}
-                 for p in pairs if p.get("split", "train") == "train"]
-        heldout = [p for p in pairs if p.get("split", "train") != "train"]
-        if good == 0 or good == len(rows):
-            raise UsageError("kto needs both liked and disliked answers "
-                             f"(has {good} liked, {len(rows) - good} disliked)",
-                             hint="collect thumbs-down or low-rated answers (curate.keep_negative) first")
-        return pref.fit(self.name, (KTOConfig, KTOTrainer), rows, request, cfg, self.ctx, heldout, path,
-                        {"answers": {"liked": good, "disliked": len(rows) - good}},
-                        f"{good} liked, {len(rows) - good} disliked answers",
+        rows += [{k: u[k] for k in ("prompt", "completion", "label")}
+                 for u in unpaired if u.get("split", "train") == "train"]
+        liked = sum(r["label"] for r in rows)
+        disliked = len(rows) - liked
+        if not liked or not disliked:
+            raise UsageError(f"kto needs both liked and disliked answers (has {liked} liked, {disliked} disliked "
+                             f"in the train split)",
+                             hint="collect thumbs-down or low-rated answers (curate.keep_negative) and kept ones first")
+        files = {"unpaired": unpaired_path, **({"preferences": pairs_path} if pairs_path.is_file() else {})}
+        return pref.fit(self.name, (KTOConfig, KTOTrainer), rows, request, cfg, self.ctx, heldout, files,
+                        {"answers": {"liked": liked, "disliked": disliked}},
+                        f"{liked} liked, {disliked} disliked answers",
                         desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight)

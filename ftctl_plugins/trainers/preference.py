@@ -4,7 +4,8 @@ The pairs are the ``preferences.jsonl`` that ``collect`` writes beside ``train.j
 conversational format: ``prompt`` messages, one-message ``chosen`` and ``rejected`` lists, plus
 ``split``). Pairs of the train split are trained on; the others are held out, and the mean
 held-out margin, log p(chosen) - log p(rejected) summed over the answer tokens, is measured
-before and after training.
+before and after training. ``kto`` learns from unpaired answers instead (``unpaired.jsonl``
+beside them: TRL's ``prompt``/``completion``/``label`` format), the pairs only measuring it.
 
 Import-light: torch, transformers, peft and trl load inside the functions that need them.
 """
@@ -20,6 +21,7 @@ from pydantic import Field
 from ftctl.api import PluginConfig, UsageError, file_sha256
 
 PAIRS_FILE = "preferences.jsonl"
+UNPAIRED_FILE = "unpaired.jsonl"
 
 
 class PreferenceConfig(PluginConfig):
@@ -45,12 +47,43 @@ def pairs_path(train_file: Path) -> Path:
     return Path(train_file).with_name(PAIRS_FILE)
 
 
-def read_pairs(path: Path) -> list[dict[str, Any]]:
-    """Every pair, validated first: a pair with a missing side is an error naming its line."""
+def read_pairs(path: Path, required: bool = True) -> list[dict[str, Any]]:
+    """Every pair, validated first: a pair with a missing side is an error naming its line.
+    ``required=False`` (held-out pairs only): a missing or empty file is no pairs."""
     if not path.is_file():
+        if not required:
+            return []
         raise UsageError(f"no preference pairs: {path} does not exist",
                          hint="`ftctl collect` writes them from corrections and low-rated answers")
-    pairs = []
+    pairs = list(_lines(path, ("prompt", "chosen", "rejected"), "pair",
+                        "every pair needs a prompt, a chosen and a rejected answer"))
+    if not pairs and required:
+        raise UsageError(f"{path.name} has no preference pairs", hint="collect corrections or ratings first")
+    return pairs
+
+
+def unpaired_path(train_file: Path) -> Path:
+    return Path(train_file).with_name(UNPAIRED_FILE)
+
+
+def read_unpaired(path: Path) -> list[dict[str, Any]]:
+    """Every unpaired answer, validated first (prompt, completion, a boolean label), like pairs."""
+    if not path.is_file():
+        raise UsageError(f"no unpaired feedback: {path} does not exist (a snapshot from before collect wrote it)",
+                         hint="re-run `ftctl collect --since all` to rebuild the snapshot with it")
+    rows = []
+    for row in _lines(path, ("prompt", "completion"), "answer",
+                      "every line needs a prompt, a completion and a true/false label"):
+        if not isinstance(row.get("label"), bool):
+            raise UsageError(f"{path.name}:{row['_line']}: the answer has no true/false 'label'",
+                             hint="fix or remove the line (nothing was trained)")
+        rows.append(row)
+    return rows
+
+
+def _lines(path: Path, sides: tuple[str, ...], what: str, needs: str):
+    """The file's JSON objects (``_line``: their line number), each with a prompt and its
+    one-message answer lists; a bad line is an error naming it."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -59,16 +92,13 @@ def read_pairs(path: Path) -> list[dict[str, Any]]:
                 p = json.loads(line)
             except ValueError:
                 raise UsageError(f"{path.name}:{n}: not JSON", hint="fix or remove the line; nothing was trained") from None
-            for side in ("prompt", "chosen", "rejected"):
+            for side in sides:
                 v = p.get(side) if isinstance(p, dict) else None
-                if not v or (side != "prompt" and not (isinstance(v, list) and v[0].get("content"))):
-                    raise UsageError(f"{path.name}:{n}: the pair has no {side!r}" + (" answer" if side != "prompt" else ""),
-                                     hint="every pair needs a prompt, a chosen and a rejected answer; "
-                                          "fix or remove the line (nothing was trained)")
-            pairs.append(p)
-    if not pairs:
-        raise UsageError(f"{path.name} has no preference pairs", hint="collect corrections or ratings first")
-    return pairs
+                if not v or (side != "prompt" and not (isinstance(v, list) and isinstance(v[0], dict)
+                                                       and v[0].get("content"))):
+                    raise UsageError(f"{path.name}:{n}: the {what} has no {side!r}" + (" answer" if side != "prompt" else ""),
+                                     hint=f"{needs}; fix or remove the line (nothing was trained)")
+            yield {**p, "_line": n}
 
 
 def load_policy(base, init_adapter: Path | None, cfg: PreferenceConfig):
@@ -188,9 +218,10 @@ def finish(trainer, model, tok, out: Path, heldout: list[dict], before: dict, cf
 
 
 def fit(name: str, trl_classes: tuple, rows: list[dict], request, cfg: PreferenceConfig, ctx,
-        heldout: list[dict], path: Path, counts: dict, describe: str, **trl_args):
+        heldout: list[dict], files: dict[str, Path], counts: dict, describe: str, **trl_args):
     """The run both trainers share: seed, policy (+ reference), held-out margin before, TRL's
-    trainer on ``rows``, margin after, the adapter and its TrainResult."""
+    trainer on ``rows``, margin after, the adapter and its TrainResult. ``files`` (lineage key:
+    path) are the data files it read; each is recorded with its sha256."""
     import time
 
     from datasets import Dataset
@@ -207,8 +238,10 @@ def fit(name: str, trl_classes: tuple, rows: list[dict], request, cfg: Preferenc
                                 train_dataset=Dataset.from_list(rows)), ctx.log)
     started = time.monotonic()
     trainer.train()
-    rel = path.relative_to(ctx.root) if path.is_relative_to(ctx.root) else path
-    data = {"preferences": str(rel), "preferences_sha256": file_sha256(path), **counts}
+    data = dict(counts)
+    for key, path in files.items():
+        data[key] = str(path.relative_to(ctx.root) if path.is_relative_to(ctx.root) else path)
+        data[f"{key}_sha256"] = file_sha256(path)
     result = finish(trainer, model, tok, out, heldout, before, cfg, time.monotonic() - started, data, name)
     ctx.log(f"{name}: held-out margin {before['margin']} -> {result.metrics['margin_after']}")
     return result

@@ -149,3 +149,41 @@ def test_demo_config_collects_the_bundled_sample(workspace):
     r = run_json("collect", "--dry-run", cwd=ws.root)
     assert balanced(r) and r["kept"] > 200 and r["preferences"] > 10
     assert set(r["rejected"]) == {"bad_role", "missing_field:content"}
+
+
+def test_unpaired_disliked_answers_are_written_once_carried_and_forgotten(workspace):
+    from ftctl.data.forget import forget
+
+    ws = workspace
+    feed = ws.root / "fb.jsonl"
+    rows = events(10) + [
+        event("Capital of France?", "Berlin.", i=43, feedback_type="thumbs_down"),  # paired with Paris
+        event("Capital of France?", "Paris.", i=44, rating=5),
+        event("Is the moon made of cheese?", "Yes, cheddar.", i=50, rating=1),  # no kept answer to pair with
+        event("Is the moon made of cheese?", "Yes, cheddar.", i=51, rating=1),  # the same answer again
+        event("Is the sky green?", "Yes.", i=42, rating=1, correction="No, it is blue."),
+    ]
+    write_jsonl(feed, rows)
+    configure(ws, [{"name": "fb", "kind": "jsonl", "path": "fb.jsonl"}], {"min_rating": 4})
+    r = collect(ws, log=lambda s: None)
+    assert balanced(r) and r["kept"] == 12 and r["filtered"] == {"min_rating": 2, "negative_feedback": 1}
+    path = snapshot_paths(ws, "assistant")["unpaired"]
+    unpaired = lines(path)
+    assert {(u["from"], u["completion"][0]["content"]) for u in unpaired} == {
+        ("negative_feedback", "Berlin."), ("min_rating", "Yes, cheddar."), ("correction", "Yes.")}
+    assert all(u["label"] is False and u["split"] in ("train", "val", "test") for u in unpaired)
+    cheese = next(u for u in unpaired if u["key"] == "conv50")
+    assert cheese["prompt"] == [{"role": "user", "content": "Is the moon made of cheese?"}]
+    assert r["unpaired"] == 3 and json.loads(snapshot_paths(ws, "assistant")["card"].read_text())["unpaired"] == 3
+    assert ws.read_lock().models["assistant"].dataset["card"]["unpaired"] == 3
+
+    # an incremental collect carries the disliked answers (in no split) and adds the new one
+    write_jsonl(feed, rows + [event("Is water dry?", "Yes.", i=60, rating=2, created_at="2024-05-01T10:00:00Z")])
+    second = collect(ws, log=lambda s: None)
+    assert balanced(second) and second["unpaired"] == 4 and len(lines(path)) == 4
+
+    # a forgotten conversation held only there is found, and the next collect drops its carried line
+    f = forget(ws, conversation="conv50", log=lambda *_: None)
+    assert f["reached"]["assistant"]["snapshot_rows"] == 1
+    third = collect(ws, log=lambda s: None)
+    assert third["unpaired"] == 3 and "conv50" not in path.read_text() and "cheddar" not in path.read_text()
