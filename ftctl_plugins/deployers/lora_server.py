@@ -3,14 +3,16 @@
 The lora_swap deployer starts this in its own session so the server outlives the ftctl command.
 The server is llama.cpp's own llama-server, embedded in the ``xllamacpp`` wheel (no build, no
 binary to find): it loads the base GGUF once and every ``--lora`` file with scale 0
-(``lora_init_without_apply``); the deployer switches adapters with POST /lora-adapters.
+(``lora_init_without_apply``) and listens on an internal loopback port. ``--port`` is the
+router's (lora_router): it picks each completion's adapter (stable or canary) from ``--state``
+and passes everything else through; the deployer sets the global scales with POST /lora-adapters.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
+import socket
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,14 +25,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ctx-size", type=int, default=2048)
     ap.add_argument("--parallel", type=int, default=1)
     ap.add_argument("--alias", default="")
+    ap.add_argument("--state", required=True, help="the deployer's state file: the router's routing")
     a = ap.parse_args(argv)
 
     import xllamacpp
 
     p = xllamacpp.CommonParams()
     p.model.path = a.model
-    p.hostnames = [a.host]
-    p.port = a.port
+    p.hostnames = ["127.0.0.1"]
+    p.port = internal = free_port()
     p.n_ctx = a.ctx_size
     p.n_parallel = a.parallel
     p.cpuparams.n_threads = a.threads
@@ -40,12 +43,28 @@ def main(argv: list[str] | None = None) -> None:
         p.model_alias = a.alias
     p.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(f, 0.0) for f in a.lora]
     p.lora_init_without_apply = True  # loaded, scale 0: the deployer turns one on
+    # no host-RAM prompt cache: it matches saved prompts by tokens alone, so a canary request
+    # got KV computed with the stable adapter (seen in tests/deploy/test_lora_swap.py); a slot's
+    # own cache stays, and llama-server clears it when the request's adapters differ
+    p.cache_ram_mib = 0
     server = xllamacpp.Server(p)  # listens from here on, in its own threads
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    print(f"listening on {server.listening_address}", flush=True)
-    done.wait()
+    print(f"llama-server on {server.listening_address}; the router on {a.host}:{a.port}", flush=True)
+
+    import uvicorn
+
+    from ftctl_plugins.deployers import lora_router
+
+    # uvicorn ends on SIGTERM/SIGINT (the deployer stops the process group); the llama-server
+    # threads end with the process
+    uvicorn.run(lora_router.app(f"http://127.0.0.1:{internal}", Path(a.state)), host=a.host, port=a.port,
+                log_level="warning", timeout_graceful_shutdown=5)
+
+
+def free_port() -> int:
+    """A loopback port for the internal llama-server (the router alone needs a fixed one)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

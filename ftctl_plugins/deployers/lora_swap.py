@@ -3,13 +3,14 @@
 Deploy, promote and rollback change adapter scales through llama-server's POST /lora-adapters;
 the process (and the base model in memory) stays. The server is ``python -m
 ftctl_plugins.deployers.lora_server`` (llama-server from the xllamacpp wheel) in its own session;
-its pid, port, adapter order and which adapter each slot uses are kept in
+its pid, port, adapter order, which adapter each slot uses and the canary's share are kept in
 .ftctl/lora-swap/<model>.json. It is restarted only when it is not running or a version's LoRA
 GGUF is not among the loaded ones (exported after the server started).
 
-No traffic splitting (the contract's default ``route``): a canary slot only records which
-adapter is on trial; clients can ask for it per request with ``"lora": [{"id": N, "scale": 1}]``
-(ids from GET /lora-adapters), but no share of traffic is sent there by ftctl.
+A canary takes a share of traffic with no second model in memory: the configured port is a
+router (lora_router) in the same process, which gives each completion request its adapter
+(``"lora"``, per request) by a hash of the client's ``user``, and names the version in the
+answer's ``model``. ``route`` only records the share in the state file; the router re-reads it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ftctl.api import (Artifact, ConfigError, Deployer, DeployPlan, ExportQuery,
 class LoraSwapConfig(PluginConfig):
     base: str = Field(description="the base GGUF every version's LoRA applies to (absolute, or relative to the "
                                   "workspace); the same base the versions were trained on")
-    port: int = Field(8090, ge=1, le=65535, description="port of the llama-server")
+    port: int = Field(8090, ge=1, le=65535, description="port clients call (the router in front of the llama-server)")
     host: str = Field("127.0.0.1", description="address the server listens on")
     threads: int = Field(1, ge=1, description="CPU threads of the server")
     ctx_size: int = Field(2048, ge=64, description="context size (tokens) of the server")
@@ -93,8 +94,9 @@ class LoraSwapDeployer(Deployer):
     def preflight(self) -> None:
         import importlib.util
 
-        if importlib.util.find_spec("xllamacpp") is None:
-            raise ConfigError("the lora_swap deployer needs xllamacpp", hint="pip install 'ftctl[deploy]'")
+        missing = [m for m in ("xllamacpp", "starlette", "uvicorn", "httpx") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(f"the lora_swap deployer needs {', '.join(missing)}", hint="pip install 'ftctl[deploy]'")
         self._base()
 
     def slots(self) -> list[SlotInfo]:
@@ -144,10 +146,18 @@ class LoraSwapDeployer(Deployer):
         raise RolledBack(f"{slot} serving {artifact.label} failed: {error}; the previous state is back",
                          hint=f"see {self.log_file}")
 
+    def route(self, canary_percent: int) -> None:
+        """Recorded in the state file; the router reads it before the next request."""
+        state = self._state()
+        state["canary_percent"] = canary_percent
+        self._save(state)
+
     def stop(self, slot: Slot) -> None:
         state = self._state()
         if slot == "canary":
-            if state.pop("canary", None):
+            if "canary" in state or "canary_percent" in state:  # all traffic back on stable
+                state.pop("canary", None)
+                state.pop("canary_percent", None)
                 self._save(state)
             return
         self._kill(state.get("pid"))
@@ -173,7 +183,9 @@ class LoraSwapDeployer(Deployer):
     def preview(self, slot: Slot, artifact: Artifact) -> DeployPlan:
         state = self._state()
         loras = self._wanted(state, str(artifact.path))
-        notes = [f"{slot} would use adapter {artifact.rel} (POST /lora-adapters; no restart)"]
+        notes = [f"{slot} would use adapter {artifact.rel} (POST /lora-adapters; no restart)" if slot == "stable" else
+                 f"canary would use adapter {artifact.rel}: the router sends it its share of completion requests "
+                 f"(by a hash of `user`, per request without one), no second model in memory"]
         cmds = []
         if not self._alive(state) or loras != state.get("adapters"):
             cmds.append(self._command(loras))
@@ -227,7 +239,7 @@ class LoraSwapDeployer(Deployer):
         c = self.config
         cmd = [sys.executable, "-m", "ftctl_plugins.deployers.lora_server", "--model", str(self._base()),
                "--host", c.host, "--port", str(c.port), "--threads", str(c.threads), "--ctx-size", str(c.ctx_size),
-               "--parallel", str(c.parallel)]
+               "--parallel", str(c.parallel), "--state", str(self.state_file)]
         for p in loras:
             cmd += ["--lora", p]
         return cmd
@@ -239,6 +251,7 @@ class LoraSwapDeployer(Deployer):
     def _apply(self, state: dict) -> None:
         """Stable's adapter at ``scale``, every other at 0 (one request: the server swaps them together)."""
         want = state["stable"]["path"]
+        state["scale"] = self.config.scale  # the router's per-request scale too
         body = [{"id": i, "scale": self.config.scale if p == want else 0.0} for i, p in enumerate(state["adapters"])]
         req = urllib.request.Request(f"http://{self.config.host}:{state['port']}/lora-adapters",
                                      json.dumps(body).encode(), {"Content-Type": "application/json"})

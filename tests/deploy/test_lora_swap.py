@@ -2,13 +2,14 @@
 
 Each version's LoRA GGUF is a small random adapter on attn_q written with the gguf library
 (what `ftctl export --lora-gguf` records: kind lora-gguf); swapping versions must keep the
-server process.
+server process, and a canary takes its share per request through the router on the same port.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import importlib.util
 import json
 import os
@@ -125,7 +126,7 @@ def test_versions_swap_without_restarting_the_server(lora_ws):
     assert adapters_on(port) == [str(files["v1.0"].resolve())]
     v10 = complete(port)
 
-    # a canary records the adapter on trial: no split, stable keeps serving
+    # a canary is served per request by the router: the global scales stay on stable
     out = run_json("deploy", "v1.1", "--canary", "20", cwd=ws.root)
     assert out["canary"]["version"] == "v1.1" and adapters_on(port) == [str(files["v1.0"].resolve())]
     out = run_json("promote", cwd=ws.root)
@@ -169,3 +170,73 @@ def test_an_unloadable_lora_puts_the_previous_adapter_back(lora_ws):
     assert out["stable"] == "v1.0" and out["apps"][0]["healthy"] is True
     assert adapters_on(port) == [str(files["v1.0"].resolve())]
     assert str(bad.resolve()) not in server_state(ws)["adapters"]
+
+
+def ask(conn: http.client.HTTPConnection, path: str, body: dict | bytes, headers: dict | None = None):
+    """One POST on a keep-alive connection: (status, headers, parsed JSON or raw bytes)."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    conn.request("POST", path, data, {"Content-Type": "application/json", **(headers or {})})
+    r = conn.getresponse()
+    raw = r.read()
+    with contextlib.suppress(ValueError):
+        return r.status, r.headers, json.loads(raw)
+    return r.status, r.headers, raw
+
+
+def chat(conn, user: str | None = None) -> str:
+    """The version that answered one short chat request, as the body and the header name it."""
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0}
+    status, headers, out = ask(conn, "/v1/chat/completions", {**body, "user": user} if user else body)
+    assert status == 200 and out["model"] == headers["X-Served-Model"], out
+    return out["model"]
+
+
+def text_for(conn, user: str) -> str:
+    """Greedy text on llama.cpp's own /completion, the user named by header (prompt cache on)."""
+    body = {"prompt": "The capital of France is", "n_predict": 8, "temperature": 0}
+    status, headers, out = ask(conn, "/completion", body, {"X-User-Id": user})
+    assert status == 200 and out["model"] == headers["X-Served-Model"]
+    return out["content"]
+
+
+def test_a_canary_takes_its_share_per_request_and_sticks_to_users(lora_ws):
+    ws, port, _ = lora_ws
+    run_json("deploy", "v1.0", cwd=ws.root)
+    pid = server_state(ws)["pid"]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    users = [f"user-{i}" for i in range(40)]
+    assert {chat(conn, u) for u in users[:5]} == {"assistant@v1.0"}
+
+    run_json("deploy", "v1.1", "--canary", "50", cwd=ws.root)
+    served = {u: chat(conn, u) for u in users}
+    share = sum(v == "assistant@v1.1" for v in served.values()) / len(users)
+    assert set(served.values()) == {"assistant@v1.0", "assistant@v1.1"} and 0.2 <= share <= 0.8
+    assert all(chat(conn, u) == served[u] for u in users[:10])  # a user keeps its version
+    assert {chat(conn) for _ in range(20)} == {"assistant@v1.0", "assistant@v1.1"}  # no user: per request
+    # the canary's answers come from its adapter, and switching per request serves no stale cache
+    old, new = (next(u for u in users if served[u] == f"assistant@{v}") for v in ("v1.0", "v1.1"))
+    stable_text, canary_text = text_for(conn, old), text_for(conn, new)
+    assert stable_text != canary_text and text_for(conn, old) == stable_text
+
+    # a body llama-server cannot parse gets its own error, and the router keeps serving
+    status, _, _ = ask(conn, "/v1/chat/completions", b"{not json")
+    assert 400 <= status < 600 and status != 502 and chat(conn, old) == "assistant@v1.0"
+
+    # streaming passes through chunk by chunk, each chunk naming the canary
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "stream": True, "user": new}
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+    assert r.headers["X-Served-Model"] == "assistant@v1.1" and r.headers.get("Content-Length") is None
+    chunks = [json.loads(line[5:]) for line in r.read().decode().splitlines()
+              if line.startswith("data:") and line[5:].strip() != "[DONE]"]
+    assert len(chunks) >= 3 and {c["model"] for c in chunks} == {"assistant@v1.1"}
+
+    out = run_json("rollback", cwd=ws.root)  # the canary goes: all on stable
+    assert out["canary"] is None and {chat(conn, u) for u in users} == {"assistant@v1.0"}
+    run_json("deploy", "v1.1", "--canary", "50", cwd=ws.root)
+    out = run_json("promote", cwd=ws.root)
+    assert out["stable"] == "v1.1" and {chat(conn, u) for u in users} == {"assistant@v1.1"}
+    assert text_for(conn, old) == canary_text
+    assert server_state(ws)["pid"] == pid  # one process, one base model in memory, throughout
+    conn.close()

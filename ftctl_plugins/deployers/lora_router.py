@@ -1,0 +1,174 @@
+"""The public port of the lora_swap server: a small router in front of its llama-server.
+
+The llama-server listens on an internal loopback port. For completion requests the router picks
+a version (stable or canary) and writes llama-server's per-request adapter field into the body,
+``"lora": [{"id": N, "scale": S}, ...]`` with every loaded adapter listed (the chosen one at its
+scale, the others at 0: recent llama-server builds treat an unlisted adapter as 0, older ones
+as its global scale, so listing all means the same in both). The answer names the version that
+produced it: ``model`` in the JSON body and in every streamed SSE chunk, and ``X-Served-Model``.
+Every other path (/health, /metrics, /lora-adapters, /props, /v1/models...) passes through as is.
+
+Which version: a stable hash of the OpenAI ``user`` field (or the ``X-User-Id`` header), so a
+user sticks to one version, else a hash of a request counter; the canary answers ``percent`` of
+them. The routing comes from the deployer's state file (.ftctl/lora-swap/<model>.json, written
+atomically), re-read when it changes: no control endpoint that anyone on the port could call.
+
+Hand-written on starlette + httpx (both well kept, in the deploy extra) because a reverse proxy
+(nginx's split_clients) can split by a hash but cannot rewrite JSON bodies or SSE chunks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+COMPLETIONS = frozenset({"/completion", "/completions", "/v1/completions", "/v1/chat/completions",
+                         "/chat/completions"})
+# hop-by-hop (RFC 9110 7.6.1) or recomputed here; accept-encoding so bodies come back plain to rewrite
+DROP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+                  "transfer-encoding", "upgrade", "content-length", "host", "accept-encoding"})
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
+
+
+def pick(key: str, percent: int) -> bool:
+    """True when ``key`` falls in the canary's ``percent`` share. sha256, not ``hash()``: Python
+    salts that per process, and a user must keep its version across server restarts."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % 100 < percent
+
+
+@dataclass(frozen=True)
+class Target:
+    label: str  # the id answers carry, e.g. assistant@v1.1
+    lora: list[dict]  # the request's "lora" field
+
+
+class Table:
+    """The routing in the state file, reloaded when the file is replaced."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.seen: tuple | None = ()
+        self.stable: Target | None = None
+        self.canary: Target | None = None
+        self.percent = 0
+
+    def refresh(self) -> Table:
+        try:
+            st = os.stat(self.path)
+            seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            seen = None
+        if seen != self.seen:
+            self.seen = seen
+            try:
+                self.load(json.loads(self.path.read_text()) if seen else {})
+            except (OSError, ValueError, TypeError, KeyError) as e:  # keep the last good routing
+                print(f"lora_router: cannot read {self.path}: {e}; keeping the previous routing", file=sys.stderr)
+        return self
+
+    def load(self, state: dict) -> None:
+        adapters, scale = state.get("adapters") or [], float(state.get("scale", 1.0))
+
+        def target(slot: str) -> Target | None:
+            entry = state.get(slot)
+            if not entry or entry["path"] not in adapters:
+                return None
+            return Target(entry["label"], [{"id": i, "scale": scale if p == entry["path"] else 0.0}
+                                           for i, p in enumerate(adapters)])
+
+        self.stable, self.canary = target("stable"), target("canary")
+        self.percent = int(state.get("canary_percent", 0)) if self.canary else 0
+
+    def choose(self, key: str) -> Target | None:
+        """None while nothing is deployed: the request goes on unchanged (the global scales)."""
+        if self.canary and self.percent and pick(f"{self.canary.label}|{key}", self.percent):
+            return self.canary  # salted with the canary: each trial draws its own users
+        return self.stable
+
+
+def user_key(body: dict, headers) -> str | None:
+    user = body.get("user")
+    return user if isinstance(user, str) and user else headers.get("x-user-id") or None
+
+
+def relabel(obj, label: str):
+    if isinstance(obj, dict) and "error" not in obj:
+        obj["model"] = label
+    return obj
+
+
+def relabel_sse(line: str, label: str) -> str:
+    if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+        return line
+    try:
+        return "data: " + json.dumps(relabel(json.loads(line[5:]), label), ensure_ascii=False)
+    except ValueError:
+        return line
+
+
+def app(upstream: str, state_file: Path) -> Starlette:
+    """The router for the llama-server at ``upstream`` (``http://127.0.0.1:PORT``)."""
+    table = Table(state_file)
+    counter = itertools.count()
+    # generation can take minutes: no read timeout, only a connect one
+    client = httpx.AsyncClient(base_url=upstream, timeout=httpx.Timeout(None, connect=5))
+
+    async def proxy(request: Request) -> Response:
+        body = await request.body()
+        target = None
+        if request.method == "POST" and request.url.path in COMPLETIONS:
+            try:
+                data = json.loads(body)
+            except ValueError:
+                data = None  # llama-server answers it with its own error
+            if isinstance(data, dict):
+                key = user_key(data, request.headers) or f"#{next(counter)}"
+                if target := table.refresh().choose(key):
+                    data["lora"] = target.lora
+                    body = json.dumps(data).encode()
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in DROP]
+        req = client.build_request(request.method, request.url.path, params=request.url.query,
+                                   headers=headers, content=body)
+        try:
+            resp = await client.send(req, stream=True)
+        except httpx.HTTPError as e:
+            return JSONResponse({"error": {"code": 502, "type": "unavailable_error",
+                                           "message": f"the llama-server behind this port did not answer: {e}"}}, 502)
+        out = {k: v for k, v in resp.headers.items() if k.lower() not in DROP}
+        ctype = resp.headers.get("content-type", "")
+        if target:
+            out["X-Served-Model"] = target.label
+        if target and ctype.startswith("text/event-stream"):
+            async def events():
+                async for line in resp.aiter_lines():  # one chunk per line: the stream stays incremental
+                    yield relabel_sse(line, target.label) + "\n"
+            return StreamingResponse(events(), resp.status_code, out, background=BackgroundTask(resp.aclose))
+        if target and ctype.startswith("application/json") and resp.status_code < 400:
+            raw = await resp.aread()
+            await resp.aclose()
+            try:
+                raw = json.dumps(relabel(json.loads(raw), target.label), ensure_ascii=False).encode()
+            except ValueError:
+                pass
+            return Response(raw, resp.status_code, out)
+        return StreamingResponse(resp.aiter_raw(), resp.status_code, out, background=BackgroundTask(resp.aclose))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_):
+        async with client:
+            yield
+
+    return Starlette(routes=[Route("/{path:path}", proxy, methods=METHODS)], lifespan=lifespan)
