@@ -9,7 +9,7 @@ from ftctl.hookspecs import hookimpl
 from ftctl.kinds import (KINDS, AppStatus, Artifact, BaseModelRef, Context, Deployer, DeployPlan,
                          Evaluator, ExportDefaults, ExportedFile, Exporter, ExportQuery, ExportRequest,
                          ExportResult, GenerationBackend, Health, Plugin, PluginConfig, Slot, SlotInfo,
-                         Source, Trainer, TrainPreview, TrainRequest, TrainResult)
+                         Source, Trainer, TrainPreview, TrainRequest, TrainResult, Traffic)
 from ftctl.records import ROLES, Example, Reject, RowError, read_jsonl
 from ftctl.util.atomic import write_text
 from ftctl.util.digest import file_sha256
@@ -22,6 +22,6 @@ __all__ = [
     "Evaluator", "Example", "ExportDefaults", "ExportQuery", "ExportRequest", "ExportResult",
     "ExportedFile", "Exporter", "ExternalToolError", "FtctlError", "GenerationBackend", "Health", "KINDS",
     "Plugin", "PluginConfig", "ROLES", "Reject", "RolledBack", "RowError", "Slot", "SlotInfo", "Source", "TrainPreview",
-    "TrainRequest", "TrainResult", "Trainer", "UsageError", "hookimpl", "parse_time", "read_jsonl",
+    "Traffic", "TrainRequest", "TrainResult", "Trainer", "UsageError", "hookimpl", "parse_time", "read_jsonl",
     "write_text", "phi_spans", "file_sha256", "wait_for",
 ]

@@ -133,6 +133,8 @@ class CanaryConfig(Strict):
     confidence: float = Field(0.95, gt=0, lt=1)
     max_latency_ratio: float = Field(1.5, gt=0)  # canary ms/token over stable's (llama-server /metrics)
     metrics_url: str = "http://127.0.0.1:{port}/metrics"  # llama-server needs --metrics
+    min_requests: int = Field(50, ge=1)  # canary requests (deployer's access log) before its error rate counts
+    max_error_increase: float = Field(0.01, ge=0, le=1)  # canary 5xx rate may exceed stable's by this much
     metrics_timeout: float = Field(5.0, gt=0)
     bootstrap: int = Field(2000, ge=100)
 

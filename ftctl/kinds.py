@@ -309,6 +309,18 @@ class Health:
 
 
 @dataclass(frozen=True)
+class Traffic:
+    """What one slot answered in a time window, as the deployer's router recorded it."""
+
+    requests: int
+    errors: int  # answers with a 5xx status (the server failed, not the client)
+    p50_ms: float | None = None  # median request time
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "errors": self.errors, "p50_ms": self.p50_ms}
+
+
+@dataclass(frozen=True)
 class AppStatus:
     """One row of ``ftctl status``: a slot, the version the lock knows its file as, its health."""
 
@@ -381,6 +393,12 @@ class Deployer(Plugin):
     def route(self, canary_percent: int) -> None:
         """Send ``canary_percent`` of requests to the canary slot, the rest to stable.
         The default has no router: the canary runs but takes no share."""
+
+    def traffic(self, since: float) -> dict[Slot, Traffic] | None:
+        """Requests and server errors per slot since ``since`` (epoch seconds), from the router's
+        own record (an access log): the canary's error-rate evidence. None: this deployer keeps no
+        such record. Raise ``ExternalToolError`` when the record exists but cannot be read."""
+        return None
 
     def preview(self, slot: Slot, artifact: Artifact) -> DeployPlan:
         """What :meth:`serve` would change, without changing it (``--dry-run``)."""

@@ -6,9 +6,12 @@ its own traffic):
 - users' ratings (or rewards) of the answers each version served, read live from the model's
   sources and attributed through ``served_model`` (deploy serves ``model@vX.Y``); canary and
   stable are compared with a two-sample bootstrap (ftctl.eval.stats), CI and p-value;
+- server errors: the share of 5xx answers per side, from the deployer's router record
+  (``Deployer.traffic``: the pm2 deployer's nginx access log), compared as two proportions;
 - generation latency (ms per predicted token) from llama-server's Prometheus ``/metrics``
-  (``--metrics``), canary against stable. llama-server counts no failed requests there; a
-  canary that is down shows as an unreachable endpoint, which holds the canary (never a crash).
+  (``--metrics``), canary against stable, over the stage only: deploy records both servers'
+  counters when the stage begins and the check takes the difference. An endpoint that is down
+  holds the canary (never a crash); a canary failing its health check is rolled back.
 
 The decision and its evidence are appended to models.lock's history (``canary check``); the
 action itself goes through ftctl.deploy.run's promote / deploy / rollback, which record theirs.
@@ -26,12 +29,13 @@ PROMOTE, STEP, HOLD, ROLLBACK = "promote", "step", "hold", "rollback"
 ACTION = "canary check"
 
 
-def stage_start(history: list[dict], version: str) -> str | None:
-    """When the canary got its current share: the latest successful `canary` change of it."""
+def stage(history: list[dict], version: str) -> dict:
+    """The history entry of the canary getting its current share (its latest successful `canary`
+    change): its time starts the evidence window, its counters the latency window."""
     for h in reversed(history):
         if h.get("action") == "canary" and h.get("version") == version and h.get("result", "ok") == "ok":
-            return h.get("time")
-    return None
+            return h
+    return {}
 
 
 # --- evidence -----------------------------------------------------------------------------------
@@ -62,7 +66,7 @@ def ratings(ws, model: str, versions: dict[str, str], since: str | None, signal:
 
 
 def scrape(url: str, timeout: float) -> dict[str, Any]:
-    """llama-server's /metrics -> generation ms per token; an unreachable endpoint is reported, not raised."""
+    """llama-server's /metrics -> its generation counters; an unreachable endpoint is reported, not raised."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -77,20 +81,67 @@ def scrape(url: str, timeout: float) -> dict[str, Any]:
     seconds = values.get("llamacpp:tokens_predicted_seconds_total")
     if tokens is None or seconds is None:
         return {"url": url, "ok": False, "error": "no llamacpp:tokens_predicted_* counters (is it llama-server?)"}
-    return {"url": url, "ok": True, "tokens": tokens,
+    return {"url": url, "ok": True, "tokens": tokens, "seconds": seconds}
+
+
+ROLES = ("stable", "canary")
+
+
+def counters(slots: list[dict], cfg) -> dict[str, dict[str, float]]:
+    """Each side's generation counters now (the sides whose /metrics answer): a stage's start."""
+    out = {}
+    for app in slots:
+        if app.get("role") in ROLES and app.get("port"):
+            m = scrape(cfg.metrics_url.format(port=app["port"]), cfg.metrics_timeout)
+            if m["ok"]:
+                out[app["role"]] = {"tokens": m["tokens"], "seconds": m["seconds"]}
+    return out
+
+
+def _window(now: dict, start: dict | None) -> dict[str, Any]:
+    """ms/token of what the server generated since the stage began (Prometheus' rate() rules:
+    a counter that went back means the server restarted, so all it counted is in the stage)."""
+    if start and now["tokens"] >= start["tokens"] and now["seconds"] >= start["seconds"]:
+        tokens, seconds, window = now["tokens"] - start["tokens"], now["seconds"] - start["seconds"], "stage"
+    else:
+        tokens, seconds, window = now["tokens"], now["seconds"], "since restart" if start else "lifetime"
+    return {"window": window, "window_tokens": tokens,
             "ms_per_token": round(1000 * seconds / tokens, 3) if tokens else None}
 
 
-def latency(apps: list[dict], cfg) -> dict[str, Any]:
+def latency(apps: list[dict], cfg, start: dict[str, dict] | None = None) -> dict[str, Any]:
+    """Per side: the deployer's health probe and ms/token over the stage; and canary/stable."""
     out: dict[str, Any] = {}
+    ports = {app["role"]: app.get("port") for app in apps if app.get("role") in ROLES}
     for app in apps:
-        if app.get("role") in ("stable", "canary") and app.get("port"):
-            out[app["role"]] = scrape(cfg.metrics_url.format(port=app["port"]), cfg.metrics_timeout)
-        if app.get("role") in ("stable", "canary"):
-            out.setdefault(app["role"], {})["healthy"] = app.get("healthy")  # the deployer's own probe
-    s, c = (out.get(r, {}).get("ms_per_token") for r in ("stable", "canary"))
+        role = app.get("role")
+        if role not in ROLES:
+            continue
+        if app.get("port"):
+            m = scrape(cfg.metrics_url.format(port=app["port"]), cfg.metrics_timeout)
+            out[role] = {**m, **_window(m, (start or {}).get(role))} if m["ok"] else m
+        out.setdefault(role, {})["healthy"] = app.get("healthy")  # the deployer's own probe
+    s, c = (out.get(r, {}).get("ms_per_token") for r in ROLES)
     out["ratio"] = round(c / s, 3) if s and c else None
+    if ports.get("stable") and ports.get("stable") == ports.get("canary"):
+        out["ratio"] = None  # one server answers for both: its counters cannot tell them apart
+        out["note"] = "one server serves both versions: latency is not judged per version"
     return out
+
+
+def traffic(dep, since: str | None) -> dict[str, Any] | None:
+    """Requests and 5xx answers per side since ``since``, from the deployer's router record;
+    None when the deployer keeps none. An unreadable record is evidence too (it holds)."""
+    from ftctl.errors import ExternalToolError
+    from ftctl.util.times import parse_time
+
+    try:
+        seen = dep.traffic(parse_time(since).timestamp() if since else 0.0)
+    except ExternalToolError as e:
+        return {"ok": False, "error": e.message}
+    if seen is None:
+        return None
+    return {"ok": True, **{r: seen[r].to_dict() for r in ROLES if r in seen}}
 
 
 # --- the decision -------------------------------------------------------------------------------
@@ -111,7 +162,7 @@ def more_needed(n: int, half_width: float, target: float) -> int:
 
 def decide(cfg, scores: dict[str, list[float]], ops: dict[str, Any], percent: int,
            higher_is_better: bool = True) -> dict[str, Any]:
-    """{"decision", "reason", "needs", "percent", "test"} from the evidence; pure, for testing."""
+    """{"decision", "reason", "needs", "percent", "test", "errors"} from the evidence; pure, for testing."""
     from ftctl.eval.stats import WORSE, two_sample_bootstrap
 
     n_s, n_c = len(scores.get("stable", [])), len(scores.get("canary", []))
@@ -121,10 +172,17 @@ def decide(cfg, scores: dict[str, list[float]], ops: dict[str, Any], percent: in
                                  n_boot=cfg.bootstrap, confidence=cfg.confidence)
         test = {"stable_mean": round(t.a, 4), "canary_mean": round(t.b, 4), "diff": round(t.diff, 4),
                 "ci": [round(t.ci[0], 4), round(t.ci[1], 4)], "p_value": round(t.p_value, 4), "verdict": t.verdict}
-    out = {"test": test, "needs": None, "percent": percent}
+    errors = error_test(cfg, ops.get("traffic"))
+    out = {"test": test, "errors": errors, "needs": None, "percent": percent}
     if ops.get("canary", {}).get("healthy") is False:  # failing its health check: no rating can save it
         return {**out, "decision": ROLLBACK, "percent": 0,
                 "reason": "the canary fails its health check: users on it get errors"}
+    if errors and errors["verdict"] == WORSE and errors["diff"] > cfg.max_error_increase:
+        return {**out, "decision": ROLLBACK, "percent": 0,
+                "reason": f"the canary fails more requests: 5xx {errors['canary_rate']:.1%} vs stable "
+                          f"{errors['stable_rate']:.1%} (CI of the difference [{errors['ci'][0]:+.1%}, "
+                          f"{errors['ci'][1]:+.1%}], limit +{cfg.max_error_increase:.1%}; "
+                          f"n {errors['n'][1]}/{errors['n'][0]} requests)"}
     enough = n_s >= cfg.min_rated and n_c >= cfg.min_rated
     if enough and test["verdict"] == WORSE:
         return {**out, "decision": ROLLBACK, "percent": 0,
@@ -147,6 +205,13 @@ def decide(cfg, scores: dict[str, list[float]], ops: dict[str, Any], percent: in
         return {**out, "decision": HOLD,
                 "reason": "cannot judge latency, /metrics unavailable (" + "; ".join(down)
                           + "); start llama-server with --metrics"}
+    tr = ops.get("traffic")
+    if tr is not None and not tr["ok"]:
+        return {**out, "decision": HOLD, "reason": f"cannot judge server errors: {tr['error']}"}
+    if tr is not None and not tr.get("canary", {}).get("requests"):
+        return {**out, "decision": HOLD,
+                "reason": "the access log has no requests of the canary in this stage, though users rated "
+                          "its answers: does a server or location block set its own access_log? (docs/deploy.md)"}
     lo, hi = test["ci"]
     if lo >= -cfg.max_drop:
         nxt = next_step(cfg.steps, percent)
@@ -161,6 +226,22 @@ def decide(cfg, scores: dict[str, list[float]], ops: dict[str, Any], percent: in
     return {**out, "decision": HOLD, "needs": need,
             "reason": f"not sure yet: diff {test['diff']:+.2f}, CI [{lo:+.2f}, {hi:+.2f}] reaches below "
                       f"-{cfg.max_drop:g}; needs about {need} more rated answers per version"}
+
+
+def error_test(cfg, traffic: dict | None) -> dict[str, Any] | None:
+    """Canary's 5xx rate against stable's, once the canary answered ``min_requests``."""
+    from ftctl.eval.stats import two_proportions
+
+    if not traffic or not traffic["ok"]:
+        return None
+    s, c = traffic.get("stable") or {}, traffic.get("canary") or {}
+    if c.get("requests", 0) < cfg.min_requests or not s.get("requests"):
+        return None
+    t = two_proportions(s["errors"], s["requests"], c["errors"], c["requests"], higher_is_better=False,
+                        n_boot=cfg.bootstrap, confidence=cfg.confidence)
+    return {"stable_rate": round(t.a, 5), "canary_rate": round(t.b, 5), "diff": round(t.diff, 5),
+            "ci": [round(t.ci[0], 5), round(t.ci[1], 5)], "p_value": round(t.p_value, 4), "verdict": t.verdict,
+            "n": [s["requests"], c["requests"]]}
 
 
 # --- the verb -----------------------------------------------------------------------------------
@@ -189,16 +270,19 @@ def _check(ws, model: str | None, dry_run: bool, log: Log) -> dict[str, Any]:
         raise UsageError(f"model {model!r} has no live canary to check",
                          hint="start one with `ftctl deploy vX.Y --canary 5`")
     canary_v, percent = d.canary.version, d.canary.percent
-    since = stage_start(state.history, canary_v)
+    began = stage(state.history, canary_v)
+    since = began.get("time")
     log(f"judging canary {model}@{canary_v} ({percent}%) against stable {model}@{d.stable}"
         + (f" on feedback since {since}" if since else ""))
     live = ratings(ws, model, {"stable": d.stable, "canary": canary_v}, since, cfg.signal, log)
-    before = run.status(ws, model, log)
-    ops = latency(before["apps"], cfg)
+    dep = run.deployer(ws, model, log)
+    before = run.status(ws, model, log, dep)
+    ops = {**latency(before["apps"], cfg, began.get("counters")), "traffic": traffic(dep, since)}
     verdict = decide(cfg, live["scores"], ops, percent)
     evidence = {"since": since, "signal": live["signal"],
                 "rated": {r: len(s) for r, s in live["scores"].items()}, "rows": live["rows"],
-                "test": verdict["test"], "latency": ops, "served": live["served"],
+                "test": verdict["test"], "errors": verdict["errors"], "traffic": ops["traffic"],
+                "latency": {k: v for k, v in ops.items() if k != "traffic"}, "served": live["served"],
                 "read": live["read"], "rejected": live["rejected"]}
     out = {"model": model, "stable": d.stable, "canary": {"version": canary_v, "percent": percent},
            "decision": verdict["decision"], "percent": verdict["percent"], "reason": verdict["reason"],

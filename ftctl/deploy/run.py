@@ -31,7 +31,7 @@ from ftctl.util.atomic import write_text
 from ftctl.util.log import Log, current_user
 
 
-def _deployer(ws, model: str, log: Log) -> Deployer:
+def deployer(ws, model: str, log: Log) -> Deployer:
     from ftctl import plugins
 
     cfg = ws.model(model).deploy
@@ -87,7 +87,7 @@ def _served_files(ws, state: ModelState) -> dict[str, tuple[str, str | None]]:
 
 def status(ws, model: str | None = None, log: Log = print, dep: Deployer | None = None) -> dict[str, Any]:
     model = model or ws.config.default_model
-    dep = dep or _deployer(ws, model, log)
+    dep = dep or deployer(ws, model, log)
     state = ws.read_lock().models.get(model) or ModelState()
     files = _served_files(ws, state)
     apps = []
@@ -107,7 +107,8 @@ def status(ws, model: str | None = None, log: Log = print, dep: Deployer | None 
 
 
 def _record(ws, model: str, action: str, version: str | None, *, stable: str | None = ...,
-            canary: dict | None = ..., result: str = "ok", detail: str | None = None, apps=None) -> None:
+            canary: dict | None = ..., result: str = "ok", detail: str | None = None, apps=None,
+            extra: dict | None = None) -> None:
     from ftctl.registry.workspace import now
 
     def update(lock: Lock) -> None:
@@ -121,7 +122,7 @@ def _record(ws, model: str, action: str, version: str | None, *, stable: str | N
         st.history.append({"time": now(), "user": current_user(), "action": action, "version": version,
                            "stable": st.deployment.stable,
                            "canary": st.deployment.canary.model_dump() if st.deployment.canary else None,
-                           "result": result, **({"detail": detail} if detail else {})})
+                           "result": result, **({"detail": detail} if detail else {}), **(extra or {})})
 
     what = f"{action} {model}@{version}" if version else f"{action} {model}"
     ws.record(f"deploy: {what}" + ("" if result == "ok" else f" ({result})"), update)
@@ -202,7 +203,7 @@ def deploy(ws, ref: str, *, canary: int | None = None, dry_run: bool = False, ga
     if canary is not None and not 1 <= canary <= 100:
         raise UsageError(f"--canary {canary}: a percentage from 1 to 100")
     model, version = _model_and_version(ws, ref)
-    dep = _deployer(ws, model, log)
+    dep = deployer(ws, model, log)
     art = artifact(ws, model, version, dep)
     label = art.label
     if dry_run:
@@ -235,7 +236,12 @@ def deploy(ws, ref: str, *, canary: int | None = None, dry_run: bool = False, ga
         log(f"{canary}% of traffic goes to {label}")
         apps = _apps_entry(dep, {"stable": stable, "canary": art})
         new = {"version": version, "percent": canary, "app": apps[-1]["name"]}
-        _record(ws, model, "canary", version, canary=new, apps=apps)
+        # where the servers' counters stand as this stage begins: `canary check` judges latency
+        # on what was generated since, not on the servers' whole lives
+        from ftctl.deploy.canary import counters
+
+        start = counters([{"role": s.slot, "port": s.port} for s in dep.slots()], ws.model(model).deploy.canary)
+        _record(ws, model, "canary", version, canary=new, apps=apps, extra={"counters": start})
         return status(ws, model, log, dep)
     if d.canary:
         raise UsageError(f"{model}@{d.canary.version} is running as a canary",
@@ -283,7 +289,7 @@ def _swap_stable(ws, model: str, dep: Deployer, action: str, art: Artifact, *, c
 def promote(ws, model: str | None = None, log: Log = print) -> dict[str, Any]:
     """The stable app takes the canary's model; the canary goes away."""
     model = model or ws.config.default_model
-    dep = _deployer(ws, model, log)
+    dep = deployer(ws, model, log)
     dep.preflight()
     _recover(ws, model, dep, log)
     d = ws.read_lock().state(model).deployment
@@ -299,7 +305,7 @@ def promote(ws, model: str | None = None, log: Log = print) -> dict[str, Any]:
 def rollback(ws, model: str | None = None, to: str | None = None, log: Log = print) -> dict[str, Any]:
     """Undo an interrupted command; else drop the canary; else go back to the previous stable."""
     model = model or ws.config.default_model
-    dep = _deployer(ws, model, log)
+    dep = deployer(ws, model, log)
     dep.preflight()
     if _recover(ws, model, dep, log):
         return status(ws, model, log, dep)

@@ -7,29 +7,46 @@ The user's server block proxies to the variable this file defines, once:
 
 ftctl rewrites only the include (atomically), checks it with the test command, and reloads
 nginx; a reload is graceful, so requests in flight finish on the old workers.
+
+With an access log configured, the include also logs every request of this model (time, which
+upstream, status, request time) in the format of ftctl_plugins.deployers.access_log, which reads
+it back as the canary's error-rate evidence. nginx does not inherit ``access_log`` into a server or location block that
+sets its own: such a block needs the same ``access_log`` line (docs/deploy.md).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from ftctl.util.atomic import write_text
-from ftctl.errors import ExternalToolError
+from ftctl.api import ExternalToolError, write_text
 from ftctl.util.tools import run
+from ftctl_plugins.deployers.access_log import tag
 
 HINT = "install it with scripts/install_system.sh (apt-get install nginx-light)"
 
 
 def variable(model: str) -> str:
     """nginx variable and upstream names allow no '-': model names may hold one."""
-    return "ftctl_" + model.replace("-", "_")
+    return tag(model)
+
+
+LOG_PATH = re.compile(r"/[^\s;{}'\"$\\]+")  # absolute, and nothing nginx would read as syntax
 
 
 def render(model: str, stable_port: int, canary_port: int | None = None, percent: int = 0,
-           *, host: str = "127.0.0.1", key: str = "$request_id") -> str:
+           *, host: str = "127.0.0.1", key: str = "$request_id", access_log: str | None = None) -> str:
     var = variable(model)
     lines = [f"# written by ftctl for model {model}: do not edit (ftctl deploy/promote/rollback)",
              f"upstream {var}_stable {{ server {host}:{stable_port}; keepalive 8; }}"]
+    if access_log:
+        if not LOG_PATH.fullmatch(access_log):
+            raise ValueError(f"access log {access_log!r}: an absolute path without spaces, quotes, ; {{ }} or $")
+        # $proxy_host is the upstream a request went to (..._stable / ..._canary): only this
+        # model's requests are logged, each with the side that answered it (access_log.line)
+        lines += [f"log_format {var} '$msec $proxy_host $status $request_time';",
+                  f"map $proxy_host ${var}_logged {{ {var}_stable 1; {var}_canary 1; default 0; }}",
+                  f"access_log {access_log} {var} if=${var}_logged;"]
     if canary_port and percent > 0:
         lines.append(f"upstream {var}_canary {{ server {host}:{canary_port}; keepalive 8; }}")
         share = "*" if percent >= 100 else f"{percent}%"

@@ -29,9 +29,9 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from ftctl.api import (Artifact, ConfigError, Deployer, DeployPlan, ExportQuery, ExternalToolError, Health,
-                       PluginConfig, RolledBack, Slot, SlotInfo)
+                       PluginConfig, RolledBack, Slot, SlotInfo, Traffic)
 from ftctl.util.tools import run, wait_for
-from ftctl_plugins.deployers import ecosystem, nginx
+from ftctl_plugins.deployers import access_log, ecosystem, nginx
 
 APP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 PM2_HINT = "install it with scripts/install_system.sh (npm install --prefix .ftctl/node pm2), or set deploy.pm2.pm2"
@@ -51,6 +51,8 @@ class Pm2Config(PluginConfig):
     nginx_include: str | None = Field(None, description="the nginx include ftctl generates for the traffic split (none: no canary traffic)")
     nginx_test: list[str] = Field(["nginx", "-t"], description="command that checks the nginx configuration")
     nginx_reload: list[str] = Field(["nginx", "-s", "reload"], description="command that reloads nginx")
+    nginx_access_log: str | None = Field(None, description="absolute path the include logs this model's requests to "
+                                         "(upstream, status, time): the canary's error rate; none: not logged")
     split_key: str = Field("$request_id", description='nginx split_clients key; "$remote_addr" keeps each client on one side')
     drain_seconds: float = Field(2.0, ge=0, description="let requests in flight finish before a restart")
     pm2: str | None = Field(None, description="the pm2 executable; default: PATH, then .ftctl/node")
@@ -61,6 +63,13 @@ class Pm2Config(PluginConfig):
     @classmethod
     def _one_or_many(cls, v):
         return [v] if isinstance(v, str) else v
+
+    @field_validator("nginx_access_log")
+    @classmethod
+    def _log_path(cls, v):
+        if v is not None and not nginx.LOG_PATH.fullmatch(v):
+            raise ValueError(f"{v!r}: an absolute path without spaces, quotes, ; {{ }} or $")
+        return v
 
     @field_validator("app", "canary_app")
     @classmethod
@@ -182,6 +191,11 @@ class Pm2Deployer(Deployer):
     def route(self, canary_percent: int) -> None:
         self.set_split(canary_percent)
 
+    def traffic(self, since: float) -> dict[Slot, Traffic] | None:
+        if not (self.include and self.config.nginx_access_log):
+            return None
+        return access_log.read(Path(self.config.nginx_access_log), self.ctx.model, since)
+
     def preview(self, slot: Slot, artifact: Artifact) -> DeployPlan:
         pm2 = self.pm2_exe()
         if slot == "canary":
@@ -225,7 +239,8 @@ class Pm2Deployer(Deployer):
         if not self.include:
             return
         stable = self.port_of(self.stable_app())
-        text = nginx.render(self.ctx.model, stable, self.config.canary_port, percent, key=self.config.split_key)
+        text = nginx.render(self.ctx.model, stable, self.config.canary_port, percent, key=self.config.split_key,
+                            access_log=self.config.nginx_access_log)
         if nginx.apply(self.include, text, self.config.nginx_test, self.config.nginx_reload):
             time.sleep(self.config.drain_seconds)  # old nginx workers finish what they hold
 

@@ -99,6 +99,10 @@ class Nginx:
     def url(self, path: str = "/v1/chat/completions") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
+    @property
+    def access_log(self) -> Path:  # the include logs the model's requests here (deploy.pm2.nginx_access_log)
+        return self.prefix / f"ftctl-{self.model}.log"
+
 
 def start_nginx(prefix: Path, stable_port: int, model: str = "assistant") -> Nginx:
     """A private nginx on a loopback port proxying to the model's generated include."""
@@ -115,7 +119,7 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/error.log;
 events {{ worker_connections 512; }}
 http {{
-    access_log off;
+    access_log {prefix}/access.log;
     {temp}
     include {ng.include};
     server {{
@@ -261,7 +265,7 @@ def build_stack(ws, pm2_home: str, nginx_factory=None, *, server: str = "tiny", 
            "health_timeout": health_timeout, "drain_seconds": 0.5 if server == "tiny" else 1.0, **pm2cfg}
     if ng:
         cfg.update(nginx_include=str(ng.include), nginx_test=[*ng.base, "-t", "-q"],
-                   nginx_reload=[*ng.base, "-s", "reload"])
+                   nginx_reload=[*ng.base, "-s", "reload"], nginx_access_log=str(ng.access_log))
     from ruamel.yaml import YAML
 
     data = YAML(typ="safe", pure=True).load(ws.config_path.read_text())

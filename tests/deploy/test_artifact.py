@@ -30,9 +30,9 @@ def test_lora_apps_get_the_lora_gguf_others_the_model_gguf(deploy_workspace):
         ws.record("test: lora export", lambda lk: lk.state("assistant").versions["v1.0"].exports.append(
             {"path": ws.rel(d / "adapter.gguf"), "kind": "lora-gguf", "quant": "F16", "sha256": None}))
 
-    art = deploy.artifact(ws, "assistant", "v1.0", deploy._deployer(configure(ws, arg="--lora"), "assistant", print))
+    art = deploy.artifact(ws, "assistant", "v1.0", deploy.deployer(configure(ws, arg="--lora"), "assistant", print))
     assert art.kind == "lora-gguf" and art.path.name == "adapter.gguf"
-    art = deploy.artifact(ws, "assistant", "v1.0", deploy._deployer(configure(ws), "assistant", print))
+    art = deploy.artifact(ws, "assistant", "v1.0", deploy.deployer(configure(ws), "assistant", print))
     assert art.kind == "gguf" and art.path.name == "model-q8_0.gguf" and len(art.sha256) == 64
 
 
@@ -43,12 +43,12 @@ def test_configured_quant_and_a_file_changed_since_export(deploy_workspace):
     f.write_bytes(b"GGUF merged")
     add_versions(ws, "assistant", {"v1.0": f})  # recorded as Q4_1
     ws = configure(ws, quant="q4_1")
-    assert deploy.artifact(ws, "assistant", "v1.0", deploy._deployer(ws, "assistant", print)).quant == "Q4_1"
+    assert deploy.artifact(ws, "assistant", "v1.0", deploy.deployer(ws, "assistant", print)).quant == "Q4_1"
     ws = configure(ws, quant="Q8_0")
     with pytest.raises(UsageError, match=r"no exported gguf \(Q8_0\)") as e:
-        deploy.artifact(ws, "assistant", "v1.0", deploy._deployer(ws, "assistant", print))
+        deploy.artifact(ws, "assistant", "v1.0", deploy.deployer(ws, "assistant", print))
     assert "ftctl export" in e.value.hint
     f.write_bytes(b"GGUF changed after export")
     ws = configure(ws, quant=None)
     with pytest.raises(UsageError, match="does not match the sha256"):
-        deploy.artifact(ws, "assistant", "v1.0", deploy._deployer(ws, "assistant", print))
+        deploy.artifact(ws, "assistant", "v1.0", deploy.deployer(ws, "assistant", print))

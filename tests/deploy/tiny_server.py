@@ -2,7 +2,8 @@
 test_llamacpp.py). Like llama.cpp it refuses to start unless --model is a GGUF file, and it
 answers with its --model_alias, so a test can count which version served each request.
 It also serves llama-server's Prometheus /metrics counters that `ftctl canary check` reads:
-every answer "predicts" one token in --ms-per-token milliseconds.
+every answer "predicts" one token in --ms-per-token milliseconds. A file ``<model>.fail`` holding
+a rate (0.25) makes it fail that share of answers with a 500: a broken build, for error-rate tests.
 """
 
 import argparse
@@ -29,7 +30,12 @@ except OSError as e:
     sys.exit(str(e))
 time.sleep(a.startup_delay)
 ID = a.model_alias or a.model
-COUNT = {"tokens": 1, "seconds": a.ms_per_token / 1000}  # as if one request had been served
+COUNT = {"tokens": 1, "seconds": a.ms_per_token / 1000, "posts": 0}  # as if one request had been served
+try:
+    with open(a.model + ".fail") as f:
+        FAIL = float(f.read())
+except OSError:
+    FAIL = 0.0
 LOCK = threading.Lock()
 METRICS = """# HELP llamacpp:tokens_predicted_total Number of generation tokens processed.
 # TYPE llamacpp:tokens_predicted_total counter
@@ -65,8 +71,15 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         with LOCK:
-            COUNT["tokens"] += 1
-            COUNT["seconds"] += a.ms_per_token / 1000
+            COUNT["posts"] += 1
+            n = COUNT["posts"]
+            fail = int(n * FAIL) > int((n - 1) * FAIL)  # exactly FAIL of the answers, spread evenly
+            if not fail:
+                COUNT["tokens"] += 1
+                COUNT["seconds"] += a.ms_per_token / 1000
+        if fail:
+            self.send_error(500, "injected failure")
+            return
         self._send(json.dumps({"model": ID, "choices": [{"message": {"role": "assistant", "content": "ok"}}]}).encode())
 
     def log_message(self, *args):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ftctl.eval.stats import BETTER, SAME, WORSE, paired_bootstrap, verdict
+from ftctl.eval.stats import BETTER, SAME, WORSE, paired_bootstrap, two_proportions, verdict
 
 
 def test_identical_scores_give_zero_difference_and_no_verdict():
@@ -52,3 +52,13 @@ def test_bad_shapes_are_errors():
 
 def test_verdict_bounds():
     assert verdict(0.1, 0.3) == BETTER and verdict(-0.3, -0.1) == WORSE and verdict(-0.1, 0.1) == SAME
+
+
+def test_two_proportions_lower_is_better_for_error_rates():
+    t = two_proportions(2, 1000, 30, 1000, higher_is_better=False)
+    assert t.a == 0.002 and t.b == 0.03 and t.verdict == WORSE and 0 < t.ci[0] < t.diff < t.ci[1]
+    assert two_proportions(5, 1000, 6, 1000, higher_is_better=False).verdict == SAME
+    with pytest.raises(ValueError):
+        two_proportions(5, 0, 1, 10)
+    with pytest.raises(ValueError):
+        two_proportions(11, 10, 1, 10)

@@ -67,6 +67,13 @@ class Load:
             except OSError as e:
                 self.failed.append(repr(e))
 
+    def wait(self, n: int, timeout: float = 60) -> None:
+        """Until ``n`` more requests were answered (so both sides served some in this stage)."""
+        want, deadline = self.ok + len(self.failed) + n, time.monotonic() + timeout
+        while self.ok + len(self.failed) < want and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.ok + len(self.failed) >= want, "the load made no progress"
+
     def __enter__(self):
         self.thread.start()
         return self
@@ -83,6 +90,7 @@ def test_canary_rated_better_is_stepped_up_then_promoted_under_load(live, feedba
     feedback.add("assistant@v7.7", [1])  # a version nobody deployed: reported, not counted
     time.sleep(1.1)  # history times have whole seconds: these rows must predate the step's entry
     with Load(s.nginx.url()) as load:
+        load.wait(40)  # answers at 20%: the stage's traffic and latency evidence
         out = run_json("canary", "check", cwd=s.root)
         print("check 1:", out["decision"], "|", out["reason"])
         assert out["decision"] == "step" and out["percent"] == 50 and out["applied"], out
@@ -90,6 +98,10 @@ def test_canary_rated_better_is_stepped_up_then_promoted_under_load(live, feedba
         assert ev["rated"] == {"stable": 40, "canary": 40} and ev["signal"] == "rating"
         assert ev["test"]["verdict"] == "better" and ev["test"]["ci"][0] > 0
         assert ev["latency"]["stable"]["ok"] and ev["latency"]["canary"]["ms_per_token"] == pytest.approx(20, rel=0.01)
+        assert ev["latency"]["canary"]["window"] == "stage" and ev["latency"]["canary"]["window_tokens"] > 0
+        # nginx logged the stage's requests per side: all answered, none failed
+        assert ev["traffic"]["ok"] and ev["traffic"]["canary"]["requests"] > 0 and ev["traffic"]["stable"]["requests"] > 0
+        assert ev["traffic"]["canary"]["errors"] == 0 and ev["traffic"]["stable"]["errors"] == 0
         assert ev["served"]["unmatched"] == {"assistant@v7.7": 1}
         assert out["status"]["canary"]["percent"] == 50
 
@@ -99,6 +111,7 @@ def test_canary_rated_better_is_stepped_up_then_promoted_under_load(live, feedba
         assert held["decision"] == "hold" and held["needs"] == 60, held
         feedback.add("assistant@v1.0", [4, 3, 4] * 12)
         feedback.add("assistant@v1.1", [5, 4, 5] * 12)
+        load.wait(20)
         out = run_json("canary", "check", cwd=s.root)
         print("check 3:", out["decision"], "|", out["reason"])
         assert out["decision"] == "promote" and out["applied"], out
@@ -157,6 +170,42 @@ def test_too_little_evidence_holds_metrics_down_holds_rated_worse_rolls_back(liv
     assert history[-2]["evidence"]["test"]["verdict"] == "worse"
     assert [h["result"] for h in history if h["action"] == "canary check"] == ["hold", "hold", "hold", "rollback"]
     assert [h["action"] for h in history][-2:] == ["canary check", "rollback"]
+
+
+def test_canary_failing_requests_is_rolled_back_on_the_access_log_though_rated_well(stack, feedback):
+    """A canary whose server answers a quarter of requests with 500s: users rate the answers
+    they got well, but nginx's access log shows the failures, and the check rolls it back."""
+    s = stack(with_nginx=True)
+    configure_loop(s.ws, feedback, min_requests=40)
+    v11 = s.ws.read_lock().state("assistant").versions["v1.1"].exports[0].path
+    (s.root / (v11 + ".fail")).write_text("0.25")  # the tiny upstream fails 1 in 4 answers of v1.1
+    run_json("deploy", "v1.0", cwd=s.root)
+    run_json("deploy", "v1.1", "--canary", "50", cwd=s.root)
+    time.sleep(1.1)  # the stage begins at a whole second: these requests come after it
+    feedback.add("assistant@v1.0", [4] * 35)
+    feedback.add("assistant@v1.1", [4, 5] * 20)
+    with Load(s.nginx.url()) as load:
+        load.wait(200)
+    assert 10 < len(load.failed) < 60 and set(load.failed) == {500}, load.failed[:5]
+    out = run_json("canary", "check", cwd=s.root)
+    print("errors:", out["reason"])
+    assert out["decision"] == "rollback" and "fails more requests" in out["reason"], out
+    errors = out["evidence"]["errors"]
+    assert errors["verdict"] == "worse" and errors["stable_rate"] == 0 and 0.2 < errors["canary_rate"] < 0.3
+    assert out["evidence"]["traffic"]["canary"]["errors"] == len(load.failed)
+    status = run_json("status", cwd=s.root)
+    assert status["stable"] == "v1.0" and status["canary"] is None
+
+    # an access log ftctl cannot read (here a directory: file modes do not stop root) is a clear
+    # hold, not a crash, and not a silent pass
+    run_json("deploy", "v1.1", "--canary", "20", cwd=s.root)
+    time.sleep(1.1)
+    feedback.add("assistant@v1.0", [4] * 35)
+    feedback.add("assistant@v1.1", [4, 5] * 20)
+    out = run_json("--set", f"deploy.pm2.nginx_access_log={s.nginx.prefix}", "canary", "check", "--dry-run",
+                   cwd=s.root)
+    assert out["decision"] == "hold" and "cannot judge server errors" in out["reason"], out
+    assert str(s.nginx.prefix) in out["reason"]
 
 
 def test_no_canary_is_a_clear_error(stack, feedback):

@@ -41,3 +41,18 @@ def test_a_canary_failing_its_health_check_is_rolled_back_whatever_its_ratings()
     # unknown health (a deployer that cannot tell) is not a failure: the evidence decides
     r = decide(cfg, {"stable": [4] * 10, "canary": [4] * 10}, {**OPS, "canary": {**OPS["canary"], "healthy": None}}, 20)
     assert r["decision"] != "rollback"
+
+
+def test_a_canary_failing_more_requests_is_rolled_back_though_rated_well():
+    cfg = CanaryConfig(min_rated=5, min_requests=100, max_error_increase=0.01)
+    traffic = {"ok": True, "stable": {"requests": 900, "errors": 1}, "canary": {"requests": 300, "errors": 15}}
+    r = decide(cfg, {"stable": [4] * 10, "canary": [5] * 10}, {**OPS, "traffic": traffic}, 20)
+    assert r["decision"] == "rollback" and "fails more requests" in r["reason"] and r["errors"]["verdict"] == "worse"
+    # too few canary requests to count yet, or a difference within the limit: the ratings decide
+    few = {**traffic, "canary": {"requests": 50, "errors": 3}}
+    assert decide(cfg, {"stable": [4] * 10, "canary": [5] * 10}, {**OPS, "traffic": few}, 20)["decision"] == "step"
+    same = {**traffic, "canary": {"requests": 300, "errors": 1}}
+    assert decide(cfg, {"stable": [4] * 10, "canary": [5] * 10}, {**OPS, "traffic": same}, 20)["decision"] == "step"
+    # a record that cannot be read holds (never a silent pass)
+    r = decide(cfg, {"stable": [4] * 10, "canary": [5] * 10}, {**OPS, "traffic": {"ok": False, "error": "denied"}}, 20)
+    assert r["decision"] == "hold" and "cannot judge server errors: denied" in r["reason"]
