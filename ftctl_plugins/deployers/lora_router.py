@@ -8,6 +8,9 @@ as its global scale, so listing all means the same in both). The answer names th
 produced it: ``model`` in the JSON body and in every streamed SSE chunk, and ``X-Served-Model``.
 Every other path (/health, /metrics, /lora-adapters, /props, /v1/models...) passes through as is.
 
+With ``log``, each routed completion is appended to an access log (access_log.line: time, side,
+status, seconds to the last byte): ``ftctl canary check``'s error rate per version.
+
 Which version: a stable hash of the OpenAI ``user`` field (or the ``X-User-Id`` header), so a
 user sticks to one version, else a hash of a request counter; the canary answers ``percent`` of
 them. The routing comes from the deployer's state file (.ftctl/lora-swap/<model>.json, written
@@ -25,6 +28,7 @@ import itertools
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +38,8 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from ftctl_plugins.deployers import access_log
 
 COMPLETIONS = frozenset({"/completion", "/completions", "/v1/completions", "/v1/chat/completions",
                          "/chat/completions"})
@@ -51,6 +57,7 @@ def pick(key: str, percent: int) -> bool:
 
 @dataclass(frozen=True)
 class Target:
+    side: str  # stable or canary
     label: str  # the id answers carry, e.g. assistant@v1.1
     lora: list[dict]  # the request's "lora" field
 
@@ -86,7 +93,7 @@ class Table:
             entry = state.get(slot)
             if not entry or entry["path"] not in adapters:
                 return None
-            return Target(entry["label"], [{"id": i, "scale": scale if p == entry["path"] else 0.0}
+            return Target(slot, entry["label"], [{"id": i, "scale": scale if p == entry["path"] else 0.0}
                                            for i, p in enumerate(adapters)])
 
         self.stable, self.canary = target("stable"), target("canary")
@@ -119,14 +126,26 @@ def relabel_sse(line: str, label: str) -> str:
         return line
 
 
-def app(upstream: str, state_file: Path) -> Starlette:
-    """The router for the llama-server at ``upstream`` (``http://127.0.0.1:PORT``)."""
+def app(upstream: str, state_file: Path, log: Path | None = None) -> Starlette:
+    """The router for the llama-server at ``upstream`` (``http://127.0.0.1:PORT``); the model is
+    the state file's name."""
     table = Table(state_file)
     counter = itertools.count()
+    model = state_file.stem
     # generation can take minutes: no read timeout, only a connect one
     client = httpx.AsyncClient(base_url=upstream, timeout=httpx.Timeout(None, connect=5))
 
+    def logged(target: Target | None, status: int, started: float, then=None):
+        """Record the routed request once its answer is complete (then close the upstream response)."""
+        async def done():
+            if then is not None:
+                await then()
+            if log and target:
+                access_log.append(log, access_log.line(model, target.side, status, time.monotonic() - started))
+        return BackgroundTask(done)
+
     async def proxy(request: Request) -> Response:
+        started = time.monotonic()
         body = await request.body()
         target = None
         if request.method == "POST" and request.url.path in COMPLETIONS:
@@ -146,7 +165,8 @@ def app(upstream: str, state_file: Path) -> Starlette:
             resp = await client.send(req, stream=True)
         except httpx.HTTPError as e:
             return JSONResponse({"error": {"code": 502, "type": "unavailable_error",
-                                           "message": f"the llama-server behind this port did not answer: {e}"}}, 502)
+                                           "message": f"the llama-server behind this port did not answer: {e}"}},
+                                502, background=logged(target, 502, started))
         out = {k: v for k, v in resp.headers.items() if k.lower() not in DROP}
         ctype = resp.headers.get("content-type", "")
         if target:
@@ -155,7 +175,8 @@ def app(upstream: str, state_file: Path) -> Starlette:
             async def events():
                 async for line in resp.aiter_lines():  # one chunk per line: the stream stays incremental
                     yield relabel_sse(line, target.label) + "\n"
-            return StreamingResponse(events(), resp.status_code, out, background=BackgroundTask(resp.aclose))
+            return StreamingResponse(events(), resp.status_code, out,
+                                     background=logged(target, resp.status_code, started, resp.aclose))
         if target and ctype.startswith("application/json") and resp.status_code < 400:
             raw = await resp.aread()
             await resp.aclose()
@@ -163,8 +184,9 @@ def app(upstream: str, state_file: Path) -> Starlette:
                 raw = json.dumps(relabel(json.loads(raw), target.label), ensure_ascii=False).encode()
             except ValueError:
                 pass
-            return Response(raw, resp.status_code, out)
-        return StreamingResponse(resp.aiter_raw(), resp.status_code, out, background=BackgroundTask(resp.aclose))
+            return Response(raw, resp.status_code, out, background=logged(target, resp.status_code, started))
+        return StreamingResponse(resp.aiter_raw(), resp.status_code, out,
+                                 background=logged(target, resp.status_code, started, resp.aclose))
 
     @contextlib.asynccontextmanager
     async def lifespan(_):

@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--parallel", type=int, default=1)
     ap.add_argument("--alias", default="")
     ap.add_argument("--state", required=True, help="the deployer's state file: the router's routing")
+    ap.add_argument("--access-log", help="where the router records each routed request (access_log.line)")
     a = ap.parse_args(argv)
 
     import xllamacpp
@@ -56,7 +57,9 @@ def main(argv: list[str] | None = None) -> None:
 
     # uvicorn ends on SIGTERM/SIGINT (the deployer stops the process group); the llama-server
     # threads end with the process
-    uvicorn.run(lora_router.app(f"http://127.0.0.1:{internal}", Path(a.state)), host=a.host, port=a.port,
+    router = lora_router.app(f"http://127.0.0.1:{internal}", Path(a.state),
+                             Path(a.access_log) if a.access_log else None)
+    uvicorn.run(router, host=a.host, port=a.port,
                 log_level="warning", timeout_graceful_shutdown=5)
 
 

@@ -11,6 +11,7 @@ A canary takes a share of traffic with no second model in memory: the configured
 router (lora_router) in the same process, which gives each completion request its adapter
 (``"lora"``, per request) by a hash of the client's ``user``, and names the version in the
 answer's ``model``. ``route`` only records the share in the state file; the router re-reads it.
+The router logs each routed request (<model>.access.log beside the state file): ``traffic``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from pathlib import Path
 from pydantic import Field
 
 from ftctl.api import (Artifact, ConfigError, Deployer, DeployPlan, ExportQuery, Health, PluginConfig, RolledBack, Slot,
-                       SlotInfo, write_text)
+                       SlotInfo, Traffic, write_text)
+from ftctl_plugins.deployers import access_log
 
 
 class LoraSwapConfig(PluginConfig):
@@ -60,6 +62,10 @@ class LoraSwapDeployer(Deployer):
     @property
     def log_file(self) -> Path:
         return self.state_file.with_suffix(".log")
+
+    @property
+    def access_log_file(self) -> Path:
+        return self.state_file.with_suffix(".access.log")
 
     def _state(self) -> dict:
         with contextlib.suppress(FileNotFoundError):
@@ -152,6 +158,9 @@ class LoraSwapDeployer(Deployer):
         state["canary_percent"] = canary_percent
         self._save(state)
 
+    def traffic(self, since: float) -> dict[Slot, Traffic] | None:
+        return access_log.read(self.access_log_file, self.ctx.model, since)
+
     def stop(self, slot: Slot) -> None:
         state = self._state()
         if slot == "canary":
@@ -239,7 +248,8 @@ class LoraSwapDeployer(Deployer):
         c = self.config
         cmd = [sys.executable, "-m", "ftctl_plugins.deployers.lora_server", "--model", str(self._base()),
                "--host", c.host, "--port", str(c.port), "--threads", str(c.threads), "--ctx-size", str(c.ctx_size),
-               "--parallel", str(c.parallel), "--state", str(self.state_file)]
+               "--parallel", str(c.parallel), "--state", str(self.state_file),
+               "--access-log", str(self.access_log_file)]
         for p in loras:
             cmd += ["--lora", p]
         return cmd
