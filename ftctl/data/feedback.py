@@ -19,8 +19,11 @@ def scan(ws, model: str, since: str | None, visit: Callable[[Example], None], lo
     """Call ``visit`` on every Example newer than ``since`` (ISO time) from the model's sources."""
     from ftctl import plugins
 
+    from ftctl.util.times import parse_time
+
     mc = ws.model(model)
     read, rejected = 0, Counter()
+    cutoff = parse_time(since)  # compared as times: a source may answer in its own time zone
     for i, src in enumerate(mc.sources):
         plugin = plugins.build("source", src.kind, src.plugin_config(), ws.context(mc.name, log, instance=src.name),
                                key=f"models.{mc.name}.sources[{i}]")
@@ -28,7 +31,7 @@ def scan(ws, model: str, since: str | None, visit: Callable[[Example], None], lo
             read += 1
             if isinstance(item, Reject):
                 rejected[item.reason] += 1
-            elif since is None or item.created_at is None or item.created_at.isoformat() > since:
+            elif cutoff is None or item.created_at is None or parse_time(item.created_at) > cutoff:
                 visit(item)
     return {"read": read, "rejected": dict(rejected)}
 

@@ -31,7 +31,8 @@ ACTION = "canary check"
 
 def stage(history: list[dict], version: str) -> dict:
     """The history entry of the canary getting its current share (its latest successful `canary`
-    change): its time starts the evidence window, its counters the latency window."""
+    change): its ``began`` (or, in older entries, its ``time``) starts the evidence window, its
+    ``counters`` the latency window."""
     for h in reversed(history):
         if h.get("action") == "canary" and h.get("version") == version and h.get("result", "ok") == "ok":
             return h
@@ -271,7 +272,7 @@ def _check(ws, model: str | None, dry_run: bool, log: Log) -> dict[str, Any]:
                          hint="start one with `ftctl deploy vX.Y --canary 5`")
     canary_v, percent = d.canary.version, d.canary.percent
     began = stage(state.history, canary_v)
-    since = began.get("time")
+    since = began.get("began") or began.get("time")
     log(f"judging canary {model}@{canary_v} ({percent}%) against stable {model}@{d.stable}"
         + (f" on feedback since {since}" if since else ""))
     live = ratings(ws, model, {"stable": d.stable, "canary": canary_v}, since, cfg.signal, log)

@@ -236,12 +236,16 @@ def deploy(ws, ref: str, *, canary: int | None = None, dry_run: bool = False, ga
         log(f"{canary}% of traffic goes to {label}")
         apps = _apps_entry(dep, {"stable": stable, "canary": art})
         new = {"version": version, "percent": canary, "app": apps[-1]["name"]}
-        # where the servers' counters stand as this stage begins: `canary check` judges latency
-        # on what was generated since, not on the servers' whole lives
+        # the stage begins now, at this share: `canary check` judges the feedback from this moment
+        # (to the microsecond: history times are whole seconds) and the latency from where the
+        # servers' counters stand, not their whole lives
+        from datetime import datetime, timezone
+
         from ftctl.deploy.canary import counters
 
+        began = datetime.now(timezone.utc).isoformat()
         start = counters([{"role": s.slot, "port": s.port} for s in dep.slots()], ws.model(model).deploy.canary)
-        _record(ws, model, "canary", version, canary=new, apps=apps, extra={"counters": start})
+        _record(ws, model, "canary", version, canary=new, apps=apps, extra={"began": began, "counters": start})
         return status(ws, model, log, dep)
     if d.canary:
         raise UsageError(f"{model}@{d.canary.version} is running as a canary",
