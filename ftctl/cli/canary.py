@@ -42,6 +42,12 @@ def _render(app, r: dict) -> None:
     lat = ev["latency"]
     t.add_row("ms/token", *(str(lat.get(k, {}).get("ms_per_token") or lat.get(k, {}).get("error") or "-")
                             for k in ("stable", "canary")))
+    traffic = ev.get("traffic")
+    if traffic and traffic["ok"]:
+        t.add_row("requests (5xx)", *(f"{traffic[k]['requests']} ({traffic[k]['errors']})" if k in traffic else "-"
+                                      for k in ("stable", "canary")))
+    elif traffic:
+        t.add_row("requests (5xx)", traffic["error"], "")
     app.console.print(t)
     if ev["served"]["unmatched"]:
         app.say(f"[yellow]unmatched served_model values:[/] {ev['served']['unmatched']}")

@@ -32,11 +32,15 @@ def _render(app):
                       (a["sha256"] or "-")[:12], "yes" if a["healthy"] else "[red]no[/]", a["served_id"] or "-")
         app.console.print(t)
         if s["history"]:
-            h = Table("time", "user", "action", "version", "stable", "canary", "result", title="history (last 10)")
-            for e in s["history"][-10:]:
+            last = s["history"][-10:]
+            why = any(e.get("detail") for e in last)  # canary checks say why they decided
+            h = Table("time", "user", "action", "version", "stable", "canary", "result", *(["why"] if why else []),
+                      title="history (last 10)")
+            for e in last:
                 c = e.get("canary")
                 h.add_row(e["time"], e.get("user", "?"), e["action"], e.get("version") or "-",
-                          e.get("stable") or "-", f"{c['version']} {c['percent']}%" if c else "-", e["result"])
+                          e.get("stable") or "-", f"{c['version']} {c['percent']}%" if c else "-", e["result"],
+                          *([e.get("detail") or ""] if why else []))
             app.console.print(h)
 
     return render

@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from ftctl.errors import UsageError
-
 from ftctl.util.log import Log
+
 WORD = re.compile(r"\w+", re.UNICODE)
 NOVELTY_MARGIN = 0.25  # new prompts' unseen-n-gram share above the reference's own baseline
 

@@ -7,6 +7,7 @@ never touch), and ftctl.yaml's deploy.pm2 section pointing at all of it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import importlib.util
@@ -30,6 +31,7 @@ from tests.conftest import ROOT, need
 PM2 = shutil.which("pm2") or str(ROOT / ".ftctl/node/node_modules/.bin/pm2")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 TINY = Path(__file__).with_name("tiny_server.py")
+LLAMA_SERVER = Path(__file__).with_name("llama_server.py")  # llama.cpp's llama-server (xllamacpp) with its flags
 
 
 def smollm2_gguf() -> Path | None:
@@ -202,6 +204,9 @@ def server_args(kind: str, model_file: Path, port: int, alias: str = "unset", de
     if kind == "tiny":
         return [str(TINY), "--model", str(model_file), "--port", str(port), "--host", "127.0.0.1",
                 "--model_alias", alias, "--startup-delay", str(delay)]
+    if kind == "llama-server":
+        return [str(LLAMA_SERVER), "--model", str(model_file), "--port", str(port), "--host", "127.0.0.1",
+                "--alias", alias, "--metrics", "--ctx-size", "512", "--threads", "1"]
     return ["-m", "llama_cpp.server", "--model", str(model_file), "--port", str(port), "--host", "127.0.0.1",
             "--model_alias", alias, "--n_ctx", "512", "--n_threads", "1", "--n_batch", "64"]
 
@@ -261,7 +266,8 @@ def build_stack(ws, pm2_home: str, nginx_factory=None, *, server: str = "tiny", 
         "  ],\n};\n")
     ng = nginx_factory(port, model) if nginx_factory else None
     cfg = {"ecosystem": "serving/ecosystem.config.js", "app": app, "arg": "--model",
-           "alias_arg": "--model_alias", "canary_port": canary_port, "pm2": PM2,
+           "alias_arg": "--alias" if server == "llama-server" else "--model_alias", "canary_port": canary_port,
+           "pm2": PM2, **({"health_url": "http://127.0.0.1:{port}/health"} if server == "llama-server" else {}),
            "health_timeout": health_timeout, "drain_seconds": 0.5 if server == "tiny" else 1.0, **pm2cfg}
     if ng:
         cfg.update(nginx_include=str(ng.include), nginx_test=[*ng.base, "-t", "-q"],
@@ -285,3 +291,80 @@ def stack(deploy_workspace, pm2_home, nginx_factory):
 
     return build
 
+
+# --- the lora_swap deployer: one llama-server (xllamacpp), versions as LoRA GGUFs ---------------
+
+
+def write_lora_gguf(path, base, seed: int) -> None:
+    """A rank-4 LoRA on every attn_q of ``base``, in llama.cpp's adapter GGUF layout."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(base)
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_type("adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", 8.0)
+    rng = np.random.default_rng(seed)
+    for t in reader.tensors:
+        if t.name.endswith("attn_q.weight"):
+            n_in, n_out = int(t.shape[0]), int(t.shape[1])
+            writer.add_tensor(t.name + ".lora_a", (rng.standard_normal((4, n_in)) * 0.5).astype(np.float32))
+            writer.add_tensor(t.name + ".lora_b", (rng.standard_normal((n_out, 4)) * 0.5).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.fixture(scope="session")
+def lora_files(tmp_path_factory) -> dict[str, Path]:
+    """Two different adapters, written once per session (reading the base takes seconds)."""
+    d = tmp_path_factory.mktemp("loras")
+    out = {}
+    for i, v in enumerate(("v1.0", "v1.1")):
+        write_lora_gguf(d / f"{v}.gguf", smollm2_gguf(), seed=i + 1)
+        out[v] = d / f"{v}.gguf"
+    return out
+
+
+@pytest.fixture
+def lora_ws(deploy_workspace, lora_files):
+    from ftctl.registry.lockfile import VersionEntry
+    from ftctl.registry.workspace import Workspace, now
+
+    ws, base = deploy_workspace, smollm2_gguf()
+    files = {}
+    for v, src in lora_files.items():
+        f = ws.export_dir("assistant", v) / "adapter.lora.gguf"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, f)
+        files[v] = f
+
+    def update(lock):
+        for v, f in files.items():
+            lock.state("assistant").versions[v] = VersionEntry(version=v, created=now(), exports=[
+                {"path": ws.rel(f), "kind": "lora-gguf", "quant": "F16",
+                 "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}])
+        lock.state("assistant").versions["v1.2"] = VersionEntry(version="v1.2", created=now(), exports=[])
+
+    with ws.run_lock("test setup"):
+        ws.record("test: lora versions", update)
+    from ruamel.yaml import YAML
+
+    data = YAML(typ="safe", pure=True).load(ws.config_path.read_text())
+    port = free_port()
+    data["deploy"] = {"deployer": "lora_swap", "gate": False,
+                      "lora_swap": {"base": str(base), "port": port, "ctx_size": 512, "health_timeout": 60}}
+    write_yaml(ws.config_path, data)
+    ws = Workspace(ws.root)
+    yield ws, port, files
+    state = ws.root / ".ftctl/lora-swap/assistant.json"
+    if state.exists() and (pid := json.loads(state.read_text()).get("pid")):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, 9)
+
+
+def server_state(ws) -> dict:
+    return json.loads((ws.root / ".ftctl/lora-swap/assistant.json").read_text())

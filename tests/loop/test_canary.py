@@ -6,14 +6,18 @@ Upstreams are tiny servers that answer with their version alias and serve llama-
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
-from tests.conftest import hold_run_lock, run_ftctl, run_json
+from tests.conftest import run_ftctl, run_json
 from tests.deploy.conftest import pm2_list, write_yaml
 
 pytestmark = pytest.mark.integration
@@ -39,6 +43,28 @@ def live(stack, feedback):
     run_json("deploy", "v1.0", cwd=s.root)
     run_json("deploy", "v1.1", "--canary", "20", cwd=s.root)
     return s
+
+
+@contextlib.contextmanager
+def slow_endpoint(seconds: float):
+    """A /metrics URL whose server accepts, waits ``seconds``, then hangs up without answering."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve():
+        while not done.is_set():
+            with contextlib.suppress(OSError):
+                conn, _ = srv.accept()
+                done.wait(seconds)
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}/metrics"
+    finally:
+        done.set()
+        srv.close()
 
 
 class Load:
@@ -88,7 +114,6 @@ def test_canary_rated_better_is_stepped_up_then_promoted_under_load(live, feedba
     feedback.add("assistant@v1.0", [3, 4, 3, 4, 4] * 8)  # stable: 3.6
     feedback.add("assistant@v1.1", [5, 5, 4, 5, 5] * 8)  # canary: 4.8
     feedback.add("assistant@v7.7", [1])  # a version nobody deployed: reported, not counted
-    time.sleep(1.1)  # history times have whole seconds: these rows must predate the step's entry
     with Load(s.nginx.url()) as load:
         load.wait(40)  # answers at 20%: the stage's traffic and latency evidence
         out = run_json("canary", "check", cwd=s.root)
@@ -146,13 +171,19 @@ def test_too_little_evidence_holds_metrics_down_holds_rated_worse_rolls_back(liv
     assert out["decision"] == "hold" and "/metrics unavailable" in out["reason"], out
     assert "127.0.0.1:9" in out["reason"] and out["evidence"]["latency"]["canary"]["ok"] is False
 
-    # a rollback asked for while a check holds the run lock waits its turn: nothing half-done
-    holder = hold_run_lock(s.root, 3)
-    try:
+    # a rollback asked for while a check is running (its /metrics slow to answer) is refused with
+    # the check named; the check finishes and records its decision: nothing half-done
+    with slow_endpoint(seconds=4) as url:
+        cmd = [sys.executable, "-m", "ftctl", "--json", "--set", f"deploy.canary.metrics_url={url}", "canary", "check"]
+        checking = subprocess.Popen(cmd, cwd=s.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lock_info = s.root / ".ftctl" / "run.lock.json"
+        deadline = time.monotonic() + 30
+        while not (lock_info.exists() and "canary check" in lock_info.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
         proc = run_ftctl("rollback", cwd=s.root)
-        assert proc.returncode == 4 and "holds the workspace lock" in proc.stderr
-    finally:
-        holder.wait()
+        out = json.loads(checking.communicate(timeout=60)[0])
+    assert proc.returncode == 4 and "holds the workspace lock: `canary check`" in proc.stderr, proc.stderr
+    assert checking.returncode == 0 and out["decision"] == "hold" and "/metrics unavailable" in out["reason"]
     assert run_json("status", cwd=s.root)["canary"]["version"] == "v1.1"
 
     # users turn against the canary: the cron cycle (cycle.deploy: true) rolls it back without a person,
@@ -168,7 +199,7 @@ def test_too_little_evidence_holds_metrics_down_holds_rated_worse_rolls_back(liv
     history = status["history"]
     print("cycle:", history[-2]["result"], "|", history[-2]["detail"])
     assert history[-2]["evidence"]["test"]["verdict"] == "worse"
-    assert [h["result"] for h in history if h["action"] == "canary check"] == ["hold", "hold", "hold", "rollback"]
+    assert [h["result"] for h in history if h["action"] == "canary check"] == ["hold"] * 4 + ["rollback"]
     assert [h["action"] for h in history][-2:] == ["canary check", "rollback"]
 
 
@@ -181,7 +212,6 @@ def test_canary_failing_requests_is_rolled_back_on_the_access_log_though_rated_w
     (s.root / (v11 + ".fail")).write_text("0.25")  # the tiny upstream fails 1 in 4 answers of v1.1
     run_json("deploy", "v1.0", cwd=s.root)
     run_json("deploy", "v1.1", "--canary", "50", cwd=s.root)
-    time.sleep(1.1)  # the stage begins at a whole second: these requests come after it
     feedback.add("assistant@v1.0", [4] * 35)
     feedback.add("assistant@v1.1", [4, 5] * 20)
     with Load(s.nginx.url()) as load:
@@ -199,7 +229,6 @@ def test_canary_failing_requests_is_rolled_back_on_the_access_log_though_rated_w
     # an access log ftctl cannot read (here a directory: file modes do not stop root) is a clear
     # hold, not a crash, and not a silent pass
     run_json("deploy", "v1.1", "--canary", "20", cwd=s.root)
-    time.sleep(1.1)
     feedback.add("assistant@v1.0", [4] * 35)
     feedback.add("assistant@v1.1", [4, 5] * 20)
     out = run_json("--set", f"deploy.pm2.nginx_access_log={s.nginx.prefix}", "canary", "check", "--dry-run",
