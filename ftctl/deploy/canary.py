@@ -7,7 +7,8 @@ its own traffic):
   sources and attributed through ``served_model`` (deploy serves ``model@vX.Y``); canary and
   stable are compared with a two-sample bootstrap (ftctl.eval.stats), CI and p-value;
 - server errors: the share of 5xx answers per side, from the deployer's router record
-  (``Deployer.traffic``: the pm2 deployer's nginx access log), compared as two proportions;
+  (``Deployer.traffic``: nginx's access log for pm2, the router's own for lora_swap), compared
+  as two proportions;
 - generation latency (ms per predicted token) from llama-server's Prometheus ``/metrics``
   (``--metrics``), canary against stable, over the stage only: deploy records both servers'
   counters when the stage begins and the check takes the difference. An endpoint that is down
