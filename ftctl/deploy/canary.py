@@ -23,11 +23,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ftctl.errors import UsageError
+from ftctl.errors import ExternalToolError, UsageError
 from ftctl.util.log import Log, current_user
+from ftctl.util.times import parse_time
 
 PROMOTE, STEP, HOLD, ROLLBACK = "promote", "step", "hold", "rollback"
 ACTION = "canary check"
+SIDES = ("stable", "canary")
 
 
 def stage(history: list[dict], version: str) -> dict:
@@ -86,18 +88,19 @@ def scrape(url: str, timeout: float) -> dict[str, Any]:
     return {"url": url, "ok": True, "tokens": tokens, "seconds": seconds}
 
 
-ROLES = ("stable", "canary")
+def scrape_sides(apps: list[dict], cfg) -> dict[str, dict[str, Any]]:
+    """Each side's /metrics (the sides with a port); one request per URL, so one server answering
+    for both sides (lora_swap) is read once and both get the same counters."""
+    urls = {app["role"]: cfg.metrics_url.format(port=app["port"])
+            for app in apps if app.get("role") in SIDES and app.get("port")}
+    seen = {url: scrape(url, cfg.metrics_timeout) for url in set(urls.values())}
+    return {role: seen[url] for role, url in urls.items()}
 
 
 def counters(slots: list[dict], cfg) -> dict[str, dict[str, float]]:
     """Each side's generation counters now (the sides whose /metrics answer): a stage's start."""
-    out = {}
-    for app in slots:
-        if app.get("role") in ROLES and app.get("port"):
-            m = scrape(cfg.metrics_url.format(port=app["port"]), cfg.metrics_timeout)
-            if m["ok"]:
-                out[app["role"]] = {"tokens": m["tokens"], "seconds": m["seconds"]}
-    return out
+    return {role: {"tokens": m["tokens"], "seconds": m["seconds"]}
+            for role, m in scrape_sides(slots, cfg).items() if m["ok"]}
 
 
 def _window(now: dict, start: dict | None) -> dict[str, Any]:
@@ -113,17 +116,13 @@ def _window(now: dict, start: dict | None) -> dict[str, Any]:
 
 def latency(apps: list[dict], cfg, start: dict[str, dict] | None = None) -> dict[str, Any]:
     """Per side: the deployer's health probe and ms/token over the stage; and canary/stable."""
-    out: dict[str, Any] = {}
-    ports = {app["role"]: app.get("port") for app in apps if app.get("role") in ROLES}
+    out: dict[str, Any] = {role: {**m, **_window(m, (start or {}).get(role))} if m["ok"] else dict(m)
+                           for role, m in scrape_sides(apps, cfg).items()}
     for app in apps:
-        role = app.get("role")
-        if role not in ROLES:
-            continue
-        if app.get("port"):
-            m = scrape(cfg.metrics_url.format(port=app["port"]), cfg.metrics_timeout)
-            out[role] = {**m, **_window(m, (start or {}).get(role))} if m["ok"] else m
-        out.setdefault(role, {})["healthy"] = app.get("healthy")  # the deployer's own probe
-    s, c = (out.get(r, {}).get("ms_per_token") for r in ROLES)
+        if app.get("role") in SIDES:
+            out.setdefault(app["role"], {})["healthy"] = app.get("healthy")  # the deployer's own probe
+    ports = {app["role"]: app.get("port") for app in apps if app.get("role") in SIDES}
+    s, c = (out.get(r, {}).get("ms_per_token") for r in SIDES)
     out["ratio"] = round(c / s, 3) if s and c else None
     if ports.get("stable") and ports.get("stable") == ports.get("canary"):
         out["ratio"] = None  # one server answers for both: its counters cannot tell them apart
@@ -134,16 +133,13 @@ def latency(apps: list[dict], cfg, start: dict[str, dict] | None = None) -> dict
 def traffic(dep, since: str | None) -> dict[str, Any] | None:
     """Requests and 5xx answers per side since ``since``, from the deployer's router record;
     None when the deployer keeps none. An unreadable record is evidence too (it holds)."""
-    from ftctl.errors import ExternalToolError
-    from ftctl.util.times import parse_time
-
     try:
         seen = dep.traffic(parse_time(since).timestamp() if since else 0.0)
     except ExternalToolError as e:
         return {"ok": False, "error": e.message}
     if seen is None:
         return None
-    return {"ok": True, **{r: seen[r].to_dict() for r in ROLES if r in seen}}
+    return {"ok": True, **{r: seen[r].to_dict() for r in SIDES if r in seen}}
 
 
 # --- the decision -------------------------------------------------------------------------------
@@ -202,7 +198,7 @@ def decide(cfg, scores: dict[str, list[float]], ops: dict[str, Any], percent: in
         return {**out, "decision": HOLD, "needs": need,
                 "reason": f"too little evidence: needs {need} more rated answers ({', '.join(who)}; "
                           f"has canary {n_c}, stable {n_s}, wants {cfg.min_rated} each)"}
-    down = [f"{r} {ops[r]['url']}: {ops[r]['error']}" for r in ("stable", "canary") if not ops.get(r, {}).get("ok")]
+    down = [f"{r} {ops[r]['url']}: {ops[r]['error']}" for r in SIDES if not ops.get(r, {}).get("ok")]
     if down:
         return {**out, "decision": HOLD,
                 "reason": "cannot judge latency, /metrics unavailable (" + "; ".join(down)

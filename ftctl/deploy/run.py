@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -239,8 +240,6 @@ def deploy(ws, ref: str, *, canary: int | None = None, dry_run: bool = False, ga
         # the stage begins now, at this share: `canary check` judges the feedback from this moment
         # (to the microsecond: history times are whole seconds) and the latency from where the
         # servers' counters stand, not their whole lives
-        from datetime import datetime, timezone
-
         from ftctl.deploy.canary import counters
 
         began = datetime.now(timezone.utc).isoformat()

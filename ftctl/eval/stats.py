@@ -43,16 +43,22 @@ def paired_bootstrap(a, b, *, higher_is_better: bool = True, n_boot: int = 2000,
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
     boot = d[idx].mean(axis=1)
-    alpha = 1 - confidence
-    lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
-    # two-sided: how often the resampled mean lands on the other side of zero
-    p = min(1.0, 2 * min(np.mean(boot <= 0), np.mean(boot >= 0)))
+    lo, hi, p = interval(boot, confidence)
     sign = 1 if higher_is_better else -1
     wins = int(np.sum(sign * d > tie_tol))
     losses = int(np.sum(sign * d < -tie_tol))
     return Paired(n=n, a=float(a.mean()), b=float(b.mean()), diff=float(d.mean()),
-                  ci=(float(lo), float(hi)), p_value=float(p), wins=wins, ties=n - wins - losses,
-                  losses=losses, verdict=verdict(float(lo), float(hi), higher_is_better))
+                  ci=(lo, hi), p_value=p, wins=wins, ties=n - wins - losses,
+                  losses=losses, verdict=verdict(lo, hi, higher_is_better))
+
+
+def interval(boot, confidence: float) -> tuple[float, float, float]:
+    """(lo, hi, p) of bootstrapped differences: the central ``confidence`` interval and the
+    two-sided p-value (how often the resampled difference lands on the other side of zero)."""
+    alpha = 1 - confidence
+    lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    p = min(1.0, 2 * min(np.mean(boot <= 0), np.mean(boot >= 0)))
+    return float(lo), float(hi), float(p)
 
 
 def verdict(lo: float, hi: float, higher_is_better: bool = True) -> str:
@@ -87,11 +93,9 @@ def two_sample_bootstrap(a, b, *, higher_is_better: bool = True, n_boot: int = 2
     rng = np.random.default_rng(seed)
     boot = (b[rng.integers(0, len(b), size=(n_boot, len(b)))].mean(axis=1)
             - a[rng.integers(0, len(a), size=(n_boot, len(a)))].mean(axis=1))
-    alpha = 1 - confidence
-    lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
-    p = min(1.0, 2 * min(np.mean(boot <= 0), np.mean(boot >= 0)))
+    lo, hi, p = interval(boot, confidence)
     return Unpaired(n_a=len(a), n_b=len(b), a=float(a.mean()), b=float(b.mean()), diff=float(b.mean() - a.mean()),
-                    ci=(float(lo), float(hi)), p_value=float(p), verdict=verdict(float(lo), float(hi), higher_is_better))
+                    ci=(lo, hi), p_value=p, verdict=verdict(lo, hi, higher_is_better))
 
 
 def two_proportions(k_a: int, n_a: int, k_b: int, n_b: int, *, higher_is_better: bool = True, n_boot: int = 2000,
@@ -104,8 +108,6 @@ def two_proportions(k_a: int, n_a: int, k_b: int, n_b: int, *, higher_is_better:
     rng = np.random.default_rng(seed)
     pa, pb = k_a / n_a, k_b / n_b
     boot = rng.binomial(n_b, pb, n_boot) / n_b - rng.binomial(n_a, pa, n_boot) / n_a
-    alpha = 1 - confidence
-    lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
-    p = min(1.0, 2 * min(np.mean(boot <= 0), np.mean(boot >= 0)))
-    return Unpaired(n_a=n_a, n_b=n_b, a=pa, b=pb, diff=pb - pa, ci=(float(lo), float(hi)), p_value=float(p),
-                    verdict=verdict(float(lo), float(hi), higher_is_better))
+    lo, hi, p = interval(boot, confidence)
+    return Unpaired(n_a=n_a, n_b=n_b, a=pa, b=pb, diff=pb - pa, ci=(lo, hi), p_value=p,
+                    verdict=verdict(lo, hi, higher_is_better))

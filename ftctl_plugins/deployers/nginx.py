@@ -10,8 +10,8 @@ nginx; a reload is graceful, so requests in flight finish on the old workers.
 
 With an access log configured, the include also logs every request of this model (time, which
 upstream, status, request time) in the format of ftctl_plugins.deployers.access_log, which reads
-it back as the canary's error-rate evidence. nginx does not inherit ``access_log`` into a server or location block that
-sets its own: such a block needs the same ``access_log`` line (docs/deploy.md).
+it back as the canary's error-rate evidence. nginx does not inherit ``access_log`` into a server
+or location block that sets its own: such a block needs the same line (docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -34,14 +34,20 @@ def variable(model: str) -> str:
 LOG_PATH = re.compile(r"/[^\s;{}'\"$\\]+")  # absolute, and nothing nginx would read as syntax
 
 
+def log_path(path: str) -> str:
+    """``path`` if nginx can take it as an access_log file as it stands, else ValueError."""
+    if not LOG_PATH.fullmatch(path):
+        raise ValueError(f"access log {path!r}: an absolute path without spaces, quotes, ; {{ }} or $")
+    return path
+
+
 def render(model: str, stable_port: int, canary_port: int | None = None, percent: int = 0,
            *, host: str = "127.0.0.1", key: str = "$request_id", access_log: str | None = None) -> str:
     var = variable(model)
     lines = [f"# written by ftctl for model {model}: do not edit (ftctl deploy/promote/rollback)",
              f"upstream {var}_stable {{ server {host}:{stable_port}; keepalive 8; }}"]
     if access_log:
-        if not LOG_PATH.fullmatch(access_log):
-            raise ValueError(f"access log {access_log!r}: an absolute path without spaces, quotes, ; {{ }} or $")
+        log_path(access_log)
         # $proxy_host is the upstream a request went to (..._stable / ..._canary): only this
         # model's requests are logged, each with the side that answered it (access_log.line)
         lines += [f"log_format {var} '$msec $proxy_host $status $request_time';",

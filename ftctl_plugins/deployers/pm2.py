@@ -67,9 +67,7 @@ class Pm2Config(PluginConfig):
     @field_validator("nginx_access_log")
     @classmethod
     def _log_path(cls, v):
-        if v is not None and not nginx.LOG_PATH.fullmatch(v):
-            raise ValueError(f"{v!r}: an absolute path without spaces, quotes, ; {{ }} or $")
-        return v
+        return v if v is None else nginx.log_path(v)
 
     @field_validator("app", "canary_app")
     @classmethod

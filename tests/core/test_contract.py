@@ -14,7 +14,7 @@ from ruamel.yaml import YAML
 
 from ftctl import plugins
 from ftctl.errors import ConfigError, FtctlError, Locked
-from ftctl.kinds import KINDS, Deployer, Evaluator, Exporter, Source, Trainer
+from ftctl.kinds import Deployer, Evaluator, Exporter, Source, Trainer
 from tests.conftest import hold_run_lock, run_ftctl, run_json
 
 
