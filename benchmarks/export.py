@@ -25,9 +25,9 @@ def main() -> None:
     ap.add_argument("--probe-tokens", type=int, default=24)
     args = ap.parse_args()
 
-    from ftctl.train.basemodel import resolve_base
+    from ftctl.lib.basemodel import resolve_base
     from ftctl.kinds import Context
-    from ftctl.export.llamacpp import find_tools
+    from ftctl.lib.llamacpp import find_tools
     from ftctl_plugins.exporters.gguf import ExportRequest, GgufConfig, GgufExporter, quantize
     from tests.export.conftest import make_adapter
 

@@ -155,7 +155,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from ftctl.data.scrub import Scrubber
+    from ftctl.lib.scrub import Scrubber
 
     cache = ROOT / ".ftctl" / "cache"
     full = Scrubber(cache_dir=cache)

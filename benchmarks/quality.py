@@ -170,7 +170,7 @@ def score_task(task: str, preds: list[str], rows: list[dict]) -> dict[str, float
 
 def generate(backend_kind: str, path: str, adapter: str | None, tasks: dict[str, list[dict]]) -> dict:
     """Greedy answers with ftctl's own eval backends (llama.cpp for GGUF, HF + adapter)."""
-    from ftctl.eval import generation
+    from ftctl.lib import generation
 
     out = {}
     for task, rows in tasks.items():
@@ -178,7 +178,7 @@ def generate(backend_kind: str, path: str, adapter: str | None, tasks: dict[str,
         if backend_kind == "gguf":
             backend = generation.GGUFBackend(Path(path), settings, n_ctx=512)
         else:
-            from ftctl.train.basemodel import DEFAULT_BASE, resolve_base
+            from ftctl.lib.basemodel import DEFAULT_BASE, resolve_base
 
             model, tok = generation.load_hf(resolve_base(DEFAULT_BASE), Path(adapter) if adapter else None)
             backend = generation.HFBackend(model, tok, settings, batch_size=16)
@@ -246,7 +246,7 @@ def way_trl(train_file: Path, out: Path, budget_s: float) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from ftctl.train.basemodel import DEFAULT_BASE, resolve_base
+    from ftctl.lib.basemodel import DEFAULT_BASE, resolve_base
 
     class Budget(transformers.TrainerCallback):
         """Stops at the wall-clock budget (the time ftctl's training took)."""
@@ -287,7 +287,7 @@ def way_trl(train_file: Path, out: Path, budget_s: float) -> dict:
 
 def to_q8(merged: Path, out: Path) -> Path:
     """llama.cpp's converter (F16) then its quantizer (Q8_0): the tools ftctl export uses."""
-    from ftctl.export.llamacpp import find_tools
+    from ftctl.lib.llamacpp import find_tools
     from ftctl_plugins.exporters.gguf import quantize
 
     tools = find_tools()
@@ -303,8 +303,8 @@ def way_plugin(train_file: Path, out: Path, overrides: dict) -> dict:
     """ftctl's lora trainer in process with some settings changed (the defaults sweep)."""
     from ftctl import plugins
     from ftctl.kinds import Context
-    from ftctl.train.basemodel import DEFAULT_BASE, resolve_base
-    from ftctl.train.run import TrainRequest
+    from ftctl.lib.basemodel import DEFAULT_BASE, resolve_base
+    from ftctl.train import TrainRequest
 
     cfg = {"checkpoint_every": 100_000, **overrides}
     trainer = plugins.build("trainer", "lora", cfg, Context(out, "sweep", out / "cache", log=lambda _m: None),
@@ -443,7 +443,7 @@ def main() -> None:
             "ftctl HF": {"backend": "hf", "adapter": fw["adapter"]},
             "trl Q8_0": {"backend": "gguf", "path": tw["gguf"]}}
     if not a.no_base:
-        from ftctl.train.basemodel import CATALOGUE, DEFAULT_BASE
+        from ftctl.lib.basemodel import CATALOGUE, DEFAULT_BASE
 
         runs = {"base (GGUF)": {"backend": "gguf", "path": str(CATALOGUE[DEFAULT_BASE]())}, **runs}
     for name, step in runs.items():

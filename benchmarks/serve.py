@@ -34,7 +34,7 @@ def tiny_base(out: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ftctl.train.basemodel import DEFAULT_BASE, resolve_base
+    from ftctl.lib.basemodel import DEFAULT_BASE, resolve_base
 
     real = resolve_base(DEFAULT_BASE).path
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):

@@ -44,8 +44,8 @@ def dataset(n: int) -> list[dict]:
 
 def real_tokens(rows) -> int:
     """Tokens of the conversations both ways train on (ftctl's rendering; no padding)."""
-    from ftctl.train.basemodel import DEFAULT_BASE, load_tokenizer, resolve_base
-    from ftctl.train.chat_format import encode, ensure_pad
+    from ftctl.lib.basemodel import DEFAULT_BASE, load_tokenizer, resolve_base
+    from ftctl.lib.chat_format import encode, ensure_pad
 
     tok = load_tokenizer(resolve_base(DEFAULT_BASE))
     ensure_pad(tok)
@@ -55,7 +55,7 @@ def real_tokens(rows) -> int:
 def way_ftctl(rows, precision: str, packing: bool) -> dict:
     from ftctl import plugins
     from ftctl.kinds import Context, TrainRequest
-    from ftctl.train.basemodel import DEFAULT_BASE, resolve_base
+    from ftctl.lib.basemodel import DEFAULT_BASE, resolve_base
 
     tmp = Path(tempfile.mkdtemp())
     data = tmp / "train.jsonl"
@@ -77,7 +77,7 @@ def way_trl(rows, precision: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from ftctl.train.basemodel import DEFAULT_BASE, resolve_base
+    from ftctl.lib.basemodel import DEFAULT_BASE, resolve_base
 
     base = resolve_base(DEFAULT_BASE)
     tok = AutoTokenizer.from_pretrained(base.path)

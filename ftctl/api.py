@@ -11,11 +11,11 @@ from ftctl.kinds import (KINDS, AppStatus, Artifact, BaseModelRef, Context, Depl
                          ExportResult, GenerationBackend, Health, Plugin, PluginConfig, Slot, SlotInfo,
                          Source, Trainer, TrainPreview, TrainRequest, TrainResult, Traffic)
 from ftctl.records import ROLES, Example, Reject, RowError, read_jsonl
-from ftctl.util.atomic import write_text
-from ftctl.util.digest import file_sha256
-from ftctl.util.tools import wait_for
-from ftctl.util.times import parse_time
-from ftctl.data.scrub import phi_spans
+from ftctl.lib.atomic import write_text
+from ftctl.lib.digest import file_sha256
+from ftctl.lib.process import wait_for
+from ftctl.lib.times import parse_time
+from ftctl.lib.scrub import phi_spans
 
 __all__ = [
     "AppStatus", "Artifact", "BaseModelRef", "ConfigError", "Context", "DeployPlan", "Deployer",

@@ -14,7 +14,7 @@ from typing import Any
 
 from ftctl.errors import GateFailed, NothingToDo
 from ftctl.registry.workspace import Workspace, locked
-from ftctl.util.log import Log
+from ftctl.lib.log import Log
 
 
 
@@ -38,7 +38,7 @@ def cycle(ws: Workspace, model: str | None = None, *, force: bool = False, max_s
     from ftctl.data.collect import collect
     from ftctl.eval.evaluate import evaluate
     from ftctl.eval.gating import gate
-    from ftctl.train.run import train
+    from ftctl.train import train
 
     mc = ws.model(model)
     name, cc = mc.name, ws.config.cycle
@@ -87,7 +87,7 @@ def cycle(ws: Workspace, model: str | None = None, *, force: bool = False, max_s
         out["steps"]["eval"] = {"metrics": evaluate(ws, f"{name}@{version}", log=log)["metrics"]}
 
     if cc.export:
-        from ftctl.export.run import export
+        from ftctl.export import export
 
         log(f"[bold]4/5 export[/] {name}@{version}")
         out["steps"]["export"] = export(ws, f"{name}@{version}", log=log)
@@ -97,7 +97,7 @@ def cycle(ws: Workspace, model: str | None = None, *, force: bool = False, max_s
             f"is still on trial as the canary")
         out["steps"]["deploy"] = {"skipped": "a canary is live"}
     elif cc.deploy:
-        from ftctl.deploy.run import deploy
+        from ftctl.deploy.rollout import deploy
 
         log(f"[bold]5/5 deploy[/] {name}@{version} as a {cc.canary_percent}% canary")
         # the gate already ran above, on the same rule deploy would apply

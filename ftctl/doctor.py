@@ -43,7 +43,7 @@ def _cuda() -> list[Check]:
 
 def _llama_cpp_tools(ws) -> Check:
     try:
-        from ftctl.export.llamacpp import FETCH_HINT, find_tools
+        from ftctl.lib.llamacpp import FETCH_HINT, find_tools
 
         tools = find_tools(workspace_cache=ws.cache_dir if ws else None)
         return Check("llama.cpp converters", True, str(tools.root))
@@ -59,7 +59,7 @@ def _binary(name: str, fix: str, extra: list[Path] = ()) -> Check:
 
 
 def _dvc_remote(ws) -> Check:
-    from ftctl.util.tools import dvc
+    from ftctl.lib.process import dvc
 
     remote = ws.default_remote()
     if not remote:

@@ -25,8 +25,8 @@ from typing import Any, ClassVar, Literal, Protocol
 from pydantic import BaseModel, ConfigDict
 
 from ftctl.records import Example, Reject
-from ftctl.train.plan import TrainPlan
-from ftctl.util.log import Log
+from ftctl.lib.plan import TrainPlan
+from ftctl.lib.log import Log
 
 
 class PluginConfig(BaseModel):
@@ -157,7 +157,7 @@ class Trainer(Plugin):
 
     def plan(self, base: BaseModelRef, train_file: Path, processes: int = 1) -> TrainPlan | None:
         """Optimizer steps, conversations and tokens per step, epochs, warmup, schedule end and
-        warnings (``ftctl.train.plan.make_plan``), without training; None: not supported."""
+        warnings (``ftctl.lib.plan.make_plan``), without training; None: not supported."""
         return None
 
 

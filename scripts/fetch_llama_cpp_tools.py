@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from ftctl.export.llamacpp import LLAMA_CPP_PYTHON_VERSION, TOOL_FILES, cache_dir  # noqa: E402
+from ftctl.lib.llamacpp import LLAMA_CPP_PYTHON_VERSION, TOOL_FILES, cache_dir  # noqa: E402
 
 
 def fetch(dest: Path, version: str, force: bool = False) -> Path:

@@ -16,7 +16,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 
 @pytest.fixture(scope="session")
 def smollm2_base():
-    from ftctl.train.basemodel import DEFAULT_BASE, resolve_base
+    from ftctl.lib.basemodel import DEFAULT_BASE, resolve_base
 
     return resolve_base(DEFAULT_BASE)
 

@@ -1,4 +1,4 @@
-"""deploy, promote, rollback, status: thin commands over ftctl.deploy.run."""
+"""deploy, promote, rollback, status: thin commands over ftctl.deploy.rollout."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def _render(app):
 @pass_app
 def deploy(app, ref, canary, dry_run, gate):
     """Deploy version REF (v1.1, latest, model@v1.1) to its pm2 app, or as a canary."""
-    from ftctl.deploy import run as core
+    from ftctl.deploy import rollout as core
 
     if dry_run:
         result = core.deploy(app.workspace(), ref, canary=canary, dry_run=True, log=app.say)
@@ -69,7 +69,7 @@ def deploy(app, ref, canary, dry_run, gate):
 @pass_app
 def promote(app, model):
     """Make the canary the stable version and remove the canary."""
-    from ftctl.deploy import run as core
+    from ftctl.deploy import rollout as core
 
     app.emit(app.mutate("promote", lambda ws: core.promote(ws, model, log=app.say)), _render(app))
 
@@ -80,7 +80,7 @@ def promote(app, model):
 @pass_app
 def rollback(app, to, model):
     """Send all traffic back to stable (removing the canary), or redeploy the previous version."""
-    from ftctl.deploy import run as core
+    from ftctl.deploy import rollout as core
 
     app.emit(app.mutate("rollback", lambda ws: core.rollback(ws, model, to, log=app.say)), _render(app))
 
@@ -90,6 +90,6 @@ def rollback(app, to, model):
 @pass_app
 def status(app, model):
     """What each app serves (version, file, sha256), its health, the split and the history."""
-    from ftctl.deploy import run as core
+    from ftctl.deploy import rollout as core
 
     app.emit(core.status(app.workspace(), model, log=app.say), _render(app))

@@ -22,7 +22,7 @@ def export(app: App, version, merged, gguf, quants, lora_gguf, force):
     Every file is checked against the merged model (chat template, EOS/BOS ids, greedy tokens
     on probe prompts) before it lands in exports/<model>/<version>/ and models.lock.
     """
-    from ftctl.export.run import export as run_export
+    from ftctl.export import export as run_export
 
     result = app.mutate("export", lambda ws: run_export(ws, version, merged=merged, gguf=gguf, quants=quants,
                                                        lora_gguf=lora_gguf, force=force, log=app.say))

@@ -1,4 +1,4 @@
-"""`ftctl forget`: a thin shell over ftctl.data.forget.forget."""
+"""`ftctl forget`: a thin shell over ftctl.forget.forget."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def forget(app, conversation, value, model, retrain):
     Finds every snapshot, version, export and deployment it reached (models.lock and the DVC
     cache), records salted hashes (never the value) as tombstones that every later collect
     drops, writes a deletion record into models.lock's history, and prints the rebuild plan."""
-    from ftctl.data.forget import forget as run
+    from ftctl.forget import forget as run
 
     if value == "-":  # keeps the value out of shell history and the process list
         value = click.get_text_stream("stdin").readline().strip()

@@ -217,7 +217,7 @@ def _load_plugin_commands(listing_only: bool = False) -> None:
     register_commands(cli)
     added = {n: cli.commands[n].get_short_help_str(60) for n in cli.commands if n not in before}
     try:
-        from ftctl.util.atomic import write_text
+        from ftctl.lib.atomic import write_text
 
         write_text(cache, json.dumps({"dists": dists, "commands": added}))
     except OSError:

@@ -28,7 +28,7 @@ from typing import Any
 from ftctl import plugins
 
 from ftctl.data import curate
-from ftctl.data.served import Attribution, Resolver
+from ftctl.registry.served import Attribution, Resolver
 from ftctl.errors import FtctlError
 from ftctl.records import Reject, read_jsonl
 from ftctl.registry.workspace import Workspace, dvc_md5, locked
@@ -61,7 +61,7 @@ def collect(ws: Workspace, model: str | None = None, dry_run: bool = False, sinc
     marks = {} if since == "all" or state is None else dict(state.watermarks)
     if since not in (None, "all"):
         from ftctl.records import RowError
-        from ftctl.util.times import parse_time
+        from ftctl.lib.times import parse_time
 
         try:
             since = parse_time(since).isoformat()
@@ -245,7 +245,7 @@ def _scrubber(ws: Workspace, sc) -> tuple[Any, dict[str, Any]]:
     """The scrubber (None when off) and the card's record of what it scrubs (no values)."""
     if not sc.enabled:
         return None, {"enabled": False, "on_error": sc.on_error}
-    from ftctl.data.scrub import Scrubber
+    from ftctl.lib.scrub import Scrubber
 
     site = ws.root / sc.recognizers if sc.recognizers else None
     scrubber = Scrubber(sc.types, sc.names, ws.cache_dir, recognizers=site, root=ws.root)
@@ -308,7 +308,7 @@ def _streams(ws: Workspace, mc, marks: dict[str, str], carry: Path | None, log):
 def _tokenizer_json(ws: Workspace, base: str) -> Path | None:
     """The base model's tokenizer.json when it is on disk already (never converts a base:
     collecting must not load torch); None means the whitespace approximation."""
-    from ftctl.train import basemodel
+    from ftctl.lib import basemodel
 
     try:
         if base in basemodel.CATALOGUE:

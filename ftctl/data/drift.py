@@ -10,7 +10,7 @@ Signals: prompt length (two-sample Kolmogorov-Smirnov, scipy), agent mix (chi-sq
 counts, scipy; plus the total variation distance), novelty (the share of new prompts' word
 n-grams never seen in the reference, beside the same share between two halves of the
 reference as its baseline), and the mean rating per served version before and after (the
-two-sample bootstrap of ftctl.eval.stats). A significant rating drop on the stable version asks
+two-sample bootstrap of ftctl.lib.stats). A significant rating drop on the stable version asks
 for a retrain, which ``cycle`` does even below ``cycle.min_new_examples``.
 """
 
@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ftctl.errors import UsageError
-from ftctl.util.log import Log
+from ftctl.lib.log import Log
 
 WORD = re.compile(r"\w+", re.UNICODE)
 NOVELTY_MARGIN = 0.25  # new prompts' unseen-n-gram share above the reference's own baseline
@@ -80,12 +80,12 @@ def reference_point(ws, model: str) -> tuple[str, str]:
 def drift(ws, model: str | None = None, log: Log = print) -> dict[str, Any]:
     from scipy import stats as sps
 
-    from ftctl.data import feedback
+    from ftctl import feedback
     from ftctl.data.collect import SPLITS, snapshot_paths
-    from ftctl.data.served import Resolver
-    from ftctl.eval.stats import WORSE, two_sample_bootstrap
+    from ftctl.registry.served import Resolver
+    from ftctl.lib.stats import WORSE, two_sample_bootstrap
     from ftctl.records import read_jsonl
-    from ftctl.util.times import parse_time
+    from ftctl.lib.times import parse_time
 
     model = model or ws.config.default_model
     cfg = ws.config.cycle.drift

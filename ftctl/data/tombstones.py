@@ -24,7 +24,7 @@ _TOKEN = re.compile(r"[0-9a-z]+")
 
 
 def canonical_tokens(text: str) -> list[str]:
-    from ftctl.data.scrub import fold
+    from ftctl.lib.scrub import fold
 
     return _TOKEN.findall(fold(text)[0].casefold())
 

@@ -5,7 +5,7 @@ its own traffic):
 
 - users' ratings (or rewards) of the answers each version served, read live from the model's
   sources and attributed through ``served_model`` (deploy serves ``model@vX.Y``); canary and
-  stable are compared with a two-sample bootstrap (ftctl.eval.stats), CI and p-value;
+  stable are compared with a two-sample bootstrap (ftctl.lib.stats), CI and p-value;
 - server errors: the share of 5xx answers per side, from the deployer's router record
   (``Deployer.traffic``: nginx's access log for pm2, the router's own for lora_swap), compared
   as two proportions;
@@ -15,7 +15,7 @@ its own traffic):
   holds the canary (never a crash); a canary failing its health check is rolled back.
 
 The decision and its evidence are appended to models.lock's history (``canary check``); the
-action itself goes through ftctl.deploy.run's promote / deploy / rollback, which record theirs.
+action itself goes through ftctl.deploy.rollout's promote / deploy / rollback, which record theirs.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import math
 from typing import Any
 
 from ftctl.errors import ExternalToolError, UsageError
-from ftctl.util.log import Log, current_user
-from ftctl.util.times import parse_time
+from ftctl.lib.log import Log, current_user
+from ftctl.lib.times import parse_time
 
 PROMOTE, STEP, HOLD, ROLLBACK = "promote", "step", "hold", "rollback"
 ACTION = "canary check"
@@ -47,8 +47,8 @@ def stage(history: list[dict], version: str) -> dict:
 
 def ratings(ws, model: str, versions: dict[str, str], since: str | None, signal: str, log: Log) -> dict[str, Any]:
     """Scores per role ({"stable": [...], "canary": [...]}) of rows newer than ``since``."""
-    from ftctl.data import feedback
-    from ftctl.data.served import Attribution, Resolver
+    from ftctl import feedback
+    from ftctl.registry.served import Attribution, Resolver
 
     state = ws.read_lock().state(model)
     resolve, seen = Resolver(model, state.versions), Attribution()
@@ -161,7 +161,7 @@ def more_needed(n: int, half_width: float, target: float) -> int:
 def decide(cfg, scores: dict[str, list[float]], ops: dict[str, Any], percent: int,
            higher_is_better: bool = True) -> dict[str, Any]:
     """{"decision", "reason", "needs", "percent", "test", "errors"} from the evidence; pure, for testing."""
-    from ftctl.eval.stats import WORSE, two_sample_bootstrap
+    from ftctl.lib.stats import WORSE, two_sample_bootstrap
 
     n_s, n_c = len(scores.get("stable", [])), len(scores.get("canary", []))
     test = None
@@ -228,7 +228,7 @@ def decide(cfg, scores: dict[str, list[float]], ops: dict[str, Any], percent: in
 
 def error_test(cfg, traffic: dict | None) -> dict[str, Any] | None:
     """Canary's 5xx rate against stable's, once the canary answered ``min_requests``."""
-    from ftctl.eval.stats import two_proportions
+    from ftctl.lib.stats import two_proportions
 
     if not traffic or not traffic["ok"]:
         return None
@@ -257,7 +257,7 @@ def check(ws, model: str | None = None, *, dry_run: bool = False, log: Log = pri
 
 
 def _check(ws, model: str | None, dry_run: bool, log: Log) -> dict[str, Any]:
-    from ftctl.deploy import run
+    from ftctl.deploy import rollout
     from ftctl.registry.workspace import now
 
     model = model or ws.config.default_model
@@ -273,8 +273,8 @@ def _check(ws, model: str | None, dry_run: bool, log: Log) -> dict[str, Any]:
     log(f"judging canary {model}@{canary_v} ({percent}%) against stable {model}@{d.stable}"
         + (f" on feedback since {since}" if since else ""))
     live = ratings(ws, model, {"stable": d.stable, "canary": canary_v}, since, cfg.signal, log)
-    dep = run.deployer(ws, model, log)
-    before = run.status(ws, model, log, dep)
+    dep = rollout.deployer(ws, model, log)
+    before = rollout.status(ws, model, log, dep)
     ops = {**latency(before["apps"], cfg, began.get("counters")), "traffic": traffic(dep, since)}
     verdict = decide(cfg, live["scores"], ops, percent)
     evidence = {"since": since, "signal": live["signal"],
@@ -302,11 +302,11 @@ def _check(ws, model: str | None, dry_run: bool, log: Log) -> dict[str, Any]:
 
     ws.record(f"canary check {model}@{canary_v}: {verdict['decision']}", update)
     if verdict["decision"] == PROMOTE:
-        out["status"] = run.promote(ws, model, log=log)
+        out["status"] = rollout.promote(ws, model, log=log)
     elif verdict["decision"] == STEP:
-        out["status"] = run.deploy(ws, f"{model}@{canary_v}", canary=verdict["percent"], gate=False, log=log)
+        out["status"] = rollout.deploy(ws, f"{model}@{canary_v}", canary=verdict["percent"], gate=False, log=log)
     elif verdict["decision"] == ROLLBACK:
-        out["status"] = run.rollback(ws, model, log=log)
+        out["status"] = rollout.rollback(ws, model, log=log)
     else:
         out["status"] = before
     out["applied"] = verdict["decision"] != HOLD

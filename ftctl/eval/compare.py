@@ -13,7 +13,7 @@ from ftctl.eval.predict import Predictor
 from ftctl.eval.scoring import build_evaluators, mean, metric_key, score
 from ftctl.eval.target import Target, resolve_target
 from ftctl.registry.workspace import locked
-from ftctl.util.log import Log
+from ftctl.lib.log import Log
 
 
 @locked
@@ -21,7 +21,7 @@ def compare(ws, a: str, b: str, *, model: str | None = None, eval_set: str | Non
             artifact: str | None = None, metrics: list[str] | None = None, limit: int | None = None,
             record: bool = True, log: Log = print) -> dict[str, Any]:
     """Paired comparison of two versions on the same examples (see the scripting contract)."""
-    from ftctl.eval.stats import paired_bootstrap
+    from ftctl.lib.stats import paired_bootstrap
 
     ta = resolve_target(ws, a, model=model, artifact=artifact)
     tb = resolve_target(ws, b, model=model, artifact=artifact)
@@ -41,7 +41,7 @@ def compare(ws, a: str, b: str, *, model: str | None = None, eval_set: str | Non
     pa._backend = None  # one model in memory at a time
     preds_b = pb.predict(evalset)
     sb = score(single, preds_b, evalset.examples, [], pb)
-    from ftctl.eval.generation import reference
+    from ftctl.lib.generation import reference
 
     refs = [reference(ex) for ex in evalset.examples]
     for n, ev in pairwise.items():

@@ -14,7 +14,7 @@ from ftctl.eval.scoring import build_evaluators, mean, metric_key, score
 from ftctl.eval.target import Target, resolve_target
 from ftctl.records import Example
 from ftctl.registry.workspace import locked
-from ftctl.util.log import Log
+from ftctl.lib.log import Log
 
 
 @locked
@@ -53,7 +53,7 @@ def _write_reports(ws, result: dict, rows: list[dict], stem: str, *, kind: str) 
     from ftctl.eval import report
 
     stem += _suffix(result["eval_set"], result["artifact"])
-    from ftctl.data.scrub import for_reports
+    from ftctl.lib.scrub import for_reports
 
     paths = report.write_all(ws.reports_dir(result["model"]), stem, result | {"examples": rows, "complete": True},
                              kind=kind, scrub=for_reports(ws, result["model"]))
@@ -68,7 +68,7 @@ def _suffix(evalset: str, artifact: str) -> str:
 
 
 def _example_row(ex: Example, preds: dict, scores: dict) -> dict[str, Any]:
-    from ftctl.eval.generation import reference
+    from ftctl.lib.generation import reference
 
     return {"id": ex.key, "agent": ex.agent, "source": ex.source, "prompt": ex.prompt,
             "reference": reference(ex), **preds, "scores": scores}

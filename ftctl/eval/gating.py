@@ -8,7 +8,7 @@ from ftctl.config import GateConfig
 from ftctl.errors import GateFailed, UsageError
 from ftctl.eval.compare import compare
 from ftctl.registry.versions import resolve, split_ref
-from ftctl.util.log import Log
+from ftctl.lib.log import Log
 
 
 def check_gate(comparison: dict[str, Any], gate: GateConfig) -> dict[str, Any]:

@@ -9,25 +9,25 @@ from typing import Any
 from ftctl.config import ModelConfig
 from ftctl.eval.evalset import EvalSet
 from ftctl.eval.target import Target, resolve_target
-from ftctl.util.atomic import write_text
-from ftctl.util.log import Log
+from ftctl.lib.atomic import write_text
+from ftctl.lib.log import Log
 
 
 def settings_of(cfg: ModelConfig):
-    from ftctl.eval.generation import GenSettings
+    from ftctl.lib.generation import GenSettings
 
     return GenSettings(max_new_tokens=cfg.eval.max_new_tokens, stop=tuple(cfg.eval.stop), seed=cfg.eval.seed)
 
 
 def open_backend(ws, target: Target, log: Log = print):
     """The generation backend for a target (loads the model; heavy)."""
-    from ftctl.eval import generation
+    from ftctl.lib import generation
 
     cfg = ws.model(target.model)
     settings = settings_of(cfg)
     if target.gguf is not None:
         return generation.GGUFBackend(target.gguf, settings, n_ctx=cfg.eval.n_ctx)
-    from ftctl.train import basemodel
+    from ftctl.lib import basemodel
 
     resolved = basemodel.resolve_base(target.base_ref, trust_remote_code=cfg.trust_remote_code, root=ws.root,
                                       log=log)
@@ -50,7 +50,7 @@ class Predictor:
         return self._backend
 
     def predict(self, evalset: EvalSet) -> list[str]:
-        from ftctl.eval.generation import prompt_messages
+        from ftctl.lib.generation import prompt_messages
 
         cfg = self.ws.model(self.target.model)
         key = hashlib.sha256(json.dumps([self.target.artifact, self.target.base_ref, self.target.identity,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ftctl.util.atomic import write_text
+from ftctl.lib.atomic import write_text
 
 
 # the texts a report quotes (rows of `examples` and `changed`): prompts, references, outputs
@@ -51,7 +51,7 @@ def scrubbed(data: dict[str, Any], scrub: Callable[[str], str]) -> dict[str, Any
 def _default_scrub() -> Callable[[str], str]:
     from collections import Counter
 
-    from ftctl.data.scrub import Scrubber
+    from ftctl.lib.scrub import Scrubber
 
     s = Scrubber()
     return lambda text: s.scrub(text, Counter())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ftctl import plugins
 from ftctl.eval.predict import Predictor
 from ftctl.records import Example
-from ftctl.util.log import Log
+from ftctl.lib.log import Log
 
 
 def build_evaluators(ws, model: str, names: list[str], log: Log = print):
@@ -17,7 +17,7 @@ def build_evaluators(ws, model: str, names: list[str], log: Log = print):
 def score(evaluators: dict, predictions: list[str], examples: list[Example], notes: list[str],
           predictor: Predictor | None = None) -> dict[str, list[float | None]]:
     """Per-example scores for each metric; metrics that cannot run are skipped with a note."""
-    from ftctl.eval.generation import reference
+    from ftctl.lib.generation import reference
 
     refs = [reference(ex) for ex in examples]
     missing = sum(r is None for r in refs)

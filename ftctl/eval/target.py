@@ -66,7 +66,7 @@ def resolve_target(ws, ref: str, *, model: str | None = None, artifact: str | No
 def _base_target(ws, model: str, cfg: ModelConfig, kind: str, quant: str | None) -> Target:
     if kind == "hf":
         return Target(model, "base", "hf", cfg.base, identity=f"base:{cfg.base}")
-    from ftctl.train import basemodel
+    from ftctl.lib import basemodel
 
     # the base's own GGUF file (no conversion needed to find it)
     path = basemodel.CATALOGUE[cfg.base]() if cfg.base in basemodel.CATALOGUE else Path(cfg.base).expanduser()
@@ -78,12 +78,12 @@ def _base_target(ws, model: str, cfg: ModelConfig, kind: str, quant: str | None)
 
 
 def _sha256(path: Path) -> str:
-    from ftctl.train.basemodel import file_sha256
+    from ftctl.lib.basemodel import file_sha256
 
     return file_sha256(path)
 
 
 def _dir_digest(path: Path) -> str:
-    from ftctl.train.basemodel import dir_sha256
+    from ftctl.lib.basemodel import dir_sha256
 
     return dir_sha256(path)

@@ -12,11 +12,11 @@ from importlib import resources
 from pathlib import Path
 
 from ftctl.registry import lockfile
-from ftctl.util.atomic import write_text
+from ftctl.lib.atomic import write_text
 from ftctl.config import CONFIG_FILE, check_name, load
 from ftctl.errors import ConfigError, FtctlError, UsageError
 from ftctl.registry.lockfile import LOCK_FILE, Lock
-from ftctl.util.tools import dvc, git
+from ftctl.lib.process import dvc, git
 from ftctl.registry.workspace import STATE_DIR
 
 GITIGNORE_LINES = [f"/{STATE_DIR}/", "__pycache__/"]

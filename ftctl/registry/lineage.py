@@ -9,7 +9,7 @@ from typing import Any
 
 from ftctl.errors import ExternalToolError, FtctlError
 from ftctl.registry.lockfile import Lock
-from ftctl.util.tools import dvc, git
+from ftctl.lib.process import dvc, git
 from ftctl.registry.versions import resolve, sorted_versions, split_ref, tag_name
 
 

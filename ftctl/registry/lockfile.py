@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
 
-from ftctl.util.atomic import write_text
+from ftctl.lib.atomic import write_text
 from ftctl.errors import LockfileError
 
 LOCK_FILE = "models.lock"

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from ftctl.registry import lockfile
-from ftctl.util.atomic import read_json, write_text
-from ftctl.util.log import current_user
+from ftctl.lib.atomic import read_json, write_text
+from ftctl.lib.log import current_user
 from ftctl.config import CONFIG_FILE, FtctlConfig, LoadedConfig, ModelConfig, load, redact
 from ftctl.errors import ExternalToolError, FtctlError, Locked, NotAWorkspace
 from ftctl.kinds import Context
 from ftctl.registry.lockfile import LOCK_FILE, Lock
-from ftctl.util.tools import dvc, git
+from ftctl.lib.process import dvc, git
 from ftctl.registry.versions import tag_name
 
 STATE_DIR = ".ftctl"

@@ -2,7 +2,7 @@
 
 Reads call the core functions the CLI calls, in this process, and answer with the JSON text
 `ftctl --json` prints. Mutating verbs run the real command line in another process
-(ftctl.serve.runner), so the run lock, the JSON and .ftctl/log.jsonl are the CLI's own.
+(ftctl.serve.job_process), so the run lock, the JSON and .ftctl/log.jsonl are the CLI's own.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from ftctl.config import redact
 from ftctl.errors import LOCKED, FtctlError, UsageError
 from ftctl.serve import jobs as J
-from ftctl.serve import runner
+from ftctl.serve import job_process
 from ftctl.serve.health import Health
 from ftctl.serve.requests import (DeployRequest, EvaluateRequest, FinetuneRequest, PromoteRequest,
                                   RollbackRequest)
@@ -113,9 +113,9 @@ class Supervisor:
     def start(self) -> None:
         log = open(self.store.path.parent / "worker.log", "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ftctl.serve.worker", str(self.s.root), "--lock-wait", str(self.s.lock_wait),
+            [sys.executable, "-m", "ftctl.serve.queue_worker", str(self.s.root), "--lock-wait", str(self.s.lock_wait),
              "--token-env", self.s.token_env],
-            cwd=self.s.root, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=runner.child_env(self.s.token_env))
+            cwd=self.s.root, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=job_process.child_env(self.s.token_env))
         log.close()
 
     def alive(self) -> bool:
@@ -133,7 +133,7 @@ class Supervisor:
         if self.alive():
             self.proc.terminate()  # the worker stops its job (SIGTERM, then SIGKILL) and exits
             try:
-                self.proc.wait(runner.GRACE + 5)
+                self.proc.wait(job_process.GRACE + 5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -212,7 +212,7 @@ def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
         ws = workspace()
         validate(ws, req)
         job = store.add(kind, req.model_dump(by_alias=True), req.argv(), state=J.RUNNING)
-        row = await asyncio.to_thread(runner.run, store, job, root, lock_wait=settings.lock_wait,
+        row = await asyncio.to_thread(job_process.run, store, job, root, lock_wait=settings.lock_wait,
                                       token_env=settings.token_env)
         body = row["result"] if row["result"] is not None else {
             "error": f"`ftctl {kind}` ended with exit code {row['exit_code']} and no output",
@@ -236,7 +236,7 @@ def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
             "resumable": finished and job["kind"] in ("train", "cycle") and job["state"] != J.DONE
             and _unfinished_run(root, (job["params"] or {}).get("model")),
             "resumed_from": job["resumed_from"],
-            "log_tail": runner.tail(store.log_path(job["id"]), log_lines),
+            "log_tail": job_process.tail(store.log_path(job["id"]), log_lines),
         }
 
     app.state.job_view = job_view
@@ -429,9 +429,9 @@ def _iso(t: float | None) -> str | None:
 
 
 def _unfinished_run(root: Path, model: str | None) -> bool:
-    """Is there a run `ftctl train --resume` would finish? (ftctl.train.run's own lookup)"""
+    """Is there a run `ftctl train --resume` would finish? (ftctl.train's own lookup)"""
     from ftctl.registry.workspace import Workspace
-    from ftctl.train.run import _unfinished_run as find
+    from ftctl.train import _unfinished_run as find
 
     with contextlib.suppress(FtctlError):
         ws = Workspace(root)

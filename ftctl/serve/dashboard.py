@@ -55,7 +55,7 @@ def version_page(entry: dict) -> str:
 
 def deployment_status(ws, model: str | None) -> dict:
     """`ftctl status`'s core function, quiet."""
-    from ftctl.deploy import run as core
+    from ftctl.deploy import rollout as core
 
     return core.status(ws, model, log=lambda _m: None)
 

@@ -21,9 +21,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ftctl.util.atomic import write_text
+from ftctl.lib.atomic import write_text
 from ftctl.errors import ConfigError, UsageError
-from ftctl.util.tools import run
+from ftctl.lib.process import run
 
 JS_SUFFIXES = (".js", ".cjs")
 YAML_SUFFIXES = (".yaml", ".yml")

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from ftctl.api import ExternalToolError, write_text
-from ftctl.util.tools import run
+from ftctl.lib.process import run
 from ftctl_plugins.deployers.access_log import tag
 
 HINT = "install it with scripts/install_system.sh (apt-get install nginx-light)"

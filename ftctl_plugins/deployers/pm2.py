@@ -11,7 +11,7 @@ downtime: the new model starts on the canary port, takes all traffic, the stable
 on it, takes the traffic back, and the temporary canary stops.
 
 The core decides, orchestrates (canary, promote, rollback, the hand-off) and records
-(ftctl.deploy.run); this class implements the Deployer primitives only, and raises RolledBack
+(ftctl.deploy.rollout); this class implements the Deployer primitives only, and raises RolledBack
 after putting things back when a new process is not healthy in time. pm2 specifics (the
 ecosystem file, the app and its arguments, nginx) live here and nowhere in the core.
 """
@@ -30,7 +30,7 @@ from pydantic import Field, field_validator
 
 from ftctl.api import (Artifact, ConfigError, Deployer, DeployPlan, ExportQuery, ExternalToolError, Health,
                        PluginConfig, RolledBack, Slot, SlotInfo, Traffic)
-from ftctl.util.tools import run, wait_for
+from ftctl.lib.process import run, wait_for
 from ftctl_plugins.deployers import access_log, ecosystem, nginx
 
 APP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")

@@ -1,7 +1,7 @@
 """Built-in evaluators, registered through the `ftctl` entry-point group like any plugin.
 
 Every evaluator returns one score per example (None where it does not apply), so two
-versions scored on the same set can be compared pair by pair (ftctl.eval.stats).
+versions scored on the same set can be compared pair by pair (ftctl.lib.stats).
 """
 
 from ftctl.api import hookimpl

@@ -124,8 +124,8 @@ class GgufExporter(Exporter):
 
     def check(self, req: ExportRequest) -> list[str]:
         """llama.cpp's converters must exist (their own error) and accept this base and adapter."""
-        from ftctl.export.llamacpp import find_tools
-        from ftctl.export.run import preflight
+        from ftctl.lib.llamacpp import find_tools
+        from ftctl.export import preflight
 
         tools = None
         if req.quants or req.lora_gguf:
@@ -135,7 +135,7 @@ class GgufExporter(Exporter):
                          tools_root=tools.root if tools else None)
 
     def export(self, req: ExportRequest) -> ExportResult:
-        from ftctl.export.llamacpp import find_tools
+        from ftctl.lib.llamacpp import find_tools
 
         cfg: GgufConfig = self.config
         need = []
@@ -215,7 +215,7 @@ class GgufExporter(Exporter):
         """The tokenizer and the base in full precision (a QLoRA run's 4-bit base is never merged into)."""
         import torch
 
-        from ftctl.train.basemodel import load_model, load_tokenizer
+        from ftctl.lib.basemodel import load_model, load_tokenizer
 
         tok = load_tokenizer(req.base)
         base = load_model(req.base, dtype=torch.float32)
@@ -386,7 +386,7 @@ def base_f16_gguf(base, tools, timeout: float, log) -> Path:
     """An F16 GGUF of the base, converted once per base (by content hash) for LoRA checks."""
     from filelock import FileLock
 
-    from ftctl.export.llamacpp import user_cache_dir
+    from ftctl.lib.llamacpp import user_cache_dir
 
     out = user_cache_dir() / "base-gguf" / f"{base.sha256}-F16.gguf"
     if out.is_file():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ftctl.util.atomic import write_text
+from ftctl.lib.atomic import write_text
 from ftctl_plugins.trainers.lora import COMPLETE, TrainingFailed
 
 

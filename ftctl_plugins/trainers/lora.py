@@ -81,8 +81,8 @@ class LoraTrainer(Trainer):
     # --- data ---------------------------------------------------------------------------
 
     def tokenizer(self, base):
-        from ftctl.train.basemodel import load_tokenizer
-        from ftctl.train.chat_format import check_template, ensure_pad
+        from ftctl.lib.basemodel import load_tokenizer
+        from ftctl.lib.chat_format import check_template, ensure_pad
 
         tok = load_tokenizer(base, self.config.chat_template)
         check_template(tok)
@@ -91,7 +91,7 @@ class LoraTrainer(Trainer):
 
     def encode_file(self, tok, base, path: Path):
         """Encoded rows of one snapshot file, cached by (file, base, template) content."""
-        from ftctl.train.chat_format import Encoded, encode
+        from ftctl.lib.chat_format import Encoded, encode
         from ftctl.records import read_jsonl
 
         h = hashlib.sha256(f"{CACHE_FORMAT}\0{base.sha256}\0{tok.chat_template}\0".encode())
@@ -104,14 +104,14 @@ class LoraTrainer(Trainer):
             for ex in read_jsonl(path):
                 enc = encode(tok, _target_messages(ex))
                 rows.append(None if enc is None else [enc.input_ids, enc.labels])
-            from ftctl.util.atomic import write_text
+            from ftctl.lib.atomic import write_text
 
             write_text(cache, json.dumps(rows))
         return [None if r is None else Encoded(*r) for r in rows]
 
     def rows(self, encoded, what: str):
         """Filter by max_length; an unusable dataset is an error that says why."""
-        from ftctl.train.chat_format import EncodeReport
+        from ftctl.lib.chat_format import EncodeReport
 
         report = EncodeReport()
         kept = []
@@ -148,8 +148,8 @@ class LoraTrainer(Trainer):
         return self.plan_of(rows, processes)
 
     def plan_of(self, rows, processes: int = 1):
-        """ftctl.train.plan.TrainPlan of these encoded conversations (transformers' step arithmetic)."""
-        from ftctl.train.plan import make_plan
+        """ftctl.lib.plan.TrainPlan of these encoded conversations (transformers' step arithmetic)."""
+        from ftctl.lib.plan import make_plan
 
         c = self.config
         return make_plan([len(r) for r in rows], [r.trained for r in rows], batch_size=c.batch_size,
@@ -158,7 +158,7 @@ class LoraTrainer(Trainer):
                          packing=c.packing, seed=c.seed)
 
     def preview(self, base: BaseModelRef, train_file: Path) -> TrainPreview:
-        from ftctl.train.chat_format import mark_trained
+        from ftctl.lib.chat_format import mark_trained
 
         tok = self.tokenizer(base)
         encoded = self.encode_file(tok, base, train_file)
@@ -175,8 +175,8 @@ class LoraTrainer(Trainer):
         from transformers import TrainingArguments, set_seed
 
         import peft
-        from ftctl.train.basemodel import load_model
-        from ftctl.train.chat_format import Collator
+        from ftctl.lib.basemodel import load_model
+        from ftctl.lib.chat_format import Collator
         from ftctl_plugins.trainers.callbacks import CompleteMarker, Progress, peak_rss_mb
         from ftctl_plugins.trainers.loss import LabelledTrainer
 
@@ -190,7 +190,7 @@ class LoraTrainer(Trainer):
             val_rows, _ = self.rows(self.encode_file(tok, request.base, request.val_file), "val")
         train_ds = self.features(train_rows)
         val_ds = self.features(val_rows) if val_rows else None
-        from ftctl.train.plan import describe
+        from ftctl.lib.plan import describe
 
         if int(os.environ.get("RANK", "0")) == 0:
             for line in describe(self.plan_of(train_rows, int(os.environ.get("WORLD_SIZE", "1")))):
@@ -287,7 +287,7 @@ class LoraTrainer(Trainer):
             trainer.model.save_pretrained(adapter, safe_serialization=True)
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         if trainer.args.should_save:  # the whole curve (loss, learning rate, grad norm per logged step)
-            from ftctl.util.atomic import write_text
+            from ftctl.lib.atomic import write_text
 
             write_text(out / "log_history.json", json.dumps(trainer.state.log_history))
         return TrainResult(

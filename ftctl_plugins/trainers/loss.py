@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from ftctl.train.chat_format import IGNORE
+from ftctl.lib.chat_format import IGNORE
 
 
 class LabelledPositions:

@@ -106,8 +106,8 @@ def load_policy(base, init_adapter: Path | None, cfg: PreferenceConfig):
     copies it into a frozen "ref" adapter, so the version itself is the reference policy."""
     import peft
 
-    from ftctl.train.basemodel import load_model, load_tokenizer
-    from ftctl.train.chat_format import check_template, ensure_pad
+    from ftctl.lib.basemodel import load_model, load_tokenizer
+    from ftctl.lib.chat_format import check_template, ensure_pad
 
     tok = load_tokenizer(base, cfg.chat_template)
     check_template(tok)

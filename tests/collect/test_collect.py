@@ -152,7 +152,7 @@ def test_demo_config_collects_the_bundled_sample(workspace):
 
 
 def test_unpaired_disliked_answers_are_written_once_carried_and_forgotten(workspace):
-    from ftctl.data.forget import forget
+    from ftctl.forget import forget
 
     ws = workspace
     feed = ws.root / "fb.jsonl"

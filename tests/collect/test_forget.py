@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 from ftctl.data.collect import collect
-from ftctl.data.forget import _cached_rows, forget
-from ftctl.train.run import train
+from ftctl.forget import _cached_rows, forget
+from ftctl.train import train
 from tests.collect.conftest import configure as configure_sources
 from tests.collect.conftest import event, write_jsonl
 from tests.train.conftest import configure as configure_training

@@ -74,7 +74,7 @@ def test_phi_in_output_and_the_gate_max_fail_on_any():
 
 
 def test_a_row_the_scrubber_cannot_process_is_rejected_and_counted(workspace, monkeypatch):
-    from ftctl.data import scrub
+    from ftctl.lib import scrub
     from ftctl.data.collect import collect
 
     real = scrub.Scrubber.analyze

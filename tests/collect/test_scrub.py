@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from ftctl.data.scrub import Scrubber, Span, fold, merge, windows
+from ftctl.lib.scrub import Scrubber, Span, fold, merge, windows
 from ftctl.errors import ConfigError
 from tests.conftest import ROOT
 

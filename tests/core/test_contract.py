@@ -105,7 +105,7 @@ def test_env_vars_resolve_only_in_the_sections_a_command_uses(workspace, monkeyp
 
 
 def test_new_files_follow_the_umask_and_rewritten_files_keep_their_mode(tmp_path):
-    from ftctl.util.atomic import make_temp_dir, write_text
+    from ftctl.lib.atomic import make_temp_dir, write_text
 
     old = os.umask(0o022)
     try:
@@ -158,8 +158,8 @@ def test_core_verbs_take_the_run_lock_reentrantly(workspace):
 
 
 def test_a_python_caller_of_a_core_verb_meets_another_runs_lock(workspace):
-    from ftctl.deploy import run as deploy
-    from ftctl.export import run as export
+    from ftctl.deploy import rollout as deploy
+    from ftctl import export
 
     assert export.export.__wrapped__ and deploy.rollback.__wrapped__  # decorated with @locked
     holder = hold_run_lock(workspace.root, 30)

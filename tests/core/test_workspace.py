@@ -207,10 +207,10 @@ def test_disk_full_during_lock_write_keeps_the_original(workspace, monkeypatch):
     def full(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("ftctl.util.atomic.os.fsync", full)
+    monkeypatch.setattr("ftctl.lib.atomic.os.fsync", full)
     with pytest.raises(OSError, match="No space left"):
         lockfile.write(workspace.lock_path, workspace.read_lock())
-    monkeypatch.setattr("ftctl.util.atomic.os.fsync", real_fsync)
+    monkeypatch.setattr("ftctl.lib.atomic.os.fsync", real_fsync)
     assert workspace.lock_path.read_bytes() == original
     assert not list(workspace.root.glob(".models.lock.*"))  # no temp file left behind
 

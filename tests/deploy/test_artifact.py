@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from ruamel.yaml import YAML
 
-from ftctl.deploy import run as deploy
+from ftctl.deploy import rollout as deploy
 from ftctl.errors import UsageError
 from tests.deploy.conftest import add_versions, write_yaml
 

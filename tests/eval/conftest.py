@@ -38,7 +38,7 @@ def tiny_eval_base(tmp_path_factory) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ftctl.train.basemodel import load_tokenizer, resolve_base
+    from ftctl.lib.basemodel import load_tokenizer, resolve_base
 
     tok = load_tokenizer(resolve_base("smollm2-135m-instruct"))  # cached conversion after the first run
     torch.manual_seed(0)

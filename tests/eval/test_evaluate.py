@@ -11,7 +11,7 @@ import pytest
 
 from ftctl.eval import compare, evaluate, gating
 from ftctl.errors import GateFailed, UsageError
-from ftctl.eval.stats import SAME
+from ftctl.lib.stats import SAME
 from ftctl.registry.workspace import Workspace
 from ftctl_plugins.evaluators.judge import JudgeError
 from tests.conftest import run_json

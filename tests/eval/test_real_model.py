@@ -28,7 +28,7 @@ def real_ws(tmp_path_factory):
     """v1.0 = SmolLM2 + an identity LoRA (B=0); its "export" is the SmolLM2 GGUF file it came from."""
     from peft import LoraConfig, get_peft_model
 
-    from ftctl.train.basemodel import load_model, resolve_base
+    from ftctl.lib.basemodel import load_model, resolve_base
     from ftctl.registry.init import init
 
     gguf = smollm2_gguf()

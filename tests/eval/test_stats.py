@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ftctl.eval.stats import BETTER, SAME, WORSE, paired_bootstrap, two_proportions, verdict
+from ftctl.lib.stats import BETTER, SAME, WORSE, paired_bootstrap, two_proportions, verdict
 
 
 def test_identical_scores_give_zero_difference_and_no_verdict():

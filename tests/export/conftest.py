@@ -19,7 +19,7 @@ def have_llama_cpp() -> bool:
 
 
 def have_converters() -> bool:
-    from ftctl.export.llamacpp import find_tools
+    from ftctl.lib.llamacpp import find_tools
     from ftctl.errors import FtctlError
 
     try:

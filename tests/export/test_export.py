@@ -51,7 +51,7 @@ def test_version_without_adapter(export_ws):
 
 
 def test_base_cannot_be_exported(export_ws):
-    from ftctl.export.run import export
+    from ftctl.export import export
 
     with pytest.raises(UsageError, match="no adapter"):
         export(export_ws[0], "base")
@@ -67,7 +67,7 @@ def test_unknown_quant_type(tiny_version):
 
 def test_unknown_quant_in_config_names_the_key(tiny_version):
     from ftctl.errors import ConfigError
-    from ftctl.export.run import export
+    from ftctl.export import export
     from ftctl.registry.workspace import Workspace
 
     ws, version = tiny_version
@@ -77,7 +77,7 @@ def test_unknown_quant_in_config_names_the_key(tiny_version):
 
 
 def test_missing_converter_says_how_to_get_it(tiny_version, tmp_path, monkeypatch):
-    from ftctl.export.run import export
+    from ftctl.export import export
 
     ws, version = tiny_version
     monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
@@ -95,7 +95,7 @@ def test_missing_converter_says_how_to_get_it(tiny_version, tmp_path, monkeypatc
 
 
 def test_converter_crash_leaves_no_partial_file(tiny_version, tmp_path, monkeypatch):
-    from ftctl.export.run import export
+    from ftctl.export import export
 
     ws, version = tiny_version
     monkeypatch.setenv("LLAMA_CPP_DIR", str(fake_converter(tmp_path, """
@@ -113,7 +113,7 @@ def test_converter_crash_leaves_no_partial_file(tiny_version, tmp_path, monkeypa
 
 
 def test_disk_full_while_converting(tiny_version, tmp_path, monkeypatch):
-    from ftctl.export.run import export
+    from ftctl.export import export
 
     ws, version = tiny_version
     monkeypatch.setenv("LLAMA_CPP_DIR", str(fake_converter(tmp_path, """
@@ -133,7 +133,7 @@ def test_disk_full_while_converting(tiny_version, tmp_path, monkeypatch):
 def test_disk_full_while_saving_the_merged_model(tiny_version, monkeypatch):
     import errno
 
-    from ftctl.export.run import export
+    from ftctl.export import export
 
     ws, version = tiny_version
 
@@ -151,8 +151,8 @@ def test_disk_full_while_saving_the_merged_model(tiny_version, monkeypatch):
 
 def test_gguf_that_loses_the_chat_template_fails_verification(tiny_version, tmp_path, monkeypatch, real_tools):
     """A converter that drops the chat template (a classic): the export fails, nothing is kept."""
-    from ftctl.export.run import export
-    from ftctl.export.llamacpp import find_tools
+    from ftctl.export import export
+    from ftctl.lib.llamacpp import find_tools
 
     ws, version = tiny_version
     real = find_tools().root
@@ -180,7 +180,7 @@ def test_gguf_that_loses_the_chat_template_fails_verification(tiny_version, tmp_
 
 # last: it records an export in the module's shared workspace
 def test_export_all_kinds_through_the_cli(tiny_version, real_tools):
-    from ftctl.export.run import gguf_path
+    from ftctl.export import gguf_path
 
     ws, version = tiny_version
     first = run_json("export", version, "--quant", "F16", "--merged", "--lora-gguf", cwd=ws.root)
@@ -210,7 +210,7 @@ def test_export_all_kinds_through_the_cli(tiny_version, real_tools):
 
     # recorded with the same content the files have, and tracked by DVC
     recorded = exports_of(ws, version)
-    from ftctl.train.basemodel import file_sha256
+    from ftctl.lib.basemodel import file_sha256
 
     q8 = gguf_path(ws, "assistant", version, "Q8_0")
     assert q8.read_bytes()[:4] == b"GGUF"

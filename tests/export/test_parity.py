@@ -91,9 +91,9 @@ def peaked_base(out: Path, smollm2_path: Path) -> Path:
 def setup(tmp_path_factory, smollm2_base) -> Setup:
     need(have_llama_cpp(), "llama-cpp-python (pip install 'ftctl[export]')")
     need(have_converters(), "llama.cpp converters (python scripts/fetch_llama_cpp_tools.py)")
-    from ftctl.export.llamacpp import find_tools
+    from ftctl.lib.llamacpp import find_tools
     from ftctl.kinds import Context
-    from ftctl.train.basemodel import resolve_base
+    from ftctl.lib.basemodel import resolve_base
     from ftctl_plugins.exporters.gguf import GgufConfig, GgufExporter
     from ftctl_plugins.exporters.parity import Reference
 

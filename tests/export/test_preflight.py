@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ftctl.errors import ExternalToolError, UsageError
-from ftctl.export.run import preflight, supported_architectures
+from ftctl.export import preflight, supported_architectures
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_quant_names():
 
 
 def test_find_tools_order(tmp_path, monkeypatch, llama_cpp_dir):
-    from ftctl.export.llamacpp import cache_dir, find_tools
+    from ftctl.lib.llamacpp import cache_dir, find_tools
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)

@@ -66,7 +66,7 @@ TINY = {"dpo": {"max_steps": 2, "batch_size": 2, "learning_rate": 1e-3, "max_len
 
 def test_a_pair_with_a_missing_side_is_a_clear_error(workspace, tiny_base):
     from ftctl.errors import UsageError
-    from ftctl.train.run import train
+    from ftctl.train import train
 
     bad = pair("sky", "blue", "train")
     del bad["rejected"]
@@ -108,7 +108,7 @@ def test_dpo_then_kto_from_it_record_their_lineage(workspace, tiny_base):
 
 def _kto_error(workspace, tiny_base, **snap):
     from ftctl.errors import UsageError
-    from ftctl.train.run import train
+    from ftctl.train import train
 
     snapshot(workspace, [pair("grass", "green", "test")], tiny_base, {"trainer": "kto", **TINY}, **snap)
     with workspace.run_lock("test"), pytest.raises(UsageError) as e:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ftctl.data.collect import collect, snapshot_paths
-from ftctl.data.served import Resolver
+from ftctl.registry.served import Resolver
 from tests.loop.conftest import add_versions, configure
 
 pytestmark = pytest.mark.integration

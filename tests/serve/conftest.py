@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ftctl.util.tools import wait_for as _wait_for
+from ftctl.lib.process import wait_for as _wait_for
 from tests.train.conftest import configure, examples, write_jsonl
 
 TOKEN = "test-token-0123456789"

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from ftctl.train.basemodel import BaseModelError, cache_root, resolve_base
+from ftctl.lib.basemodel import BaseModelError, cache_root, resolve_base
 
 
 def test_missing_path_is_a_clear_error(tmp_path):
@@ -66,7 +66,7 @@ def test_cache_respects_xdg_cache_home(monkeypatch, tmp_path):
 
 
 def test_loaders_load_the_converted_base(smollm2_base):
-    from ftctl.train.basemodel import load_model, load_tokenizer
+    from ftctl.lib.basemodel import load_model, load_tokenizer
 
     tok = load_tokenizer(smollm2_base)
     assert tok.chat_template and tok.eos_token == "<|im_end|>"

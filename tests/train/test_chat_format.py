@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ftctl.train.chat_format import (IGNORE, ChatFormatError, Collator, check_template, encode, encode_all,
+from ftctl.lib.chat_format import (IGNORE, ChatFormatError, Collator, check_template, encode, encode_all,
                                ensure_pad, histogram, mark_trained, model_inputs, pack, to_features)
 
 

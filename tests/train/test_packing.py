@@ -53,7 +53,7 @@ def test_packed_and_unpacked_take_the_same_steps_schedule_and_losses(runs):
 
 def test_the_plan_predicts_the_steps_taken(runs, tiny_base):
     from ftctl import plugins
-    from ftctl.train.basemodel import resolve_base
+    from ftctl.lib.basemodel import resolve_base
 
     ws = runs["ws"]
     for name, over in [("packed", {"packing": True}), ("accumulated", {"batch_size": 2, "gradient_accumulation": 2})]:
@@ -79,7 +79,7 @@ def lora_model(tiny_base, targets):
     import peft
     import torch
 
-    from ftctl.train.basemodel import load_model, resolve_base
+    from ftctl.lib.basemodel import load_model, resolve_base
 
     torch.manual_seed(0)
     model = load_model(resolve_base(str(tiny_base)))
@@ -91,7 +91,7 @@ def lora_model(tiny_base, targets):
 def batch(tiny_base, pack_to):
     from transformers import AutoTokenizer
 
-    from ftctl.train.chat_format import Collator, encode, ensure_pad
+    from ftctl.lib.chat_format import Collator, encode, ensure_pad
 
     tok = AutoTokenizer.from_pretrained(tiny_base)
     pad = ensure_pad(tok)
@@ -104,7 +104,7 @@ def batch(tiny_base, pack_to):
 def test_labelled_positions_loss_equals_the_full_loss(tiny_base, targets, pack_to):
     import torch
 
-    from ftctl.train.chat_format import model_inputs
+    from ftctl.lib.chat_format import model_inputs
     from ftctl_plugins.trainers.loss import chunks, install, labelled_loss
 
     model = lora_model(tiny_base, targets)

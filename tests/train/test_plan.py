@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ftctl.train.plan import describe, make_plan
+from ftctl.lib.plan import describe, make_plan
 from tests.train.conftest import configure
 from tests.train.test_train import train
 

@@ -31,8 +31,8 @@ def greedy(model, tok, question: str) -> tuple[str, bool]:
 def test_smollm2_learns_the_answer_and_to_stop(workspace, smollm2_base):
     from peft import PeftModel
 
-    from ftctl.train.basemodel import load_model, load_tokenizer
-    from ftctl.train.run import train
+    from ftctl.lib.basemodel import load_model, load_tokenizer
+    from ftctl.train import train
 
     configure(workspace, "smollm2-135m-instruct", max_steps=12, batch_size=1, max_length=128,
               learning_rate=2e-3, r=16, alpha=32, checkpoint_every=100, precision="auto")

@@ -13,7 +13,7 @@ from tests.fixtures_models import chat
 
 
 def train(ws, **kw):
-    from ftctl.train.run import train as do_train
+    from ftctl.train import train as do_train
 
     with ws.run_lock("train"):
         return do_train(ws, log=lambda _m: None, **kw)
@@ -24,7 +24,7 @@ def versions(ws):
 
 
 def tags(ws):
-    from ftctl.util.tools import git
+    from ftctl.lib.process import git
 
     return git(ws.root, "tag").stdout.split()
 
@@ -52,7 +52,7 @@ def test_train_creates_a_tracked_loadable_version_with_lineage(train_ws, tiny_ba
     # loadable by PEFT on the base, as eval and export do it
     from peft import PeftModel
 
-    from ftctl.train.basemodel import load_model, resolve_base
+    from ftctl.lib.basemodel import load_model, resolve_base
 
     model = PeftModel.from_pretrained(load_model(resolve_base(str(tiny_base))), adapter)
     assert any("lora_A" in n for n, _ in model.named_parameters())
@@ -77,8 +77,8 @@ def test_next_versions_major_and_from(train_ws):
 def run_plugin(ws, out, **cfg):
     """The trainer plugin alone (no recording): what reproducibility is about."""
     from ftctl import plugins
-    from ftctl.train.basemodel import resolve_base
-    from ftctl.train.run import TrainRequest
+    from ftctl.lib.basemodel import resolve_base
+    from ftctl.train import TrainRequest
 
     mc = ws.model()
     raw = {**mc.train.plugin_config("lora"), **cfg}
@@ -211,13 +211,13 @@ def test_nan_loss_stops_without_a_version(train_ws):
 
 
 def test_qlora_without_cuda_fails_before_loading(train_ws, monkeypatch):
-    import ftctl.train.basemodel
+    import ftctl.lib.basemodel
 
     def boom(*a, **k):
         raise AssertionError("nothing may load")
 
-    monkeypatch.setattr(ftctl.train.basemodel, "resolve_base", boom)
-    monkeypatch.setattr("ftctl.train.run.resolve_base", boom)
+    monkeypatch.setattr(ftctl.lib.basemodel, "resolve_base", boom)
+    monkeypatch.setattr("ftctl.train.resolve_base", boom)
     with pytest.raises(UsageError) as e:
         train(train_ws, qlora=True)
     assert "CUDA" in e.value.message and "LoRA" in e.value.hint

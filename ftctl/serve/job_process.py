@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ftctl.errors import NOTHING_TO_DO, OK
 from ftctl.serve import jobs as J
-from ftctl.util.atomic import read_json
+from ftctl.lib.atomic import read_json
 
 # the trainer's progress line (the lora trainer's callbacks: "step 12/100  loss 1.2345 ...")
 STEP_RE = re.compile(r"step (\d+)/(\d+)\s+loss ([-+0-9.eE]+|nan|inf)")
@@ -27,7 +27,7 @@ GRACE = 10.0  # seconds between SIGTERM and SIGKILL on cancel
 
 
 def command(root: Path, argv: list[str], lock_wait: float, die_with_parent: bool) -> list[str]:
-    return [sys.executable, "-m", "ftctl.serve.runjob", *(["--die-with-parent"] if die_with_parent else []),
+    return [sys.executable, "-m", "ftctl.cli.job", *(["--die-with-parent"] if die_with_parent else []),
             "--json", "-C", str(root), "--wait", str(lock_wait), *argv]
 
 

@@ -152,7 +152,7 @@ def _plan(model: str, r: dict[str, Any]) -> list[str]:
 
 def _rebuild(ws, model: str, log) -> dict[str, Any]:
     from ftctl.data.collect import collect
-    from ftctl.train.run import train
+    from ftctl.train import train
 
     c = collect(ws, model, since="all", log=log)
     t = train(ws, model, log=log) if ws.read_lock().state(model).versions else None

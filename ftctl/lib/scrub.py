@@ -146,7 +146,7 @@ def windows(text: str) -> list[tuple[int, int]]:
 class Scrubber:
     def __init__(self, types: list[str] | None = None, names: bool = True, cache_dir: Path | None = None,
                  recognizers: Path | None = None, root: Path | None = None):
-        from ftctl.data import recognizer_config
+        from ftctl.lib import recognizer_config
 
         self.site_file = recognizers
         site = recognizer_config.entities_in(recognizers, "curate.scrub.recognizers") if recognizers else []
@@ -183,7 +183,7 @@ class Scrubber:
         """For the data card: what was scrubbed, by what (no values)."""
         from importlib.metadata import version
 
-        from ftctl.data import recognizer_config
+        from ftctl.lib import recognizer_config
 
         return {"engine": f"presidio-analyzer {version('presidio-analyzer')}", "types": self.active_types,
                 "names": self.names, "threshold": THRESHOLD,

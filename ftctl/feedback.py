@@ -19,7 +19,7 @@ def scan(ws, model: str, since: str | None, visit: Callable[[Example], None], lo
     """Call ``visit`` on every Example newer than ``since`` (ISO time) from the model's sources."""
     from ftctl import plugins
 
-    from ftctl.util.times import parse_time
+    from ftctl.lib.times import parse_time
 
     mc = ws.model(model)
     read, rejected = 0, Counter()

@@ -1,6 +1,6 @@
 """The worker: a separate process that runs queued jobs one at a time, oldest first.
 
-`python -m ftctl.serve.worker ROOT --lock-wait S --token-env NAME`, started (and restarted if
+`python -m ftctl.serve.queue_worker ROOT --lock-wait S --token-env NAME`, started (and restarted if
 it dies) by the API. It dies with the API (PR_SET_PDEATHSIG); on SIGTERM it stops the running
 job, which is then marked interrupted (a train job resumes with `--resume`).
 """
@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from ftctl.serve import jobs as J
-from ftctl.serve.runjob import die_with_parent
-from ftctl.serve.runner import run
+from ftctl.cli.job import die_with_parent
+from ftctl.serve.job_process import run
 
 POLL = 0.5
 

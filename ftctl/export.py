@@ -23,8 +23,8 @@ from ftctl import plugins
 from ftctl.errors import FtctlError, UsageError
 from ftctl.registry.versions import resolve, split_ref
 from ftctl.registry.workspace import locked
-from ftctl.util.atomic import make_temp_dir
-from ftctl.util.log import Log
+from ftctl.lib.atomic import make_temp_dir
+from ftctl.lib.log import Log
 
 
 
@@ -42,7 +42,7 @@ def export(ws, ref: str, *, merged: bool | None = None, gguf: bool | None = None
     """Export one version. Flags left as None take export.<exporter>'s config; returns the
     scripting contract: {"version", "files": [{path, kind, quant, sha256, token_agreement, parity}]}."""
     from ftctl.kinds import ExportRequest
-    from ftctl.train.basemodel import resolve_base
+    from ftctl.lib.basemodel import resolve_base
 
     model, r = split_ref(ref, ws.config.default_model)
     lock = ws.read_lock()
@@ -169,8 +169,8 @@ def preflight(base_dir: Path, adapter_dir: Path | None = None, *, lora_gguf: boo
               tools_root: Path | None = None) -> list[str]:
     """Why llama.cpp could not convert this base (+ adapter); [] when it can. Reads only JSON and
     safetensors headers, so `ftctl train --preview` can run it before training. ``tools_root``:
-    the converters' directory (default: wherever :func:`ftctl.export.llamacpp.find_tools` finds them)."""
-    from ftctl.export.llamacpp import find_tools
+    the converters' directory (default: wherever :func:`ftctl.lib.llamacpp.find_tools` finds them)."""
+    from ftctl.lib.llamacpp import find_tools
 
     problems: list[str] = []
     config = json.loads((Path(base_dir) / "config.json").read_text())
@@ -237,7 +237,7 @@ def _names(values) -> list[str]:
 
 
 def _describe(ws, f, staging: Path, out_dir: Path) -> dict[str, Any]:
-    from ftctl.train.basemodel import dir_sha256, file_sha256
+    from ftctl.lib.basemodel import dir_sha256, file_sha256
 
     final = out_dir / Path(f.path).relative_to(staging)
     digest = dir_sha256(Path(f.path)) if Path(f.path).is_dir() else file_sha256(Path(f.path))

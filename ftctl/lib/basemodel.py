@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from ftctl.errors import FtctlError
-from ftctl.util.digest import file_sha256  # noqa: F401  (also this module's public name)
+from ftctl.lib.digest import file_sha256  # noqa: F401  (also this module's public name)
 from ftctl.kinds import BaseModelRef
 
 DEFAULT_BASE = "smollm2-135m-instruct"

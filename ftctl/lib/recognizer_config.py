@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ftctl.errors import ConfigError
-from ftctl.util.digest import file_sha256
+from ftctl.lib.digest import file_sha256
 
 PRESIDIO_FLAGS = 26  # re.IGNORECASE | re.MULTILINE | re.DOTALL, Presidio's global_regex_flags
 _ENTITY_RE = re.compile(r"^[A-Z][A-Z0-9_]{1,40}$")

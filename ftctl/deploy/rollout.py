@@ -27,9 +27,9 @@ from ftctl.kinds import AppStatus, Artifact, Deployer
 from ftctl.registry.lockfile import Lock, ModelState
 from ftctl.registry.versions import resolve, split_ref
 from ftctl.registry.workspace import locked
-from ftctl.train.basemodel import file_sha256
-from ftctl.util.atomic import write_text
-from ftctl.util.log import Log, current_user
+from ftctl.lib.basemodel import file_sha256
+from ftctl.lib.atomic import write_text
+from ftctl.lib.log import Log, current_user
 
 
 def deployer(ws, model: str, log: Log) -> Deployer:

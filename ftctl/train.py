@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ftctl import plugins
-from ftctl.util.atomic import read_json, write_text
-from ftctl.train.basemodel import ResolvedBase, resolve_base
+from ftctl.lib.atomic import read_json, write_text
+from ftctl.lib.basemodel import ResolvedBase, resolve_base
 from ftctl.errors import FtctlError, UsageError
 from ftctl.kinds import TrainRequest, TrainResult
 from ftctl.registry.lockfile import VersionEntry
@@ -210,8 +210,8 @@ def _count_lines(path: Path) -> int | None:
 
 
 def _preview(trainer, base: ResolvedBase, train_file: Path) -> dict:
-    from ftctl.export.run import preflight
-    from ftctl.train.chat_format import histogram
+    from ftctl.export import preflight
+    from ftctl.lib.chat_format import histogram
 
     problems = preflight(base.path)  # the same preflight `ftctl export` runs: know it before training
     model_type = json.loads((base.path / "config.json").read_text()).get("model_type", "")
@@ -240,7 +240,7 @@ def _launch(ws, trainer, run_dir: Path, request: TrainRequest, nproc: int, accel
         {**dataclasses.asdict(request), "config": trainer.config.model_dump()})))
     for stale in (RESULT_FILE, "error.json"):
         (run_dir / stale).unlink(missing_ok=True)
-    worker = ["-m", "ftctl.train.run", str(ws.root), str(run_dir)]
+    worker = ["-m", "ftctl.train", str(ws.root), str(run_dir)]
     if accelerate_config:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config),
                *(["--num_processes", str(nproc)] if nproc > 1 else []), *worker]

@@ -148,11 +148,11 @@ def open_llama(path, n_ctx: int = 2048, seed: int = 0):
 
 
 def load_hf(resolved, adapter_dir: Path | None):
-    """(model, tokenizer): a resolved base (ftctl.train.basemodel) with an optional LoRA adapter merged in.
+    """(model, tokenizer): a resolved base (ftctl.lib.basemodel) with an optional LoRA adapter merged in.
 
     The adapter directory's own tokenizer wins when it has one (training may set a chat template).
     """
-    from ftctl.train import basemodel
+    from ftctl.lib import basemodel
 
     model = basemodel.load_model(resolved)
     tok = basemodel.load_tokenizer(resolved)

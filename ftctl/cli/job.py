@@ -1,4 +1,4 @@
-"""`python -m ftctl.serve.runjob [--die-with-parent] <ftctl args>`: the CLI, as a job.
+"""`python -m ftctl.cli.job [--die-with-parent] <ftctl args>`: the CLI, as a job.
 
 --die-with-parent asks Linux to SIGKILL this process when the worker dies (prctl
 PR_SET_PDEATHSIG), so a `kill -9` of the service never leaves a job running without it; the
