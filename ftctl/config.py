@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ftctl.errors import ConfigError
+from ftctl.lib.redact import redact
 
 CONFIG_FILE = "ftctl.yaml"
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -436,9 +437,3 @@ def mask(data: Any, secret_keys: set[str], path: str = "") -> Any:
             return redact(data) if "://" in data or "=" in data else "****"
         return redact(data)
     return data
-
-
-def redact(text: str) -> str:
-    """Remove passwords from DSNs and URLs: ``postgresql://u:pw@h`` and ``password=pw``."""
-    text = re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1****@", text)
-    return re.sub(r"(password\s*=\s*)(\S+)", r"\1****", text, flags=re.I)

@@ -97,7 +97,7 @@ def _databases(ws) -> list[Check]:
                     pass
                 checks.append(Check(f"database: {src.name}", True, "connected"))
             except Exception as e:  # noqa: BLE001 - any failure is what the user needs to see
-                from ftctl.config import redact
+                from ftctl.lib.redact import redact
 
                 checks.append(Check(f"database: {src.name}", False, redact(str(e).splitlines()[0]),
                                     "check the DSN (its ${ENV} variable) and that the server accepts connections"))

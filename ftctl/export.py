@@ -237,7 +237,8 @@ def _names(values) -> list[str]:
 
 
 def _describe(ws, f, staging: Path, out_dir: Path) -> dict[str, Any]:
-    from ftctl.lib.basemodel import dir_sha256, file_sha256
+    from ftctl.lib.basemodel import dir_sha256
+    from ftctl.lib.digest import file_sha256
 
     final = out_dir / Path(f.path).relative_to(staging)
     digest = dir_sha256(Path(f.path)) if Path(f.path).is_dir() else file_sha256(Path(f.path))

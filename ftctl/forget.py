@@ -20,12 +20,12 @@ The old versions' files stay in git/DVC history: removing them from every clone 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ftctl.data.tombstones import Tombstones, conversation_entry, value_entry
 from ftctl.errors import UsageError
+from ftctl.lib.times import now
 from ftctl.records import Example, Reject
 
 
@@ -50,7 +50,7 @@ def forget(ws, *, conversation: str | None = None, value: str | None = None, mod
         affected = {m: r for m, r in reached.items() if r["versions"] or r["snapshot_rows"]}
         plan = {m: _plan(m, r) for m, r in affected.items()}
         hashes = [e["sha256"] for e in entries]
-        record = {"time": _now(), "action": "forget", "tombstones": [h[:16] for h in hashes],
+        record = {"time": now(), "action": "forget", "tombstones": [h[:16] for h in hashes],
                   "source_rows": source_rows, "conversations": len(keys), "retrain": retrain}
 
         def update(lock) -> None:
@@ -158,7 +158,3 @@ def _rebuild(ws, model: str, log) -> dict[str, Any]:
     t = train(ws, model, log=log) if ws.read_lock().state(model).versions else None
     return {"snapshot": c.get("snapshot"), "kept": c["kept"], "forgotten": c["filtered"].get("forgotten", 0),
             "version": (t or {}).get("version")}
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()

@@ -17,16 +17,16 @@ level: ``ftctl plugins`` and ``ftctl --help`` load every plugin module.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from ftctl.records import Example, Reject
-from ftctl.lib.plan import TrainPlan
-from ftctl.lib.log import Log
+
+Log = Callable[[str], None]  # progress lines for people: ``print`` by default, a rich console in the CLI
 
 
 class PluginConfig(BaseModel):
@@ -134,6 +134,28 @@ class TrainResult:
 
 
 @dataclass
+class TrainPlan:
+    """What a run will do, from the trainer's own tokenisation (``Trainer.plan``; ``--dry-run``)."""
+
+    conversations: int  # trainable conversations (after max_length)
+    processes: int
+    conversations_per_step: int  # batch_size x gradient_accumulation x processes
+    steps_per_epoch: int
+    optimizer_steps: int
+    epochs: float  # passes over the data the steps make
+    tokens_per_step: int  # mean real (non-padding) tokens
+    trained_tokens_per_step: int  # mean tokens that carry loss
+    rows_per_step: float  # mean rows the collator makes (packing puts conversations together)
+    warmup_steps: int
+    scheduler: str
+    schedule_end_epoch: float | None  # where a decaying LR reaches zero (None: constant LR)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
 class TrainPreview:
     """What ``ftctl train --preview`` shows, from the trainer's own tokenisation."""
 
@@ -157,7 +179,7 @@ class Trainer(Plugin):
 
     def plan(self, base: BaseModelRef, train_file: Path, processes: int = 1) -> TrainPlan | None:
         """Optimizer steps, conversations and tokens per step, epochs, warmup, schedule end and
-        warnings (``ftctl.lib.plan.make_plan``), without training; None: not supported."""
+        warnings (``ftctl.lib.plan.make_plan``, public as ``ftctl.api.make_plan``), without training; None: not supported."""
         return None
 
 

@@ -11,7 +11,6 @@ No torch import here (the plugin and the basemodel helpers load it when they nee
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -23,11 +22,13 @@ from pathlib import Path
 from ftctl import plugins
 from ftctl.lib.atomic import read_json, write_text
 from ftctl.lib.basemodel import ResolvedBase, resolve_base
+from ftctl.lib.digest import file_sha256
 from ftctl.errors import FtctlError, UsageError
 from ftctl.kinds import TrainRequest, TrainResult
 from ftctl.registry.lockfile import VersionEntry
 from ftctl.registry.versions import next_version, resolve, split_ref
-from ftctl.registry.workspace import Workspace, dvc_md5, locked, now
+from ftctl.lib.times import now
+from ftctl.registry.workspace import Workspace, dvc_md5, locked
 
 RUN_FILE = "run.json"
 RESULT_FILE = "result.json"
@@ -109,7 +110,7 @@ def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, 
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = spec or {"model": name, "trainer": trainer_name, "config": raw, "parent": parent,
                     "data": {k: str(v) if v else None for k, v in paths.items()},
-                    "data_sha256": _sha256(paths["train"]), "base_sha256": base.sha256, "created": now()}
+                    "data_sha256": file_sha256(paths["train"]), "base_sha256": base.sha256, "created": now()}
     _write_run(run_dir, spec, status="running")
     request = TrainRequest(base, paths["train"], paths["val"], run_dir, init_adapter, resume=resume,
                            show_progress=show_progress)
@@ -180,7 +181,7 @@ def _unfinished_run(ws: Workspace, model: str) -> tuple[Path, dict]:
 
 
 def _check_unchanged(path: Path, sha: str) -> None:
-    if not path.is_file() or _sha256(path) != sha:
+    if not path.is_file() or file_sha256(path) != sha:
         raise UsageError(f"the training data changed since this run started ({path})",
                          hint="start a new run with `ftctl train` (without --resume)")
 
@@ -193,10 +194,6 @@ def _parent(ws, lock, name: str, from_: str | None) -> str | None:
         raise UsageError(f"--from {from_} is a version of another model", hint=f"use a version of {name}")
     version = resolve(lock, name, ref)
     return None if version == "base" else version
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _count_lines(path: Path) -> int | None:

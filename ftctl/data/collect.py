@@ -309,17 +309,14 @@ def _tokenizer_json(ws: Workspace, base: str) -> Path | None:
     """The base model's tokenizer.json when it is on disk already (never converts a base:
     collecting must not load torch); None means the whitespace approximation."""
     from ftctl.lib import basemodel
+    from ftctl.lib.digest import file_sha256
 
     try:
-        if base in basemodel.CATALOGUE:
-            path = basemodel.CATALOGUE[base]()
-        else:
-            path = Path(base).expanduser()
-            path = path if path.is_absolute() else ws.root / path
+        path = basemodel.locate(base, ws.root)
         if path.is_dir():
             return path / "tokenizer.json"
         if path.is_file():
-            return basemodel.cache_root() / basemodel.file_sha256(path) / "tokenizer.json"
+            return basemodel.cache_root() / file_sha256(path) / "tokenizer.json"
     except FtctlError:
         pass
     return None

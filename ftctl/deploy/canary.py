@@ -25,7 +25,7 @@ from typing import Any
 
 from ftctl.errors import ExternalToolError, UsageError
 from ftctl.lib.log import Log, current_user
-from ftctl.lib.times import parse_time
+from ftctl.lib.times import now, parse_time
 
 PROMOTE, STEP, HOLD, ROLLBACK = "promote", "step", "hold", "rollback"
 ACTION = "canary check"
@@ -258,7 +258,6 @@ def check(ws, model: str | None = None, *, dry_run: bool = False, log: Log = pri
 
 def _check(ws, model: str | None, dry_run: bool, log: Log) -> dict[str, Any]:
     from ftctl.deploy import rollout
-    from ftctl.registry.workspace import now
 
     model = model or ws.config.default_model
     cfg = ws.model(model).deploy.canary

@@ -27,9 +27,10 @@ from ftctl.kinds import AppStatus, Artifact, Deployer
 from ftctl.registry.lockfile import Lock, ModelState
 from ftctl.registry.versions import resolve, split_ref
 from ftctl.registry.workspace import locked
-from ftctl.lib.basemodel import file_sha256
+from ftctl.lib.digest import file_sha256
 from ftctl.lib.atomic import write_text
 from ftctl.lib.log import Log, current_user
+from ftctl.lib.times import now
 
 
 def deployer(ws, model: str, log: Log) -> Deployer:
@@ -110,8 +111,6 @@ def status(ws, model: str | None = None, log: Log = print, dep: Deployer | None 
 def _record(ws, model: str, action: str, version: str | None, *, stable: str | None = ...,
             canary: dict | None = ..., result: str = "ok", detail: str | None = None, apps=None,
             extra: dict | None = None) -> None:
-    from ftctl.registry.workspace import now
-
     def update(lock: Lock) -> None:
         st = lock.state(model)
         if stable is not ...:

@@ -8,12 +8,13 @@ from typing import Any
 from ftctl import plugins
 from ftctl.errors import UsageError
 from ftctl.eval.evalset import EvalSet, load_eval_set
-from ftctl.eval.evaluate import _example_row, _now, _write_reports
+from ftctl.eval.evaluate import _example_row, _write_reports
 from ftctl.eval.predict import Predictor
 from ftctl.eval.scoring import build_evaluators, mean, metric_key, score
 from ftctl.eval.target import Target, resolve_target
 from ftctl.registry.workspace import locked
 from ftctl.lib.log import Log
+from ftctl.lib.times import now
 
 
 @locked
@@ -112,7 +113,7 @@ def _most_changed(rows: list[dict], metric: str | None, higher_is_better: bool, 
 
 
 def _record_compare(ws, ta: Target, tb: Target, evalset: EvalSet, result: dict, paths: list[Path]) -> None:
-    entry = {"time": _now(), "against": ta.version, "eval_set": evalset.name, "eval_set_sha256": evalset.sha256,
+    entry = {"time": now(), "against": ta.version, "eval_set": evalset.name, "eval_set_sha256": evalset.sha256,
              "artifact": ta.artifact, "n": result["n"], "report": result["report"],
              "metrics": {k: {f: v[f] for f in ("a", "b", "diff", "ci", "p_value", "verdict")}
                          for k, v in result["metrics"].items()}}

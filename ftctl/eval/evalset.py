@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftctl.errors import UsageError
-from ftctl.eval.target import _sha256
+from ftctl.lib.digest import file_sha256
 from ftctl.records import Example, read_jsonl
 
 
@@ -49,4 +49,4 @@ def load_eval_set(ws, model: str, spec: str | None = None, limit: int | None = N
     if not examples:
         raise UsageError(f"eval set {path.name} is empty (no example with a user turn)",
                          hint="collect more data or choose another --eval-set")
-    return EvalSet(name, path, _sha256(path), examples)
+    return EvalSet(name, path, file_sha256(path), examples)

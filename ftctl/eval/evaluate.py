@@ -15,6 +15,7 @@ from ftctl.eval.target import Target, resolve_target
 from ftctl.records import Example
 from ftctl.registry.workspace import locked
 from ftctl.lib.log import Log
+from ftctl.lib.times import now
 
 
 @locked
@@ -88,7 +89,7 @@ def _vs_hf(ws, target: Target, evalset: EvalSet, metrics: dict) -> dict | None:
 
 
 def _record_eval(ws, target: Target, evalset: EvalSet, result: dict, paths: list[Path]) -> None:
-    entry = {"time": _now(), "eval_set": evalset.name, "eval_set_sha256": evalset.sha256,
+    entry = {"time": now(), "eval_set": evalset.name, "eval_set_sha256": evalset.sha256,
              "artifact": target.artifact, "n": result["n"], "metrics": result["metrics"],
              "report": result["report"]}
 
@@ -100,9 +101,3 @@ def _record_eval(ws, target: Target, evalset: EvalSet, result: dict, paths: list
         v.evals.append(entry)
 
     ws.record(f"eval {target.model} {target.version} ({target.artifact}, {evalset.name})", update, add=paths)
-
-
-def _now() -> str:
-    from ftctl.registry.workspace import now
-
-    return now()

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from ftctl.config import ModelConfig
 from ftctl.errors import UsageError
+from ftctl.lib import basemodel
+from ftctl.lib.digest import file_sha256
 from ftctl.registry.versions import resolve, split_ref
 
 
@@ -51,7 +53,7 @@ def resolve_target(ws, ref: str, *, model: str | None = None, artifact: str | No
         path = ws.root / x.path
         if not path.is_file():
             raise UsageError(f"{x.path} is not in the workspace", hint=f"run `ftctl checkout {version}`")
-        return Target(m, version, f"gguf:{x.quant}", base_ref, gguf=path, identity=x.sha256 or _sha256(path))
+        return Target(m, version, f"gguf:{x.quant}", base_ref, gguf=path, identity=x.sha256 or file_sha256(path))
     adapter = entry.adapter.path
     if not adapter:
         raise UsageError(f"{m}@{version} has no adapter", hint="train it again, or evaluate `base`")
@@ -60,30 +62,14 @@ def resolve_target(ws, ref: str, *, model: str | None = None, artifact: str | No
         raise UsageError(f"the adapter of {m}@{version} is not in the workspace ({adapter})",
                          hint=f"run `ftctl checkout {version}` to restore it from DVC")
     return Target(m, version, "hf", base_ref, adapter_dir=adapter_dir,
-                  identity=entry.adapter.md5 or _dir_digest(adapter_dir))
+                  identity=entry.adapter.md5 or basemodel.dir_sha256(adapter_dir))
 
 
 def _base_target(ws, model: str, cfg: ModelConfig, kind: str, quant: str | None) -> Target:
     if kind == "hf":
         return Target(model, "base", "hf", cfg.base, identity=f"base:{cfg.base}")
-    from ftctl.lib import basemodel
-
-    # the base's own GGUF file (no conversion needed to find it)
-    path = basemodel.CATALOGUE[cfg.base]() if cfg.base in basemodel.CATALOGUE else Path(cfg.base).expanduser()
-    path = path if path.is_absolute() else ws.root / path
+    path = basemodel.locate(cfg.base, ws.root)  # the base's own GGUF file (no conversion needed to find it)
     if path.suffix.lower() != ".gguf" or not path.is_file():
         raise UsageError(f"the base of {model} ({cfg.base}) is not a GGUF file",
                          hint="evaluate base with --artifact hf")
-    return Target(model, "base", f"gguf:{quant or 'base'}", cfg.base, gguf=path, identity=_sha256(path))
-
-
-def _sha256(path: Path) -> str:
-    from ftctl.lib.basemodel import file_sha256
-
-    return file_sha256(path)
-
-
-def _dir_digest(path: Path) -> str:
-    from ftctl.lib.basemodel import dir_sha256
-
-    return dir_sha256(path)
+    return Target(model, "base", f"gguf:{quant or 'base'}", cfg.base, gguf=path, identity=file_sha256(path))

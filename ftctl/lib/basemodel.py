@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from ftctl.errors import FtctlError
-from ftctl.lib.digest import file_sha256  # noqa: F401  (also this module's public name)
+from ftctl.lib.digest import file_sha256
 from ftctl.kinds import BaseModelRef
 
 DEFAULT_BASE = "smollm2-135m-instruct"
@@ -53,17 +53,22 @@ def cache_root() -> Path:
     return Path(base) / "ftctl" / "bases"
 
 
+def locate(ref: str, root: Path | None = None) -> Path:
+    """Where ``ref`` is on disk: a catalogue name's file, or the path (relative paths are relative
+    to ``root``, the workspace). Nothing is checked or converted: training, evaluation and collect
+    all read `base:` through this one function."""
+    if ref in CATALOGUE:
+        return CATALOGUE[ref]()
+    path = Path(ref).expanduser()
+    return path if path.is_absolute() or root is None else Path(root) / path
+
+
 def resolve_base(ref: str, *, trust_remote_code: bool = False, root: Path | None = None,
                  log=None) -> ResolvedBase:
     """``ref`` -> an HF directory; relative paths are relative to ``root`` (the workspace)."""
     if not ref:
         raise BaseModelError("no base model configured", hint=f"set `base:` in ftctl.yaml (e.g. {DEFAULT_BASE})")
-    if ref in CATALOGUE:
-        path = CATALOGUE[ref]()
-    else:
-        path = Path(ref).expanduser()
-        if not path.is_absolute() and root is not None:
-            path = Path(root) / path
+    path = locate(ref, root)
     if not path.exists():
         raise BaseModelError(f"base model {ref!r} not found ({path} does not exist)",
                              hint=f"use a local HF directory, a .gguf file, or one of: {', '.join(CATALOGUE)}")

@@ -1,9 +1,8 @@
-"""Progress lines and who did what: the ``Log`` callable every verb takes, and the user name
-that history and log entries carry (one definition of each)."""
+"""Progress lines and who did what: the ``Log`` callable every verb takes (the contract's type,
+:data:`ftctl.kinds.Log`, named here beside the rest) and the user name that history and log
+entries carry."""
 
-from collections.abc import Callable
-
-Log = Callable[[str], None]  # ``print`` by default; a rich console in the CLI
+from ftctl.kinds import Log  # noqa: F401  (re-exported: the verbs' ``log`` parameter)
 
 
 def current_user() -> str:

@@ -9,30 +9,11 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass, field
+
+from ftctl.kinds import TrainPlan  # the contract's type; the arithmetic that fills it is here
 
 MIN_STEPS = 100  # below this LoRA rarely learns a task (issue 10: 57 steps learned nothing)
 DECAYING = ("linear", "cosine", "cosine_with_restarts")
-
-
-@dataclass
-class TrainPlan:
-    conversations: int  # trainable conversations (after max_length)
-    processes: int
-    conversations_per_step: int  # batch_size x gradient_accumulation x processes
-    steps_per_epoch: int
-    optimizer_steps: int
-    epochs: float  # passes over the data the steps make
-    tokens_per_step: int  # mean real (non-padding) tokens
-    trained_tokens_per_step: int  # mean tokens that carry loss
-    rows_per_step: float  # mean rows the collator makes (packing puts conversations together)
-    warmup_steps: int
-    scheduler: str
-    schedule_end_epoch: float | None  # where a decaying LR reaches zero (None: constant LR)
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def make_plan(lengths: list[int], trained: list[int], *, batch_size: int, gradient_accumulation: int = 1,

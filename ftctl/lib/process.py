@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ftctl.config import redact
+from ftctl.lib.redact import redact
 from ftctl.errors import ExternalToolError
 
 

@@ -30,7 +30,7 @@ def entities_in(path: Path, where: str) -> list[str]:
 
     def fail(key: str, msg: str) -> ConfigError:
         return ConfigError(f"{where}: {path.name}: {key}: {msg}",
-                           hint="see ftctl/data/recognizers/site.example.yaml for the format")
+                           hint="see ftctl/lib/recognizers/site.example.yaml for the format")
 
     try:
         data = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))

@@ -1,4 +1,5 @@
-"""Timestamps as sources deliver them -> aware datetimes (one definition for the core and plugins)."""
+"""Times: timestamps as sources deliver them -> aware datetimes, and the time records carry
+(one definition of each for the core and plugins)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ftctl.records import RowError
+
+
+def now() -> str:
+    """The current UTC time in whole seconds, ISO 8601: what models.lock, history and logs record."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
 def parse_time(value: Any) -> datetime | None:

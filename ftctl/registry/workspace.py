@@ -18,7 +18,6 @@ import json
 import os
 import threading
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,9 @@ from typing import Any
 from ftctl.registry import lockfile
 from ftctl.lib.atomic import read_json, write_text
 from ftctl.lib.log import current_user
-from ftctl.config import CONFIG_FILE, FtctlConfig, LoadedConfig, ModelConfig, load, redact
+from ftctl.lib.times import now
+from ftctl.config import CONFIG_FILE, FtctlConfig, LoadedConfig, ModelConfig, load
+from ftctl.lib.redact import redact
 from ftctl.errors import ExternalToolError, FtctlError, Locked, NotAWorkspace
 from ftctl.kinds import Context
 from ftctl.registry.lockfile import LOCK_FILE, Lock
@@ -38,10 +39,6 @@ JOURNAL = "txn.json"
 # (workspace root, thread) -> how deep the run lock is held: nested core verbs (cycle -> train)
 # re-enter it instead of deadlocking on their own flock
 _HELD: dict[tuple[Path, int], int] = {}
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
 class Workspace:

@@ -23,7 +23,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from ftctl.config import redact
+from ftctl.lib.redact import redact
 from ftctl.errors import LOCKED, FtctlError, UsageError
 from ftctl.serve import jobs as J
 from ftctl.serve import job_process

@@ -72,7 +72,7 @@ class Health:
 
 def _doctor_checks(root: Path) -> list[dict]:
     from ftctl import doctor
-    from ftctl.config import redact
+    from ftctl.lib.redact import redact
     from ftctl.registry.workspace import Workspace
 
     ws = Workspace(root)

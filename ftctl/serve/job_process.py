@@ -117,7 +117,7 @@ class Progress:
 
 def tail(path: Path, lines: int = 20) -> list[str]:
     """The last lines of a job's log, secrets redacted."""
-    from ftctl.config import redact
+    from ftctl.lib.redact import redact
 
     try:
         with open(path, "rb") as f:

@@ -109,7 +109,7 @@ def test_a_row_the_scrubber_cannot_process_is_rejected_and_counted(workspace, mo
 
 def test_diff_shows_a_change_of_scrub_settings(workspace, ftctl):
     from ftctl.registry.lockfile import VersionEntry
-    from ftctl.registry.workspace import now
+    from ftctl.lib.times import now
 
     before = {"enabled": True, "types": ["EMAIL", "PHONE"], "names": "unavailable", "on_error": "reject"}
     after = {**before, "types": ["EMAIL", "PERSON", "PHONE"], "names": "spacy-ner:en_core_web_sm 3.8.0"}

@@ -12,7 +12,8 @@ from ftctl.registry import lockfile
 from ftctl.errors import ConfigError, FtctlError, LockfileError
 from ftctl.registry.lockfile import VersionEntry
 from ftctl.registry.versions import next_version
-from ftctl.registry.workspace import Workspace, now
+from ftctl.lib.times import now
+from ftctl.registry.workspace import Workspace
 from tests.conftest import run_ftctl, run_json
 
 

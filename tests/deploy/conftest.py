@@ -187,7 +187,7 @@ def write_yaml(path: Path, data: dict) -> None:
 def add_versions(ws, model: str, files: dict[str, Path]) -> None:
     """Version entries whose export is ``files[v]`` (recorded through ws.record, as export does)."""
     from ftctl.registry.lockfile import VersionEntry
-    from ftctl.registry.workspace import now
+    from ftctl.lib.times import now
 
     def update(lock):
         for v, path in files.items():
@@ -332,7 +332,8 @@ def lora_files(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def lora_ws(deploy_workspace, lora_files):
     from ftctl.registry.lockfile import VersionEntry
-    from ftctl.registry.workspace import Workspace, now
+    from ftctl.lib.times import now
+    from ftctl.registry.workspace import Workspace
 
     ws, base = deploy_workspace, smollm2_gguf()
     files = {}

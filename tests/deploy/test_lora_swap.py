@@ -73,7 +73,7 @@ def test_a_version_without_a_lora_gguf_is_a_clear_error(lora_ws):
 
 def test_an_unloadable_lora_puts_the_previous_adapter_back(lora_ws):
     from ftctl.registry.lockfile import VersionEntry
-    from ftctl.registry.workspace import now
+    from ftctl.lib.times import now
 
     ws, port, files = lora_ws
     run_json("deploy", "v1.0", cwd=ws.root)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from ftctl.registry.lockfile import VersionEntry
-from ftctl.registry.workspace import Workspace, now
+from ftctl.lib.times import now
+from ftctl.registry.workspace import Workspace
 
 QA = [
     ("What is the capital of France?", "Paris is the capital of France.", "support", "chat"),

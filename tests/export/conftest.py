@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ftctl.registry.lockfile import VersionEntry
-from ftctl.registry.workspace import now
+from ftctl.lib.times import now
 from tests.conftest import need
 
 

@@ -15,7 +15,7 @@ from tests.deploy.conftest import (_workspace_template, deploy_workspace, lora_f
 def add_versions(ws, model: str, versions) -> None:
     """Bare version entries (no files): enough to attribute served_model values."""
     from ftctl.registry.lockfile import VersionEntry
-    from ftctl.registry.workspace import now
+    from ftctl.lib.times import now
 
     def update(lock):
         for v in versions:
