@@ -10,11 +10,9 @@ Import-light: torch/transformers/llama_cpp load inside the exporter plugin.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -141,10 +139,9 @@ def held_out_prompts(ws, model: str, limit: int = 32) -> list[list[dict[str, str
     choice depends on the split's contents, never on its order. [] when there is no snapshot."""
     import hashlib
 
-    from ftctl.data.collect import snapshot_paths
     from ftctl.records import read_jsonl
 
-    path = Path(snapshot_paths(ws, model)["test"])
+    path = ws.snapshot_paths(model)["test"]
     if not path.is_file():
         return []
     picked: dict[str, list[dict[str, str]]] = {}
@@ -160,71 +157,6 @@ def held_out_prompts(ws, model: str, limit: int = 32) -> list[list[dict[str, str
         if len(picked) > limit:
             del picked[max(picked)]
     return [picked[k] for k in sorted(picked)]
-
-
-# --- preflight ------------------------------------------------------------------------------
-
-
-def preflight(base_dir: Path, adapter_dir: Path | None = None, *, lora_gguf: bool = False,
-              tools_root: Path | None = None) -> list[str]:
-    """Why llama.cpp could not convert this base (+ adapter); [] when it can. Reads only JSON and
-    safetensors headers, so `ftctl train --preview` can run it before training. ``tools_root``:
-    the converters' directory (default: wherever :func:`ftctl.lib.llamacpp.find_tools` finds them)."""
-    from ftctl.lib.llamacpp import find_tools
-
-    problems: list[str] = []
-    config = json.loads((Path(base_dir) / "config.json").read_text())
-    archs = config.get("architectures") or []
-    try:
-        root = tools_root or find_tools().root
-    except FtctlError as e:
-        problems.append(f"{e.message} ({e.hint})")
-    else:
-        known = supported_architectures(root)
-        if known and archs and not any(a in known for a in archs):  # known empty: a layout we cannot read
-            problems.append(f"llama.cpp's converter does not support {', '.join(archs)}")
-    vocab = tokenizer_vocab_size(Path(base_dir))
-    if vocab is not None and config.get("vocab_size") and vocab > config["vocab_size"]:
-        problems.append(f"the tokenizer has {vocab} tokens but the embedding only {config['vocab_size']} rows")
-    if adapter_dir is not None and lora_gguf:
-        bad = [n for n in adapter_tensors(Path(adapter_dir))
-               if "lora_" not in n or re.search(r"(lm_head|embed_tokens|wte|word_embeddings)", n)]
-        if bad:
-            problems.append(f"the adapter has tensors the LoRA converter cannot take (e.g. {bad[0]}); "
-                            "export --gguf (merged) instead, or train without lm_head/embedding modules")
-    return problems
-
-
-def supported_architectures(root: Path) -> set[str]:
-    """Architectures registered in the converter (``@ModelBase.register("LlamaForCausalLM", ...)``).
-
-    Read from its sources rather than by running it: importing the converter takes seconds."""
-    names: set[str] = set()
-    for py in [root / "convert_hf_to_gguf.py", *sorted((root / "conversion").glob("*.py"))]:
-        with contextlib.suppress(OSError):
-            for args in re.findall(r"@ModelBase\.register\(([^)]*)\)", py.read_text(encoding="utf-8")):
-                names.update(re.findall(r"[\"']([A-Za-z0-9_]+)[\"']", args))
-    return names
-
-
-def tokenizer_vocab_size(base_dir: Path) -> int | None:
-    path = base_dir / "tokenizer.json"
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    ids = set((data.get("model") or {}).get("vocab", {}).values() if isinstance((data.get("model") or {}).get("vocab"), dict) else [])
-    ids |= {t["id"] for t in data.get("added_tokens", [])}
-    return max(ids) + 1 if ids else None
-
-
-def adapter_tensors(adapter_dir: Path) -> list[str]:
-    from safetensors import safe_open
-
-    names = []
-    for f in sorted(adapter_dir.glob("*.safetensors")):
-        with safe_open(str(f), framework="numpy") as st:
-            names += list(st.keys())
-    return names
 
 
 # --- files ----------------------------------------------------------------------------------

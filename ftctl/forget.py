@@ -23,10 +23,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ftctl import feedback
 from ftctl.data.tombstones import Tombstones, conversation_entry, value_entry
 from ftctl.errors import UsageError
 from ftctl.lib.times import now
-from ftctl.records import Example, Reject
+from ftctl.records import Example
+from ftctl.registry.workspace import SNAPSHOT_FILES, SPLITS
 
 
 def forget(ws, *, conversation: str | None = None, value: str | None = None, model: str | None = None,
@@ -38,12 +40,16 @@ def forget(ws, *, conversation: str | None = None, value: str | None = None, mod
     wanted = Tombstones.of(given)
     with ws.run_lock("forget"):
         keys = {conversation} if conversation else set()
-        source_rows = 0
-        for m in models:
-            for ex in _source_examples(ws, m, log):
-                if wanted.matches(ex):
-                    keys.add(ex.key)
-                    source_rows += 1
+        hits: list[str] = []  # one key per source row holding what is forgotten
+
+        def visit(ex: Example) -> None:
+            if wanted.matches(ex):
+                keys.add(ex.key)
+                hits.append(ex.key)
+
+        for m in models:  # every row of every source, raw (before scrubbing), quietly
+            feedback.scan(ws, m, None, visit, log=lambda *_: None)
+        source_rows = len(hits)
         entries = given + [conversation_entry(k) for k in sorted(keys) if k != conversation]
         found = Tombstones.of(entries)
         reached = {m: _reached(ws, m, found) for m in models}
@@ -73,16 +79,6 @@ def forget(ws, *, conversation: str | None = None, value: str | None = None, mod
                     "rewrite if your policy requires it"}
 
 
-def _source_examples(ws, model: str, log):
-    from ftctl.data.collect import _streams
-
-    mc = ws.model(model)
-    for _name, items, _plugin, _mark in _streams(ws, mc, {}, None, lambda *_: None):
-        for item in items:
-            if not isinstance(item, Reject):
-                yield item
-
-
 def _reached(ws, model: str, found: Tombstones) -> dict[str, Any]:
     from ftctl.registry.lineage import deployed_as
 
@@ -103,7 +99,7 @@ def _reached(ws, model: str, found: Tombstones) -> dict[str, Any]:
 
 
 # the files holding input rows: the splits, and the disliked answers that are in none of them
-ROW_FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "unpaired.jsonl")
+ROW_FILES = tuple(SNAPSHOT_FILES[k] for k in (*SPLITS, "unpaired"))
 
 
 def _count(rows, found: Tombstones) -> int:

@@ -34,16 +34,6 @@ RUN_FILE = "run.json"
 RESULT_FILE = "result.json"
 
 
-def snapshot_paths(ws: Workspace, model: str) -> dict[str, Path]:
-    """The data engineer's snapshot layout (ftctl.data.collect), or its documented default."""
-    try:
-        from ftctl.data.collect import snapshot_paths as collected
-    except ImportError:
-        d = ws.data_dir(model)
-        return {s: d / f"{s}.jsonl" for s in ("train", "val", "test")}
-    return collected(ws, model)
-
-
 @locked
 def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, resume: bool = False,
           major: bool = False, max_steps: int | None = None, epochs: float | None = None,
@@ -76,7 +66,7 @@ def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, 
             from ftctl.data.collect import collect
 
             collect(ws, name, log=log)  # curate.collect_before_train: train on the freshest data
-        snap = snapshot_paths(ws, name)
+        snap = ws.snapshot_paths(name)
         paths = {"train": snap["train"], "val": snap["val"] if snap.get("val") and snap["val"].is_file() else None}
         if not paths["train"].is_file():
             raise UsageError(f"no training data for model {name!r} ({ws.rel(paths['train'])} is missing)",
@@ -207,7 +197,7 @@ def _count_lines(path: Path) -> int | None:
 
 
 def _preview(trainer, base: ResolvedBase, train_file: Path) -> dict:
-    from ftctl.export import preflight
+    from ftctl.lib.llamacpp import preflight
     from ftctl.lib.chat_format import histogram
 
     problems = preflight(base.path)  # the same preflight `ftctl export` runs: know it before training

@@ -7,21 +7,9 @@ run lock (flock) is released with the process and the job is marked interrupted 
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 
-
-def die_with_parent() -> None:
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    parent = os.getppid()
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent or parent == 1:  # the parent died before prctl took effect
-        os._exit(137)
+from ftctl.lib.process import die_with_parent
 
 
 def main(argv: list[str]) -> int:

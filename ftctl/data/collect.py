@@ -31,22 +31,14 @@ from ftctl.data import curate
 from ftctl.registry.served import Attribution, Resolver
 from ftctl.errors import FtctlError
 from ftctl.records import Reject, read_jsonl
-from ftctl.registry.workspace import Workspace, dvc_md5, locked
+from ftctl.registry.workspace import SNAPSHOT_FILES as FILES
+from ftctl.registry.workspace import SPLITS, Workspace, dvc_md5, locked
 
-SPLITS = ("train", "val", "test")
-FILES = {**{s: f"{s}.jsonl" for s in SPLITS}, "preferences": "preferences.jsonl",
-         "unpaired": "unpaired.jsonl", "card": "card.json", "rejects": "rejects.jsonl"}
 CARRIED = "previous-snapshot"
 
 
 class RejectedRows(FtctlError):
     """--strict: some input rows were rejected."""
-
-
-def snapshot_paths(ws: Workspace, model: str) -> dict[str, Path]:
-    """The files of a model's snapshot: train, val, test, preferences, unpaired, card, rejects."""
-    d = ws.data_dir(model)
-    return {k: d / name for k, name in FILES.items()}
 
 
 @locked

@@ -81,10 +81,10 @@ def drift(ws, model: str | None = None, log: Log = print) -> dict[str, Any]:
     from scipy import stats as sps
 
     from ftctl import feedback
-    from ftctl.data.collect import SPLITS, snapshot_paths
     from ftctl.registry.served import Resolver
     from ftctl.lib.stats import WORSE, two_sample_bootstrap
     from ftctl.records import read_jsonl
+    from ftctl.registry.workspace import SPLITS
     from ftctl.lib.times import parse_time
 
     model = model or ws.config.default_model
@@ -94,7 +94,7 @@ def drift(ws, model: str | None = None, log: Log = print) -> dict[str, Any]:
     state = ws.read_lock().state(model)
     stable = state.deployment.stable
     rating_cut = parse_time((state.dataset or {}).get("created") or cutoff)
-    paths = snapshot_paths(ws, model)
+    paths = ws.snapshot_paths(model)
     if not paths["train"].is_file():
         raise UsageError(f"the snapshot of {model!r} is not in the work tree ({ws.rel(paths['train'])})",
                          hint="run `ftctl collect` (or `ftctl checkout`) first")

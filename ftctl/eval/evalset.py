@@ -25,9 +25,7 @@ def load_eval_set(ws, model: str, spec: str | None = None, limit: int | None = N
     cfg = ws.model(model)
     spec = spec or cfg.eval.eval_set
     if spec == "test":
-        from ftctl.data.collect import snapshot_paths
-
-        path, name = Path(snapshot_paths(ws, model)["test"]), "test"
+        path, name = ws.snapshot_paths(model)["test"], "test"
     elif spec == "golden":
         if not cfg.curate.golden:
             raise UsageError(f"no golden set is declared for {model}", hint="set curate.golden: path/to/golden.jsonl")

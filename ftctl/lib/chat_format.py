@@ -121,9 +121,14 @@ def encode(tokenizer, messages: list[dict]) -> Encoded | None:
 
 def encode_all(tokenizer, conversations, max_length: int) -> tuple[list[Encoded], EncodeReport]:
     """Encode every conversation; too long ones are skipped (a truncated answer never ends in EOS)."""
+    return select((encode(tokenizer, messages) for messages in conversations), max_length)
+
+
+def select(encoded, max_length: int) -> tuple[list[Encoded], EncodeReport]:
+    """The encoded conversations that fit in ``max_length``; the others counted by reason (None:
+    nothing to learn; too long: skipped whole, since a truncated answer never ends in EOS)."""
     out, report = [], EncodeReport()
-    for messages in conversations:
-        enc = encode(tokenizer, messages)
+    for enc in encoded:
         if enc is None:
             report.skipped["no_assistant_turn"] += 1
             continue

@@ -7,11 +7,11 @@ transformers, peft and llama_cpp load inside the functions that need them.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftctl.errors import ExternalToolError, UsageError
+from ftctl.errors import UsageError
+from ftctl.lib.llamacpp import open_llama
 from ftctl.records import Example
 
 # end-of-turn markers of the chat templates we know; a model's own eos token is always added
@@ -132,19 +132,6 @@ class GGUFBackend:
 
     def reference_nll(self, examples, references):
         return [None] * len(examples)  # token scoring is done on the HF backend
-
-
-def open_llama(path, n_ctx: int = 2048, seed: int = 0):
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        raise ExternalToolError("llama-cpp-python is not installed",
-                                hint="pip install 'ftctl[export]' (the GGUF backend and judge need it)") from None
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"GGUF file {path} does not exist", hint="run `ftctl checkout` or `ftctl export` first")
-    return Llama(model_path=str(path), n_ctx=n_ctx, seed=seed, n_threads=os.cpu_count() or 1,
-                 verbose=False)
 
 
 def load_hf(resolved, adapter_dir: Path | None):

@@ -1,4 +1,5 @@
-"""Where llama.cpp's Python converters live.
+"""llama.cpp helpers: where its Python converters live, whether it can convert a model (the
+preflight `ftctl train --preview` and `ftctl export` run), and loading a GGUF file.
 
 ftctl runs llama.cpp's own ``convert_hf_to_gguf.py`` and ``convert_lora_to_gguf.py`` (never a
 re-implementation: they track every architecture llama.cpp supports). They are not part of the
@@ -10,11 +11,14 @@ files we write). A user's own llama.cpp checkout wins when named by ``LLAMA_CPP_
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftctl.errors import ExternalToolError
+from ftctl.errors import ExternalToolError, FtctlError, UsageError
 
 # The pinned llama-cpp-python (pyproject's `export` extra pins the same): converter, quantizer
 # and the verifying runtime all come from one llama.cpp revision.
@@ -87,3 +91,83 @@ def find_tools(configured: str | Path | None = None, workspace_cache: Path | Non
         looked.append(str(root))
     raise ExternalToolError(f"llama.cpp's {need[0]} was not found (looked in {', '.join(looked)})",
                             hint=FETCH_HINT)
+
+
+# --- preflight ------------------------------------------------------------------------------
+
+
+def preflight(base_dir: Path, adapter_dir: Path | None = None, *, lora_gguf: bool = False,
+              tools_root: Path | None = None) -> list[str]:
+    """Why llama.cpp could not convert this base (+ adapter); [] when it can. Reads only JSON and
+    safetensors headers, so `ftctl train --preview` can run it before training. ``tools_root``:
+    the converters' directory (default: wherever :func:`find_tools` finds them)."""
+    problems: list[str] = []
+    config = json.loads((Path(base_dir) / "config.json").read_text())
+    archs = config.get("architectures") or []
+    try:
+        root = tools_root or find_tools().root
+    except FtctlError as e:
+        problems.append(f"{e.message} ({e.hint})")
+    else:
+        known = supported_architectures(root)
+        if known and archs and not any(a in known for a in archs):  # known empty: a layout we cannot read
+            problems.append(f"llama.cpp's converter does not support {', '.join(archs)}")
+    vocab = tokenizer_vocab_size(Path(base_dir))
+    if vocab is not None and config.get("vocab_size") and vocab > config["vocab_size"]:
+        problems.append(f"the tokenizer has {vocab} tokens but the embedding only {config['vocab_size']} rows")
+    if adapter_dir is not None and lora_gguf:
+        bad = [n for n in adapter_tensors(Path(adapter_dir))
+               if "lora_" not in n or re.search(r"(lm_head|embed_tokens|wte|word_embeddings)", n)]
+        if bad:
+            problems.append(f"the adapter has tensors the LoRA converter cannot take (e.g. {bad[0]}); "
+                            "export --gguf (merged) instead, or train without lm_head/embedding modules")
+    return problems
+
+
+def supported_architectures(root: Path) -> set[str]:
+    """Architectures registered in the converter (``@ModelBase.register("LlamaForCausalLM", ...)``).
+
+    Read from its sources rather than by running it: importing the converter takes seconds."""
+    names: set[str] = set()
+    for py in [root / "convert_hf_to_gguf.py", *sorted((root / "conversion").glob("*.py"))]:
+        with contextlib.suppress(OSError):
+            for args in re.findall(r"@ModelBase\.register\(([^)]*)\)", py.read_text(encoding="utf-8")):
+                names.update(re.findall(r"[\"']([A-Za-z0-9_]+)[\"']", args))
+    return names
+
+
+def tokenizer_vocab_size(base_dir: Path) -> int | None:
+    path = base_dir / "tokenizer.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    ids = set((data.get("model") or {}).get("vocab", {}).values() if isinstance((data.get("model") or {}).get("vocab"), dict) else [])
+    ids |= {t["id"] for t in data.get("added_tokens", [])}
+    return max(ids) + 1 if ids else None
+
+
+def adapter_tensors(adapter_dir: Path) -> list[str]:
+    from safetensors import safe_open
+
+    names = []
+    for f in sorted(adapter_dir.glob("*.safetensors")):
+        with safe_open(str(f), framework="numpy") as st:
+            names += list(st.keys())
+    return names
+
+
+# --- loading a GGUF file -------------------------------------------------------------------
+
+
+def open_llama(path, n_ctx: int = 2048, seed: int = 0):
+    """A GGUF file loaded by llama-cpp-python (greedy generation, the judge, parity checks)."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        raise ExternalToolError("llama-cpp-python is not installed",
+                                hint="pip install 'ftctl[export]' (the GGUF backend and judge need it)") from None
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"GGUF file {path} does not exist", hint="run `ftctl checkout` or `ftctl export` first")
+    return Llama(model_path=str(path), n_ctx=n_ctx, seed=seed, n_threads=os.cpu_count() or 1,
+                 verbose=False)

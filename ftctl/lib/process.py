@@ -1,12 +1,15 @@
-"""Running external tools (git, DVC, pm2, nginx, llama.cpp): argument lists, never shell strings.
+"""Processes: external tools (git, DVC, pm2, nginx, llama.cpp) run as argument lists, never
+shell strings; waiting for a condition; a child that dies with its parent.
 
-Output is captured and secrets are redacted before anything reaches an error message or a log.
+A tool's output is captured and secrets are redacted before anything reaches an error message
+or a log.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +20,7 @@ from ftctl.lib.redact import redact
 from ftctl.errors import ExternalToolError
 
 
-def run(args: Sequence[str], *, cwd: Path | None = None, check: bool = True, env: dict | None = None,
+def run_tool(args: Sequence[str], *, cwd: Path | None = None, check: bool = True, env: dict | None = None,
         timeout: float | None = None, hint: str | None = None) -> subprocess.CompletedProcess:
     args = [str(a) for a in args]
     try:
@@ -34,7 +37,7 @@ def run(args: Sequence[str], *, cwd: Path | None = None, check: bool = True, env
 
 
 def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run(["git", *args], cwd=root, check=check)
+    return run_tool(["git", *args], cwd=root, check=check)
 
 
 def dvc(root: Path, *args: str, check: bool = True, hint: str | None = None) -> subprocess.CompletedProcess:
@@ -43,7 +46,7 @@ def dvc(root: Path, *args: str, check: bool = True, hint: str | None = None) -> 
     cmd = [exe] if exe else [sys.executable, "-m", "dvc"]
     # no analytics daemon: it phones home (impossible on closed networks) on every command
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    return run([*cmd, *args], cwd=root, check=check, hint=hint, env=env)
+    return run_tool([*cmd, *args], cwd=root, check=check, hint=hint, env=env)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
@@ -54,3 +57,16 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
             return True
         time.sleep(interval)
     return predicate()
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent or parent == 1:  # the parent died before prctl took effect
+        os._exit(137)

@@ -35,6 +35,11 @@ from ftctl.lib.process import dvc, git
 from ftctl.registry.versions import tag_name
 
 STATE_DIR = ".ftctl"
+SPLITS = ("train", "val", "test")
+# a dataset snapshot (data/<model>/, written by collect): the splits, the preference pairs, every
+# disliked answer, the data card and the rejected rows
+SNAPSHOT_FILES = {**{s: f"{s}.jsonl" for s in SPLITS}, "preferences": "preferences.jsonl",
+                  "unpaired": "unpaired.jsonl", "card": "card.json", "rejects": "rejects.jsonl"}
 JOURNAL = "txn.json"
 # (workspace root, thread) -> how deep the run lock is held: nested core verbs (cycle -> train)
 # re-enter it instead of deadlocking on their own flock
@@ -79,6 +84,11 @@ class Workspace:
 
     def data_dir(self, model: str) -> Path:
         return self.root / "data" / model
+
+    def snapshot_paths(self, model: str) -> dict[str, Path]:
+        """The files of a model's snapshot: train, val, test, preferences, unpaired, card, rejects."""
+        d = self.data_dir(model)
+        return {k: d / name for k, name in SNAPSHOT_FILES.items()}
 
     def adapter_dir(self, model: str, version: str) -> Path:
         return self.root / "adapters" / model / version

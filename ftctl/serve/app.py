@@ -212,7 +212,7 @@ def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
         ws = workspace()
         validate(ws, req)
         job = store.add(kind, req.model_dump(by_alias=True), req.argv(), state=J.RUNNING)
-        row = await asyncio.to_thread(job_process.run, store, job, root, lock_wait=settings.lock_wait,
+        row = await asyncio.to_thread(job_process.run_job, store, job, root, lock_wait=settings.lock_wait,
                                       token_env=settings.token_env)
         body = row["result"] if row["result"] is not None else {
             "error": f"`ftctl {kind}` ended with exit code {row['exit_code']} and no output",

@@ -37,7 +37,7 @@ def child_env(token_env: str) -> dict[str, str]:
     return env
 
 
-def run(store: J.JobStore, job: dict, root: Path, *, lock_wait: float = 0, token_env: str = "FTCTL_SERVE_TOKEN",
+def run_job(store: J.JobStore, job: dict, root: Path, *, lock_wait: float = 0, token_env: str = "FTCTL_SERVE_TOKEN",
         die_with_parent: bool = False, tick: Callable[[], bool] | None = None, interval: float = 0.5) -> dict:
     """Run ``job`` to the end; returns its final row. ``tick`` is called every interval and
     returns True to stop the job (the worker's shutdown)."""

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from ftctl.serve import jobs as J
-from ftctl.cli.job import die_with_parent
-from ftctl.serve.job_process import run
+from ftctl.lib.process import die_with_parent
+from ftctl.serve.job_process import run_job
 
 POLL = 0.5
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         if job is None:
             time.sleep(POLL)
             continue
-        run(store, job, args.root, lock_wait=args.lock_wait, token_env=args.token_env, die_with_parent=True,
+        run_job(store, job, args.root, lock_wait=args.lock_wait, token_env=args.token_env, die_with_parent=True,
             tick=tick)
     return 0
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from ftctl.lib.atomic import write_text
 from ftctl.errors import ConfigError, UsageError
-from ftctl.lib.process import run
+from ftctl.lib.process import run_tool
 
 JS_SUFFIXES = (".js", ".cjs")
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -77,7 +77,7 @@ def _parse_many(path: Path, texts: list[str]) -> list[Any]:
             files.append(Path(name))
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
-        proc = run(["node", "-e", _NODE_LOAD, *map(str, files)], cwd=path.parent, timeout=60,
+        proc = run_tool(["node", "-e", _NODE_LOAD, *map(str, files)], cwd=path.parent, timeout=60,
                    hint="pm2 needs Node.js too: apt-get install nodejs")
         return [r["ok"] if "ok" in r else ValueError(r["error"]) for r in json.loads(proc.stdout)]
     finally:

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from ftctl.api import ExternalToolError, write_text
-from ftctl.lib.process import run
+from ftctl.lib.process import run_tool
 from ftctl_plugins.deployers.access_log import tag
 
 HINT = "install it with scripts/install_system.sh (apt-get install nginx-light)"
@@ -72,8 +72,8 @@ def apply(include: Path, text: str, test_command: list[str], reload_command: lis
     write_text(include, text)
     try:
         if test_command:
-            run(test_command, timeout=30, hint=HINT)
-        run(reload_command, timeout=30, hint=HINT)
+            run_tool(test_command, timeout=30, hint=HINT)
+        run_tool(reload_command, timeout=30, hint=HINT)
     except ExternalToolError:
         if old is None:
             include.unlink(missing_ok=True)

@@ -30,7 +30,7 @@ from pydantic import Field, field_validator
 
 from ftctl.api import (Artifact, ConfigError, Deployer, DeployPlan, ExportQuery, ExternalToolError, Health,
                        PluginConfig, RolledBack, Slot, SlotInfo, Traffic)
-from ftctl.lib.process import run, wait_for
+from ftctl.lib.process import run_tool, wait_for
 from ftctl_plugins.deployers import access_log, ecosystem, nginx
 
 APP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -123,7 +123,7 @@ class Pm2Deployer(Deployer):
                                     hint=nginx.HINT)
 
     def pm2(self, *args: str, check: bool = True):
-        return run([self.pm2_exe(), *args], cwd=self.file.parent, check=check,
+        return run_tool([self.pm2_exe(), *args], cwd=self.file.parent, check=check,
                    timeout=self.config.pm2_timeout, hint=PM2_HINT)
 
     # --- reading ------------------------------------------------------------------------------

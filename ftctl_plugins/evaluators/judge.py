@@ -74,7 +74,7 @@ class LlmJudge(Evaluator):
 
     def _chat_gguf(self, messages: list[dict]) -> str:
         if self._llama is None:
-            from ftctl.lib.generation import open_llama
+            from ftctl.lib.llamacpp import open_llama
 
             self._llama = open_llama(self.config.gguf, n_ctx=self.config.n_ctx)
         out = self._llama.create_chat_completion(messages=messages, temperature=0.0, seed=0,

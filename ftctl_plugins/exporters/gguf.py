@@ -125,7 +125,7 @@ class GgufExporter(Exporter):
     def check(self, req: ExportRequest) -> list[str]:
         """llama.cpp's converters must exist (their own error) and accept this base and adapter."""
         from ftctl.lib.llamacpp import find_tools
-        from ftctl.export import preflight
+        from ftctl.lib.llamacpp import preflight
 
         tools = None
         if req.quants or req.lora_gguf:

@@ -111,20 +111,9 @@ class LoraTrainer(Trainer):
 
     def rows(self, encoded, what: str):
         """Filter by max_length; an unusable dataset is an error that says why."""
-        from ftctl.lib.chat_format import EncodeReport
+        from ftctl.lib.chat_format import select
 
-        report = EncodeReport()
-        kept = []
-        for enc in encoded:
-            if enc is None:
-                report.skipped["no_assistant_turn"] += 1
-                continue
-            report.lengths.append(len(enc))
-            if len(enc) > self.config.max_length:
-                report.skipped["longer_than_max_length"] += 1
-            else:
-                kept.append(enc)
-                report.used += 1
+        kept, report = select(encoded, self.config.max_length)
         if not kept and what == "train":
             if not encoded:
                 raise UsageError("the training dataset is empty", hint="run `ftctl collect` first (or add data)")

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from ftctl.data.collect import collect, snapshot_paths
+from ftctl.data.collect import collect
 from ftctl.errors import FtctlError
 from tests.collect.conftest import configure, event, write_jsonl
 from tests.conftest import ROOT, run_ftctl, run_json
@@ -49,7 +49,7 @@ def test_cli_json_contract_pii_corrections_and_recording(workspace):
     assert r["rejected"] == {"invalid_json": 1, "rating_out_of_range": 1}
     assert r["scrubbed"] == {"EMAIL": 1, "PHONE": 1}
     assert sum(r["splits"].values()) == 34 and r["snapshot"] == "data/assistant"
-    paths = snapshot_paths(ws, "assistant")
+    paths = ws.snapshot_paths("assistant")
     texts = "".join(paths[s].read_text() for s in ("train", "val", "test"))
     assert "jane.roe@example.com" not in texts and "<EMAIL>" in texts and "555-0132" not in texts
     assert "No, it is blue on a clear day." in texts  # the correction is the target
@@ -92,7 +92,7 @@ def test_incremental_collect_keeps_every_example_in_its_split(workspace):
     first = collect(ws, log=lambda s: None)
     where = {}
     for s in ("train", "val", "test"):
-        for e in lines(snapshot_paths(ws, "assistant")[s]):
+        for e in lines(ws.snapshot_paths("assistant")[s]):
             where[e["conversation_id"]] = s
     assert len(where) == 60
     newer = [event(f"Later question {i}?", f"Later answer {i}.", i=i, rating=5,
@@ -103,7 +103,7 @@ def test_incremental_collect_keeps_every_example_in_its_split(workspace):
     assert second["filtered"] == {"already_collected": 60} and second["read"] == 60 + 80
     after = {}
     for s in ("train", "val", "test"):
-        for e in lines(snapshot_paths(ws, "assistant")[s]):
+        for e in lines(ws.snapshot_paths("assistant")[s]):
             after[e["conversation_id"]] = s
     assert all(after[k] == s for k, s in where.items())  # nothing moved
     assert ws.read_lock().models["assistant"].watermarks["fb"].startswith("2024-05-")
@@ -167,14 +167,14 @@ def test_unpaired_disliked_answers_are_written_once_carried_and_forgotten(worksp
     configure(ws, [{"name": "fb", "kind": "jsonl", "path": "fb.jsonl"}], {"min_rating": 4})
     r = collect(ws, log=lambda s: None)
     assert balanced(r) and r["kept"] == 12 and r["filtered"] == {"min_rating": 2, "negative_feedback": 1}
-    path = snapshot_paths(ws, "assistant")["unpaired"]
+    path = ws.snapshot_paths("assistant")["unpaired"]
     unpaired = lines(path)
     assert {(u["from"], u["completion"][0]["content"]) for u in unpaired} == {
         ("negative_feedback", "Berlin."), ("min_rating", "Yes, cheddar."), ("correction", "Yes.")}
     assert all(u["label"] is False and u["split"] in ("train", "val", "test") for u in unpaired)
     cheese = next(u for u in unpaired if u["key"] == "conv50")
     assert cheese["prompt"] == [{"role": "user", "content": "Is the moon made of cheese?"}]
-    assert r["unpaired"] == 3 and json.loads(snapshot_paths(ws, "assistant")["card"].read_text())["unpaired"] == 3
+    assert r["unpaired"] == 3 and json.loads(ws.snapshot_paths("assistant")["card"].read_text())["unpaired"] == 3
     assert ws.read_lock().models["assistant"].dataset["card"]["unpaired"] == 3
 
     # an incremental collect carries the disliked answers (in no split) and adds the new one

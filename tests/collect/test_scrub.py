@@ -17,7 +17,7 @@ from ftctl.errors import ConfigError
 from tests.conftest import ROOT
 
 LABELLED = ROOT / "tests" / "data" / "pii_labelled.jsonl"
-EXAMPLE_SITE = ROOT / "ftctl" / "data" / "recognizers" / "site.example.yaml"
+EXAMPLE_SITE = ROOT / "ftctl" / "lib" / "recognizers" / "site.example.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -64,9 +64,7 @@ def test_evaluate_scores_records_and_reports(eval_ws):
 
 
 def test_default_test_split_golden_set_and_limit(eval_ws):
-    from ftctl.data.collect import snapshot_paths
-
-    test = snapshot_paths(eval_ws, "assistant")["test"]
+    test = eval_ws.snapshot_paths("assistant")["test"]
     test.parent.mkdir(parents=True)
     write_set(test, [example(q, a, i=i) for i, (q, a, *_ ) in enumerate(QA)])
     r = locked(eval_ws, evaluate.evaluate, "v1.0", metrics=["exact_match"], limit=2)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ftctl.errors import ExternalToolError, UsageError
-from ftctl.export import preflight, supported_architectures
+from ftctl.lib.llamacpp import preflight, supported_architectures
 
 
 @pytest.fixture

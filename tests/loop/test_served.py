@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ftctl.data.collect import collect, snapshot_paths
+from ftctl.data.collect import collect
 from ftctl.registry.served import Resolver
 from tests.loop.conftest import add_versions, configure
 
@@ -31,11 +31,11 @@ def test_collect_counts_rows_per_served_version_and_keeps_unmatched(workspace, f
     with ws.run_lock("collect"):
         r = collect(ws, "assistant")
     assert r["read"] == r["kept"] == 8  # nothing lost: unmatched rows are kept and counted
-    card = json.loads(snapshot_paths(ws, "assistant")["card"].read_text())
+    card = json.loads(ws.snapshot_paths("assistant")["card"].read_text())
     assert card["served"] == {"versions": {"v1.0": 3, "v1.1": 2},
                               "unmatched": {"assistant@v9.9": 1, "billing@v1.0": 1}, "none": 1}
     assert "matches no version" in capsys.readouterr().out
     rows = [json.loads(x) for s in ("train", "val", "test")
-            for x in snapshot_paths(ws, "assistant")[s].read_text().splitlines()]
+            for x in ws.snapshot_paths("assistant")[s].read_text().splitlines()]
     assert sorted(str(x["served_model"]) for x in rows) == sorted(
         ["assistant@v1.0"] * 3 + ["assistant@v1.1"] * 2 + ["assistant@v9.9", "billing@v1.0", "None"])
