@@ -100,8 +100,8 @@ def cycle(ws: Workspace, model: str | None = None, *, force: bool = False, max_s
         from ftctl.deploy.rollout import deploy
 
         log(f"[bold]5/5 deploy[/] {name}@{version} as a {cc.canary_percent}% canary")
-        # the gate already ran above, on the same rule deploy would apply
-        out["steps"]["deploy"] = deploy(ws, f"{name}@{version}", canary=cc.canary_percent, gate=False, log=log)
+        # the gate already ran above, on the same rule `ftctl deploy` applies (ftctl.verbs)
+        out["steps"]["deploy"] = deploy(ws, f"{name}@{version}", canary=cc.canary_percent, log=log)
     return out
 
 

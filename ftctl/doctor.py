@@ -1,4 +1,8 @@
-"""`ftctl doctor`: check the environment; every missing piece comes with the command that fixes it."""
+"""`ftctl doctor`: check the environment; every missing piece comes with the command that fixes it.
+
+The checks are public: `ftctl serve`'s GET /health (ftctl.serve.health) runs the dependency ones
+(DVC remote, source databases, pm2) too.
+"""
 
 from __future__ import annotations
 
@@ -53,12 +57,17 @@ def _llama_cpp_tools(ws) -> Check:
         return Check("llama.cpp converters", False, e.message, e.hint or FETCH_HINT)
 
 
-def _binary(name: str, fix: str, extra: list[Path] = ()) -> Check:
+def binary(name: str, fix: str, extra: list[Path] = ()) -> Check:
     path = shutil.which(name) or next((str(p) for p in extra if p.exists()), None)
     return Check(name, bool(path), path or "not found", "" if path else fix)
 
 
-def _dvc_remote(ws) -> Check:
+def pm2(root: Path) -> Check:
+    """pm2 on PATH, or the one the install step put in the workspace (.ftctl/node)."""
+    return binary("pm2", "bash scripts/install_system.sh", [root / ".ftctl/node/node_modules/.bin/pm2"])
+
+
+def dvc_remote(ws) -> Check:
     from ftctl.lib.process import dvc
 
     remote = ws.default_remote()
@@ -83,7 +92,7 @@ def _writable(p: Path) -> bool:
     return os.access(p, os.W_OK)
 
 
-def _databases(ws) -> list[Check]:
+def databases(ws) -> list[Check]:
     checks = []
     for name in ws.config.model_names():
         for src in ws.model(name).sources:
@@ -104,6 +113,22 @@ def _databases(ws) -> list[Check]:
     return checks
 
 
+def service(url: str, timeout: float = 5.0) -> Check:
+    """A configured `ftctl serve`: its GET /health (ftctl.serve.health) answers 200."""
+    import httpx
+
+    try:
+        r = httpx.get(url.rstrip("/") + "/health", timeout=timeout)
+        body = r.json()
+        ok = r.status_code == 200
+        bad = [c["name"] for c in body.get("checks", []) if not c["ok"]]
+        detail = f"{url}: {body.get('status')}" + (f" ({', '.join(bad)} failing)" if bad else "")
+    except (httpx.HTTPError, ValueError) as e:
+        ok, detail = False, f"{url}: {type(e).__name__}"
+    return Check("ftctl serve", ok, detail,
+                 "" if ok else "start it (`ftctl serve`, or its pm2 entry in docs/serve.md) or fix serve.url")
+
+
 def run_checks(ws=None) -> list[dict]:
     root = ws.root if ws else Path.cwd()
     checks = [
@@ -117,16 +142,14 @@ def run_checks(ws=None) -> list[dict]:
         _package("llama_cpp", "GGUF quantize/verify/serve", fix="pip install llama-cpp-python  (compiles; ~10 min)"),
         *_cuda(),
         _llama_cpp_tools(ws),
-        _binary("git", "apt-get install git"),
-        _binary("node", "apt-get install nodejs npm"),
-        _binary("pm2", "bash scripts/install_system.sh", [root / ".ftctl/node/node_modules/.bin/pm2"]),
-        _binary("nginx", "bash scripts/install_system.sh  (or: apt-get install nginx)", [Path("/usr/sbin/nginx")]),
+        binary("git", "apt-get install git"),
+        binary("node", "apt-get install nodejs npm"),
+        pm2(root),
+        binary("nginx", "bash scripts/install_system.sh  (or: apt-get install nginx)", [Path("/usr/sbin/nginx")]),
     ]
     if ws:
-        checks.append(_dvc_remote(ws))
-        checks += _databases(ws)
+        checks.append(dvc_remote(ws))
+        checks += databases(ws)
         if ws.config.serve.url:  # `ftctl serve` is configured: is it up and healthy?
-            from ftctl.serve.health import check_service
-
-            checks.append(Check(**check_service(ws.config.serve.url)))
+            checks.append(service(ws.config.serve.url))
     return [asdict(c) for c in checks]

@@ -377,6 +377,11 @@ class Deployer(Plugin):
     """
 
     kind = "deployer"
+    # Every version's exported file of the kind :meth:`serves` names, recorded in models.lock and
+    # present in the workspace, oldest version first (sha256 as recorded). The core sets it when it
+    # builds the deployer, so one that keeps several versions loaded at once (lora_swap: every
+    # LoRA beside one base) knows them without reading models.lock itself.
+    exported: tuple[Artifact, ...] = ()
 
     def serves(self) -> ExportQuery:
         """Which exported file to serve (default: the first GGUF)."""

@@ -16,8 +16,10 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from ftctl import plugins
 from ftctl.lib.atomic import read_json, write_text
@@ -39,13 +41,17 @@ def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, 
           major: bool = False, max_steps: int | None = None, epochs: float | None = None,
           dry_run: bool = False, preview: bool = False, nproc: int | None = None,
           accelerate_config: Path | None = None, qlora: bool | None = None, log=print,
-          show_progress: bool = False) -> dict:
+          show_progress: bool = False, refresh: Callable[[Workspace, str], Any] | None = None) -> dict:
+    """Train a new version of ``model`` on its snapshot (or finish the newest unfinished run).
+
+    ``refresh(ws, model)`` runs before a new run reads the snapshot: `ftctl train` collects there
+    when curate.collect_before_train is set (ftctl.verbs); this stage imports no other stage."""
     mc = ws.model(model)
     name = mc.name
     overrides = {k: v for k, v in {"max_steps": max_steps, "epochs": epochs, "qlora": qlora}.items()
                  if v is not None}
     if resume:
-        run_dir, spec = _unfinished_run(ws, name)
+        run_dir, spec = unfinished_run(ws, name)
         if from_ or major:
             raise UsageError("--resume finishes a run as it was started", hint="drop --from/--major")
         raw = {**spec["config"], **overrides}
@@ -62,10 +68,8 @@ def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, 
         _check_unchanged(paths["train"], spec["data_sha256"])
         parent = spec["parent"]
     else:
-        if mc.curate.collect_before_train and not (dry_run or preview):
-            from ftctl.data.collect import collect
-
-            collect(ws, name, log=log)  # curate.collect_before_train: train on the freshest data
+        if refresh is not None and not (dry_run or preview):
+            refresh(ws, name)  # `ftctl train` collects first when asked (ftctl.verbs.train)
         snap = ws.snapshot_paths(name)
         paths = {"train": snap["train"], "val": snap["val"] if snap.get("val") and snap["val"].is_file() else None}
         if not paths["train"].is_file():
@@ -158,7 +162,8 @@ def _write_run(run_dir: Path, spec: dict, **status) -> None:
     write_text(run_dir / RUN_FILE, json.dumps({**spec, **status, "updated": now()}, indent=2))
 
 
-def _unfinished_run(ws: Workspace, model: str) -> tuple[Path, dict]:
+def unfinished_run(ws: Workspace, model: str) -> tuple[Path, dict]:
+    """The newest run of ``model`` that did not finish, and its spec: what ``--resume`` continues."""
     runs = sorted((ws.state_dir / "runs" / model).glob(f"*/{RUN_FILE}"), reverse=True)
     for f in runs:
         spec = json.loads(f.read_text())

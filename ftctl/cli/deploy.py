@@ -55,12 +55,12 @@ def _render(app):
 @pass_app
 def deploy(app, ref, canary, dry_run, gate):
     """Deploy version REF (v1.1, latest, model@v1.1) to its pm2 app, or as a canary."""
-    from ftctl.deploy import rollout as core
+    from ftctl.verbs import deploy as gated_deploy
 
     if dry_run:
-        result = core.deploy(app.workspace(), ref, canary=canary, dry_run=True, log=app.say)
+        result = gated_deploy(app.workspace(), ref, canary=canary, dry_run=True, log=app.say)
     else:
-        result = app.mutate("deploy", lambda ws: core.deploy(ws, ref, canary=canary, gate=gate, log=app.say))
+        result = app.mutate("deploy", lambda ws: gated_deploy(ws, ref, canary=canary, gate=gate, log=app.say))
     app.emit(result, _render(app))
 
 

@@ -1,4 +1,4 @@
-"""`ftctl train`: a thin shell over ftctl.train.train."""
+"""`ftctl train`: a thin shell over ftctl.verbs.train (ftctl.train.train, collecting first when asked)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from ftctl.cli.main import pass_app
 @pass_app
 def train(app, model, trainer, from_, resume, major, max_steps, epochs, qlora, nproc, accelerate_config, dry_run, preview):
     """Fine-tune a LoRA/QLoRA adapter on the latest dataset snapshot into a new version."""
-    from ftctl.train import train as do_train
+    from ftctl.verbs import train as do_train
 
     if trainer:  # the same as --set train.trainer=NAME
         app.overrides = (*app.overrides, f"train.trainer={trainer}")

@@ -16,6 +16,7 @@ its own traffic):
 
 The decision and its evidence are appended to models.lock's history (``canary check``); the
 action itself goes through ftctl.deploy.rollout's promote / deploy / rollback, which record theirs.
+The /metrics reading is ftctl.deploy.metrics'.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ftctl.deploy import rollout
+from ftctl.deploy.metrics import SIDES, scrape_sides
 from ftctl.errors import ExternalToolError, UsageError
-from ftctl.lib.log import Log, current_user
-from ftctl.lib.times import now, parse_time
+from ftctl.lib.log import Log
+from ftctl.lib.times import parse_time
 
 PROMOTE, STEP, HOLD, ROLLBACK = "promote", "step", "hold", "rollback"
 ACTION = "canary check"
-SIDES = ("stable", "canary")
 
 
 def stage(history: list[dict], version: str) -> dict:
@@ -67,40 +69,6 @@ def ratings(ws, model: str, versions: dict[str, str], since: str | None, signal:
     scores = {r: [s for s in (feedback.score(ex, signal) for ex in exs) if s is not None] for r, exs in rows.items()}
     return {"signal": signal, "scores": scores, "rows": {r: len(x) for r, x in rows.items()},
             "served": seen.to_dict(), **counts}
-
-
-def scrape(url: str, timeout: float) -> dict[str, Any]:
-    """llama-server's /metrics -> its generation counters; an unreachable endpoint is reported, not raised."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            text = r.read(1 << 20).decode("utf-8", "replace")
-        values = {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples}
-    except (OSError, ValueError) as e:
-        return {"url": url, "ok": False, "error": str(getattr(e, "reason", e)) or type(e).__name__}
-    tokens = values.get("llamacpp:tokens_predicted_total")
-    seconds = values.get("llamacpp:tokens_predicted_seconds_total")
-    if tokens is None or seconds is None:
-        return {"url": url, "ok": False, "error": "no llamacpp:tokens_predicted_* counters (is it llama-server?)"}
-    return {"url": url, "ok": True, "tokens": tokens, "seconds": seconds}
-
-
-def scrape_sides(apps: list[dict], cfg) -> dict[str, dict[str, Any]]:
-    """Each side's /metrics (the sides with a port); one request per URL, so one server answering
-    for both sides (lora_swap) is read once and both get the same counters."""
-    urls = {app["role"]: cfg.metrics_url.format(port=app["port"])
-            for app in apps if app.get("role") in SIDES and app.get("port")}
-    seen = {url: scrape(url, cfg.metrics_timeout) for url in set(urls.values())}
-    return {role: seen[url] for role, url in urls.items()}
-
-
-def counters(slots: list[dict], cfg) -> dict[str, dict[str, float]]:
-    """Each side's generation counters now (the sides whose /metrics answer): a stage's start."""
-    return {role: {"tokens": m["tokens"], "seconds": m["seconds"]}
-            for role, m in scrape_sides(slots, cfg).items() if m["ok"]}
 
 
 def _window(now: dict, start: dict | None) -> dict[str, Any]:
@@ -257,8 +225,6 @@ def check(ws, model: str | None = None, *, dry_run: bool = False, log: Log = pri
 
 
 def _check(ws, model: str | None, dry_run: bool, log: Log) -> dict[str, Any]:
-    from ftctl.deploy import rollout
-
     model = model or ws.config.default_model
     cfg = ws.model(model).deploy.canary
     state = ws.read_lock().state(model)
@@ -294,16 +260,14 @@ def _check(ws, model: str | None, dry_run: bool, log: Log) -> dict[str, Any]:
 
     def update(lock) -> None:
         st = lock.state(model)
-        st.history.append({"time": now(), "user": current_user(), "action": ACTION, "version": canary_v,
-                           "stable": st.deployment.stable,
-                           "canary": st.deployment.canary.model_dump() if st.deployment.canary else None,
-                           "result": verdict["decision"], "detail": verdict["reason"], "evidence": evidence})
+        st.history.append(rollout.history_entry(st, ACTION, canary_v, verdict["decision"], detail=verdict["reason"],
+                                                evidence=evidence))
 
     ws.record(f"canary check {model}@{canary_v}: {verdict['decision']}", update)
     if verdict["decision"] == PROMOTE:
         out["status"] = rollout.promote(ws, model, log=log)
     elif verdict["decision"] == STEP:
-        out["status"] = rollout.deploy(ws, f"{model}@{canary_v}", canary=verdict["percent"], gate=False, log=log)
+        out["status"] = rollout.deploy(ws, f"{model}@{canary_v}", canary=verdict["percent"], log=log)
     elif verdict["decision"] == ROLLBACK:
         out["status"] = rollout.rollback(ws, model, log=log)
     else:

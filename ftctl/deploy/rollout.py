@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ftctl.deploy.metrics import counters
 from ftctl.errors import NothingToDo, RolledBack, UsageError
-from ftctl.kinds import AppStatus, Artifact, Deployer
+from ftctl.kinds import AppStatus, Artifact, Deployer, ExportQuery
 from ftctl.registry.lockfile import Lock, ModelState
 from ftctl.registry.versions import resolve, split_ref
 from ftctl.registry.workspace import locked
@@ -42,8 +43,22 @@ def deployer(ws, model: str, log: Log) -> Deployer:
     if not raw and required:  # nothing set up yet (the demo workspace): say so, not "Field required"
         raise UsageError(f"no deployment is configured for {model!r}: deploy.{cfg.deployer} is empty",
                          hint=f"set deploy.{cfg.deployer}: {', '.join(required)} in ftctl.yaml (docs/deploy.md)")
-    return plugins.build("deployer", cfg.deployer, raw, ws.context(model, log),
-                         key=f"models.{model}.deploy.{cfg.deployer}")
+    dep = plugins.build("deployer", cfg.deployer, raw, ws.context(model, log),
+                        key=f"models.{model}.deploy.{cfg.deployer}")
+    dep.exported = exported(ws, model, dep.serves())
+    return dep
+
+
+def exported(ws, model: str, want: ExportQuery) -> tuple[Artifact, ...]:
+    """Every version's exported file that ``want`` names and the work tree holds (Deployer.exported)."""
+    state = ws.read_lock().models.get(model)
+    out = []
+    for version, entry in (state.versions.items() if state else ()):
+        found = entry.find_export(want.kind, want.quant)
+        if found and (ws.root / found.path).is_file():
+            out.append(Artifact(model=model, version=version, path=(ws.root / found.path).resolve(), rel=found.path,
+                                sha256=found.sha256 or "", kind=want.kind, quant=found.quant))
+    return tuple(out)
 
 
 def _model_and_version(ws, ref: str) -> tuple[str, str]:
@@ -119,13 +134,20 @@ def _record(ws, model: str, action: str, version: str | None, *, stable: str | N
             st.deployment.canary = canary
         if apps is not None:
             st.deployment.apps = apps
-        st.history.append({"time": now(), "user": current_user(), "action": action, "version": version,
-                           "stable": st.deployment.stable,
-                           "canary": st.deployment.canary.model_dump() if st.deployment.canary else None,
-                           "result": result, **({"detail": detail} if detail else {}), **(extra or {})})
+        st.history.append(history_entry(st, action, version, result, **({"detail": detail} if detail else {}),
+                                        **(extra or {})))
 
     what = f"{action} {model}@{version}" if version else f"{action} {model}"
     ws.record(f"deploy: {what}" + ("" if result == "ok" else f" ({result})"), update)
+
+
+def history_entry(st: ModelState, action: str, version: str | None, result: str, **extra: Any) -> dict[str, Any]:
+    """One line of a model's deployment history (models.lock): when, who, what, the outcome, and
+    where stable and canary stand after it. Every change and every canary decision writes one."""
+    return {"time": now(), "user": current_user(), "action": action, "version": version,
+            "stable": st.deployment.stable,
+            "canary": st.deployment.canary.model_dump() if st.deployment.canary else None,
+            "result": result, **extra}
 
 
 def _apps_entry(dep: Deployer, arts: dict[str, Artifact | None]) -> list[dict]:
@@ -197,9 +219,13 @@ def _artifact_of(ws, model: str, version: str | None, dep: Deployer) -> Artifact
 
 
 @locked
-def deploy(ws, ref: str, *, canary: int | None = None, dry_run: bool = False, gate: bool | None = None,
-           log: Log = print) -> dict[str, Any]:
-    """Serve version ``ref`` from the stable app, or from a canary taking ``canary`` percent."""
+def deploy(ws, ref: str, *, canary: int | None = None, dry_run: bool = False,
+           check: Callable[[str, str], Any] | None = None, log: Log = print) -> dict[str, Any]:
+    """Serve version ``ref`` from the stable app, or from a canary taking ``canary`` percent.
+
+    ``check(model, label)`` runs once the deployer is ready and an interrupted command is undone,
+    before anything changes; raising stops the deploy. `ftctl deploy` passes the eval gate there
+    (ftctl.verbs): this stage does not import the eval stage."""
     if canary is not None and not 1 <= canary <= 100:
         raise UsageError(f"--canary {canary}: a percentage from 1 to 100")
     model, version = _model_and_version(ws, ref)
@@ -213,11 +239,8 @@ def deploy(ws, ref: str, *, canary: int | None = None, dry_run: bool = False, ga
     dep.preflight()
     _recover(ws, model, dep, log)
     d = ws.read_lock().state(model).deployment
-    if gate if gate is not None else ws.model(model).deploy.gate:
-        from ftctl.eval import gating
-
-        log(f"eval gate: {label} against {ws.model(model).eval.gate.against}")
-        gating.gate(ws, label, model=model, log=log)
+    if check is not None:
+        check(model, label)
     stable = _artifact_of(ws, model, d.stable, dep) if d.stable else None
     if canary is not None:
         if d.canary and d.canary.version != version:
@@ -239,8 +262,6 @@ def deploy(ws, ref: str, *, canary: int | None = None, dry_run: bool = False, ga
         # the stage begins now, at this share: `canary check` judges the feedback from this moment
         # (to the microsecond: history times are whole seconds) and the latency from where the
         # servers' counters stand, not their whole lives
-        from ftctl.deploy.canary import counters
-
         began = datetime.now(timezone.utc).isoformat()
         start = counters([{"role": s.slot, "port": s.port} for s in dep.slots()], ws.model(model).deploy.canary)
         _record(ws, model, "canary", version, canary=new, apps=apps, extra={"began": began, "counters": start})

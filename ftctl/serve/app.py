@@ -1,19 +1,17 @@
-"""The FastAPI app: routes, bearer-token auth, errors in the CLI's JSON shape, the worker's life.
+"""The FastAPI app: routes, bearer-token auth and errors in the CLI's JSON shape.
 
-Reads call the core functions the CLI calls, in this process, and answer with the JSON text
-`ftctl --json` prints. Mutating verbs run the real command line in another process
+Reads call the public core functions the CLI calls, in this process, and answer with the JSON
+text `ftctl --json` prints. Mutating verbs run the real command line in another process
 (ftctl.serve.job_process), so the run lock, the JSON and .ftctl/log.jsonl are the CLI's own.
+The rest has its own module: the queue worker's keeper (supervisor), the body limit
+(body_limit), the parsed ftctl.yaml and models.lock (read_cache), a job as shown (job_view).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
-import subprocess
-import sys
-import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,18 +21,20 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from ftctl.lib.redact import redact
 from ftctl.errors import LOCKED, FtctlError, UsageError
-from ftctl.serve import jobs as J
+from ftctl.lib.redact import redact
 from ftctl.serve import job_process
+from ftctl.serve import jobs as J
+from ftctl.serve.body_limit import BodyLimit
 from ftctl.serve.health import Health
+from ftctl.serve.job_view import job_view as view
+from ftctl.serve.read_cache import ReadCache
 from ftctl.serve.requests import (DeployRequest, EvaluateRequest, FinetuneRequest, PromoteRequest,
                                   RollbackRequest)
+from ftctl.serve.supervisor import Supervisor
 
 # exit code -> HTTP status (README "Exit codes"): usage errors (a bad ref) are 422, a held lock 409
 HTTP_STATUS = {0: 200, 1: 500, 2: 422, 3: 409, 4: 409, 5: 409, 6: 502}
-MAX_BODY = 64 * 1024
-WORKER_KINDS = ("train", "cycle", "evaluate")
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
 
 
@@ -63,86 +63,10 @@ class Unauthorized(FtctlError):
     exit_code = 2
 
 
-class BodyLimit:
-    """Refuse request bodies over MAX_BODY (413) before they are read into memory."""
-
-    def __init__(self, app, limit: int = MAX_BODY):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return await _send_413(send, self.limit)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            msg = await receive()
-            seen += len(msg.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return msg
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _send_413(send, self.limit)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _send_413(send, limit: int) -> None:
-    body = json.dumps({"error": f"request body over {limit} bytes", "hint": None, "exit_code": 2}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-
-class Supervisor:
-    """Starts the worker process and restarts it if it dies (its running job: interrupted)."""
-
-    def __init__(self, settings: Settings, store: J.JobStore):
-        self.s, self.store = settings, store
-        self.proc: subprocess.Popen | None = None
-        self.stopping = False
-
-    def start(self) -> None:
-        log = open(self.store.path.parent / "worker.log", "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ftctl.serve.queue_worker", str(self.s.root), "--lock-wait", str(self.s.lock_wait),
-             "--token-env", self.s.token_env],
-            cwd=self.s.root, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=job_process.child_env(self.s.token_env))
-        log.close()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    async def watch(self) -> None:
-        while not self.stopping:
-            await asyncio.sleep(2)
-            if not self.stopping and not self.alive():
-                self.store.mark_interrupted(WORKER_KINDS)
-                self.start()
-
-    def stop(self) -> None:
-        self.stopping = True
-        if self.alive():
-            self.proc.terminate()  # the worker stops its job (SIGTERM, then SIGKILL) and exits
-            try:
-                self.proc.wait(job_process.GRACE + 5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
     root = Path(settings.root).resolve()
     store = J.JobStore(root / ".ftctl" / "serve" / "jobs.sqlite")
-    sup = Supervisor(settings, store)
+    sup = Supervisor(root, store, lock_wait=settings.lock_wait, token_env=settings.token_env)
     health = Health(root, store, sup.alive)
 
     @asynccontextmanager
@@ -220,26 +144,7 @@ def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
         return cli_json(body, HTTP_STATUS.get(row["exit_code"], 500))
 
     def job_view(job: dict, log_lines: int = 20) -> dict:
-        result = job["result"]
-        links = {}
-        if isinstance(result, dict):
-            for fmt, path in (result.get("reports") or {}).items():
-                links[fmt] = "/" + str(path)
-        finished = job["state"] in J.FINISHED
-        return {
-            "id": job["id"], "kind": job["kind"], "state": job["state"], "params": job["params"],
-            "command": ["ftctl", *job["argv"]], "created": _iso(job["created"]), "started": _iso(job["started"]),
-            "finished": _iso(job["finished"]), "exit_code": job["exit_code"],
-            "progress": {"step": job["step"], "total": job["total"], "loss": job["loss"],
-                         "eta_seconds": None if job["eta"] is None else round(job["eta"], 1)},
-            "result": result, "reports": links,
-            "resumable": finished and job["kind"] in ("train", "cycle") and job["state"] != J.DONE
-            and _unfinished_run(root, (job["params"] or {}).get("model")),
-            "resumed_from": job["resumed_from"],
-            "log_tail": job_process.tail(store.log_path(job["id"]), log_lines),
-        }
-
-    app.state.job_view = job_view
+        return view(job, root, store, log_lines)
 
     def get_job(job_id: str) -> dict:
         job = store.get(job_id) if len(job_id) <= 32 and job_id.isalnum() else None
@@ -374,70 +279,6 @@ def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
         return dashboard.version_page(show(workspace(), ref[:80], model))
 
     return app
-
-
-
-class ReadCache:
-    """ftctl.yaml and models.lock parsed once per change of the file (its stat), not per request:
-    YAML parsing dominated the read routes under load. Any change on disk is seen at once."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self._ws = None
-        self._ws_key = None
-        self._lock = None
-        self._lock_key = None
-        self._mutex = threading.Lock()
-
-    @staticmethod
-    def _key(path: Path):
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-    def workspace(self):
-        from ftctl.registry.workspace import Workspace
-
-        cache = self
-
-        class Cached(Workspace):
-            def read_lock(self):
-                return cache.read_lock(lambda: Workspace.read_lock(self))
-
-        with self._mutex:
-            key = self._key(self.root / "ftctl.yaml")
-            if self._ws is None or key != self._ws_key:
-                self._ws, self._ws_key = Cached(self.root), key
-            return self._ws
-
-    def read_lock(self, load):
-        with self._mutex:
-            key = self._key(self.root / "models.lock")
-            if self._lock is None or key != self._lock_key:
-                self._lock, self._lock_key = load(), key
-            return self._lock
-
-
-def _iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(t, timezone.utc).replace(microsecond=0).isoformat()
-
-
-def _unfinished_run(root: Path, model: str | None) -> bool:
-    """Is there a run `ftctl train --resume` would finish? (ftctl.train's own lookup)"""
-    from ftctl.registry.workspace import Workspace
-    from ftctl.train import _unfinished_run as find
-
-    with contextlib.suppress(FtctlError):
-        ws = Workspace(root)
-        find(ws, ws.model(model).name)
-        return True
-    return False
 
 
 def _version() -> str:

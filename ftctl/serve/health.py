@@ -2,7 +2,8 @@
 
 200 when the service can do its work (worker alive, disk not full), 503 otherwise; a failing
 dependency the service does not need to answer (a source database, the DVC remote, pm2) makes
-the status "degraded" with 200, and is named. The dependency checks are `ftctl doctor`'s own,
+the status "degraded" with 200, and is named. The dependency checks are `ftctl doctor`'s own
+(its public checks; doctor checks a running service through :func:`ftctl.doctor.service`),
 cached for a few seconds because DVC's CLI is slow to start.
 """
 
@@ -16,22 +17,6 @@ from pathlib import Path
 WORKER_STALE = 10.0  # seconds without a heartbeat: the worker is not running
 MIN_FREE = 1 << 30  # bytes of free disk below which jobs would fail
 TTL = 15.0
-
-
-def check_service(url: str, timeout: float = 5.0) -> dict:
-    """`ftctl doctor`'s check of a configured service: its /health, as a doctor Check dict."""
-    import httpx
-
-    try:
-        r = httpx.get(url.rstrip("/") + "/health", timeout=timeout)
-        body = r.json()
-        ok = r.status_code == 200
-        bad = [c["name"] for c in body.get("checks", []) if not c["ok"]]
-        detail = f"{url}: {body.get('status')}" + (f" ({', '.join(bad)} failing)" if bad else "")
-    except (httpx.HTTPError, ValueError) as e:
-        ok, detail = False, f"{url}: {type(e).__name__}"
-    return {"name": "ftctl serve", "ok": ok, "detail": detail, "required": True,
-            "fix": "" if ok else "start it (`ftctl serve`, or its pm2 entry in docs/serve.md) or fix serve.url"}
 
 
 class Health:
@@ -76,9 +61,8 @@ def _doctor_checks(root: Path) -> list[dict]:
     from ftctl.registry.workspace import Workspace
 
     ws = Workspace(root)
-    pm2 = [root / ".ftctl/node/node_modules/.bin/pm2"]
-    checks = {"dvc remote": lambda: [doctor._dvc_remote(ws)], "databases": lambda: doctor._databases(ws),
-              "pm2": lambda: [doctor._binary("pm2", "bash scripts/install_system.sh", pm2)]}
+    checks = {"dvc remote": lambda: [doctor.dvc_remote(ws)], "databases": lambda: doctor.databases(ws),
+              "pm2": lambda: [doctor.pm2(root)]}
     out = []
     for name, check in checks.items():
         try:

@@ -84,16 +84,8 @@ class LoraSwapDeployer(Deployer):
         return path.resolve()
 
     def _exported_loras(self) -> list[str]:
-        """Every version's LoRA GGUF recorded in models.lock (loaded at start, so any can be swapped in)."""
-        from ftctl.registry.workspace import Workspace
-
-        st = Workspace(self.ctx.root).read_lock().models.get(self.ctx.model)
-        out = []
-        for entry in (st.versions.values() if st else ()):
-            found = entry.find_export("lora-gguf")
-            if found and (self.ctx.root / found.path).is_file():
-                out.append(str((self.ctx.root / found.path).resolve()))
-        return out
+        """Every version's LoRA GGUF (the core's ``exported``; loaded at start, so any can be swapped in)."""
+        return [str(a.path) for a in self.exported]
 
     # --- the primitives ------------------------------------------------------------------------
 

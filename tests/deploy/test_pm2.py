@@ -222,7 +222,7 @@ def test_kill_9_in_the_middle_of_a_deploy_then_rollback(stack):
 
 
 def test_the_eval_gate_runs_first_when_configured(stack, monkeypatch):
-    from ftctl.deploy import rollout as deploy
+    from ftctl import verbs as deploy
     from ftctl.eval import gating
     from ftctl.errors import GateFailed
 
