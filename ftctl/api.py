@@ -1,27 +1,70 @@
 """The public plugin API: everything a plugin (built-in or third-party) may import from ftctl.
 
-Plugins import from here only; the modules behind it are the core's and may move.
-docs/plugins.md describes the contract with a complete example.
+Plugins import from here only (import-linter checks it, see pyproject.toml); the modules behind
+it are the core's and may move. Two parts:
+
+- the contract: the plugin kinds and the typed values they exchange (ftctl.kinds), the data
+  shape (ftctl.records), the error family (ftctl.errors), the hook marker (ftctl.hookspecs);
+- the toolkits (ftctl.lib): base models, the chat format, the step plan, llama.cpp, generation
+  backends, statistics, processes, atomic files, digests, times, secret redaction, PHI spans.
+
+Light on purpose: ``ftctl --help`` and ``ftctl plugins`` import every plugin, so nothing here
+loads torch, transformers, peft or llama_cpp at import (the functions load them when called).
+The statistics need numpy: they load on first use (``__getattr__`` below).
+docs/plugins.md describes the contract with a complete example, and each toolkit.
 """
 
-from ftctl.errors import (ConfigError, ExternalToolError, FtctlError, RolledBack, UsageError)
+from ftctl.errors import ConfigError, ExternalToolError, FtctlError, RolledBack, UsageError
 from ftctl.hookspecs import hookimpl
-from ftctl.kinds import (KINDS, AppStatus, Artifact, BaseModelRef, Context, Deployer, DeployPlan,
-                         Evaluator, ExportDefaults, ExportedFile, Exporter, ExportQuery, ExportRequest,
-                         ExportResult, GenerationBackend, Health, Plugin, PluginConfig, Slot, SlotInfo,
-                         Source, Trainer, TrainPreview, TrainRequest, TrainResult, Traffic)
-from ftctl.records import ROLES, Example, Reject, RowError, read_jsonl
-from ftctl.lib.atomic import write_text
+from ftctl.kinds import (KINDS, AppStatus, Artifact, BaseModelRef, Context, Deployer, DeployPlan, Evaluator,
+                         ExportDefaults, ExportedFile, Exporter, ExportQuery, ExportRequest, ExportResult,
+                         GenerationBackend, Health, Log, Plugin, PluginConfig, Slot, SlotInfo, Source, Trainer,
+                         TrainPlan, TrainPreview, TrainRequest, TrainResult, Traffic)
+from ftctl.lib.atomic import read_json, write_text
+from ftctl.lib.basemodel import BaseModelError, load_model, load_tokenizer, resolve_base
+from ftctl.lib.chat_format import (IGNORE, ChatFormatError, Collator, Encoded, EncodeReport, check_template,
+                                   encode, ensure_pad, mark_trained, select)
 from ftctl.lib.digest import file_sha256
-from ftctl.lib.process import wait_for
-from ftctl.lib.times import parse_time
+from ftctl.lib.generation import GenSettings, GGUFBackend, HFBackend, load_hf, prompt_messages
+from ftctl.lib.llamacpp import find_tools, open_llama, preflight, user_cache_dir
+from ftctl.lib.plan import describe, make_plan
+from ftctl.lib.process import run_tool, wait_for
+from ftctl.lib.redact import redact
 from ftctl.lib.scrub import phi_spans
+from ftctl.lib.times import now, parse_time
+from ftctl.records import ROLES, Example, Reject, RowError, read_jsonl
+
+# the statistics (ftctl.lib.stats) load numpy: imported on first use, not by every CLI start
+_STATS = ("BETTER", "SAME", "WORSE", "paired_bootstrap", "two_proportions", "two_sample_bootstrap")
+
+
+def __getattr__(name: str):
+    if name in _STATS:
+        from ftctl.lib import stats
+
+        return getattr(stats, name)
+    raise AttributeError(f"module 'ftctl.api' has no attribute {name!r}")
+
 
 __all__ = [
-    "AppStatus", "Artifact", "BaseModelRef", "ConfigError", "Context", "DeployPlan", "Deployer",
-    "Evaluator", "Example", "ExportDefaults", "ExportQuery", "ExportRequest", "ExportResult",
-    "ExportedFile", "Exporter", "ExternalToolError", "FtctlError", "GenerationBackend", "Health", "KINDS",
-    "Plugin", "PluginConfig", "ROLES", "Reject", "RolledBack", "RowError", "Slot", "SlotInfo", "Source", "TrainPreview",
-    "Traffic", "TrainRequest", "TrainResult", "Trainer", "UsageError", "hookimpl", "parse_time", "read_jsonl",
-    "write_text", "phi_spans", "file_sha256", "wait_for",
+    # the contract
+    "AppStatus", "Artifact", "BaseModelRef", "ConfigError", "Context", "DeployPlan", "Deployer", "Evaluator",
+    "Example", "ExportDefaults", "ExportQuery", "ExportRequest", "ExportResult", "ExportedFile", "Exporter",
+    "ExternalToolError", "FtctlError", "GenerationBackend", "Health", "KINDS", "Log", "Plugin", "PluginConfig",
+    "ROLES", "Reject", "RolledBack", "RowError", "Slot", "SlotInfo", "Source", "TrainPlan", "TrainPreview",
+    "TrainRequest", "TrainResult", "Trainer", "Traffic", "UsageError", "hookimpl", "read_jsonl",
+    # base models
+    "BaseModelError", "load_model", "load_tokenizer", "resolve_base",
+    # the chat format
+    "ChatFormatError", "Collator", "IGNORE", "EncodeReport", "Encoded", "check_template", "encode", "ensure_pad",
+    "mark_trained", "select",
+    # the step plan
+    "describe", "make_plan",
+    # llama.cpp and generation
+    "GGUFBackend", "GenSettings", "HFBackend", "find_tools", "load_hf", "open_llama", "preflight", "prompt_messages",
+    "user_cache_dir",
+    # statistics
+    *_STATS,
+    # processes, files, digests, times, secrets, PHI
+    "file_sha256", "now", "parse_time", "phi_spans", "read_json", "redact", "run_tool", "wait_for", "write_text",
 ]

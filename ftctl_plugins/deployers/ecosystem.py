@@ -21,9 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ftctl.lib.atomic import write_text
-from ftctl.errors import ConfigError, UsageError
-from ftctl.lib.process import run_tool
+from ftctl.api import ConfigError, UsageError, run_tool, write_text
 
 JS_SUFFIXES = (".js", ".cjs")
 YAML_SUFFIXES = (".yaml", ".yml")

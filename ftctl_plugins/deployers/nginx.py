@@ -1,7 +1,6 @@
 """The nginx side of a canary: a generated include with two upstreams and a split_clients.
 
 The user's server block proxies to the variable this file defines, once:
-
     include /etc/nginx/ftctl/<model>.conf;          # in the http block
     location / { proxy_pass http://$ftctl_<model>; }
 
@@ -19,8 +18,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ftctl.api import ExternalToolError, write_text
-from ftctl.lib.process import run_tool
+from ftctl.api import ExternalToolError, run_tool, write_text
 from ftctl_plugins.deployers.access_log import tag
 
 HINT = "install it with scripts/install_system.sh (apt-get install nginx-light)"

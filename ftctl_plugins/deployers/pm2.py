@@ -28,9 +28,8 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from ftctl.api import (Artifact, ConfigError, Deployer, DeployPlan, ExportQuery, ExternalToolError, Health,
-                       PluginConfig, RolledBack, Slot, SlotInfo, Traffic)
-from ftctl.lib.process import run_tool, wait_for
+from ftctl.api import (Artifact, ConfigError, DeployPlan, Deployer, ExportQuery, ExternalToolError, Health,
+                       PluginConfig, RolledBack, Slot, SlotInfo, Traffic, run_tool, wait_for)
 from ftctl_plugins.deployers import access_log, ecosystem, nginx
 
 APP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")

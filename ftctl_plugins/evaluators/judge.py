@@ -14,7 +14,7 @@ import time
 
 from pydantic import Field, model_validator
 
-from ftctl.api import Evaluator, FtctlError, PluginConfig
+from ftctl.api import Evaluator, FtctlError, PluginConfig, open_llama
 
 RUBRIC = ("Judge how helpful, correct and concise the answer is for the user's question. "
           "A reference answer, when given, shows what a good answer contains.")
@@ -74,8 +74,6 @@ class LlmJudge(Evaluator):
 
     def _chat_gguf(self, messages: list[dict]) -> str:
         if self._llama is None:
-            from ftctl.lib.llamacpp import open_llama
-
             self._llama = open_llama(self.config.gguf, n_ctx=self.config.n_ctx)
         out = self._llama.create_chat_completion(messages=messages, temperature=0.0, seed=0,
                                                  max_tokens=self.config.max_tokens)

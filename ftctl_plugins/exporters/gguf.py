@@ -20,9 +20,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from ftctl.errors import ExternalToolError, FtctlError, UsageError
-from ftctl.api import (ExportDefaults, ExportedFile, Exporter, ExportRequest, ExportResult,  # noqa: F401
-                       PluginConfig)
+from ftctl.api import (ExportDefaults, ExportRequest, ExportResult, ExportedFile, Exporter, ExternalToolError,
+                       FtctlError, PluginConfig, UsageError, find_tools, load_model, load_tokenizer, preflight,
+                       user_cache_dir)  # noqa: F401
 from ftctl_plugins.exporters.parity import (BaseFigures, Figures, Margins, Reference, _llama_cpp, judge, limits,
                                             measure, probe_texts)
 
@@ -124,8 +124,6 @@ class GgufExporter(Exporter):
 
     def check(self, req: ExportRequest) -> list[str]:
         """llama.cpp's converters must exist (their own error) and accept this base and adapter."""
-        from ftctl.lib.llamacpp import find_tools
-        from ftctl.lib.llamacpp import preflight
 
         tools = None
         if req.quants or req.lora_gguf:
@@ -135,8 +133,6 @@ class GgufExporter(Exporter):
                          tools_root=tools.root if tools else None)
 
     def export(self, req: ExportRequest) -> ExportResult:
-        from ftctl.lib.llamacpp import find_tools
-
         cfg: GgufConfig = self.config
         need = []
         if req.quants:
@@ -214,8 +210,6 @@ class GgufExporter(Exporter):
     def _load(self, req: ExportRequest):
         """The tokenizer and the base in full precision (a QLoRA run's 4-bit base is never merged into)."""
         import torch
-
-        from ftctl.lib.basemodel import load_model, load_tokenizer
 
         tok = load_tokenizer(req.base)
         base = load_model(req.base, dtype=torch.float32)
@@ -385,8 +379,6 @@ class _disk_errors:
 def base_f16_gguf(base, tools, timeout: float, log) -> Path:
     """An F16 GGUF of the base, converted once per base (by content hash) for LoRA checks."""
     from filelock import FileLock
-
-    from ftctl.lib.llamacpp import user_cache_dir
 
     out = user_cache_dir() / "base-gguf" / f"{base.sha256}-F16.gguf"
     if out.is_file():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ftctl.lib.atomic import write_text
+from ftctl.api import write_text
 
 ROLES = ("system", "user", "assistant")
 _MARK = {"system": "\x01SYS\x01", "user": "\x01USR\x01", "assistant": "\x01AST\x01"}

@@ -13,8 +13,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ftctl.kinds import PluginConfig, Source
-from ftctl.records import Example, Reject
+from ftctl.api import Example, PluginConfig, Reject, Source
 from ftctl_plugins.sources.files import display, expand
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")

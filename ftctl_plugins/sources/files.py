@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from ftctl.errors import ConfigError
-from ftctl.records import Example
+from ftctl.api import ConfigError, Example
 
 
 def expand(root: Path, pattern: str, suffixes: tuple[str, ...]) -> list[Path]:

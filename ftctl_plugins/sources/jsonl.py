@@ -13,8 +13,7 @@ from collections.abc import Iterator
 
 from pydantic import Field
 
-from ftctl.kinds import PluginConfig, Source
-from ftctl.records import Example, Reject
+from ftctl.api import Example, PluginConfig, Reject, Source
 from ftctl_plugins.sources.common import RowError, example_from
 from ftctl_plugins.sources.files import Watermarked, display, expand
 

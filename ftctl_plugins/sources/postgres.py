@@ -10,9 +10,7 @@ from collections.abc import Iterator
 
 from pydantic import Field
 
-from ftctl.lib.redact import redact
-from ftctl.errors import ExternalToolError
-from ftctl.records import Example, Reject
+from ftctl.api import Example, ExternalToolError, Reject, redact
 from ftctl_plugins.sources.sql import RowsToExamples, SqlConfig, SqlSource, build_query
 
 

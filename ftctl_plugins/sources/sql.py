@@ -16,8 +16,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from ftctl.kinds import PluginConfig, Source
-from ftctl.records import ROLES, Example, Reject
+from ftctl.api import Example, PluginConfig, ROLES, Reject, Source
 from ftctl_plugins.sources.common import RowError, number, parse_time
 
 # mapping key -> output column name (what a custom ``query`` must call its columns)

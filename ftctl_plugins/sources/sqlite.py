@@ -7,8 +7,7 @@ from collections.abc import Iterator
 
 from pydantic import Field
 
-from ftctl.errors import ConfigError, ExternalToolError
-from ftctl.records import Example, Reject
+from ftctl.api import ConfigError, Example, ExternalToolError, Reject
 from ftctl_plugins.sources.sql import RowsToExamples, SqlConfig, SqlSource, build_query
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ftctl.lib.atomic import write_text
-from ftctl_plugins.trainers.lora import COMPLETE, TrainingFailed
+from ftctl.api import write_text
+from ftctl_plugins.trainers.checkpoints import COMPLETE, TrainingFailed
 
 
 class CompleteMarker(TrainerCallback):

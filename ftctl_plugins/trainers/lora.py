@@ -22,15 +22,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from ftctl.api import (BaseModelRef, FtctlError, PluginConfig, Trainer, TrainPreview, TrainRequest, TrainResult,
-                       UsageError)
+from ftctl.api import (BaseModelRef, Collator, Encoded, PluginConfig, TrainPreview, TrainRequest, TrainResult, Trainer,
+                       UsageError, check_template, describe, encode, ensure_pad, load_model, load_tokenizer, make_plan,
+                       mark_trained, read_jsonl, select, write_text)
+from ftctl_plugins.trainers.checkpoints import TrainingFailed, drop_incomplete, latest_checkpoint
 
-COMPLETE = ".ftctl-complete"  # written into a checkpoint dir once every file of it is saved
 CACHE_FORMAT = 1  # bump when chat_format's encoding changes: invalidates cached token rows
-
-
-class TrainingFailed(FtctlError):
-    """Training started but could not finish (NaN loss, disk full, ...): no version is created."""
 
 
 class LoraConfig(PluginConfig):
@@ -81,9 +78,6 @@ class LoraTrainer(Trainer):
     # --- data ---------------------------------------------------------------------------
 
     def tokenizer(self, base):
-        from ftctl.lib.basemodel import load_tokenizer
-        from ftctl.lib.chat_format import check_template, ensure_pad
-
         tok = load_tokenizer(base, self.config.chat_template)
         check_template(tok)
         ensure_pad(tok)
@@ -91,8 +85,6 @@ class LoraTrainer(Trainer):
 
     def encode_file(self, tok, base, path: Path):
         """Encoded rows of one snapshot file, cached by (file, base, template) content."""
-        from ftctl.lib.chat_format import Encoded, encode
-        from ftctl.records import read_jsonl
 
         h = hashlib.sha256(f"{CACHE_FORMAT}\0{base.sha256}\0{tok.chat_template}\0".encode())
         h.update(Path(path).read_bytes())
@@ -104,14 +96,11 @@ class LoraTrainer(Trainer):
             for ex in read_jsonl(path):
                 enc = encode(tok, _target_messages(ex))
                 rows.append(None if enc is None else [enc.input_ids, enc.labels])
-            from ftctl.lib.atomic import write_text
-
             write_text(cache, json.dumps(rows))
         return [None if r is None else Encoded(*r) for r in rows]
 
     def rows(self, encoded, what: str):
         """Filter by max_length; an unusable dataset is an error that says why."""
-        from ftctl.lib.chat_format import select
 
         kept, report = select(encoded, self.config.max_length)
         if not kept and what == "train":
@@ -138,7 +127,6 @@ class LoraTrainer(Trainer):
 
     def plan_of(self, rows, processes: int = 1):
         """ftctl.lib.plan.TrainPlan of these encoded conversations (transformers' step arithmetic)."""
-        from ftctl.lib.plan import make_plan
 
         c = self.config
         return make_plan([len(r) for r in rows], [r.trained for r in rows], batch_size=c.batch_size,
@@ -147,8 +135,6 @@ class LoraTrainer(Trainer):
                          packing=c.packing, seed=c.seed)
 
     def preview(self, base: BaseModelRef, train_file: Path) -> TrainPreview:
-        from ftctl.lib.chat_format import mark_trained
-
         tok = self.tokenizer(base)
         encoded = self.encode_file(tok, base, train_file)
         usable = [e for e in encoded if e is not None]
@@ -164,8 +150,6 @@ class LoraTrainer(Trainer):
         from transformers import TrainingArguments, set_seed
 
         import peft
-        from ftctl.lib.basemodel import load_model
-        from ftctl.lib.chat_format import Collator
         from ftctl_plugins.trainers.callbacks import CompleteMarker, Progress, peak_rss_mb
         from ftctl_plugins.trainers.loss import LabelledTrainer
 
@@ -179,7 +163,6 @@ class LoraTrainer(Trainer):
             val_rows, _ = self.rows(self.encode_file(tok, request.base, request.val_file), "val")
         train_ds = self.features(train_rows)
         val_ds = self.features(val_rows) if val_rows else None
-        from ftctl.lib.plan import describe
 
         if int(os.environ.get("RANK", "0")) == 0:
             for line in describe(self.plan_of(train_rows, int(os.environ.get("WORLD_SIZE", "1")))):
@@ -276,8 +259,6 @@ class LoraTrainer(Trainer):
             trainer.model.save_pretrained(adapter, safe_serialization=True)
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         if trainer.args.should_save:  # the whole curve (loss, learning rate, grad norm per logged step)
-            from ftctl.lib.atomic import write_text
-
             write_text(out / "log_history.json", json.dumps(trainer.state.log_history))
         return TrainResult(
             adapter_dir=adapter,
@@ -362,17 +343,3 @@ def _quantization(cfg: LoraConfig) -> dict:
 
 def _round(x):
     return None if x is None else round(float(x), 4)
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint whose save finished (a crash mid-save leaves no marker)."""
-    done = [p for p in Path(run_dir).glob("checkpoint-*") if (p / COMPLETE).is_file()]
-    return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
-
-
-def drop_incomplete(run_dir: Path) -> None:
-    for p in Path(run_dir).glob("checkpoint-*"):
-        if not (p / COMPLETE).is_file():
-            shutil.rmtree(p, ignore_errors=True)
-
-

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from ftctl.lib.chat_format import IGNORE
+from ftctl.api import IGNORE
 
 
 class LabelledPositions:

@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ftctl.api import PluginConfig, UsageError, file_sha256
+from ftctl.api import (PluginConfig, TrainResult, UsageError, check_template, ensure_pad, file_sha256, load_model,
+                       load_tokenizer)
 
 PAIRS_FILE = "preferences.jsonl"
 UNPAIRED_FILE = "unpaired.jsonl"
@@ -105,9 +106,6 @@ def load_policy(base, init_adapter: Path | None, cfg: PreferenceConfig):
     """(model, tokenizer): a trainable LoRA on the base, or with --from the version's adapter; TRL
     copies it into a frozen "ref" adapter, so the version itself is the reference policy."""
     import peft
-
-    from ftctl.lib.basemodel import load_model, load_tokenizer
-    from ftctl.lib.chat_format import check_template, ensure_pad
 
     tok = load_tokenizer(base, cfg.chat_template)
     check_template(tok)
@@ -196,8 +194,6 @@ def finish(trainer, model, tok, out: Path, heldout: list[dict], before: dict, cf
     import torch
     import transformers
     import trl
-
-    from ftctl.api import TrainResult
 
     after = margins(model, tok, heldout, cfg.max_length)
     adapter = out / "adapter"
