@@ -2,7 +2,8 @@
 
 A plugin class declares ``name`` and ``Config`` (pydantic, every field with a description).
 The core builds it with its validated config and a :class:`Context`, calls it, and records the
-result; plugins never write models.lock, tags, commits or DVC state (ARCHITECTURE.md, rule 1).
+result; plugins never write models.lock, tags, commits or DVC state (docs/architecture.md: the
+contract is the bottom layer and imports nothing above it; plugins reach it through ftctl.api).
 
 Each kind has a few ``@abstractmethod`` primitives that a plugin must implement, and optional
 abilities declared here with typed no-op defaults (``preflight``, ``preview``, pairwise judging,
