@@ -40,7 +40,6 @@ def export(ws, ref: str, *, merged: bool | None = None, gguf: bool | None = None
     """Export one version. Flags left as None take export.<exporter>'s config; returns the
     scripting contract: {"version", "files": [{path, kind, quant, sha256, token_agreement, parity}]}."""
     from ftctl.kinds import ExportRequest
-    from ftctl.lib.basemodel import resolve_base
 
     model, r = split_ref(ref, ws.config.default_model)
     lock = ws.read_lock()
@@ -74,8 +73,7 @@ def export(ws, ref: str, *, merged: bool | None = None, gguf: bool | None = None
 
     out_dir = ws.export_dir(model, version)
     staging_root = ws.state_dir / "tmp"  # same filesystem as exports/: the final move is a rename
-    base = resolve_base(entry.base.get("ref") or cfg.base, trust_remote_code=cfg.trust_remote_code,
-                        root=ws.root, log=log)
+    base = ws.resolve_base(model, entry.base.get("ref"), log=log)  # the base it was trained on
     request = ExportRequest(model=model, version=version, base=base, adapter_dir=adapter_dir, out_dir=staging_root,
                             merged=merged, quants=quant_list, lora_gguf=lora_gguf, workspace_cache=ws.cache_dir)
     wanted = set(exporter.outputs(request))  # the exporter names its files

@@ -23,7 +23,7 @@ from typing import Any
 
 from ftctl import plugins
 from ftctl.lib.atomic import read_json, write_text
-from ftctl.lib.basemodel import ResolvedBase, resolve_base
+from ftctl.lib.basemodel import ResolvedBase
 from ftctl.lib.digest import file_sha256
 from ftctl.errors import FtctlError, UsageError
 from ftctl.kinds import TrainRequest, TrainResult
@@ -87,7 +87,7 @@ def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, 
             "rows": {k: _count_lines(p) for k, p in paths.items() if p}, "resume": bool(spec)}
 
     trainer.preflight()  # e.g. QLoRA without CUDA: fail before any model loads
-    base = resolve_base(mc.base, trust_remote_code=mc.trust_remote_code, root=ws.root, log=log)
+    base = ws.resolve_base(name, log=log)
     if spec and base.sha256 != spec["base_sha256"]:
         raise UsageError("the base model changed since this run started", hint="start a new run without --resume")
     if parent:

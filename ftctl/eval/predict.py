@@ -27,10 +27,7 @@ def open_backend(ws, target: Target, log: Log = print):
     settings = settings_of(cfg)
     if target.gguf is not None:
         return generation.GGUFBackend(target.gguf, settings, n_ctx=cfg.eval.n_ctx)
-    from ftctl.lib import basemodel
-
-    resolved = basemodel.resolve_base(target.base_ref, trust_remote_code=cfg.trust_remote_code, root=ws.root,
-                                      log=log)
+    resolved = ws.resolve_base(target.model, target.base_ref, log=log)
     model, tok = generation.load_hf(resolved, target.adapter_dir)
     return generation.HFBackend(model, tok, settings, batch_size=cfg.eval.batch_size)
 

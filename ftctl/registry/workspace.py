@@ -29,7 +29,8 @@ from ftctl.lib.times import now
 from ftctl.config import CONFIG_FILE, FtctlConfig, LoadedConfig, ModelConfig, load
 from ftctl.lib.redact import redact
 from ftctl.errors import ExternalToolError, FtctlError, Locked, NotAWorkspace
-from ftctl.kinds import Context
+from ftctl.kinds import BaseModelRef, Context, Log
+from ftctl.lib import basemodel
 from ftctl.registry.lockfile import LOCK_FILE, Lock
 from ftctl.lib.process import dvc, git
 from ftctl.registry.versions import tag_name
@@ -118,6 +119,13 @@ class Workspace:
 
     def model(self, name: str | None = None) -> ModelConfig:
         return self.config.model(name)
+
+    def resolve_base(self, model: str, ref: str | None = None, log: Log | None = None) -> BaseModelRef:
+        """``ref`` (default: the model's ``base:``) as a local HF directory: paths relative to this
+        workspace, with the model's trust_remote_code. Train, export and eval resolve it here."""
+        cfg = self.model(model)
+        return basemodel.resolve_base(ref or cfg.base, trust_remote_code=cfg.trust_remote_code, root=self.root,
+                                      log=log)
 
     def read_lock(self) -> Lock:
         return lockfile.read(self.lock_path)

@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 
-from ftctl.lib.basemodel import file_sha256
+from ftctl.lib.digest import file_sha256
 from tests.conftest import need, run_json
 from tests.deploy.conftest import add_versions, smollm2_gguf
 

@@ -210,7 +210,7 @@ def test_export_all_kinds_through_the_cli(tiny_version, real_tools):
 
     # recorded with the same content the files have, and tracked by DVC
     recorded = exports_of(ws, version)
-    from ftctl.lib.basemodel import file_sha256
+    from ftctl.lib.digest import file_sha256
 
     q8 = gguf_path(ws, "assistant", version, "Q8_0")
     assert q8.read_bytes()[:4] == b"GGUF"

@@ -217,7 +217,6 @@ def test_qlora_without_cuda_fails_before_loading(train_ws, monkeypatch):
         raise AssertionError("nothing may load")
 
     monkeypatch.setattr(ftctl.lib.basemodel, "resolve_base", boom)
-    monkeypatch.setattr("ftctl.train.resolve_base", boom)
     with pytest.raises(UsageError) as e:
         train(train_ws, qlora=True)
     assert "CUDA" in e.value.message and "LoRA" in e.value.hint
