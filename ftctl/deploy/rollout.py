@@ -3,10 +3,11 @@
 The deployer plugin (``deploy.deployer``, pm2 by default) offers a few primitives
 (:class:`ftctl.kinds.Deployer`: serve an artifact in a slot, stop a slot, identity and health
 of the slots, move traffic, snapshot/restore its configuration). Everything else is here and
-the same for every deployer: which file to serve (the version's exported GGUF), the eval gate,
-canary, promote, rollback, the hand-off without downtime, recovery of an interrupted command,
+the same for every deployer: which file to serve (the version's exported GGUF), canary,
+promote, rollback, the hand-off without downtime, recovery of an interrupted command,
 and the record of every change in models.lock (``deployment`` and ``history``) through
-``ws.record``. Each verb returns the status shape of the scripting contract.
+``ws.record``. Each verb returns the status shape of the scripting contract. The eval gate is
+the eval stage's: `ftctl deploy` hands it in as ``deploy(check=...)`` (ftctl.verbs).
 
 A command killed half-way leaves a pending note (with the deployer's snapshot); the next
 deploy/promote/rollback puts the serving stack back to the recorded state first, and
@@ -25,13 +26,13 @@ from typing import Any
 from ftctl.deploy.metrics import counters
 from ftctl.errors import NothingToDo, RolledBack, UsageError
 from ftctl.kinds import AppStatus, Artifact, Deployer, ExportQuery
+from ftctl.lib.atomic import write_text
+from ftctl.lib.digest import file_sha256
+from ftctl.lib.log import Log, current_user
+from ftctl.lib.times import now
 from ftctl.registry.lockfile import Lock, ModelState
 from ftctl.registry.versions import resolve, split_ref
 from ftctl.registry.workspace import locked
-from ftctl.lib.digest import file_sha256
-from ftctl.lib.atomic import write_text
-from ftctl.lib.log import Log, current_user
-from ftctl.lib.times import now
 
 
 def deployer(ws, model: str, log: Log) -> Deployer:
