@@ -13,9 +13,9 @@ import copy
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ftctl.errors import ConfigError
 from ftctl.lib.redact import redact
@@ -35,6 +35,19 @@ class WithPlugins(BaseModel):
     """A section whose extra keys are plugin configs (validated when the plugin loads)."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
+    chooser: ClassVar[str] = ""  # the key naming the plugin in use (train.trainer)
+
+    @model_validator(mode="after")
+    def _plugin_sections(self):
+        # a plugin's settings are a mapping under its name; a bare `num_epochs: 3` here would
+        # otherwise be taken for a plugin named num_epochs and ignored by every verb
+        for key, value in (self.model_extra or {}).items():
+            if value is not None and not isinstance(value, dict):
+                chosen = getattr(self, self.chooser, None) if self.chooser else None
+                where = f"; a {self.chooser}'s settings go under its name, e.g. {chosen}: {{{key}: ...}}" \
+                    if chosen else ""
+                raise ValueError(f"{key}: unknown key{where}")
+        return self
 
     def plugin_config(self, name: str) -> dict[str, Any]:
         return dict((self.model_extra or {}).get(name) or {})
@@ -90,6 +103,7 @@ class CurateConfig(Strict):
 
 
 class TrainConfig(WithPlugins):
+    chooser: ClassVar[str] = "trainer"
     trainer: str = "lora"
 
 
@@ -121,6 +135,7 @@ class EvalConfig(WithPlugins):
 
 
 class ExportConfig(WithPlugins):
+    chooser: ClassVar[str] = "exporter"
     exporter: str = "gguf"
 
 
@@ -151,6 +166,7 @@ class DriftConfig(Strict):
 
 
 class DeployConfig(WithPlugins):
+    chooser: ClassVar[str] = "deployer"
     deployer: str = "pm2"
     canary: CanaryConfig = CanaryConfig()
     gate: bool = False  # run the eval gate (eval.gate) before a deploy; `--no-gate` skips it
@@ -282,12 +298,47 @@ def validate_model(schema: type[BaseModel], data: Any, where: str) -> Any:
         for err in e.errors():
             loc = ".".join(str(p) for p in err["loc"])
             key = f"{where}.{loc}" if where and loc else (where or loc)
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key" + did_you_mean(schema, err["loc"])
+            else:
+                msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"{key}: {msg}")
         raise ConfigError(
             f"invalid configuration: {lines[0]}" + (f" (+{len(lines) - 1} more)" if len(lines) > 1 else ""),
             hint="; ".join(lines[1:4]) or "see `ftctl config show` and the README's config reference",
         ) from None
+
+
+def did_you_mean(schema: type[BaseModel], loc: tuple) -> str:
+    """ " (did you mean 'alpha'?)" for an unknown key: the closest of the keys (and other tools'
+    names, PluginConfig.aliases) that the section at ``loc`` takes."""
+    import difflib
+
+    node: Any = schema
+    for part in loc[:-1]:
+        if isinstance(part, int) or not (isinstance(node, type) and issubclass(node, BaseModel)):
+            continue  # a list index: same model type
+        field = node.model_fields.get(part)
+        if field is None:
+            return ""
+        node = _model_in(field.annotation)
+    if not (isinstance(node, type) and issubclass(node, BaseModel)):
+        return ""
+    names = {k: k for k in node.model_fields} | dict(getattr(node, "aliases", {}))
+    close = difflib.get_close_matches(str(loc[-1]).lower(), list(names), n=1, cutoff=0.6)
+    if not close:
+        return f" (known: {', '.join(sorted(node.model_fields))})" if len(node.model_fields) <= 12 else ""
+    return f" (did you mean {names[close[0]]!r}?)"
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 # --- loading -------------------------------------------------------------------------------

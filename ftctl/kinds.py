@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from ftctl.records import Example, Reject
 
@@ -31,11 +31,33 @@ Log = Callable[[str], None]  # progress lines for people: ``print`` by default, 
 
 
 class PluginConfig(BaseModel):
-    """Base for plugin configs: unknown keys are errors that name the key.
+    """Base for plugin configs: unknown keys are errors that name the key (with a "did you
+    mean" from ftctl.config.validate_model).
 
-    Give every field ``Field(default, description=...)``: ``ftctl plugins NAME`` prints it."""
+    Give every field ``Field(default, description=...)``: ``ftctl plugins NAME`` prints it.
+    ``aliases`` maps other tools' names of a field (Axolotl's ``lora_alpha``) to it: accepted
+    as written, stored under the plugin's own name; giving both is an error."""
 
     model_config = ConfigDict(extra="forbid")
+    aliases: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        return cls.canonical(data) if isinstance(data, dict) else data
+
+    @classmethod
+    def canonical(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` with other tools' names replaced by the plugin's own."""
+        if not cls.aliases or not (set(data) & set(cls.aliases)):
+            return data
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            name = cls.aliases.get(key, key)
+            if name in out or (name != key and name in data):
+                raise ValueError(f"{key} and {name} are the same setting ({key} is {name}'s other name): keep one")
+            out[name] = value
+        return out
 
 
 @dataclass

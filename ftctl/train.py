@@ -25,7 +25,7 @@ from ftctl import plugins
 from ftctl.lib.atomic import read_json, write_text
 from ftctl.lib.basemodel import ResolvedBase
 from ftctl.lib.digest import file_sha256
-from ftctl.errors import FtctlError, UsageError
+from ftctl.errors import ConfigError, FtctlError, UsageError
 from ftctl.kinds import TrainRequest, TrainResult
 from ftctl.registry.lockfile import VersionEntry
 from ftctl.registry.versions import next_version, resolve, split_ref
@@ -56,7 +56,12 @@ def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, 
             raise UsageError("--resume finishes a run as it was started", hint="drop --from/--major")
         raw = {**spec["config"], **overrides}
     else:
-        raw = {**mc.train.plugin_config(mc.train.trainer), **overrides}
+        # an option (--epochs) wins over the file's setting, under whichever name the file has it
+        try:
+            written = plugins.get("trainer", mc.train.trainer).Config.canonical(mc.train.plugin_config(mc.train.trainer))
+        except ValueError as e:
+            raise ConfigError(f"models.{name}.train.{mc.train.trainer}: {e}") from None
+        raw = {**written, **overrides}
         spec = None
     trainer_name = spec["trainer"] if spec else mc.train.trainer
     trainer = plugins.build("trainer", trainer_name, raw, ws.context(name, log),

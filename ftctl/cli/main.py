@@ -249,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("aborted", err=True)
         return FAILURE
     except click.ClickException as e:
+        if "--json" in argv:  # a usage error is still one JSON document for a script
+            hint = f"see `{e.ctx.command_path} --help`" if getattr(e, "ctx", None) else "see `ftctl --help`"
+            _print_error(e.format_message(), hint, True, e.exit_code)
+            return e.exit_code
         e.show()
         return e.exit_code
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ from typing import Any
 from ftctl.errors import ExternalToolError, FtctlError
 from ftctl.registry.lockfile import Lock
 from ftctl.lib.process import dvc, git
-from ftctl.registry.versions import resolve, sorted_versions, split_ref, tag_name
+from ftctl.registry.versions import resolve, sorted_versions, split_ref, tag_name, tag_names
 
 
 def deployed_as(lock: Lock, model: str, version: str) -> str | None:
@@ -27,6 +27,7 @@ def version_rows(ws, model: str | None = None) -> list[dict[str, Any]]:
     lock = ws.read_lock()
     models = [model] if model else list(ws.config.model_names())
     rows = []
+    tags = set(git(ws.root, "tag", "--list", check=False).stdout.split())
     for m in models:
         state = lock.models.get(m)
         if not state:
@@ -35,7 +36,7 @@ def version_rows(ws, model: str | None = None) -> list[dict[str, Any]]:
             e = state.versions[v]
             rows.append({
                 "model": m, "version": v, "parent": e.parent, "created": e.created,
-                "tag": tag_name(m, v), "metrics": e.metrics, "rows": _split_rows(e.dataset),
+                "tag": next((t for t in tag_names(m, v) if t in tags), tag_name(m, v)), "metrics": e.metrics, "rows": _split_rows(e.dataset),
                 "exports": [{k: x.get(k) for k in ("kind", "quant", "path", "parity")} for x in e.exports],
                 "deployed": deployed_as(lock, m, v),
             })
@@ -60,8 +61,17 @@ def show(ws, ref: str, model: str | None = None) -> dict[str, Any]:
         cfg = ws.model(m)
         return {"model": m, "version": "base", "base": {"ref": cfg.base}}
     entry = ws.read_lock().state(m).versions[v].model_dump(mode="json")
-    commit = git(ws.root, "rev-list", "-n", "1", tag_name(m, v), check=False).stdout.strip() or None
-    return {"model": m, **entry, "tag": tag_name(m, v), "commit": commit}
+    tag = existing_tag(ws, m, v)
+    commit = git(ws.root, "rev-list", "-n", "1", tag, check=False).stdout.strip() or None
+    return {"model": m, **entry, "tag": tag, "commit": commit}
+
+
+def existing_tag(ws, model: str, version: str) -> str:
+    """The version's tag as the workspace has it: GTO's ``m@v1.1.0``, or ``m@v1.1`` from before."""
+    for name in tag_names(model, version):
+        if git(ws.root, "rev-parse", "-q", "--verify", f"refs/tags/{name}", check=False).returncode == 0:
+            return name
+    return tag_name(model, version)
 
 
 def diff(ws, a: str, b: str, model: str | None = None) -> dict[str, Any]:
@@ -162,7 +172,7 @@ def checkout(ws, ref: str, model: str | None = None) -> dict[str, Any]:
     m, v = resolve_ref(ws, ref, model)
     if v == "base":
         raise FtctlError("`base` has no dataset or adapter to check out")
-    tag = tag_name(m, v)
+    tag = existing_tag(ws, m, v)
     entry = ws.read_lock().state(m).versions[v]
     targets = []
     for rel in (f"data/{m}.dvc", (entry.adapter.get("path") or f"adapters/{m}/{v}") + ".dvc"):

@@ -1,7 +1,10 @@
 """Version ids (v1.0, v1.1, v2.0), refs (latest, stable, canary, base) and git tag names.
 
-Tags follow GTO's grammar: ``<model>@v1.1``. On the command line a bare ``v1.1`` means the
-default model's; ``medicalqa@v1.1`` names another model's.
+Tags follow GTO's grammar (gto/constants.py, ``tag_re``): ``<model>@v1.1.0``. GTO wants a full
+semantic version, so ``v1.1`` is tagged ``v1.1.0`` (ftctl never makes patch versions); tags of
+older workspaces (``<model>@v1.1``, which GTO ignores) are still read. On the command line a bare
+``v1.1`` means the default model's; ``medicalqa@v1.1`` (or GTO's ``medicalqa@v1.1.0``) names
+another model's.
 """
 
 from __future__ import annotations
@@ -32,8 +35,23 @@ class Version:
         return f"v{self.major}.{self.minor}"
 
 
+_SEMVER_ZERO_PATCH = re.compile(r"^(v\d+\.\d+)\.0$")
+
+
 def tag_name(model: str, version: str) -> str:
-    return f"{model}@{version}"
+    """The tag a version gets: ``assistant@v1.1.0`` (GTO reads only full semantic versions)."""
+    return f"{model}@{version}.0"
+
+
+def tag_names(model: str, version: str) -> tuple[str, str]:
+    """The tags a version may have, newest grammar first (``assistant@v1.1`` before GTO tags)."""
+    return tag_name(model, version), f"{model}@{version}"
+
+
+def from_semver(ref: str) -> str:
+    """GTO's ``v1.1.0`` is ftctl's ``v1.1``; anything else is left as written."""
+    m = _SEMVER_ZERO_PATCH.match(ref)
+    return m.group(1) if m else ref
 
 
 def sorted_versions(names) -> list[str]:
@@ -58,8 +76,8 @@ def split_ref(ref: str, default_model: str) -> tuple[str, str]:
             check_name(model, "model name")
         except ValueError as e:
             raise UsageError(str(e)) from None
-        return model, rest
-    return default_model, ref
+        return model, from_semver(rest)
+    return default_model, from_semver(ref)
 
 
 def resolve(lock: Lock, model: str, ref: str) -> str:

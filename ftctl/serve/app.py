@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.security import HTTPBearer
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ftctl.errors import LOCKED, FtctlError, UsageError
@@ -36,6 +38,9 @@ from ftctl.serve.supervisor import Supervisor
 # exit code -> HTTP status (README "Exit codes"): usage errors (a bad ref) are 422, a held lock 409
 HTTP_STATUS = {0: 200, 1: 500, 2: 422, 3: 409, 4: 409, 5: 409, 6: 502}
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+# declares the bearer scheme in the OpenAPI schema (so /docs can send the token); checking it
+# stays in `authorized`, which answers in the CLI's error shape rather than FastAPI's
+bearer = HTTPBearer(auto_error=False, description="the token in the service's FTCTL_SERVE_TOKEN (serve.token_env)")
 
 
 @dataclass
@@ -101,7 +106,16 @@ def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
             resp.headers["WWW-Authenticate"] = "Bearer"
         return resp
 
-    def authorized(request: Request) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, e: RequestValidationError):
+        # the CLI's error shape (not FastAPI's {"detail": [...]}): one message, a hint, the exit code
+        problems = [_problem(err) for err in e.errors()]
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        return cli_json({"error": f"invalid request: {problems[0]}{more}",
+                         "hint": "; ".join(problems[1:4]) or "see /docs for the request's schema",
+                         "exit_code": 2}, 422)
+
+    def authorized(request: Request, _scheme=Security(bearer)) -> None:
         if not settings.token:
             raise Unauthorized("mutating routes are disabled: the service has no token",
                                hint=f"set {settings.token_env} in the service's environment and restart it")
@@ -279,6 +293,15 @@ def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
         return dashboard.version_page(show(workspace(), ref[:80], model))
 
     return app
+
+
+def _problem(err: dict) -> str:
+    """One pydantic/FastAPI validation error as the CLI words config errors: ``where: what``."""
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if err.get("type") == "extra_forbidden":
+        msg = "unknown field"
+    return f"{'.'.join(loc)}: {msg}" if loc else msg
 
 
 def _version() -> str:

@@ -20,11 +20,12 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ftctl.api import (BaseModelRef, Collator, Encoded, PluginConfig, TrainPreview, TrainRequest, TrainResult, Trainer,
                        UsageError, check_template, describe, encode, ensure_pad, load_model, load_tokenizer, make_plan,
                        mark_trained, read_jsonl, select, write_text)
+from ftctl_plugins.trainers import aliases
 from ftctl_plugins.trainers.checkpoints import TrainingFailed, drop_incomplete, latest_checkpoint
 
 CACHE_FORMAT = 1  # bump when chat_format's encoding changes: invalidates cached token rows
@@ -56,6 +57,14 @@ class LoraConfig(PluginConfig):
     early_stopping: int | None = Field(None, ge=1, description="patience, in evaluations of val loss")
     chat_template: str | None = Field(None, description="a Jinja template for bases whose tokenizer has none")
     log_every: int = Field(1, ge=1, description="steps between progress lines")
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def modules_as_written_elsewhere(cls, v):
+        return aliases.target_modules(v)
+
+
+LoraConfig.aliases = aliases.subset(LoraConfig.model_fields)
 
 
 class LoraTrainer(Trainer):

@@ -16,10 +16,11 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ftctl.api import (PluginConfig, TrainResult, UsageError, check_template, ensure_pad, file_sha256, load_model,
                        load_tokenizer)
+from ftctl_plugins.trainers import aliases
 
 PAIRS_FILE = "preferences.jsonl"
 UNPAIRED_FILE = "unpaired.jsonl"
@@ -42,6 +43,14 @@ class PreferenceConfig(PluginConfig):
     precision: Literal["auto", "fp32", "bf16"] = Field("fp32", description="bf16 halves memory where the CPU/GPU has it")
     seed: int = Field(42, description="seed of the adapter's initial weights and the data order")
     chat_template: str | None = Field(None, description="a Jinja chat template for bases whose tokenizer has none")
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def modules_as_written_elsewhere(cls, v):
+        return aliases.target_modules(v)
+
+
+PreferenceConfig.aliases = aliases.subset(PreferenceConfig.model_fields)
 
 
 def pairs_path(train_file: Path) -> Path:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -157,21 +159,57 @@ def test_versions_tags_and_contract(workspace):
     assert record_version(workspace) == "v1.1"
     assert record_version(workspace, major=True) == "v2.0"
     root = workspace.root
-    assert git(root, "tag", "--list").split() == ["assistant@v1.0", "assistant@v1.1", "assistant@v2.0"]
-    assert git(root, "cat-file", "-t", "assistant@v1.1") == "tag"  # annotated
+    # GTO's grammar: a full semantic version (gto ignores `assistant@v1.1`)
+    assert git(root, "tag", "--list").split() == ["assistant@v1.0.0", "assistant@v1.1.0", "assistant@v2.0.0"]
+    assert git(root, "cat-file", "-t", "assistant@v1.1.0") == "tag"  # annotated
     # the tag sits on the commit that recorded the version
-    assert git(root, "rev-list", "-n1", "assistant@v2.0") == git(root, "rev-parse", "HEAD")
+    assert git(root, "rev-list", "-n1", "assistant@v2.0.0") == git(root, "rev-parse", "HEAD")
     assert git(root, "status", "--porcelain") == ""
     rows = run_json("versions", cwd=root)
     assert [r["version"] for r in rows] == ["v1.0", "v1.1", "v2.0"]
     for r in rows:
         assert {"model", "version", "parent", "created", "tag", "metrics", "exports", "deployed"} <= set(r)
-    assert rows[1]["parent"] == "v1.0" and rows[1]["tag"] == "assistant@v1.1"
+    assert rows[1]["parent"] == "v1.0" and rows[1]["tag"] == "assistant@v1.1.0"
     shown = run_json("show", "v1.1", cwd=root)
     assert shown["version"] == "v1.1" and shown["adapter"]["path"] == "adapters/assistant/v1.1"
     assert run_json("show", "latest", cwd=root)["version"] == "v2.0"
     assert run_json("show", "assistant@v1.0", cwd=root)["version"] == "v1.0"
+    assert run_json("show", "assistant@v1.0.0", cwd=root)["version"] == "v1.0"  # as GTO writes it
     assert (root / "adapters/assistant/v1.0.dvc").exists()
+
+
+def test_tags_of_older_workspaces_still_read(workspace):
+    """Before GTO's grammar a version was tagged `assistant@v1.0`: show and checkout still find it."""
+    record_version(workspace)
+    root = workspace.root
+    git(root, "tag", "-a", "assistant@v1.0", "-m", "old", "assistant@v1.0.0")
+    git(root, "tag", "-d", "assistant@v1.0.0")
+    shown = run_json("show", "v1.0", cwd=root)
+    assert shown["tag"] == "assistant@v1.0" and shown["commit"] == git(root, "rev-parse", "HEAD")
+    assert run_json("versions", cwd=root)[0]["tag"] == "assistant@v1.0"
+    (root / "adapters/assistant/v1.0.dvc").unlink()
+    assert run_json("checkout", "v1.0", cwd=root)["restored"] == ["data/assistant", "adapters/assistant/v1.0"][1:]
+
+
+def test_gto_reads_the_tags(workspace):
+    """GTO (the tag-based model registry) lists every version ftctl recorded."""
+    gto = shutil.which("gto") or str(Path(sys.executable).with_name("gto"))
+    if not Path(gto).exists():
+        pytest.skip("gto is not installed (pip install 'ftctl[dev]')")
+    record_version(workspace)
+    record_version(workspace)
+    def gto_versions(name):
+        out = subprocess.run([gto, "show", name, "--json"], cwd=workspace.root, capture_output=True, text=True,
+                             check=True).stdout
+        return {v["version"]: v["commit_hexsha"] for v in json.loads(out)}
+
+    versions = gto_versions("assistant")
+    assert set(versions) == {"v1.0.0", "v1.1.0"}
+    assert versions["v1.1.0"] == git(workspace.root, "rev-parse", "HEAD")
+    # the grammar before issue 25: GTO skips `assistant@v1.1` (not a full semantic version)
+    git(workspace.root, "tag", "-a", "other@v1.0", "-m", "old style")
+    assert subprocess.run([gto, "show", "other", "--json"], cwd=workspace.root, capture_output=True,
+                          text=True).stdout.strip() in ("", "[]")
 
 
 @pytest.mark.parametrize("ref, msg", [
@@ -232,7 +270,7 @@ def test_record_failure_rolls_back(workspace):
     assert git(workspace.root, "rev-parse", "HEAD") == head
     assert workspace.lock_path.read_text() == lock_before
     assert not (workspace.root / "adapters/assistant/v1.1.dvc").exists()
-    assert "assistant@v1.1" not in git(workspace.root, "tag", "--list")
+    assert "assistant@v1.1" not in git(workspace.root, "tag", "--list")  # nor assistant@v1.1.0
 
 
 def test_git_identity_missing(workspace, monkeypatch, tmp_path):
