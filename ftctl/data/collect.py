@@ -122,7 +122,7 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
                     n_read += 1
                     if isinstance(item, Reject):
                         rejected[item.reason] += 1
-                        rejects.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
+                        rejects.write(json.dumps(_reject_line(item, scrubber), ensure_ascii=False) + "\n")
                         continue
                     if mark and item.created_at and item.created_at.isoformat() <= mark \
                             and src_name != CARRIED:
@@ -140,9 +140,7 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
                     if scrubber and (src_name != CARRIED or rescrub_carried):
                         try:
                             found: Counter = Counter()  # counted only once the whole row is scrubbed
-                            ex.messages = scrubber.scrub_messages(ex.messages, found)
-                            if original:
-                                original = scrubber.scrub(original, found)
+                            ex, original = curate.scrub_row(ex, original, lambda t: scrubber.scrub(t, found))
                             scrubbed.update(found)
                         except Exception as e:  # fail closed: a row not fully scrubbed is never kept
                             if cfg.scrub.on_error == "fail":
@@ -233,6 +231,9 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
     return card
 
 
+SCRUBBED_FIELDS = ["messages", "correction", "meta", "rejects.detail"]
+
+
 def _scrubber(ws: Workspace, sc) -> tuple[Any, dict[str, Any]]:
     """The scrubber (None when off) and the card's record of what it scrubs (no values)."""
     if not sc.enabled:
@@ -241,7 +242,22 @@ def _scrubber(ws: Workspace, sc) -> tuple[Any, dict[str, Any]]:
 
     site = ws.root / sc.recognizers if sc.recognizers else None
     scrubber = Scrubber(sc.types, sc.names, ws.cache_dir, recognizers=site, root=ws.root)
-    return scrubber, {"enabled": True, **scrubber.describe(), "on_error": sc.on_error}
+    # `fields`: what is scrubbed; a snapshot from before correction and meta were (no `fields`)
+    # differs, so its carried rows are scrubbed again
+    return scrubber, {"enabled": True, **scrubber.describe(), "on_error": sc.on_error, "fields": SCRUBBED_FIELDS}
+
+
+def _reject_line(item: Reject, scrubber) -> dict[str, Any]:
+    """A rejects.jsonl line. The built-in sources describe a value without quoting it; a
+    third-party source's detail may quote one, so it is scrubbed too (dropped when the scrubber
+    fails on it: the reason and the place are what a person needs to find the row)."""
+    d = item.to_dict()
+    if scrubber and d.get("detail"):
+        try:
+            d["detail"] = scrubber.scrub(str(d["detail"]), Counter())
+        except Exception:  # noqa: BLE001 (fail closed: never the raw detail)
+            d["detail"] = "(withheld: the scrubber could not process it)"
+    return d
 
 
 def _card_of(snapshot: Path | None) -> dict[str, Any]:

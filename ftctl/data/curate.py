@@ -84,6 +84,34 @@ def apply_correction(ex: Example) -> tuple[Example, str | None]:
     return out, original
 
 
+def scrub_row(ex: Example, original: str | None, scrub: Callable[[str], str]) -> tuple[Example, str | None]:
+    """Every text of a row that a snapshot keeps, through ``scrub``: the turns, the correction,
+    the corrected original and each string in ``meta`` (keys and values, nested). A number in
+    ``meta`` is checked as its text (a member number stored as an int) and becomes the
+    placeholder when anything is found in it."""
+    ex.messages = [{**m, "content": scrub(m.get("content") or "")} for m in ex.messages]
+    if ex.correction:  # applied already: it is the last turn, scrubbed above
+        last = ex.messages[-1]
+        ex.correction = last["content"] if last["role"] == "assistant" else scrub(ex.correction)
+    if ex.meta:
+        ex.meta = _scrub_value(ex.meta, scrub)
+    return ex, (scrub(original) if original else original)
+
+
+def _scrub_value(value, scrub: Callable[[str], str]):
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {scrub(str(k)): _scrub_value(v, scrub) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub_value(v, scrub) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        text = str(value)
+        out = scrub(text)
+        return value if out == text else out
+    return value
+
+
 def negative_reason(ex: Example, cfg: CurateConfig) -> str | None:
     """Why this answer must not be trained on (it may still serve as a rejected answer)."""
     if ex.meta.get("corrected"):

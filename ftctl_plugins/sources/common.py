@@ -2,7 +2,9 @@
 
 A row is a flat mapping (a JSONL event, a CSV row, a database row). Reasons are short and
 countable (``missing_field:response``, ``rating_out_of_range``, ...): they become the data card's
-``rejected`` counts and the lines of rejects.jsonl.
+``rejected`` counts and the lines of rejects.jsonl. A detail describes the value's shape (its
+type, its length), never the value: rejects.jsonl is kept with the snapshot, and a value a row
+holds in the wrong place may be PHI (a member number typed into a rating field).
 """
 
 from __future__ import annotations
@@ -15,19 +17,29 @@ from ftctl.api import ROLES, Example, RowError, parse_time  # noqa: F401  (RowEr
 FEEDBACK_TYPES = {"thumbs_up", "thumbs_down", "correction", "validation", "rating", "reward", "flag"}
 
 
+def shape(value: Any) -> str:
+    """What a rejected value is, without quoting it: ``str of 12 chars``, ``int``, ``list of 3``."""
+    kind = type(value).__name__
+    if isinstance(value, (str, bytes)):
+        return f"{kind} of {len(value)} chars"
+    if isinstance(value, (list, tuple, dict)):
+        return f"{kind} of {len(value)}"
+    return kind
+
+
 def number(value: Any, field: str, low: float, high: float) -> float | None:
     if type(value) is int and low <= value <= high:  # the common case, first
         return float(value)
     if value is None or value == "":
         return None
     if isinstance(value, bool):
-        raise RowError(f"wrong_type:{field}", repr(value))
+        raise RowError(f"wrong_type:{field}", shape(value))
     try:
         x = float(value)
     except (TypeError, ValueError):
-        raise RowError(f"wrong_type:{field}", repr(value)[:80]) from None
+        raise RowError(f"wrong_type:{field}", shape(value)) from None
     if not (low <= x <= high):  # also catches NaN
-        raise RowError(f"{field}_out_of_range", repr(value))
+        raise RowError(f"{field}_out_of_range", f"{shape(value)}, not in {low:g}..{high:g}")
     return x
 
 
@@ -37,7 +49,7 @@ def text(value: Any, field: str, required: bool = False) -> str | None:
             raise RowError(f"missing_field:{field}")
         return None
     if not isinstance(value, str):
-        raise RowError(f"wrong_type:{field}", f"{type(value).__name__}")
+        raise RowError(f"wrong_type:{field}", shape(value))
     return value
 
 
@@ -48,10 +60,11 @@ def messages_from(value: Any) -> list[dict[str, str]]:
     out = []
     for m in value:
         if not isinstance(m, Mapping) or m.get("role") not in ROLES:
-            raise RowError("bad_message", repr(m)[:80])
+            raise RowError("bad_message", f"{shape(m)}, role not one of {', '.join(ROLES)}"
+                           if isinstance(m, Mapping) else shape(m))
         content = m.get("content")
         if not isinstance(content, str):
-            raise RowError("wrong_type:content", repr(content)[:80])
+            raise RowError("wrong_type:content", shape(content))
         out.append({"role": m["role"], "content": content})
     if not any(m["role"] == "user" for m in out):
         raise RowError("missing_field:user_message")
@@ -63,7 +76,7 @@ def example_from(row: Mapping[str, Any], *, source: str, source_id: str) -> Exam
     ``prompt``/``response`` or ``prompt``/``completion``, plus optional rating, reward,
     feedback_type, correction, agent, created_at, conversation_id, served_model and system."""
     if not isinstance(row, Mapping):
-        raise RowError("not_an_object", type(row).__name__)
+        raise RowError("not_an_object", shape(row))
     if row.get("messages") is not None:
         msgs = messages_from(row["messages"])
     else:
@@ -80,7 +93,7 @@ def example_from(row: Mapping[str, Any], *, source: str, source_id: str) -> Exam
     if feedback_type is not None:
         feedback_type = feedback_type.strip().lower().replace(" ", "_").replace("-", "_")
         if feedback_type not in FEEDBACK_TYPES:
-            raise RowError("unknown_feedback_type", feedback_type[:40])
+            raise RowError("unknown_feedback_type", f"{shape(feedback_type)}, not one of {', '.join(sorted(FEEDBACK_TYPES))}")
     conv = row.get("conversation_id")
     return Example(
         messages=msgs,

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from ftctl.api import Example, PluginConfig, ROLES, Reject, Source
-from ftctl_plugins.sources.common import RowError, number, parse_time
+from ftctl_plugins.sources.common import RowError, number, parse_time, shape
 
 # mapping key -> output column name (what a custom ``query`` must call its columns)
 MAPPED = ("id", "conversation_id", "role", "content", "prompt", "response", "rating", "reward",
@@ -138,7 +138,8 @@ class RowsToExamples:
                     conv, context = row.get("conversation_id"), []
                 role = row.get("role")
                 if role not in ROLES:
-                    raise RowError("bad_role" if role is not None else "missing_field:role", repr(role)[:40])
+                    raise RowError("bad_role" if role is not None else "missing_field:role",
+                                   f"{shape(role)}, not one of {', '.join(ROLES)}" if role is not None else "")
                 msg = {"role": role, "content": _text(row, "content")}
                 if role == "assistant":
                     if not any(m["role"] == "user" for m in context):
@@ -168,7 +169,7 @@ def _text(row: dict, key: str) -> str:
     if value is None or (isinstance(value, str) and (not value or value.isspace())):
         raise RowError(f"missing_field:{key}")
     if not isinstance(value, str):
-        raise RowError(f"wrong_type:{key}", type(value).__name__)
+        raise RowError(f"wrong_type:{key}", shape(value))
     return value
 
 
