@@ -173,6 +173,9 @@ class DeployConfig(WithPlugins):
 
 
 class CycleConfig(Strict):
+    """`ftctl cycle`: top-level defaults; ``models.<name>.cycle`` overrides them per model
+    (``schedule`` is the workspace's: one cron entry runs every model)."""
+
     schedule: str = "0 3 * * *"  # cron expression, for `ftctl cycle --install-cron`
     min_new_examples: int = Field(50, ge=1)
     export: bool = True
@@ -209,6 +212,7 @@ class ModelConfig(Strict):
     eval: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()
     deploy: DeployConfig = DeployConfig()
+    cycle: CycleConfig = CycleConfig()
 
 
 class ModelEntry(Strict):
@@ -220,6 +224,7 @@ class ModelEntry(Strict):
     eval: dict[str, Any] = {}
     export: dict[str, Any] = {}
     deploy: dict[str, Any] = {}
+    cycle: dict[str, Any] = {}
 
 
 class FtctlConfig(Strict):
@@ -266,6 +271,7 @@ class FtctlConfig(Strict):
         merged["sources"] = entry.sources if entry.sources is not None else self.sources
         for section in SECTIONS[1:]:
             merged[section] = deep_merge(getattr(self, section), getattr(entry, section))
+        merged["cycle"] = deep_merge(self.cycle.model_dump(), entry.cycle)
         return validate_model(ModelConfig, merged, f"models.{name}")
 
 

@@ -4,6 +4,12 @@ collect -> (enough new examples?) -> train -> eval gate -> export -> deploy (can
 one run lock. Each step is the same core function its own verb calls, so the loop can never
 drift from what a person does by hand. A second cron tick while a cycle runs exits with the
 "locked" code; a tick with too little new feedback exits with "nothing to do" (3).
+
+``cycle_all`` (``ftctl cycle --all``, what cron runs) takes every model of ``models:`` in turn
+under the same lock, each with its own sources, filters, gate, deployer and ``cycle`` settings.
+One model's failure is recorded (``.ftctl/log.jsonl``, one ``cycle`` event per model: `status`
+and ``/metrics`` read it) and the next model runs; the exit code summarises them all
+(:func:`summary_code`).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ftctl.errors import GateFailed, NothingToDo
+from ftctl.errors import FAILURE, NOTHING_TO_DO, OK, FtctlError, GateFailed, NothingToDo
 from ftctl.registry.workspace import Workspace, locked
 from ftctl.lib.log import Log
 
@@ -41,7 +47,7 @@ def cycle(ws: Workspace, model: str | None = None, *, force: bool = False, max_s
     from ftctl.train import train
 
     mc = ws.model(model)
-    name, cc = mc.name, ws.config.cycle
+    name, cc = mc.name, mc.cycle
     out: dict[str, Any] = {"model": name, "steps": {}}
 
     if ws.read_lock().state(name).deployment.canary:
@@ -105,6 +111,94 @@ def cycle(ws: Workspace, model: str | None = None, *, force: bool = False, max_s
     return out
 
 
+def cycle_model(ws: Workspace, model: str, *, force: bool = False, max_steps: int | None = None,
+                log: Log = print) -> dict[str, Any]:
+    """One model's cycle, its outcome recorded as a ``cycle`` event of that model whatever
+    happens (`status` and ``/metrics`` report it). Raises what :func:`cycle` raises."""
+    outcome: dict[str, Any] = {"command": "cycle", "model": model, "ok": False, "exit_code": FAILURE}
+    try:
+        result = cycle(ws, model, force=force, max_steps=max_steps, log=log)
+        outcome.update(ok=True, exit_code=OK, version=result.get("version"))
+        return result
+    except FtctlError as e:
+        outcome.update(ok=e.exit_code == NOTHING_TO_DO, exit_code=e.exit_code, error=e.message,
+                       version=(e.result or {}).get("version"))
+        raise
+    except Exception as e:
+        outcome["error"] = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        import json
+
+        from ftctl.lib.atomic import write_text
+        from ftctl.lib.times import now
+
+        ws.log_event(outcome)
+        write_text(_outcome_path(ws, model), json.dumps({"time": now(), **outcome}, default=str))
+
+
+@locked
+def cycle_all(ws: Workspace, *, force: bool = False, max_steps: int | None = None,
+              log: Log = print) -> dict[str, Any]:
+    """Every model of ``models:`` in turn; each one's failure is recorded and the others still run.
+
+    Returns ``{"models": {name: outcome}, "exit_code": ...}``; raises an :class:`FtctlError` with
+    that summary code (and the whole result attached) when it is not 0."""
+    outcomes: dict[str, dict[str, Any]] = {}
+    for name in ws.config.model_names():
+        log(f"[bold]== cycle {name}[/]")
+        try:
+            result = cycle_model(ws, name, force=force, max_steps=max_steps, log=log)
+            outcomes[name] = {"exit_code": OK, "result": result}
+        except FtctlError as e:
+            outcomes[name] = {"exit_code": e.exit_code, "error": e.message, "hint": e.hint, "result": e.result}
+            log(f"{name}: {'nothing to do' if e.exit_code == NOTHING_TO_DO else '[red]failed[/]'}: {e.message}")
+        except Exception as e:  # noqa: BLE001 - one model's bug or broken library must not stop the others
+            outcomes[name] = {"exit_code": FAILURE, "error": f"{type(e).__name__}: {e}", "hint": "rerun with --debug "
+                              f"and `--model {name}` for the traceback", "result": None}
+            log(f"{name}: [red]failed[/]: {type(e).__name__}: {e}")
+    code = summary_code([o["exit_code"] for o in outcomes.values()])
+    out = {"models": outcomes, "exit_code": code}
+    if code == OK:
+        return out
+    failed = {n: o for n, o in outcomes.items() if o["exit_code"] not in (OK, NOTHING_TO_DO)}
+    if failed:
+        err = FtctlError(f"cycle failed for {len(failed)} of {len(outcomes)} model(s): "
+                         + "; ".join(f"{n}: {o['error']}" for n, o in failed.items()),
+                         hint="the other models ran; `ftctl status --all` shows each one's last cycle",
+                         exit_code=code)
+    else:
+        err = NothingToDo(f"nothing to do for any of the {len(outcomes)} model(s)",
+                          hint="--force trains anyway")
+    err.result = out
+    raise err
+
+
+def summary_code(codes: list[int]) -> int:
+    """One exit code for several models: 0 when none failed and at least one trained; 3 when all
+    had nothing to do; a failure's own code when the failures agree (5: gates failed), else 1."""
+    failures = {c for c in codes if c not in (OK, NOTHING_TO_DO)}
+    if failures:
+        return failures.pop() if len(failures) == 1 else FAILURE
+    return OK if OK in codes else NOTHING_TO_DO
+
+
+def last_outcomes(ws: Workspace) -> dict[str, dict[str, Any]]:
+    """Each model's last cycle outcome (``.ftctl/cycle/<model>.json``), for status and /metrics."""
+    from ftctl.lib.atomic import read_json
+
+    out = {}
+    for name in ws.config.model_names():
+        outcome = read_json(_outcome_path(ws, name))
+        if outcome:
+            out[name] = outcome
+    return out
+
+
+def _outcome_path(ws: Workspace, model: str) -> Path:
+    return ws.state_dir / "cycle" / f"{model}.json"
+
+
 def _drift(ws: Workspace, model: str, log: Log) -> dict[str, Any] | None:
     """The drift report, or None when there is nothing to compare yet (no version, no snapshot)."""
     from ftctl.data.drift import drift
@@ -118,7 +212,8 @@ def _drift(ws: Workspace, model: str, log: Log) -> dict[str, Any] | None:
 
 
 def cron_line(ws: Workspace) -> tuple[str, str]:
-    """(schedule, command) for a crontab: the venv's own ftctl, this workspace, a log file."""
+    """(schedule, command) for a crontab: the venv's own ftctl, this workspace, every model
+    (``cycle --all``), a log file."""
     from croniter import croniter
 
     from ftctl.errors import ConfigError
@@ -128,7 +223,7 @@ def cron_line(ws: Workspace) -> tuple[str, str]:
         raise ConfigError(f"cycle.schedule: {schedule!r} is not a cron expression", hint='e.g. "0 3 * * *"')
     exe = Path(sys.executable).with_name("ftctl")
     log = ws.state_dir / "cycle.log"
-    return schedule, f"{exe} -C {ws.root} --wait 0 cycle >> {log} 2>&1"
+    return schedule, f"{exe} -C {ws.root} --wait 0 cycle --all >> {log} 2>&1"
 
 
 def install_cron(ws: Workspace, tabfile: Path | None = None) -> dict[str, Any]:

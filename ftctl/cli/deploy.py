@@ -42,6 +42,8 @@ def _render(app):
                           e.get("stable") or "-", f"{c['version']} {c['percent']}%" if c else "-", e["result"],
                           *([e.get("detail") or ""] if why else []))
             app.console.print(h)
+        if "cycle" in s:
+            _render_cycle(app, s["cycle"])
 
     return render
 
@@ -87,9 +89,44 @@ def rollback(app, to, model):
 
 @click.command()
 @model_option
+@click.option("--all", "all_models", is_flag=True, help="Every model in `models:`, one after another.")
 @pass_app
-def status(app, model):
-    """What each app serves (version, file, sha256), its health, the split and the history."""
+def status(app, model, all_models):
+    """What each app serves (version, file, sha256), its health, the split, the history and the
+    model's last `cycle` (with --all: for every model)."""
+    from ftctl.cycle import last_outcomes
     from ftctl.deploy import rollout as core
+    from ftctl.errors import FtctlError
 
-    app.emit(core.status(app.workspace(), model, log=app.say), _render(app))
+    ws = app.workspace()
+    cycles = last_outcomes(ws)
+    if not all_models:
+        s = core.status(ws, model, log=app.say)
+        s["cycle"] = cycles.get(s["model"])
+        app.emit(s, _render(app))
+        return
+    out = {}
+    for name in ws.config.model_names():
+        try:  # one model's unreachable deployer must not hide the others
+            out[name] = core.status(ws, name, log=app.say)
+        except FtctlError as e:
+            out[name] = {"model": name, "error": e.message, "hint": e.hint}
+        out[name]["cycle"] = cycles.get(name)
+
+    def render(all_status):
+        for s in all_status.values():
+            if "error" in s:
+                app.say(f"[bold]{s['model']}[/]: [red]{s['error']}[/]")
+                _render_cycle(app, s.get("cycle"))
+            else:
+                _render(app)(s)
+    app.emit({"models": out}, lambda r: render(r["models"]))
+
+
+def _render_cycle(app, c: dict | None) -> None:
+    if not c:
+        app.say("last cycle: never")
+        return
+    what = {0: "[green]ok[/]", 3: "nothing to do"}.get(c.get("exit_code"), f"[red]failed ({c.get('exit_code')})[/]")
+    app.say(f"last cycle: {c.get('time')} {what}" + (f", made {c['version']}" if c.get("version") else "")
+            + (f": {c['error']}" if c.get("error") else ""))

@@ -88,7 +88,7 @@ def drift(ws, model: str | None = None, log: Log = print) -> dict[str, Any]:
     from ftctl.lib.times import parse_time
 
     model = model or ws.config.default_model
-    cfg = ws.config.cycle.drift
+    cfg = ws.model(model).cycle.drift
     version, cutoff = reference_point(ws, model)
     cut = parse_time(cutoff)
     state = ws.read_lock().state(model)

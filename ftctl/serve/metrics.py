@@ -78,6 +78,22 @@ class FtctlCollector:
         yield ok
         yield code
         yield at
+        from datetime import datetime
+
+        from ftctl.cycle import last_outcomes
+
+        m_ok = GaugeMetricFamily("ftctl_model_last_cycle_success",
+                                 "1 if the model's last cycle succeeded (nothing to do counts as success)",
+                                 labels=["model"])
+        m_code = GaugeMetricFamily("ftctl_model_last_cycle_exit_code", "Exit code of the model's last cycle",
+                                   labels=["model"])
+        m_at = GaugeMetricFamily("ftctl_model_last_cycle_timestamp_seconds", "When the model's last cycle ended",
+                                 labels=["model"])
+        for model, o in sorted(last_outcomes(ws).items()):
+            m_ok.add_metric([model], 1.0 if o.get("ok") else 0.0)
+            m_code.add_metric([model], float(o.get("exit_code", 1)))
+            m_at.add_metric([model], datetime.fromisoformat(o["time"]).timestamp())
+        yield from (m_ok, m_code, m_at)
 
     def _jobs(self):
         counts = self.store.counts()

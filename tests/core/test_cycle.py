@@ -87,7 +87,7 @@ def test_install_cron_writes_one_entry(workspace, tmp_path):
         assert run_ftctl("cycle", "--install-cron", "--crontab-file", str(tab), cwd=workspace.root).returncode == 0
     text = tab.read_text()
     assert "0 1 * * * /bin/true" in text
-    lines = [l for l in text.splitlines() if "cycle >>" in l]
+    lines = [l for l in text.splitlines() if "cycle --all >>" in l]
     assert len(lines) == 1 and lines[0].startswith("0 3 * * * ") and f"-C {workspace.root}" in lines[0]
     bad = run_ftctl("--set", "cycle.schedule=every night", "cycle", "--install-cron", "--crontab-file", str(tab),
                     cwd=workspace.root)
@@ -101,3 +101,65 @@ def test_train_collects_first_when_configured(cycle_ws):
     state = cycle_ws.read_lock().state("assistant")
     assert state.dataset["rows"]["train"] > 0  # collected by train itself
     assert state.versions["v1.0"].dataset["md5"] == state.dataset["md5"]
+
+
+def test_cycle_all_runs_every_model_and_records_each_outcome(cycle_ws, tmp_path):
+    """Three agents, one schedule: `support` trains, `sales` has too little feedback, `billing`'s
+    database is unreachable tonight. Each is recorded; the failure does not stop the others."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from ftctl.serve.jobs import JobStore
+    from ftctl.serve.metrics import FtctlCollector
+
+    root = cycle_ws.root
+    y = YAML(typ="safe", pure=True)
+    cfg = y.load(cycle_ws.config_path.read_text())
+    feedback(root / "sales.jsonl", 100, 3)
+    cfg["models"] = {
+        "assistant": {},
+        "billing": {"sources": [{"name": "db", "kind": "postgres", "table": "feedback", "connect_timeout": 1,
+                                 "dsn": "postgresql://ftctl@127.0.0.1:1/none"}]},
+        "sales": {"sources": [{"name": "events", "kind": "jsonl", "path": "sales.jsonl"}],
+                  "cycle": {"min_new_examples": 20}},
+    }
+    with open(cycle_ws.config_path, "w") as f:
+        y.dump(cfg, f)
+
+    proc = run_ftctl("--json", "cycle", "--all", "--max-steps", "1", cwd=root)
+    assert proc.returncode == 1, proc.stderr[-3000:]  # one real failure: the run failed, as a whole
+    assert "billing" in proc.stderr and "cannot connect to PostgreSQL" in proc.stderr
+    out = json.loads(proc.stdout)["result"]
+    models = out["models"]
+    assert models["assistant"]["exit_code"] == 0 and models["assistant"]["result"]["version"] == "v1.0"
+    assert models["sales"]["exit_code"] == 3 and "cycle.min_new_examples" in models["sales"]["error"]
+    assert models["billing"]["exit_code"] == 1 and "cannot connect" in models["billing"]["error"]
+    lock = cycle_ws.read_lock()
+    assert set(lock.state("assistant").versions) == {"v1.0"} and not lock.state("billing").versions
+
+    status = json.loads(run_ftctl("--json", "status", "--all", cwd=root).stdout)["models"]
+    assert status["assistant"]["cycle"]["version"] == "v1.0" and status["assistant"]["cycle"]["ok"]
+    assert status["sales"]["cycle"]["exit_code"] == 3 and status["sales"]["cycle"]["ok"]
+    assert status["billing"]["cycle"]["exit_code"] == 1 and not status["billing"]["cycle"]["ok"]
+
+    registry = CollectorRegistry()
+    registry.register(FtctlCollector(lambda: cycle_ws, JobStore(tmp_path / "jobs.sqlite")))
+    text = generate_latest(registry).decode()
+    for line in ('ftctl_model_last_cycle_success{model="assistant"} 1.0',
+                 'ftctl_model_last_cycle_exit_code{model="sales"} 3.0',
+                 'ftctl_model_last_cycle_success{model="billing"} 0.0',
+                 "ftctl_last_cycle_exit_code 1.0"):
+        assert line in text, line
+
+    # tonight the database answers nothing new and assistant has nothing new: all quiet is exit 3
+    cfg["models"]["billing"]["sources"] = [{"name": "events", "kind": "jsonl", "path": "sales.jsonl"}]
+    cfg["models"]["billing"]["cycle"] = {"min_new_examples": 20}
+    with open(cycle_ws.config_path, "w") as f:
+        y.dump(cfg, f)
+    quiet = run_ftctl("cycle", "--all", "--max-steps", "1", cwd=root)
+    assert quiet.returncode == 3, quiet.stderr[-3000:]
+    assert "nothing to do for any of the 3 model(s)" in quiet.stderr
+
+
+def test_cycle_all_and_model_exclude_each_other(workspace):
+    proc = run_ftctl("cycle", "--all", "--model", "assistant", cwd=workspace.root)
+    assert proc.returncode == 2 and "exclude each other" in proc.stderr
