@@ -19,7 +19,7 @@ ROLES = ("system", "user", "assistant", "tool")
 
 @dataclass
 class Example:
-    messages: list[dict[str, str]]  # [{"role": ..., "content": ...}], chat format
+    messages: list[dict[str, Any]]  # [{"role": ..., "content": ...}], chat format
     source: str = ""  # source name from ftctl.yaml
     source_id: str = ""  # where it came from: primary key, or file:line
     conversation_id: str | None = None  # stable id used for the train/val/test split
@@ -31,6 +31,9 @@ class Example:
     created_at: datetime | None = None
     served_model: str | None = None  # the model id the server answered with (deploy sets `model@vX.Y`)
     meta: dict[str, Any] = field(default_factory=dict)
+    # function schemas the conversation's tool calls were made against (OpenAI's ``tools``); a
+    # message may then carry ``tool_calls`` (assistant) or ``tool_call_id`` (tool)
+    tools: list[dict[str, Any]] | None = None
 
     @property
     def prompt(self) -> str:

@@ -30,6 +30,8 @@ from ftctl import plugins
 from ftctl.data import curate
 from ftctl.registry.served import Attribution, Resolver
 from ftctl.errors import FtctlError
+from ftctl.lib.chat_format import renders_tool_calls, uses_tools
+from ftctl.lib.digest import file_sha256
 from ftctl.records import Reject, read_jsonl
 from ftctl.registry.workspace import SNAPSHOT_FILES as FILES
 from ftctl.registry.workspace import SPLITS, Workspace, dvc_md5, locked
@@ -108,6 +110,7 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
     forgotten = of_lock(ws.read_lock())
 
     read, filtered, rejected, scrubbed = 0, Counter(), Counter(), Counter()
+    tools_ok: str | None = None  # "" once the base's template is known to render tool calls; else why not
     per_source: dict[str, dict] = {}
     spill = curate.Spill(work)
     prefs = open(out / FILES["preferences"], "w", encoding="utf-8")
@@ -120,6 +123,11 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
                 n_read = 0
                 for item in items:
                     n_read += 1
+                    if not isinstance(item, Reject) and uses_tools(item.messages, item.tools):
+                        if tools_ok is None:
+                            tools_ok = _tool_support(ws, mc)
+                        if tools_ok:
+                            item = Reject(src_name, item.source_id or item.key, "tool_calls_unsupported", tools_ok)
                     if isinstance(item, Reject):
                         rejected[item.reason] += 1
                         rejects.write(json.dumps(_reject_line(item, scrubber), ensure_ascii=False) + "\n")
@@ -328,6 +336,44 @@ def _tokenizer_json(ws: Workspace, base: str) -> Path | None:
     except FtctlError:
         pass
     return None
+
+
+def _tool_support(ws: Workspace, mc) -> str:
+    """"" when the chat template training will use renders tool calls; else the reason a row with
+    tool calls is rejected (it would be trained on text that lacks the call)."""
+    from ftctl.lib import basemodel
+
+    template = mc.train.plugin_config(mc.train.trainer).get("chat_template")
+    where = f"train.{mc.train.trainer}.chat_template"
+    if not template:
+        where = f"the chat template of {mc.base}"
+        try:
+            path = basemodel.locate(mc.base, ws.root)
+            folder = path if path.is_dir() else basemodel.cache_root() / file_sha256(path)
+            template = _template_in(folder)
+        except FtctlError:
+            template = None
+        if template is None:
+            return f"{where} is not on disk to check (run `ftctl train` once, or set {where.split()[-1]})"
+    if renders_tool_calls(template):
+        return ""
+    return (f"{where} does not render tool calls (they would not be trained on); use a base whose template "
+            f"does, or set train.{mc.train.trainer}.chat_template")
+
+
+def _template_in(folder: Path) -> str | None:
+    """A tokenizer folder's chat template: chat_template.jinja, or tokenizer_config.json's
+    (the default one of a named list)."""
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    try:
+        cfg = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    t = cfg.get("chat_template")
+    if isinstance(t, list):
+        t = next((x.get("template") for x in t if x.get("name") == "default"), None)
+    return t if isinstance(t, str) else None
 
 
 def _result(ws: Workspace, name: str, card: dict, snapshot: Path) -> dict:

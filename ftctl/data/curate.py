@@ -85,11 +85,15 @@ def apply_correction(ex: Example) -> tuple[Example, str | None]:
 
 
 def scrub_row(ex: Example, original: str | None, scrub: Callable[[str], str]) -> tuple[Example, str | None]:
-    """Every text of a row that a snapshot keeps, through ``scrub``: the turns, the correction,
+    """Every text of a row that a snapshot keeps, through ``scrub``: the turns (tool-call arguments too), the correction,
     the corrected original and each string in ``meta`` (keys and values, nested). A number in
     ``meta`` is checked as its text (a member number stored as an int) and becomes the
     placeholder when anything is found in it."""
     ex.messages = [{**m, "content": scrub(m.get("content") or "")} for m in ex.messages]
+    for m in ex.messages:  # a call's arguments carry what users typed (an e-mail to look up)
+        if m.get("tool_calls"):
+            m["tool_calls"] = [{**c, "function": {**c["function"], "arguments": _scrub_value(
+                c["function"].get("arguments") or {}, scrub)}} for c in m["tool_calls"]]
     if ex.correction:  # applied already: it is the last turn, scrubbed above
         last = ex.messages[-1]
         ex.correction = last["content"] if last["role"] == "assistant" else scrub(ex.correction)

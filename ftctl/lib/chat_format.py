@@ -75,19 +75,49 @@ def ensure_pad(tokenizer) -> int:
                           hint="use a base whose tokenizer defines a pad or unk token")
 
 
-def render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+def render(tokenizer, messages: list[dict], generation_prompt: bool = False, tools: list[dict] | None = None) -> str:
+    return tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
+                                         add_generation_prompt=generation_prompt)
 
 
-def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+# what a message keeps for the template: tool calls (assistant) and which call a tool answers
+MESSAGE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
+
+
+def uses_tools(messages: list[dict], tools: list[dict] | None = None) -> bool:
+    return bool(tools) or any(m.get("tool_calls") or m.get("role") == "tool" for m in messages)
+
+
+_PROBE_VALUE = "ftctl-probe-7f3a"
+
+
+def renders_tool_calls(template: str) -> bool:
+    """Whether a chat template writes an assistant's tool call into the text (its arguments'
+    values appear), rendered as transformers renders it. A template that ignores tool_calls
+    would train the model on a call it never sees: such rows are rejected, not trained on."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    probe = [{"role": "user", "content": "probe"},
+             {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
+                 "name": "ftctl_probe", "arguments": {"value": _PROBE_VALUE}}}]}]
+    tools = [{"type": "function", "function": {"name": "ftctl_probe", "description": "probe", "parameters": {
+        "type": "object", "properties": {"value": {"type": "string"}}}}}]
+    try:
+        rendered, _ = render_jinja_template(conversations=[probe], tools=tools, chat_template=template)
+    except Exception:  # a template that raises on tool calls (raise_exception) does not support them
+        return False
+    return _PROBE_VALUE in rendered[0]
+
+
+def assistant_spans(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the character span of each assistant turn (with its end marker)."""
-    text = render(tokenizer, messages)
+    text = render(tokenizer, messages, tools=tools)
     spans = []
     for i, m in enumerate(messages):
         if m.get("role") != "assistant":
             continue
-        start = len(render(tokenizer, messages[:i], generation_prompt=True)) if i else 0
-        upto = render(tokenizer, messages[: i + 1])
+        start = len(render(tokenizer, messages[:i], generation_prompt=True, tools=tools)) if i else 0
+        upto = render(tokenizer, messages[: i + 1], tools=tools)
         if not text.startswith(upto) or start > len(upto):
             raise ChatFormatError("the chat template does not render conversation prefixes stably",
                                   hint="assistant-only loss needs a template where earlier turns do not change")
@@ -95,10 +125,11 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
     return text, spans
 
 
-def encode(tokenizer, messages: list[dict]) -> Encoded | None:
-    """Token ids + labels (assistant tokens up to and including EOS); None without an assistant turn."""
-    msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
-    text, spans = assistant_spans(tokenizer, msgs)
+def encode(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> Encoded | None:
+    """Token ids + labels (assistant tokens up to and including EOS); None without an assistant turn.
+    An assistant's tool calls are assistant tokens too (rendered by the template, with ``tools``)."""
+    msgs = [{k: m[k] for k in MESSAGE_KEYS if k in m} for m in messages]
+    text, spans = assistant_spans(tokenizer, msgs, tools)
     if not spans:
         return None
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

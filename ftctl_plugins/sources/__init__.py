@@ -11,9 +11,10 @@ from ftctl.api import hookimpl
 def register_sources(register):
     from ftctl_plugins.sources.csv import CsvSource
     from ftctl_plugins.sources.documents import DocumentsSource
+    from ftctl_plugins.sources.hf_dataset import HfDatasetSource
     from ftctl_plugins.sources.jsonl import JsonlSource
     from ftctl_plugins.sources.postgres import PostgresSource
     from ftctl_plugins.sources.sqlite import SqliteSource
 
-    for cls in (PostgresSource, SqliteSource, JsonlSource, CsvSource, DocumentsSource):
+    for cls in (PostgresSource, SqliteSource, JsonlSource, CsvSource, DocumentsSource, HfDatasetSource):
         register(cls)

@@ -13,18 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ftctl.api import ROLES, Example, RowError, parse_time  # noqa: F401  (RowError: for the sources)
+from ftctl_plugins.sources.formats import openai_messages, shape, tools_of  # noqa: F401  (shape: for the sources)
 
 FEEDBACK_TYPES = {"thumbs_up", "thumbs_down", "correction", "validation", "rating", "reward", "flag"}
-
-
-def shape(value: Any) -> str:
-    """What a rejected value is, without quoting it: ``str of 12 chars``, ``int``, ``list of 3``."""
-    kind = type(value).__name__
-    if isinstance(value, (str, bytes)):
-        return f"{kind} of {len(value)} chars"
-    if isinstance(value, (list, tuple, dict)):
-        return f"{kind} of {len(value)}"
-    return kind
 
 
 def number(value: Any, field: str, low: float, high: float) -> float | None:
@@ -53,19 +44,29 @@ def text(value: Any, field: str, required: bool = False) -> str | None:
     return value
 
 
-def messages_from(value: Any) -> list[dict[str, str]]:
-    """Validate OpenAI chat-format messages: a list of {role, content} with known roles."""
+def messages_from(value: Any) -> list[dict[str, Any]]:
+    """Validate OpenAI chat-format messages: a list of {role, content} with known roles; an
+    assistant's ``tool_calls`` and a tool answer's ``tool_call_id``/``name`` are kept
+    (ftctl_plugins.sources.formats has put them in OpenAI's shape)."""
     if not isinstance(value, list) or not value:
         raise RowError("wrong_type:messages" if value else "missing_field:messages")
     out = []
-    for m in value:
+    for m in openai_messages(value):
         if not isinstance(m, Mapping) or m.get("role") not in ROLES:
-            raise RowError("bad_message", f"{shape(m)}, role not one of {', '.join(ROLES)}"
-                           if isinstance(m, Mapping) else shape(m))
+            role = m.get("role") if isinstance(m, Mapping) else None
+            raise RowError("unknown_role" if isinstance(role, str) else "bad_message",
+                           f"{shape(m)}, role not one of {', '.join(ROLES)}" if isinstance(m, Mapping) else shape(m))
         content = m.get("content")
+        if content is None and m.get("tool_calls"):
+            content = ""
         if not isinstance(content, str):
             raise RowError("wrong_type:content", shape(content))
-        out.append({"role": m["role"], "content": content})
+        msg: dict[str, Any] = {"role": m["role"], "content": content}
+        if m["role"] == "assistant" and m.get("tool_calls"):
+            msg["tool_calls"] = m["tool_calls"]
+        if m["role"] == "tool":
+            msg.update({k: str(m[k]) for k in ("tool_call_id", "name") if m.get(k)})
+        out.append(msg)
     if not any(m["role"] == "user" for m in out):
         raise RowError("missing_field:user_message")
     return out
@@ -108,4 +109,9 @@ def example_from(row: Mapping[str, Any], *, source: str, source_id: str) -> Exam
         served_model=text(row.get("served_model"), "served_model"),
         created_at=parse_time(row.get("created_at")),
         meta=dict(row["meta"]) if isinstance(row.get("meta"), Mapping) else {},
+        tools=_tools(row),
     )
+
+
+def _tools(row: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    return tools_of(row) or None

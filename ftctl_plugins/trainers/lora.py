@@ -103,7 +103,7 @@ class LoraTrainer(Trainer):
         else:
             rows = []
             for ex in read_jsonl(path):
-                enc = encode(tok, _target_messages(ex))
+                enc = encode(tok, _target_messages(ex), ex.tools)
                 rows.append(None if enc is None else [enc.input_ids, enc.labels])
             write_text(cache, json.dumps(rows))
         return [None if r is None else Encoded(*r) for r in rows]

@@ -51,7 +51,7 @@ def test_jsonl_bad_lines_are_rejected_with_file_and_line(tmp_path):
     assert reasons(rejects) == {"2": "truncated_json", "3": "invalid_json", "4": "invalid_utf8",
                                 "5": "missing_field:response", "6": "wrong_type:rating", "7": "rating_out_of_range",
                                 "8": "reward_out_of_range", "9": "bad_timestamp", "11": "not_an_object",
-                                "12": "bad_message"}
+                                "12": "unknown_role"}
     assert all(r.where.startswith("fb.jsonl:") for r in rejects)
     assert [e.source_id for e in examples] == [f"fb.jsonl:{n}" for n in (1, 13, 14, 15, 16, 17)]
     assert examples[0].rating == 5 and examples[0].prompt == "What is 2+2?" and examples[0].source == "src"
