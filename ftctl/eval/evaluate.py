@@ -50,14 +50,33 @@ def evaluate(ws, ref: str, *, model: str | None = None, eval_set: str | None = N
 
 
 def _write_reports(ws, result: dict, rows: list[dict], stem: str, *, kind: str) -> list[Path]:
-    """JSON + Markdown + HTML, written only once every score is in (never a partial report)."""
+    """JSON + Markdown + HTML, written only once every score is in (never a partial report).
+
+    What a report quotes is scrubbed and its example ids (conversation keys, some of them
+    e-mail addresses) are keyed hashes, and so is what ``result`` returns (``eval --json``, the
+    job results the service stores): the caller gets the report's text, never the raw one."""
     from ftctl.eval import report
+    from ftctl.lib.scrub import for_reports
+    from ftctl.registry.secret import report_id
 
     stem += _suffix(result["eval_set"], result["artifact"])
-    from ftctl.lib.scrub import for_reports
+    secret = ws.secret()
+    scrub, seen = for_reports(ws, result["model"]), {}
 
-    paths = report.write_all(ws.reports_dir(result["model"]), stem, result | {"examples": rows, "complete": True},
-                             kind=kind, scrub=for_reports(ws, result["model"]))
+    def once(text: str) -> str:  # `changed` quotes rows of `examples`: scrub each text once
+        if text not in seen:
+            seen[text] = scrub(text)
+        return seen[text]
+
+    def hashed(rs: list[dict]) -> list[dict]:
+        return [{**r, "id": report_id(secret, str(r["id"]))} if r.get("id") is not None else r for r in rs]
+
+    data = report.scrubbed(result | {"examples": hashed(rows), "changed": hashed(result.get("changed") or []),
+                                     "complete": True}, once)
+    if "changed" not in result:
+        del data["changed"]
+    paths = report.write_all(ws.reports_dir(result["model"]), stem, data, kind=kind)
+    result.update({k: data[k] for k in ("changed", "scrubbed") if k in data})
     result["report"] = ws.rel(paths["html"])
     result["reports"] = {k: ws.rel(p) for k, p in paths.items()}
     return list(paths.values())

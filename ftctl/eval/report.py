@@ -27,8 +27,9 @@ def write_all(directory: Path, stem: str, data: dict[str, Any], *, kind: str,
 
     Reports are committed to git: every quoted text goes through ``scrub`` first (by default
     the scrubber with its default settings), so PHI in an eval set or a model's output never
-    reaches the repository."""
-    data = scrubbed(data, scrub or _default_scrub())
+    reaches the repository. ``data`` that :func:`scrubbed` returned already is written as is."""
+    if not data.get("scrubbed"):
+        data = scrubbed(data, scrub or _default_scrub())
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"json": directory / f"{stem}.json", "md": directory / f"{stem}.md", "html": directory / f"{stem}.html"}
     md = markdown(data, kind)

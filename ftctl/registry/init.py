@@ -17,9 +17,10 @@ from ftctl.config import CONFIG_FILE, check_name, load
 from ftctl.errors import ConfigError, FtctlError, UsageError
 from ftctl.registry.lockfile import LOCK_FILE, Lock
 from ftctl.lib.process import dvc, git
+from ftctl.registry import secret
 from ftctl.registry.workspace import STATE_DIR
 
-GITIGNORE_LINES = [f"/{STATE_DIR}/", "__pycache__/"]
+GITIGNORE_LINES = [f"/{STATE_DIR}/", "__pycache__/", secret.GITIGNORE_LINE]
 REMOTE_NAME = "ftctl-local"
 
 
@@ -84,6 +85,10 @@ def init(directory: Path, model: str = "assistant", base: str = "smollm2-135m-in
     if missing:
         write_text(gi, "\n".join(lines + missing) + "\n")
         done.append("updated .gitignore")
+
+    if not secret.path(root).exists() and not (lockfile.read(lock_path).model_extra or {}).get("tombstones"):
+        secret.load(root)  # keys the hashes of user data (forget's tombstones, report ids); never committed
+        done.append(f"created {secret.SECRET_FILE} (0600, git-ignored)")
 
     paths = [CONFIG_FILE, LOCK_FILE, ".gitignore", ".dvc/config", ".dvc/.gitignore", ".dvcignore"]
     paths = [p for p in paths if (root / p).exists()]

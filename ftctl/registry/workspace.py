@@ -127,6 +127,15 @@ class Workspace:
         return basemodel.resolve_base(ref or cfg.base, trust_remote_code=cfg.trust_remote_code, root=self.root,
                                       log=log)
 
+    def secret(self) -> bytes:
+        """The workspace secret (registry/secret.py) that keys hashes of user data. Created on
+        first use, but never anew while models.lock holds tombstones made with one: a new
+        secret would silently stop matching them."""
+        from ftctl.registry import secret
+
+        made = {e.get("secret") for e in (self.read_lock().model_extra or {}).get("tombstones") or []} - {None}
+        return secret.load(self.root, create=not made)
+
     def read_lock(self) -> Lock:
         return lockfile.read(self.lock_path)
 
