@@ -35,7 +35,7 @@ from ftctl.lib.times import now, parse_time
 from ftctl.records import ROLES, Example, Reject, RowError, read_jsonl
 
 # the statistics (ftctl.lib.stats) load numpy: imported on first use, not by every CLI start
-_STATS = ("BETTER", "SAME", "WORSE", "paired_bootstrap", "two_proportions", "two_sample_bootstrap")
+_STATS = ("BETTER", "SAME", "WORSE", "FLAG", "holm", "needed_n", "paired_test", "two_proportions", "two_sample_test")
 
 
 def __getattr__(name: str):

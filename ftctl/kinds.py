@@ -241,6 +241,18 @@ class Evaluator(Plugin):
         """With ``pairwise = True``: per example (share of A, share of B), summing to 1."""
         raise NotImplementedError(f"{self.name} does not judge pairs (pairwise = False)")
 
+    def breakdown(self, predictions: list[str], references: list[str | None],
+                  examples: list[Example]) -> dict[str, list[float | None]]:
+        """Optional sub-metrics, each one score per example like ``score`` and in the same good
+        direction (``recall[deny]``): reported and compared in pairs as ``<name>/<sub>``."""
+        return {}
+
+    def details(self, predictions: list[str], references: list[str | None],
+                examples: list[Example]) -> dict[str, Any] | None:
+        """Optional corpus-level figures for the report, per side (a confusion matrix, per-label
+        precision, what could not be scored); not tested in pairs."""
+        return None
+
 
 # --- exporter ---------------------------------------------------------------------------------
 

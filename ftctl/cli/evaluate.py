@@ -65,15 +65,17 @@ def _public(r: dict) -> dict:
 def _render(app, r: dict) -> None:
     from rich.table import Table
 
+    from ftctl.eval.report import p_text, verdict_text
+
     fmt = lambda x: "—" if x is None else f"{x:.4g}"  # noqa: E731
     if "a" in r:
         t = Table(title=f"{r['model']}: {r['a']} → {r['b']} ({r['artifact']}, {r['eval_set']}, n={r['n']})")
-        for col in ("metric", r["a"], r["b"], "diff", "95% CI", "p", "W/T/L", "verdict"):
+        for col in ("metric", r["a"], r["b"], "diff", "CI", "p", "W/T/L", "verdict"):
             t.add_column(col)
         for name, m in r["metrics"].items():
             color = {"better": "green", "worse": "red"}.get(m["verdict"], "yellow")
             t.add_row(name, fmt(m["a"]), fmt(m["b"]), f"{m['diff']:+.4g}", f"[{fmt(m['ci'][0])}, {fmt(m['ci'][1])}]",
-                      f"{m['p_value']:.3g}", f"{m['wins']}/{m['ties']}/{m['losses']}", f"[{color}]{m['verdict']}[/]")
+                      p_text(m), f"{m['wins']}/{m['ties']}/{m['losses']}", f"[{color}]{verdict_text(m)}[/]")
     else:
         t = Table(title=f"{r['model']}@{r['version']} ({r['artifact']}, {r['eval_set']}, n={r['n']})")
         t.add_column("metric")
@@ -87,6 +89,11 @@ def _render(app, r: dict) -> None:
                 row.append("—" if d is None else f"{d:+.4g}")
             t.add_row(*row)
     app.console.print(t)
+    lat = r.get("latency")
+    if lat:
+        sides = [(r["version"], lat)] if "version" in r else [(r["a"], lat["a"]), (r["b"], lat["b"])]
+        app.say("latency: " + "; ".join(f"{v} median {s['median_s']:.3g} s, p95 {s['p95_s']:.3g} s, "
+                                        f"{s['tokens_per_s']} tokens/s ({s['backend']})" for v, s in sides))
     for note in r.get("notes", []):
         app.say(f"[yellow]note:[/] {note}")
     if r.get("gate"):

@@ -10,7 +10,7 @@ Signals: prompt length (two-sample Kolmogorov-Smirnov, scipy), agent mix (chi-sq
 counts, scipy; plus the total variation distance), novelty (the share of new prompts' word
 n-grams never seen in the reference, beside the same share between two halves of the
 reference as its baseline), and the mean rating per served version before and after (the
-two-sample bootstrap of ftctl.lib.stats). A significant rating drop on the stable version asks
+two-sample permutation test of ftctl.lib.stats). A significant rating drop on the stable version asks
 for a retrain, which ``cycle`` does even below ``cycle.min_new_examples``.
 """
 
@@ -82,7 +82,7 @@ def drift(ws, model: str | None = None, log: Log = print) -> dict[str, Any]:
 
     from ftctl import feedback
     from ftctl.registry.served import Resolver
-    from ftctl.lib.stats import WORSE, two_sample_bootstrap
+    from ftctl.lib.stats import WORSE, two_sample_test
     from ftctl.records import read_jsonl
     from ftctl.registry.workspace import SPLITS
     from ftctl.lib.times import parse_time
@@ -159,7 +159,7 @@ def drift(ws, model: str | None = None, log: Log = print) -> dict[str, Any]:
             if r[k]:
                 row[k]["mean"] = round(sum(r[k]) / len(r[k]), 3)
         if len(r["before"]) >= cfg.min_rated and len(r["after"]) >= cfg.min_rated:
-            t = two_sample_bootstrap(r["before"], r["after"], confidence=cfg.confidence)
+            t = two_sample_test(r["before"], r["after"], confidence=cfg.confidence)
             row.update(diff=round(t.diff, 3), ci=[round(t.ci[0], 3), round(t.ci[1], 3)],
                        p_value=round(t.p_value, 4), verdict=t.verdict)
         per_version[v] = row

@@ -5,7 +5,8 @@ its own traffic):
 
 - users' ratings (or rewards) of the answers each version served, read live from the model's
   sources and attributed through ``served_model`` (deploy serves ``model@vX.Y``); canary and
-  stable are compared with a two-sample bootstrap (ftctl.lib.stats), CI and p-value;
+  stable are compared with a two-sample permutation test (ftctl.lib.stats; the verdict) and a
+  bootstrap interval (stepping up needs its lower end above -max_drop);
 - server errors: the share of 5xx answers per side, from the deployer's router record
   (``Deployer.traffic``: nginx's access log for pm2, the router's own for lora_swap), compared
   as two proportions;
@@ -129,15 +130,16 @@ def more_needed(n: int, half_width: float, target: float) -> int:
 def decide(cfg, scores: dict[str, list[float]], ops: dict[str, Any], percent: int,
            higher_is_better: bool = True) -> dict[str, Any]:
     """{"decision", "reason", "needs", "percent", "test", "errors"} from the evidence; pure, for testing."""
-    from ftctl.lib.stats import WORSE, two_sample_bootstrap
+    from ftctl.lib.stats import WORSE, two_sample_test
 
     n_s, n_c = len(scores.get("stable", [])), len(scores.get("canary", []))
     test = None
     if n_s >= 2 and n_c >= 2:
-        t = two_sample_bootstrap(scores["stable"], scores["canary"], higher_is_better=higher_is_better,
-                                 n_boot=cfg.bootstrap, confidence=cfg.confidence)
+        t = two_sample_test(scores["stable"], scores["canary"], higher_is_better=higher_is_better,
+                            n_boot=cfg.bootstrap, confidence=cfg.confidence)
         test = {"stable_mean": round(t.a, 4), "canary_mean": round(t.b, 4), "diff": round(t.diff, 4),
-                "ci": [round(t.ci[0], 4), round(t.ci[1], 4)], "p_value": round(t.p_value, 4), "verdict": t.verdict}
+                "ci": [round(t.ci[0], 4), round(t.ci[1], 4)], "p_value": round(t.p_value, 4),
+                "p_error": round(t.p_error, 4), "method": t.method, "verdict": t.verdict, "flag": t.flag}
     errors = error_test(cfg, ops.get("traffic"))
     out = {"test": test, "errors": errors, "needs": None, "percent": percent}
     if ops.get("canary", {}).get("healthy") is False:  # failing its health check: no rating can save it
@@ -204,9 +206,10 @@ def error_test(cfg, traffic: dict | None) -> dict[str, Any] | None:
     if c.get("requests", 0) < cfg.min_requests or not s.get("requests"):
         return None
     t = two_proportions(s["errors"], s["requests"], c["errors"], c["requests"], higher_is_better=False,
-                        n_boot=cfg.bootstrap, confidence=cfg.confidence)
+                        confidence=cfg.confidence)
     return {"stable_rate": round(t.a, 5), "canary_rate": round(t.b, 5), "diff": round(t.diff, 5),
             "ci": [round(t.ci[0], 5), round(t.ci[1], 5)], "p_value": round(t.p_value, 4), "verdict": t.verdict,
+            "method": t.method, "flag": t.flag,
             "n": [s["requests"], c["requests"]]}
 
 

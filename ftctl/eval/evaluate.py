@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ftctl.eval.evalset import EvalSet, load_eval_set
-from ftctl.eval.predict import Predictor, settings_of
-from ftctl.eval.scoring import build_evaluators, mean, metric_key, score
+from ftctl.eval.predict import Predictor, brief_latency, settings_of
+from ftctl.eval.scoring import build_evaluators, mean, metric_key, owner, score
 from ftctl.eval.target import Target, resolve_target
 from ftctl.records import Example
 from ftctl.registry.workspace import locked
@@ -32,12 +32,14 @@ def evaluate(ws, ref: str, *, model: str | None = None, eval_set: str | None = N
     evaluators = build_evaluators(ws, target.model, names, log=log)  # bad config fails before generating
     preds = predictor.predict(evalset)
     notes: list[str] = []
-    scores = score(evaluators, preds, evalset.examples, notes, predictor)
+    details: dict = {}
+    scores = score(evaluators, preds, evalset.examples, notes, predictor, details)
     result = {
         "model": target.model, "version": target.version, "artifact": target.artifact,
         "eval_set": evalset.name, "eval_set_sha256": evalset.sha256, "n": len(evalset.examples),
         "metrics": {k: mean(v) for k, v in scores.items()},
-        "higher_is_better": {k: evaluators[k].higher_is_better for k in scores},
+        "higher_is_better": {k: evaluators[owner(k)].higher_is_better for k in scores},
+        "details": details, "latency": predictor.latency,
         "notes": notes, "settings": settings_of(cfg).__dict__ | {"stop": list(cfg.eval.stop)},
     }
     result["vs_hf"] = _vs_hf(ws, target, evalset, result["metrics"])
@@ -110,7 +112,7 @@ def _vs_hf(ws, target: Target, evalset: EvalSet, metrics: dict) -> dict | None:
 def _record_eval(ws, target: Target, evalset: EvalSet, result: dict, paths: list[Path]) -> None:
     entry = {"time": now(), "eval_set": evalset.name, "eval_set_sha256": evalset.sha256,
              "artifact": target.artifact, "n": result["n"], "metrics": result["metrics"],
-             "report": result["report"]}
+             "latency": brief_latency(result["latency"]), "report": result["report"]}
 
     def update(lock):
         if target.version == "base":

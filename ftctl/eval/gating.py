@@ -22,8 +22,11 @@ def check_gate(comparison: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
         sign = 1 if m.get("higher_is_better", True) else -1
         improvement = sign * m["diff"]
         if improvement <= 0 or m["p_value"] >= alpha:
+            need = m.get("needed_n")
+            more = (f"; about {need} examples would detect a difference this size (has {m['n']})"
+                    if improvement > 0 and need and need > m["n"] else "")
             reasons.append(f"{gate.metric}: {m['b']:.4g} vs {m['a']:.4g} is not a significant improvement "
-                           f"(diff {m['diff']:+.4g}, p={m['p_value']:.3g}, needs p<{alpha:.3g})")
+                           f"(diff {m['diff']:+.4g}, p={m['p_value']:.3g}, needs p<{alpha:.3g}{more})")
         elif improvement < gate.min_improvement:
             reasons.append(f"{gate.metric}: improved by {improvement:.4g}, less than min_improvement "
                            f"{gate.min_improvement:g}")

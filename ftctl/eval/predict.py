@@ -11,6 +11,7 @@ from ftctl.eval.evalset import EvalSet
 from ftctl.eval.target import Target, resolve_target
 from ftctl.lib.atomic import write_text
 from ftctl.lib.log import Log
+from ftctl.lib.times import now
 
 
 def settings_of(cfg: ModelConfig):
@@ -33,11 +34,13 @@ def open_backend(ws, target: Target, log: Log = print):
 
 
 class Predictor:
-    """Loads a backend only when a prediction is not cached yet."""
+    """Loads a backend only when a prediction is not cached yet. ``latency`` summarises the
+    generation times, measured when the answers were generated (and cached with them)."""
 
     def __init__(self, ws, target: Target, log: Log = print):
         self.ws, self.target, self.log = ws, target, log
         self._backend = None
+        self.latency: dict[str, Any] | None = None
 
     @property
     def backend(self):
@@ -55,14 +58,38 @@ class Predictor:
                                         sort_keys=True, default=list).encode()).hexdigest()[:32]
         cache = self.ws.cache_dir / "eval" / f"{key}.json"
         if cache.is_file():
-            return json.loads(cache.read_text())
+            data = json.loads(cache.read_text())
+            if isinstance(data, list):  # written before latency was recorded
+                return data
+            self.latency = data.get("latency")
+            return data["predictions"]
         self.log(f"generating {len(evalset.examples)} answers with {self.target.label}")
         preds = self.backend.generate([prompt_messages(ex) for ex in evalset.examples])
-        write_text(cache, json.dumps(preds))
+        self.latency = latency_summary(getattr(self.backend, "timings", None), self.target.artifact)
+        write_text(cache, json.dumps({"predictions": preds, "latency": self.latency}))
         return preds
+
+
+def latency_summary(timings: list[tuple[float, int]] | None, artifact: str) -> dict[str, Any] | None:
+    """Median and 95th percentile seconds per answer, and generated tokens per second."""
+    if not timings:
+        return None
+    from statistics import median, quantiles
+
+    secs = [t for t, _ in timings]
+    tokens = sum(n for _, n in timings)
+    p95 = quantiles(secs, n=20, method="inclusive")[-1] if len(secs) > 1 else secs[0]
+    return {"backend": artifact.split(":")[0], "n": len(secs), "median_s": round(median(secs), 4),
+            "p95_s": round(p95, 4), "tokens_per_s": round(tokens / sum(secs), 2) if sum(secs) else None,
+            "seconds": [round(t, 4) for t in secs], "measured": now()}
 
 
 def chat_backend(ws, ref: str, *, model: str | None = None, artifact: str | None = None) -> tuple[Target, Any]:
     """(target, loaded backend) for `ftctl chat`."""
     target = resolve_target(ws, ref, model=model, artifact=artifact)
     return target, open_backend(ws, target)
+
+
+def brief_latency(summary: dict | None) -> dict | None:
+    """A latency summary without its per-example seconds (for models.lock and the console)."""
+    return None if summary is None else {k: v for k, v in summary.items() if k != "seconds"}

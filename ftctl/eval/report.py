@@ -80,27 +80,88 @@ def markdown(data: dict[str, Any], kind: str) -> str:
                            [[k, v["hf"], v["gguf"], v["diff"]] for k, v in data["vs_hf"].items()])]
     else:
         out = [f"# Comparison: {data['model']} {data['a']} → {data['b']} ({data['artifact']})\n",
-               f"Eval set `{data['eval_set']}` ({data['n']} examples). Difference is b − a with a paired "
-               "bootstrap 95% confidence interval.\n",
-               _table(["metric", data["a"], data["b"], "diff", "95% CI", "p", "win/tie/loss", "verdict"],
-                      [[k, m["a"], m["b"], m["diff"], f"[{_f(m['ci'][0])}, {_f(m['ci'][1])}]", m["p_value"],
-                        f"{m['wins']}/{m['ties']}/{m['losses']}", m["verdict"]] for k, m in data["metrics"].items()])]
+               f"Eval set `{data['eval_set']}` ({data['n']} examples). Difference is b − a; p from a paired "
+               "sign-flip permutation test (the verdict follows it), interval from scipy's bootstrap (BCa). "
+               "⚑: the interval disagrees with the test (see the notes).\n",
+               _table(["metric", data["a"], data["b"], "diff", "CI", "p", "win/tie/loss", "verdict", "needs n"],
+                      [[k, m["a"], m["b"], m["diff"], f"[{_f(m['ci'][0])}, {_f(m['ci'][1])}]", p_text(m),
+                        f"{m['wins']}/{m['ties']}/{m['losses']}", verdict_text(m), m.get("needed_n")]
+                       for k, m in data["metrics"].items()])]
         for field, groups in data.get("slices", {}).items():
-            out += [f"\n## By {field}\n", _table(
-                [field, "n", *[f"{m} diff" for m in data["metrics"]]],
-                [[g, s["n"], *[s["metrics"][m]["diff"] for m in data["metrics"]]] for g, s in groups.items()])]
+            out += [f"\n## By {field} (Holm-adjusted p across the {len(groups)} slices)\n", _table(
+                [field, "n", *[f"{m} diff, p (Holm), verdict" for m in data["metrics"]]],
+                [[g, s["n"], *[_slice_cell(s["metrics"][m]) for m in data["metrics"]]] for g, s in groups.items()])]
         if data.get("changed"):
             out.append(f"\n## Examples that changed most ({data['primary']})\n")
             for c in data["changed"]:
                 out.append(f"\n**{c['id']}** — {_f(c['score_a'])} → {_f(c['score_b'])}\n\n"
                            f"- prompt: {_quote(c['prompt'])}\n- reference: {_quote(c['reference'])}\n"
                            f"- {data['a']}: {_quote(c['a'])}\n- {data['b']}: {_quote(c['b'])}\n")
+    out += _latency_md(data, kind) + _details_md(data, kind)
     if data.get("gate"):
         g = data["gate"]
         out.append(f"\n## Gate: {'PASSED' if g['passed'] else 'FAILED'}\n\n" + "".join(f"- {r}\n" for r in g["reasons"]))
     if data.get("notes"):
         out.append("\n## Notes\n\n" + "".join(f"- {n}\n" for n in data["notes"]))
     return "\n".join(out)
+
+
+def _latency_md(data: dict[str, Any], kind: str) -> list[str]:
+    lat = data.get("latency")
+    if not lat:
+        return []
+    if kind == "eval":
+        sides = {data["version"]: lat}
+    else:
+        sides = {data["a"]: lat["a"], data["b"]: lat["b"]}
+    rows = [[name, s["backend"], s["n"], s["median_s"], s["p95_s"], s["tokens_per_s"]] for name, s in sides.items()]
+    out = ["\n## Latency (generation, measured when the answers were generated)\n",
+           _table(["version", "backend", "n", "median s", "p95 s", "tokens/s"], rows)]
+    if kind == "compare" and lat.get("verdict"):
+        out.append(f"\n{data['b']} takes {lat['median_ratio']}x {data['a']}'s median time; paired difference "
+                   f"{lat['diff_s']:+.4g} s (CI [{lat['ci'][0]:.4g}, {lat['ci'][1]:.4g}], p {lat['p_value']:.3g}): "
+                   f"{lat['verdict']} (lower is better)\n")
+    return out
+
+
+def _details_md(data: dict[str, Any], kind: str) -> list[str]:
+    """Per-side corpus figures of the evaluators that give them (classification: per label)."""
+    det = data.get("details") or {}
+    sides = {data["version"]: det} if kind == "eval" else {data["a"]: det.get("a", {}), data["b"]: det.get("b", {})}
+    out: list[str] = []
+    for side, metrics in sides.items():
+        for name, d in metrics.items():
+            out.append(f"\n## {name}: {side}\n")
+            if "unparsed" in d:
+                out.append(f"{d['scored']} scored, {d['unparsed']} unparsed (no label found: not counted as wrong), "
+                           f"{d['no_expert_label']} without an expert label; accuracy {_f(d.get('accuracy'))}.\n")
+            if "per_label" in d:
+                out.append(_table(["label", "precision", "recall", "F1", "FP rate", "FN rate", "support"],
+                                  [[k, v["precision"], v["recall"], v["f1"], v["fpr"], v["fnr"], v["support"]]
+                                   for k, v in d["per_label"].items()]))
+                out.append("\nConfusion (rows: expert, columns: answer)\n")
+                out.append(_table(["expert \\ answer", *d["labels"]],
+                                  [[k, *row.values()] for k, row in d["confusion"].items()]))
+            elif "unparsed" not in d:
+                out.append("".join(f"- {k}: {_f(v) if not isinstance(v, (dict, list)) else json.dumps(v)}\n"
+                                   for k, v in d.items()))
+    return out
+
+
+def p_text(m: dict[str, Any]) -> str:
+    """A p-value with its Monte Carlo error when it has one: 0.0002±0.0001, never a bare 0."""
+    p, err = m["p_value"], m.get("p_error") or 0
+    return f"{p:.2g}±{err:.1g}" if err else f"{p:.3g}"
+
+
+def verdict_text(m: dict[str, Any]) -> str:
+    return m["verdict"] + (" ⚑" if m.get("flag") else "")
+
+
+def _slice_cell(c: dict[str, Any]) -> str:
+    if c.get("p_holm") is None:
+        return "—"
+    return f"{c['diff']:+.3g}, p {c['p_holm']:.3g}, {c['verdict']}"
 
 
 def _quote(text: str | None) -> str:
@@ -144,7 +205,7 @@ def _plots(data: dict[str, Any], kind: str) -> list[tuple[str, str]]:
         else:
             ax.bar([data["version"]], [data["metrics"][name] or 0], color="#3b82f6")
             ax.set_title(name, fontsize=9)
-    out.append(("Metrics" + (" (whisker: 95% CI of the difference)" if kind == "compare" else ""), _svg(fig)))
+    out.append(("Metrics" + (" (whisker: the CI of the difference)" if kind == "compare" else ""), _svg(fig)))
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(2.6 * len(metrics), 2.4), squeeze=False)
     for ax, name in zip(axes[0], metrics):

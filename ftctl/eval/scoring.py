@@ -14,9 +14,18 @@ def build_evaluators(ws, model: str, names: list[str], log: Log = print):
     return {n: plugins.build("evaluator", n, cfg.eval.plugin_config(n), ctx, key=f"eval.{n}") for n in names}
 
 
+SUB = "/"  # an evaluator's sub-metric: classification/recall[deny]
+
+
+def owner(metric: str) -> str:
+    """The evaluator a metric (or sub-metric) comes from."""
+    return metric.split(SUB, 1)[0]
+
+
 def score(evaluators: dict, predictions: list[str], examples: list[Example], notes: list[str],
-          predictor: Predictor | None = None) -> dict[str, list[float | None]]:
-    """Per-example scores for each metric; metrics that cannot run are skipped with a note."""
+          predictor: Predictor | None = None, details: dict | None = None) -> dict[str, list[float | None]]:
+    """Per-example scores for each metric (and its sub-metrics); metrics that cannot run are
+    skipped with a note. An evaluator's corpus-level figures go into ``details`` by its name."""
     from ftctl.lib.generation import reference
 
     refs = [reference(ex) for ex in examples]
@@ -32,10 +41,17 @@ def score(evaluators: dict, predictions: list[str], examples: list[Example], not
             scores = ev.score(predictions, refs, examples, backend=predictor.backend if predictor else None)
         else:
             scores = ev.score(predictions, refs, examples)
+        if details is not None:
+            extra = ev.details(predictions, refs, examples)
+            if extra is not None:
+                details[name] = extra
         if all(s is None for s in scores):
             notes.append(f"{name}: skipped, it applies to none of these examples")
             continue
         out[name] = scores
+        for sub, series in ev.breakdown(predictions, refs, examples).items():
+            if any(s is not None for s in series):
+                out[f"{name}{SUB}{sub}"] = series
     return out
 
 

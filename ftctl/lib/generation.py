@@ -7,6 +7,8 @@ transformers, peft and llama_cpp load inside the functions that need them.
 
 from __future__ import annotations
 
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,15 +79,24 @@ class HFBackend:
         order = sorted(range(len(texts)), key=lambda i: lengths[i])
         out: list[str] = [""] * len(texts)
         size = batch_size or self.batch_size
+        self.timings = [(0.0, 0)] * len(texts)
         for start in range(0, len(order), size):
             idx = order[start:start + size]
+            began = time.perf_counter()
             enc = self.tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            with torch.inference_mode():
+            with torch.inference_mode(), warnings.catch_warnings():
+                # transformers' own generate() reads its deprecated alias: not the user's concern
+                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                        category=FutureWarning)
                 gen = self.model.generate(**enc, do_sample=False, max_new_tokens=self.settings.max_new_tokens,
                                           eos_token_id=self.stop_ids or None, pad_token_id=self.tok.pad_token_id)
             new = gen[:, enc["input_ids"].shape[1]:]
             for i, row in zip(idx, new):
                 out[i] = cut_at_stop(self.tok.decode(row, skip_special_tokens=False), self.stops)
+            # a batch is timed as a whole: each of its examples is given an equal share of the time
+            share = (time.perf_counter() - began) / len(idx)
+            for i in idx:
+                self.timings[i] = (share, len(self.tok(out[i], add_special_tokens=False)["input_ids"]))
         return out
 
     def reference_nll(self, examples: list[Example], references: list[str | None]) -> list[float | None]:
@@ -121,13 +132,16 @@ class GGUFBackend:
 
     def generate(self, conversations: list[list[dict]], batch_size: int | None = None) -> list[str]:
         out = []
+        self.timings = []
         for messages in conversations:
             self.llm.reset()  # no state carried between prompts: the same answer on every run
+            began = time.perf_counter()
             res = self.llm.create_chat_completion(messages=messages, temperature=0.0, top_k=1,
                                                   seed=self.settings.seed,
                                                   max_tokens=self.settings.max_new_tokens,
                                                   stop=list(self.settings.stop) or None)
             out.append(cut_at_stop(res["choices"][0]["message"]["content"] or "", END_OF_TURN))
+            self.timings.append((time.perf_counter() - began, int((res.get("usage") or {}).get("completion_tokens", 0))))
         return out
 
     def reference_nll(self, examples, references):

@@ -5,13 +5,15 @@ versions scored on the same set can be compared pair by pair (ftctl.lib.stats).
 """
 
 from ftctl.api import hookimpl
+from ftctl_plugins.evaluators.classification import Classification
 from ftctl_plugins.evaluators.groundedness import Groundedness
 from ftctl_plugins.evaluators.judge import LlmJudge
 from ftctl_plugins.evaluators.lexical import Bleu, ExactMatch, RougeL, TokenF1
 from ftctl_plugins.evaluators.memorisation import Memorisation, PhiInOutput
 from ftctl_plugins.evaluators.perplexity import Perplexity
 
-BUILTINS = (ExactMatch, TokenF1, Bleu, RougeL, Perplexity, LlmJudge, Groundedness, Memorisation, PhiInOutput)
+BUILTINS = (ExactMatch, TokenF1, Bleu, RougeL, Perplexity, LlmJudge, Groundedness, Classification, Memorisation,
+            PhiInOutput)
 
 
 @hookimpl

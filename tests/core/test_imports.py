@@ -93,9 +93,9 @@ def test_the_statistics_load_through_the_door_on_first_use():
     import ftctl.api as api
     from ftctl.lib import stats
 
-    assert api.paired_bootstrap is stats.paired_bootstrap and api.WORSE == stats.WORSE
+    assert api.paired_test is stats.paired_test and api.WORSE == stats.WORSE
     assert set(api.__all__) >= {"load_model", "load_tokenizer", "resolve_base", "encode", "make_plan", "describe",
-                                "run_tool", "redact", "open_llama", "TrainPlan", "paired_bootstrap"}
+                                "run_tool", "redact", "open_llama", "TrainPlan", "paired_test"}
     assert all(hasattr(api, name) for name in api.__all__)
     with pytest.raises(AttributeError):
         api.not_a_name  # noqa: B018

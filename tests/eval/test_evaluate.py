@@ -260,3 +260,25 @@ def test_chat_one_prompt_and_interactive(eval_ws, capsys, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("Hi!\n/reset\nHello\n/exit\nnever read\n"))
     code, out, _ = cli(capsys, *FAST, "chat", "v1.0", cwd=eval_ws.root)
     assert code == 0 and out.count("v1.0> ") == 2
+
+
+def test_compare_reports_classification_unparsed_and_latency(eval_ws):
+    """The tiny random model answers no label: every answer is unparsed (counted per side, never
+    wrong), so the metric is skipped with a note; latency is measured for both sides."""
+    ws = eval_ws
+    rows = [example(q, "approve" if i % 2 else "deny", i=i) for i, (q, *_ ) in enumerate(QA)]
+    write_set(ws.root / "claims.jsonl", rows)
+    out = run_json(*FAST, "--set", "eval.classification.labels=[approve, deny]", "eval", "--compare", "base", "v1.0",
+                   "--eval-set", "claims.jsonl", "--metric", "classification", "--metric", "token_f1", cwd=ws.root)
+    for side in ("a", "b"):
+        d = out["details"][side]["classification"]
+        assert d["unparsed"] == len(QA) and d["scored"] == 0
+    assert any("classification: skipped" in n for n in out["notes"])
+    lat = out["latency"]
+    assert lat["a"]["backend"] == lat["b"]["backend"] == "hf" and lat["a"]["n"] == len(QA)
+    assert 0 < lat["a"]["median_s"] <= lat["a"]["p95_s"] and lat["b"]["tokens_per_s"] > 0
+    assert lat["verdict"] in ("better", "worse", "no significant difference")
+    md = (ws.root / out["reports"]["md"]).read_text()
+    assert "## Latency" in md and "unparsed (no label found: not counted as wrong)" in md
+    ev = Workspace(ws.root).read_lock().state("assistant").versions["v1.0"].evals[-1]
+    assert ev["latency"]["median_s"] == lat["b"]["median_s"]

@@ -134,3 +134,36 @@ def test_judge_down_is_a_clear_error(tmp_path):
     j = build("llm_judge", tmp_path, endpoint="http://127.0.0.1:9/v1", retries=1, timeout=2)
     with pytest.raises(JudgeError, match="ConnectionError"):
         j.score(["a"], [None], [ex()])
+
+
+def test_classification_per_label_figures_and_unparsed_answers(tmp_path):
+    c = build("classification", tmp_path, labels=["approve", "deny", "refer"])
+    refs = ["Decision: approve", "deny", "DENY the claim", "approve", "refer to an expert", "approve", None]
+    preds = ["I approve this claim.", "approve", "Deny.", "no idea", "refer", "deny", "approve"]
+    exs = [ex()] * len(preds)
+    # "no idea" has no label: unparsed, not wrong; the last example has no expert label
+    assert c.score(preds, refs, exs) == [1.0, 0.0, 1.0, None, 1.0, 0.0, None]
+    d = c.details(preds, refs, exs)
+    assert (d["scored"], d["unparsed"], d["no_expert_label"]) == (5, 1, 1)
+    assert d["confusion"]["deny"] == {"approve": 1, "deny": 1, "refer": 0}
+    assert d["confusion"]["approve"] == {"approve": 1, "deny": 1, "refer": 0}
+    approve = d["per_label"]["approve"]  # predicted approve twice, right once; the expert said approve twice
+    assert approve["precision"] == 0.5 and approve["recall"] == 0.5 and approve["support"] == 2
+    assert approve["fpr"] == pytest.approx(1 / 3) and approve["fnr"] == 0.5
+    sub = c.breakdown(preds, refs, exs)
+    assert sub["recall[deny]"] == [None, 0.0, 1.0, None, None, None, None]
+    assert sub["specificity[approve]"] == [None, 0.0, 1.0, None, 1.0, None, None]
+
+
+def test_classification_pattern_and_expert_label_from_meta(tmp_path):
+    c = build("classification", tmp_path, pattern=r"CODE:\s*([A-Z]\d{2})", reference_key="icd", ignore_case=False)
+    exs = [ex(meta={"icd": "J45"}), ex(meta={"icd": "E11"}), ex(meta={})]
+    assert c.score(["CODE: J45", "code: e11", "CODE: J45"], [None] * 3, exs) == [1.0, None, None]
+    assert c.details(["CODE: J45", "code: e11", "CODE: J45"], [None] * 3, exs)["unparsed"] == 1
+
+
+def test_classification_bad_config_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="labels"):
+        build("classification", tmp_path)
+    with pytest.raises(ConfigError, match="not a valid regex"):
+        build("classification", tmp_path, pattern="(unclosed")
