@@ -16,23 +16,53 @@ Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
 Ref = Annotated[str, StringConstraints(min_length=1, max_length=80)]
 Metric = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
 
-# --set overrides: only training/curation/eval/cycle knobs, scalar values. Keys that name files
-# are refused (no path from a client), and `$`/`{` never pass (no ${ENV} interpolation of the
-# service's secrets into a config a result echoes back).
-OVERRIDE_KEY = re.compile(r"^(models\.[a-z][a-z0-9_-]{0,63}\.)?(train|curate|eval|cycle)(\.[A-Za-z0-9_]{1,64}){1,3}$")
+# --set overrides: an allow-list of training and eval settings, scalar values (issue 20). The
+# service never changes how data is scrubbed (curate.scrub.*), never takes a key naming an
+# environment variable (*_env: it would point a plugin at the service's secrets) and never moves
+# the gate (eval.gate.*): those are the workspace's decisions, in ftctl.yaml. Nothing else
+# passes either: not curation, not keys naming files, and `$`/`{` never (no ${ENV} interpolation
+# of the service's secrets into a config a result echoes back).
+TRAIN_FIELDS = frozenset({
+    "r", "alpha", "dropout", "target_modules", "epochs", "max_steps", "batch_size", "gradient_accumulation",
+    "learning_rate", "scheduler", "warmup", "weight_decay", "max_length", "gradient_checkpointing", "precision",
+    "seed", "packing", "qlora", "checkpoint_every", "eval_every", "early_stopping", "log_every", "beta",
+    "desirable_weight", "undesirable_weight"})
+EVAL_FIELDS = frozenset({"metrics", "max_new_tokens", "batch_size", "limit", "bootstrap", "seed", "top_changed",
+                         "n_ctx", "artifact"})
+_MODEL = r"(?:models\.[a-z][a-z0-9_-]{0,63}\.)?"
+ALLOWED_KEY = re.compile(_MODEL + r"(?:train\.trainer|train\.[a-z][a-z0-9_]{0,63}\.(?P<train>[a-z_]{1,64})"
+                         r"|eval\.(?P<eval>[a-z_]{1,64}))$")
 OVERRIDE_VALUE = re.compile(r"^[A-Za-z0-9_.:+-]{0,64}$|^\[[A-Za-z0-9_.:+, -]{0,200}\]$")
-PATH_KEYS = re.compile(r"(golden|eval_set|file|path|dir|config|template|url|dsn|endpoint)$")
+ALLOWED = (f"train.<trainer>.{{{','.join(sorted(TRAIN_FIELDS))}}}, train.trainer, "
+           f"eval.{{{','.join(sorted(EVAL_FIELDS))}}}")
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+def refusal(key: str) -> str | None:
+    """Why the service refuses to override ``key`` (None: it is on the allow-list)."""
+    leaf = key.rsplit(".", 1)[-1]
+    if re.search(r"(^|\.)curate\.scrub(\.|$)", key):
+        return "scrubbing is never changed by a request (PHI protection): edit ftctl.yaml"
+    if leaf.endswith("_env"):
+        return "a key naming an environment variable is never taken from a request"
+    if re.search(r"(^|\.)(eval\.gate|deploy\.gate)(\.|$)", key):
+        return "the gate is the workspace's (ftctl.yaml), never a request's"
+    m = ALLOWED_KEY.match(key)
+    if not m or (m["train"] and m["train"] not in TRAIN_FIELDS) or (m["eval"] and m["eval"] not in EVAL_FIELDS):
+        return f"not a training or eval setting a request may change (allowed: {ALLOWED})"
+    return None
+
+
 def _check_override(text: str) -> str:
     key, sep, value = text.partition("=")
-    if not sep or not OVERRIDE_KEY.match(key) or PATH_KEYS.search(key):
-        raise ValueError(f"override {text[:80]!r}: allowed are KEY=VALUE for train.*, curate.*, eval.*, cycle.* "
-                         "(no keys naming files, urls or credentials)")
+    if not sep:
+        raise ValueError(f"override {text[:80]!r}: expected KEY=VALUE")
+    why = refusal(key)
+    if why:
+        raise ValueError(f"override of {key[:100]} refused: {why}")
     if not OVERRIDE_VALUE.match(value):
         raise ValueError(f"override {key}: the value must be a number, a word or a [list] of them")
     return text
@@ -42,7 +72,7 @@ Override = Annotated[str, StringConstraints(max_length=300)]
 
 
 class WithOverrides(Strict):
-    set: list[Override] = Field([], max_length=32, description="--set KEY=VALUE overrides (train.*, eval.*, ...)")
+    set: list[Override] = Field([], max_length=32, description=f"--set KEY=VALUE overrides; allowed: {ALLOWED}")
 
     @field_validator("set")
     @classmethod
@@ -111,6 +141,14 @@ class DeployRequest(Strict):
     ref: Ref
     canary: int | None = Field(None, ge=1, le=100)
     gate: bool | None = None
+
+    @field_validator("gate")
+    @classmethod
+    def _gate(cls, v: bool | None) -> bool | None:
+        if v is False:
+            raise ValueError("gate: false refused: a request may ask for the gate, never skip it "
+                             "(deploy.gate in ftctl.yaml decides)")
+        return v
 
     def argv(self) -> list[str]:
         return ["deploy", self.ref, *_opt("--canary", self.canary),
