@@ -1,5 +1,9 @@
 """The FastAPI app: routes, bearer-token auth and errors in the CLI's JSON shape.
 
+With a token configured, mutations need it as a bearer header, and so do the reads that return
+examples (jobs and their results, reports, the dashboard); a browser carries it as a session
+cookie set by the login form at /ui/login. /health, /metrics, /status and /versions stay open.
+
 Reads call the public core functions the CLI calls, in this process, and answer with the JSON
 text `ftctl --json` prints. Mutating verbs run the real command line in another process
 (ftctl.serve.job_process), so the run lock, the JSON and .ftctl/log.jsonl are the CLI's own.
@@ -12,6 +16,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import mimetypes
+import os
+import stat
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +26,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from fastapi.security import HTTPBearer
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -68,6 +75,31 @@ class Unauthorized(FtctlError):
     exit_code = 2
 
 
+class LoginRequired(Unauthorized):
+    """A dashboard page asked for without the token: answered with the login form."""
+
+    def __init__(self, path: str):
+        super().__init__("this page shows examples: log in with the service's token")
+        self.path = path
+
+
+SESSION_COOKIE = "ftctl_session"
+SESSION_SECONDS = 12 * 3600
+
+
+def session_value(token: str) -> str:
+    """What the dashboard's cookie holds: derived from the token, not the token (a cookie that
+    leaks from a browser profile does not give the bearer token of the mutating routes)."""
+    return hmac.new(token.encode(), b"ftctl-dashboard-session", "sha256").hexdigest()
+
+
+def local_path(path: str | None) -> str:
+    """Where the login form may send the browser back to: a path on this service, nothing else."""
+    if not path or not path.startswith("/") or path.startswith("//") or "\\" in path or len(path) > 300:
+        return "/"
+    return path
+
+
 def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
     root = Path(settings.root).resolve()
     store = J.JobStore(root / ".ftctl" / "serve" / "jobs.sqlite")
@@ -99,6 +131,12 @@ def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
     def workspace():
         return cache.workspace()
 
+    @app.exception_handler(LoginRequired)
+    async def _login(request: Request, e: LoginRequired):
+        from ftctl.serve import dashboard
+
+        return HTMLResponse(dashboard.login_page(e.path), 401)
+
     @app.exception_handler(FtctlError)
     async def _ftctl_error(request: Request, e: FtctlError):
         resp = cli_json(error_body(e), 401 if isinstance(e, Unauthorized) else HTTP_STATUS.get(e.exit_code, 500))
@@ -122,6 +160,27 @@ def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
         scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), settings.token.encode()):
             raise Unauthorized("missing or wrong bearer token", hint="send `Authorization: Bearer $TOKEN`")
+
+    def may_read(request: Request) -> bool:
+        """Reads that return examples need the token when one is configured: the bearer header,
+        or the dashboard's session cookie (reads only: a cookie never authorises a mutation, so
+        another site cannot make a logged-in browser start a job)."""
+        if not settings.token:
+            return True
+        scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), settings.token.encode()):
+            return True
+        cookie = request.cookies.get(SESSION_COOKIE) or ""
+        return hmac.compare_digest(cookie.encode(), session_value(settings.token).encode())
+
+    def reader(request: Request, _scheme=Security(bearer)) -> None:
+        if not may_read(request):
+            raise Unauthorized("this route returns examples: it needs the token",
+                               hint="send `Authorization: Bearer $TOKEN` (in a browser: log in at /ui/login)")
+
+    def page_reader(request: Request) -> None:
+        if not may_read(request):
+            raise LoginRequired(request.url.path)
 
     def validate(ws, req) -> None:
         """The CLI's own checks, before anything is queued: a bad ref is the CLI's message (422)."""
@@ -204,32 +263,44 @@ def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
 
         return cli_json(show(workspace(), ref[:80], model))
 
-    @app.get("/reports/{model}")
-    def list_reports(model: str):
-        ws = workspace()
-        ws.model(model)
-        d = ws.reports_dir(model)
-        files = sorted(p for p in d.iterdir() if p.is_file()) if d.is_dir() else []
-        return cli_json({"model": model, "reports": [
-            {"name": p.name, "url": f"/reports/{model}/{p.name}", "bytes": p.stat().st_size} for p in files]})
-
-    @app.get("/reports/{model}/{name}")
-    def get_report(model: str, name: str):
+    def report_files(model: str) -> dict[str, Path]:
+        """The model's reports: regular files directly in its reports folder, never a symlink
+        (nor a folder reached through one), so nothing outside reports/ is ever served."""
         ws = workspace()
         ws.model(model)  # a configured model name: no path characters
         d = ws.reports_dir(model)
-        # only a name listed in the directory: never a client path joined onto ours
-        listed = {p.name: p for p in d.iterdir() if p.is_file()} if d.is_dir() else {}
+        if not d.is_dir() or d.resolve() != d.absolute():
+            return {}
+        with os.scandir(d) as entries:
+            return {e.name: Path(e.path) for e in entries if e.is_file(follow_symlinks=False)}
+
+    @app.get("/reports/{model}", dependencies=[Depends(reader)])
+    def list_reports(model: str):
+        files = sorted(report_files(model).items())
+        return cli_json({"model": model, "reports": [
+            {"name": n, "url": f"/reports/{model}/{n}", "bytes": p.lstat().st_size} for n, p in files]})
+
+    @app.get("/reports/{model}/{name}", dependencies=[Depends(reader)])
+    def get_report(model: str, name: str):
+        listed = report_files(model)  # only a name listed there: never a client path joined onto ours
         if name not in listed:
             raise UsageError(f"no report {name[:80]!r} of model {model!r}", hint=f"GET /reports/{model} lists them")
-        return FileResponse(listed[name])
+        try:  # O_NOFOLLOW: a file swapped for a symlink since the listing is refused, not followed
+            fd = os.open(listed[name], os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            raise UsageError(f"no report {name[:80]!r} of model {model!r}", hint=f"GET /reports/{model} lists them") from None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise UsageError(f"no report {name[:80]!r} of model {model!r}")
+            body = f.read()
+        return Response(body, media_type=mimetypes.guess_type(name)[0] or "application/octet-stream")
 
-    @app.get("/jobs")
+    @app.get("/jobs", dependencies=[Depends(reader)])
     def list_jobs(limit: int = Query(50, ge=1, le=500)):
         return cli_json([job_view(j, 0) for j in store.list(limit)])
 
-    @app.get("/jobs/{job_id}")
-    @app.get("/finetune/status/{job_id}")
+    @app.get("/jobs/{job_id}", dependencies=[Depends(reader)])
+    @app.get("/finetune/status/{job_id}", dependencies=[Depends(reader)])
     def job_status(job_id: str, log_lines: int = Query(20, ge=0, le=500)):
         return cli_json(job_view(get_job(job_id), log_lines))
 
@@ -274,19 +345,45 @@ def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
 
     from ftctl.serve import dashboard
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/", response_class=HTMLResponse, dependencies=[Depends(page_reader)])
     def index():
         return dashboard.page(workspace(), store, job_view)
 
-    @app.get("/ui/jobs", response_class=HTMLResponse)
+    @app.get("/ui/login", response_class=HTMLResponse)
+    def login_form(next: str | None = Query(None, max_length=300)):
+        return dashboard.login_page(local_path(next), token=bool(settings.token))
+
+    @app.post("/ui/login")
+    async def login(request: Request):
+        """The dashboard's way to carry the token: the form posts it once, the answer sets a
+        session cookie (HttpOnly, SameSite=Strict) derived from it."""
+        from urllib.parse import parse_qs
+
+        form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=4)
+        given, to = (form.get("token") or [""])[0], local_path((form.get("next") or ["/"])[0])
+        if not settings.token or not hmac.compare_digest(given.encode(), settings.token.encode()):
+            return HTMLResponse(dashboard.login_page(to, error="wrong token" if settings.token else None,
+                                                     token=bool(settings.token)), 401)
+        resp = Response(status_code=303, headers={"Location": to})
+        resp.set_cookie(SESSION_COOKIE, session_value(settings.token), max_age=SESSION_SECONDS, path="/",
+                        httponly=True, samesite="strict", secure=request.url.scheme == "https")
+        return resp
+
+    @app.post("/ui/logout")
+    def logout():
+        resp = Response(status_code=303, headers={"Location": "/ui/login"})
+        resp.delete_cookie(SESSION_COOKIE, path="/")
+        return resp
+
+    @app.get("/ui/jobs", response_class=HTMLResponse, dependencies=[Depends(page_reader)])
     def jobs_fragment():
         return dashboard.jobs_fragment(store, job_view)
 
-    @app.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
+    @app.get("/ui/jobs/{job_id}", response_class=HTMLResponse, dependencies=[Depends(page_reader)])
     def job_page(job_id: str):
         return dashboard.job_page(job_view(get_job(job_id), 40))
 
-    @app.get("/ui/versions/{ref}", response_class=HTMLResponse)
+    @app.get("/ui/versions/{ref}", response_class=HTMLResponse, dependencies=[Depends(page_reader)])
     def version_page(ref: str, model: str | None = Query(None, max_length=64)):
         from ftctl.registry.lineage import show
 

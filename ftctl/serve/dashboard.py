@@ -41,6 +41,10 @@ def page(ws, store, job_view) -> str:
                    comparison=_latest_comparison(ws, model), jobs=[job_view(j, 0) for j in store.list(20)])
 
 
+def login_page(next_path: str, error: str | None = None, token: bool = True) -> str:
+    return _render("login.html", next=next_path, error=error, token=token)
+
+
 def jobs_fragment(store, job_view) -> str:
     return _render("jobs.html", jobs=[job_view(j, 0) for j in store.list(20)])
 

@@ -14,7 +14,7 @@ from ftctl.serve.job_process import tail
 
 
 def job_view(job: dict, root: Path, store: J.JobStore, log_lines: int = 20) -> dict:
-    result = job["result"]
+    result = unscrubbed_withheld(job["result"])
     links = {}
     if isinstance(result, dict):
         for fmt, path in (result.get("reports") or {}).items():
@@ -32,6 +32,14 @@ def job_view(job: dict, root: Path, store: J.JobStore, log_lines: int = 20) -> d
         "resumed_from": job["resumed_from"],
         "log_tail": tail(store.log_path(job["id"]), log_lines),
     }
+
+
+def unscrubbed_withheld(result):
+    """A comparison stored before eval results were scrubbed (issue 20) quotes raw examples in
+    `changed`: shown without them (its report on disk was scrubbed all along)."""
+    if isinstance(result, dict) and result.get("changed") and not result.get("scrubbed"):
+        return {**result, "changed": [], "changed_withheld": len(result["changed"])}
+    return result
 
 
 def resumable(root: Path, model: str | None) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import need
-from tests.serve.conftest import Service, wait_for
+from tests.serve.conftest import TOKEN, Service, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -48,7 +48,11 @@ def test_click_through_the_dashboard_while_a_job_runs(serve_ws, browser, tmp_pat
     svc = Service(serve_ws.root)
     try:
         job = svc.http.post("/finetune/start", json={"max_steps": 12}).json()
-        browser.get(svc.url + "/")
+        browser.get(svc.url + "/")  # the pages show examples: the service's token first (issue 20)
+        assert "log in" in browser.title and not browser.find_elements(By.ID, "jobs")
+        browser.find_element(By.NAME, "token").send_keys(TOKEN)
+        browser.find_element(By.CSS_SELECTOR, "form button").click()
+        assert wait_for(lambda: browser.find_elements(By.ID, "jobs"), 30, 0.2), browser.page_source[:500]
         assert "ftctl" in browser.title and text_of(browser, "#deployment").startswith("stable -")
         assert "no versions yet" in text_of(browser, "#versions")
         # the jobs table refreshes itself (no reload) until the job shows progress
@@ -67,6 +71,9 @@ def test_click_through_the_dashboard_while_a_job_runs(serve_ws, browser, tmp_pat
             "set": ["eval.max_new_tokens=4", "eval.bootstrap=200"]}).json()
         done = svc.wait_job(evaluation["id"])
         assert done["state"] == "done", done["log_tail"]
+        # the stored result quotes scrubbed text under hashed ids (conversation keys may be e-mails)
+        assert done["result"]["scrubbed"] is True
+        assert all(c["id"].startswith("h") and len(c["id"]) == 16 for c in done["result"]["changed"])
         assert done["reports"]["html"].startswith("/reports/assistant/")
         assert svc.http.get(done["reports"]["html"]).status_code == 200
 
