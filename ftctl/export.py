@@ -19,8 +19,9 @@ from typing import Any
 
 from ftctl import plugins
 from ftctl.errors import FtctlError, UsageError
+from ftctl.registry import card
 from ftctl.registry.versions import resolve, split_ref
-from ftctl.registry.workspace import locked
+from ftctl.registry.workspace import dvc_md5, locked
 from ftctl.lib.atomic import make_temp_dir
 from ftctl.lib.log import Log
 
@@ -100,11 +101,16 @@ def export(ws, ref: str, *, merged: bool | None = None, gguf: bool | None = None
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
+    # the model card names the exported files and their parity: regenerated, tracked with the adapter
+    card.write(ws, model, version, adapter_dir, entry.model_copy(update={"exports": files}))
+
     def update(lock):
-        lock.state(model).versions[version].exports = files
+        v = lock.state(model).versions[version]
+        v.exports = files
+        v.adapter.md5 = dvc_md5(adapter_dir)
 
     try:
-        ws.record(f"export {model} {version}", update, track=[out_dir])
+        ws.record(f"export {model} {version}", update, track=[out_dir, adapter_dir])
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)  # not recorded: not visible
         if old:

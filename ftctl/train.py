@@ -27,6 +27,7 @@ from ftctl.lib.basemodel import ResolvedBase
 from ftctl.lib.digest import file_sha256
 from ftctl.errors import ConfigError, FtctlError, UsageError
 from ftctl.kinds import TrainRequest, TrainResult
+from ftctl.registry import card
 from ftctl.registry.lockfile import VersionEntry
 from ftctl.registry.versions import next_version, resolve, split_ref
 from ftctl.lib.times import now
@@ -135,9 +136,8 @@ def _record(ws, name, version, parent, base, spec, run_dir, result: TrainResult,
     shutil.copytree(result.adapter_dir, dest)
     created = now()
 
-    def update(lock):
-        state = lock.state(name)
-        state.versions[version] = VersionEntry(
+    def entry(state) -> VersionEntry:
+        return VersionEntry(
             version=version, parent=parent, created=created,
             base=base.lineage(),
             dataset={**(state.dataset or {}), "train": ws.rel(Path(spec["data"]["train"])),
@@ -149,6 +149,13 @@ def _record(ws, name, version, parent, base, spec, run_dir, result: TrainResult,
             adapter={"path": ws.rel(dest), "md5": dvc_md5(dest)},
             metrics={k: v for k, v in result.metrics.items() if v is not None},
         )
+
+    # the model card replaces peft's template README (which names a local path)
+    card.write(ws, name, version, dest, entry(ws.read_lock().state(name)))
+
+    def update(lock):
+        state = lock.state(name)
+        state.versions[version] = entry(state)
 
     ws.record(f"train {name} {version}", update, track=[dest], tag=(name, version))
     _write_run(run_dir, spec, status="done", version=version)

@@ -63,6 +63,17 @@ def versions(app, model):
 @click.argument("ref")
 @model_option
 @pass_app
+def card(app, ref, model):
+    """Print a version's model card (README.md in Hugging Face's format; REF: v1.1, latest, model@v1.0)."""
+    from ftctl.registry.card import show as card_of
+
+    app.emit(card_of(app.workspace(), ref, model), lambda c: click.echo(c["card"], nl=False))
+
+
+@click.command()
+@click.argument("ref")
+@model_option
+@pass_app
 def show(app, ref, model):
     """Show a version's whole models.lock entry (REF: v1.1, latest, stable, model@v1.0)."""
     from ftctl.registry.lineage import show as do_show

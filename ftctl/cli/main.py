@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("ftctl.cli.doctor:doctor", "Check the environment and say how to fix what is missing."),
     "versions": ("ftctl.cli.history:versions", "List every version of a model."),
     "show": ("ftctl.cli.history:show", "Show one version's models.lock entry."),
+    "card": ("ftctl.cli.history:card", "Print a version's model card (Hugging Face README.md)."),
     "diff": ("ftctl.cli.history:diff", "Compare two versions: data, params, metrics, base."),
     "log": ("ftctl.cli.history:log", "The history of versions, evaluations and deployments."),
     "checkout": ("ftctl.cli.history:checkout", "Restore a version's dataset and adapter files."),

@@ -223,6 +223,15 @@ def test_export_all_kinds_through_the_cli(tiny_version, real_tools):
     assert "Q8_0" in shown and "top-1 agreement" in shown
     assert "parity gguf Q8_0: top-1 agreement" in run_ftctl("show", version, cwd=ws.root).stdout
     assert (ws.root / f"exports/assistant/{version}.dvc").exists()
+    # the model card is regenerated with the files and their parity, tracked with the adapter
+    card = (ws.root / f"adapters/assistant/{version}/README.md").read_text()
+    q8_name = q8.name
+    assert f"| `{q8_name}` | gguf | Q8_0 | {by_kind[('gguf', 'Q8_0')]['parity']['top1']:.1%} |" in card
+    assert "library_name: peft" in card and (ws.root / f"adapters/assistant/{version}.dvc").exists()
+    from ftctl.registry.workspace import dvc_md5
+
+    assert ws.read_lock().state("assistant").versions[version].adapter.md5 == \
+        dvc_md5(ws.root / f"adapters/assistant/{version}")
     modelfile = (ws.root / by_kind[("modelfile", "Q8_0")]["path"]).read_text()
     assert f"FROM ./{q8.name}" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
     assert "TEMPLATE" in modelfile and "<|im_start|>assistant" in modelfile
