@@ -75,6 +75,21 @@ class ScrubConfig(Strict):
     names: bool = True  # person names, where a library can find them
     recognizers: str | None = None  # YAML of site-specific identifier formats (Presidio's format)
     on_error: Literal["reject", "fail"] = "reject"  # a row the scrubber cannot process: rejected, or collect stops
+    # the team's own code shapes never scrubbed (SKUs, internal product codes), on top of keep.yaml's
+    keep: list[str] = []
+
+    @field_validator("keep")
+    @classmethod
+    def _keep(cls, v: list[str]) -> list[str]:
+        from pydantic_core import PydanticCustomError
+
+        from ftctl.lib.keep import compile_user
+
+        try:
+            compile_user(v)
+        except ConfigError as e:  # pydantic names the key; the message says which item and why
+            raise PydanticCustomError("keep_regex", e.message.removeprefix("curate.scrub.keep")) from None
+        return v
 
 
 class SplitConfig(Strict):

