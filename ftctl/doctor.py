@@ -92,6 +92,45 @@ def _writable(p: Path) -> bool:
     return os.access(p, os.W_OK)
 
 
+def workspace_secret(ws) -> Check:
+    """The secret that keys tombstones and report ids (ftctl/registry/secret.py): present,
+    private (0600) and out of git; and, while tombstones are recorded, the one that made them."""
+    import os
+    import stat
+    import subprocess
+
+    from ftctl.data.tombstones import entries_of
+    from ftctl.registry import secret
+
+    p = secret.path(ws.root)
+    entries = entries_of(ws.read_lock())
+    made = {e.get("secret") for e in entries} - {None}
+    legacy = sum(1 for e in entries if not e.get("secret"))
+    note = f"; {legacy} tombstone(s) from before the secret still match by their public salt" if legacy else ""
+    if not p.is_file():
+        if made:
+            return Check("workspace secret", False, f"{secret.SECRET_FILE} is missing but models.lock has "
+                         f"{len(entries) - legacy} tombstone(s) keyed with one: collect refuses to run",
+                         f"copy {secret.SECRET_FILE} from the machine that ran `ftctl forget`")
+        return Check("workspace secret", False, f"{secret.SECRET_FILE} does not exist yet" + note,
+                     "ftctl init  (or it is created by the first forget or eval)", required=False)
+    mode = stat.S_IMODE(os.stat(p).st_mode)
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(p)], cwd=ws.root, capture_output=True).returncode == 0
+    try:
+        wrong = made - {secret.fingerprint(secret.load(ws.root, create=False))}
+    except FtctlError as e:
+        return Check("workspace secret", False, e.message, e.hint or "")
+    problems = ([f"mode {mode:o} (others can read it)"] if mode & 0o077 else []) + \
+        ([] if ignored else ["git does not ignore it"]) + \
+        ([f"it did not make {sum(1 for e in entries if e.get('secret') in wrong)} recorded tombstone(s)"]
+         if wrong else [])
+    fix = "; ".join(([f"chmod 600 {secret.SECRET_FILE}"] if mode & 0o077 else [])
+                    + ([f"add {secret.GITIGNORE_LINE} to .gitignore"] if not ignored else [])
+                    + ([f"restore the {secret.SECRET_FILE} that made them"] if wrong else []))
+    return Check("workspace secret", not problems, (", ".join(problems) or f"{secret.SECRET_FILE}: 0600, git-ignored")
+                 + note, fix)
+
+
 def databases(ws) -> list[Check]:
     checks = []
     for name in ws.config.model_names():
@@ -149,6 +188,7 @@ def run_checks(ws=None) -> list[dict]:
     ]
     if ws:
         checks.append(dvc_remote(ws))
+        checks.append(workspace_secret(ws))
         checks += databases(ws)
         if ws.config.serve.url:  # `ftctl serve` is configured: is it up and healthy?
             checks.append(service(ws.config.serve.url))

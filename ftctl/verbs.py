@@ -24,7 +24,7 @@ from ftctl.registry.workspace import Workspace, locked
 
 @locked
 def deploy(ws: Workspace, ref: str, *, canary: int | None = None, dry_run: bool = False, gate: bool | None = None,
-           log: Log = print) -> dict[str, Any]:
+           allow_forgotten: bool = False, log: Log = print) -> dict[str, Any]:
     """:func:`ftctl.deploy.rollout.deploy`, behind the eval gate when ``gate`` (None: deploy.gate)."""
 
     def eval_gate(model: str, label: str) -> None:
@@ -32,7 +32,8 @@ def deploy(ws: Workspace, ref: str, *, canary: int | None = None, dry_run: bool 
             log(f"eval gate: {label} against {ws.model(model).eval.gate.against}")
             gating.gate(ws, label, model=model, log=log)
 
-    return rollout.deploy(ws, ref, canary=canary, dry_run=dry_run, check=eval_gate, log=log)
+    return rollout.deploy(ws, ref, canary=canary, dry_run=dry_run, check=eval_gate, allow_forgotten=allow_forgotten,
+                          log=log)
 
 
 @locked

@@ -9,6 +9,8 @@ import click
 from ftctl.cli.main import pass_app
 
 model_option = click.option("--model", help="The model (default: default_model in ftctl.yaml).")
+allow_forgotten_option = click.option("--allow-forgotten", is_flag=True,
+                                      help="Serve a version trained on data `ftctl forget` erased since (refused otherwise).")
 
 
 def _render(app):
@@ -54,37 +56,44 @@ def _render(app):
               help="Start (or re-split) a canary taking this share of traffic.")
 @click.option("--dry-run", is_flag=True, help="Print the ecosystem diff and pm2 commands; change nothing.")
 @click.option("--gate/--no-gate", default=None, help="Apply the eval gate first (default: deploy.gate).")
+@allow_forgotten_option
 @pass_app
-def deploy(app, ref, canary, dry_run, gate):
+def deploy(app, ref, canary, dry_run, gate, allow_forgotten):
     """Deploy version REF (v1.1, latest, model@v1.1) to its pm2 app, or as a canary."""
     from ftctl.verbs import deploy as gated_deploy
 
     if dry_run:
-        result = gated_deploy(app.workspace(), ref, canary=canary, dry_run=True, log=app.say)
+        result = gated_deploy(app.workspace(), ref, canary=canary, dry_run=True, allow_forgotten=allow_forgotten,
+                              log=app.say)
     else:
-        result = app.mutate("deploy", lambda ws: gated_deploy(ws, ref, canary=canary, gate=gate, log=app.say))
+        result = app.mutate("deploy", lambda ws: gated_deploy(ws, ref, canary=canary, gate=gate,
+                                                              allow_forgotten=allow_forgotten, log=app.say))
     app.emit(result, _render(app))
 
 
 @click.command()
 @model_option
+@allow_forgotten_option
 @pass_app
-def promote(app, model):
+def promote(app, model, allow_forgotten):
     """Make the canary the stable version and remove the canary."""
     from ftctl.deploy import rollout as core
 
-    app.emit(app.mutate("promote", lambda ws: core.promote(ws, model, log=app.say)), _render(app))
+    app.emit(app.mutate("promote", lambda ws: core.promote(ws, model, allow_forgotten=allow_forgotten, log=app.say)),
+             _render(app))
 
 
 @click.command()
 @click.option("--to", "to", metavar="VERSION", help="Redeploy this version instead of the previous one.")
 @model_option
+@allow_forgotten_option
 @pass_app
-def rollback(app, to, model):
+def rollback(app, to, model, allow_forgotten):
     """Send all traffic back to stable (removing the canary), or redeploy the previous version."""
     from ftctl.deploy import rollout as core
 
-    app.emit(app.mutate("rollback", lambda ws: core.rollback(ws, model, to, log=app.say)), _render(app))
+    app.emit(app.mutate("rollback", lambda ws: core.rollback(ws, model, to, allow_forgotten=allow_forgotten,
+                                                             log=app.say)), _render(app))
 
 
 @click.command()

@@ -105,9 +105,9 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
     scrubber, pii = _scrubber(ws, cfg.scrub)
     # the previous snapshot was scrubbed with these very settings: scrubbing it again is waste
     rescrub_carried = pii != _card_of(carry).get("pii")
-    from ftctl.data.tombstones import of_lock
+    from ftctl.data.tombstones import of_workspace
 
-    forgotten = of_lock(ws.read_lock())
+    forgotten = of_workspace(ws)  # refuses when the workspace secret does not match its tombstones
 
     read, filtered, rejected, scrubbed = 0, Counter(), Counter(), Counter()
     tools_ok: str | None = None  # "" once the base's template is known to render tool calls; else why not

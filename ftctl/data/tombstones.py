@@ -1,12 +1,16 @@
-"""Tombstones: what `ftctl forget` erased, kept as salted hashes so no collect brings it back.
+"""Tombstones: what `ftctl forget` erased, kept as keyed hashes so no collect brings it back.
 
 A tombstone is a conversation (its id, or the row key ``source:source_id`` when it has none) or
 a value (a member number, an email, a name). Values are matched on the raw source text before
 scrubbing, as a run of word tokens after folding (NFKC, lookalikes, case), so "XYZ-123-456" and
-"xyz 123 456" are the same value. Only ``sha256(salt, kind, canonical form)`` is stored in
-models.lock: the value itself never reaches a file. A short numeric identifier can still be
-found again by hashing every candidate; the hashes keep values out of the repository's text,
-they do not make them secret from someone with the repository and time to guess.
+"xyz 123 456" are the same value. Only ``HMAC-SHA256(workspace secret, kind, canonical form)`` is
+stored in models.lock, with the secret's fingerprint: the value itself never reaches a file, and
+without the secret (``.ftctl-secret``, git-ignored: ftctl/registry/secret.py) a guess cannot be
+confirmed by hashing it, however short the identifier.
+
+Tombstones recorded before the secret existed (no ``secret`` key) were hashed with a public salt.
+They cannot be re-keyed (the hash is one-way), so they keep matching as they are: both hashes
+are computed while any such entry remains. Nothing already forgotten comes back.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 
 from ftctl.records import Example
 
-SALT = "ftctl-forget-v1"
+LEGACY_SALT = "ftctl-forget-v1"  # the public salt of tombstones made before the workspace secret
 MAX_TOKENS = 12
 _TOKEN = re.compile(r"[0-9a-z]+")
 
@@ -29,15 +33,25 @@ def canonical_tokens(text: str) -> list[str]:
     return _TOKEN.findall(fold(text)[0].casefold())
 
 
-def digest(kind: str, canonical: str) -> str:
-    return hashlib.sha256(f"{SALT}\0{kind}\0{canonical}".encode()).hexdigest()
+def legacy_digest(kind: str, canonical: str) -> str:
+    return hashlib.sha256(f"{LEGACY_SALT}\0{kind}\0{canonical}".encode()).hexdigest()
 
 
-def conversation_entry(key: str) -> dict[str, Any]:
-    return {"kind": "conversation", "sha256": digest("conversation", key)}
+def digest(secret: bytes, kind: str, canonical: str) -> str:
+    from ftctl.registry.secret import keyed
+
+    return keyed(secret, "tombstone", kind, canonical)
 
 
-def value_entry(value: str) -> dict[str, Any]:
+def conversation_entry(key: str, secret: bytes) -> dict[str, Any]:
+    from ftctl.registry.secret import fingerprint
+
+    return {"kind": "conversation", "sha256": digest(secret, "conversation", key), "secret": fingerprint(secret)}
+
+
+def value_entry(value: str, secret: bytes) -> dict[str, Any]:
+    from ftctl.registry.secret import fingerprint
+
     tokens = canonical_tokens(value)
     if not tokens:
         from ftctl.errors import UsageError
@@ -47,19 +61,34 @@ def value_entry(value: str) -> dict[str, Any]:
         from ftctl.errors import UsageError
 
         raise UsageError(f"the value is longer than {MAX_TOKENS} words", hint="forget its conversation instead")
-    return {"kind": "value", "sha256": digest("value", " ".join(tokens)), "tokens": len(tokens)}
+    return {"kind": "value", "sha256": digest(secret, "value", " ".join(tokens)), "tokens": len(tokens),
+            "secret": fingerprint(secret)}
 
 
 @dataclass
 class Tombstones:
+    secret: bytes | None = None  # keys the hashes of entries with a `secret` fingerprint
     conversations: set[str] = field(default_factory=set)
     values: set[str] = field(default_factory=set)
     lengths: set[int] = field(default_factory=set)
+    legacy: bool = False  # some entries were hashed with the public salt: try both hashes
 
     @classmethod
-    def of(cls, entries: list[dict[str, Any]]) -> Tombstones:
-        t = cls()
+    def of(cls, entries: list[dict[str, Any]], secret: bytes | None = None) -> Tombstones:
+        from ftctl.registry.secret import SecretMissing, fingerprint
+
+        t = cls(secret=secret)
+        mine = fingerprint(secret) if secret else None
         for e in entries or []:
+            made = e.get("secret")
+            if made is None:
+                t.legacy = True
+            elif made != mine:
+                raise SecretMissing(
+                    "models.lock holds tombstones made with another workspace secret than this "
+                    f"workspace's {'(none)' if secret is None else '.ftctl-secret'}",
+                    hint="copy .ftctl-secret from the machine that ran `ftctl forget`; without it forgotten "
+                         "rows could come back, so nothing is collected")
             if e.get("kind") == "conversation":
                 t.conversations.add(e["sha256"])
             elif e.get("kind") == "value":
@@ -70,10 +99,14 @@ class Tombstones:
     def __bool__(self) -> bool:
         return bool(self.conversations or self.values)
 
+    def _digests(self, kind: str, canonical: str) -> list[str]:
+        out = [digest(self.secret, kind, canonical)] if self.secret else []
+        return out + [legacy_digest(kind, canonical)] if self.legacy else out
+
     def matches(self, ex: Example) -> bool:
         """Does ``ex`` belong to a forgotten conversation, or contain a forgotten value?"""
         keys = {ex.key, ex.conversation_id or ""} - {""}
-        if any(digest("conversation", k) in self.conversations for k in keys):
+        if any(d in self.conversations for k in keys for d in self._digests("conversation", k)):
             return True
         if not self.values:
             return False
@@ -84,10 +117,19 @@ class Tombstones:
         tokens = canonical_tokens(text)
         for n in self.lengths:
             for i in range(len(tokens) - n + 1):
-                if digest("value", " ".join(tokens[i:i + n])) in self.values:
+                if any(d in self.values for d in self._digests("value", " ".join(tokens[i:i + n]))):
                     return True
         return False
 
 
-def of_lock(lock) -> Tombstones:
-    return Tombstones.of((lock.model_extra or {}).get("tombstones") or [])
+def entries_of(lock) -> list[dict[str, Any]]:
+    return (lock.model_extra or {}).get("tombstones") or []
+
+
+def of_workspace(ws) -> Tombstones:
+    """The workspace's tombstones, keyed with its secret (only read when there are any)."""
+    entries = entries_of(ws.read_lock())
+    if not entries:
+        return Tombstones()
+    keyed = any(e.get("secret") for e in entries)
+    return Tombstones.of(entries, ws.secret() if keyed else None)

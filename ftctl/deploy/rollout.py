@@ -30,7 +30,7 @@ from ftctl.lib.atomic import write_text
 from ftctl.lib.digest import file_sha256
 from ftctl.lib.log import Log, current_user
 from ftctl.lib.times import now
-from ftctl.registry.lockfile import Lock, ModelState
+from ftctl.registry.lockfile import Lock, ModelState, forgotten_marks
 from ftctl.registry.versions import resolve, split_ref
 from ftctl.registry.workspace import locked
 
@@ -69,6 +69,20 @@ def _model_and_version(ws, ref: str) -> tuple[str, str]:
     if version == "base":
         raise UsageError("the base model has no exported GGUF of its own", hint="deploy a version, e.g. v1.0")
     return model, version
+
+
+def refuse_forgotten(ws, model: str, version: str, allow: bool, action: str, log: Log) -> None:
+    """A version trained on data `ftctl forget` erased since is not served again by accident."""
+    marks = forgotten_marks(ws.read_lock().state(model).versions.get(version))
+    if not marks:
+        return
+    rows = sum(int(m.get("rows") or 0) for m in marks)
+    what = f"{model}@{version} was trained on forgotten data ({rows} row(s), forgotten {marks[-1].get('time')})"
+    if not allow:
+        raise UsageError(f"refusing to {action} {what}",
+                         hint="deploy a version trained since (`ftctl forget --retrain`, or `ftctl collect --since all` "
+                              "then `ftctl train`), or pass --allow-forgotten")
+    log(f"[yellow]{what}: --allow-forgotten given[/]")
 
 
 def artifact(ws, model: str, version: str, dep: Deployer) -> Artifact:
@@ -221,7 +235,8 @@ def _artifact_of(ws, model: str, version: str | None, dep: Deployer) -> Artifact
 
 @locked
 def deploy(ws, ref: str, *, canary: int | None = None, dry_run: bool = False,
-           check: Callable[[str, str], Any] | None = None, log: Log = print) -> dict[str, Any]:
+           check: Callable[[str, str], Any] | None = None, allow_forgotten: bool = False,
+           log: Log = print) -> dict[str, Any]:
     """Serve version ``ref`` from the stable app, or from a canary taking ``canary`` percent.
 
     ``check(model, label)`` runs once the deployer is ready and an interrupted command is undone,
@@ -230,6 +245,7 @@ def deploy(ws, ref: str, *, canary: int | None = None, dry_run: bool = False,
     if canary is not None and not 1 <= canary <= 100:
         raise UsageError(f"--canary {canary}: a percentage from 1 to 100")
     model, version = _model_and_version(ws, ref)
+    refuse_forgotten(ws, model, version, allow_forgotten, "deploy", log)
     dep = deployer(ws, model, log)
     art = artifact(ws, model, version, dep)
     label = art.label
@@ -310,7 +326,7 @@ def _swap_stable(ws, model: str, dep: Deployer, action: str, art: Artifact, *, c
 
 
 @locked
-def promote(ws, model: str | None = None, log: Log = print) -> dict[str, Any]:
+def promote(ws, model: str | None = None, allow_forgotten: bool = False, log: Log = print) -> dict[str, Any]:
     """The stable app takes the canary's model; the canary goes away."""
     model = model or ws.config.default_model
     dep = deployer(ws, model, log)
@@ -320,15 +336,20 @@ def promote(ws, model: str | None = None, log: Log = print) -> dict[str, Any]:
     if not d.canary:
         raise UsageError(f"model {model!r} has no canary to promote",
                          hint="start one with `ftctl deploy vX.Y --canary 20`")
+    refuse_forgotten(ws, model, d.canary.version, allow_forgotten, "promote", log)
     art = _artifact_of(ws, model, d.canary.version, dep)
     _swap_stable(ws, model, dep, "promote", art, canary_ready=_canary_up(dep))
     return status(ws, model, log, dep)
 
 
 @locked
-def rollback(ws, model: str | None = None, to: str | None = None, log: Log = print) -> dict[str, Any]:
+def rollback(ws, model: str | None = None, to: str | None = None, allow_forgotten: bool = False,
+             log: Log = print) -> dict[str, Any]:
     """Undo an interrupted command; else drop the canary; else go back to the previous stable."""
     model = model or ws.config.default_model
+    if to:  # refused before the deployer is touched
+        refuse_forgotten(ws, model, resolve(ws.read_lock(), model, split_ref(to, model)[1]), allow_forgotten,
+                         "roll back to", log)
     dep = deployer(ws, model, log)
     dep.preflight()
     if _recover(ws, model, dep, log):
@@ -350,6 +371,7 @@ def rollback(ws, model: str | None = None, to: str | None = None, log: Log = pri
         if not target:
             raise UsageError(f"model {model!r} has no previous version to roll back to",
                              hint="see `ftctl status`; deploy one with `ftctl deploy vX.Y`")
+    refuse_forgotten(ws, model, target, allow_forgotten, "roll back to", log)
     if d.canary:
         dep.route(0)
         dep.stop("canary")

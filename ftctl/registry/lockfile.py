@@ -90,6 +90,16 @@ class VersionEntry(Loose):
                      and (quant is None or str(e.quant).upper() == quant.upper())), None)
 
 
+def forgotten_marks(entry: VersionEntry | None) -> list[dict[str, Any]]:
+    """A version's `forgotten` marks: set by `ftctl forget` when its snapshot held a forgotten
+    row (when, which tombstones, how many rows). Empty for a version trained on none."""
+    return list((entry.model_extra or {}).get("forgotten") or []) if entry is not None else []
+
+
+def flag_forgotten(entry: VersionEntry, mark: dict[str, Any]) -> None:
+    entry.forgotten = [*forgotten_marks(entry), mark]
+
+
 class Deployment(Loose):
     stable: str | None = None
     canary: CanaryEntry | None = None
