@@ -46,17 +46,19 @@ def forget(ws, *, conversation: str | None = None, value: str | None = None, mod
         raise UsageError("nothing to forget", hint="pass a conversation id (--conversation) or a value (--value)")
     models = [ws.model(model).name] if model else list(ws.config.model_names())
     with ws.run_lock("forget"):
-        from ftctl.data.tombstones import of_workspace
+        from ftctl.data.tombstones import Rekey, entries_of, of_workspace
 
         of_workspace(ws)  # a workspace whose secret does not match its tombstones stops here
         secret = ws.secret()
         given = ([conversation_entry(conversation, secret)] if conversation else []) + \
             ([value_entry(value, secret)] if value else [])
         wanted = Tombstones.of(given, secret)
+        rekey = Rekey(entries_of(ws.read_lock()), secret)  # old unsalted tombstones, keyed where rows show them
         keys = {conversation} if conversation else set()
         hits: list[str] = []  # one key per source row holding what is forgotten
 
         def visit(ex: Example) -> None:
+            rekey.visit(ex)
             if wanted.matches(ex):
                 keys.add(ex.key)
                 hits.append(ex.key)
@@ -73,8 +75,10 @@ def forget(ws, *, conversation: str | None = None, value: str | None = None, mod
         record = {"time": now(), "action": "forget", "tombstones": [h[:16] for h in hashes],
                   "source_rows": source_rows, "conversations": len(keys), "retrain": retrain, "purge": purge}
 
+        record["rekeyed"] = len(rekey.found)
+
         def update(lock) -> None:
-            have = (lock.model_extra or {}).get("tombstones") or []
+            have = rekey.apply((lock.model_extra or {}).get("tombstones") or [], record["time"])
             known = {e["sha256"] for e in have}
             lock.tombstones = have + [{**e, "created": record["time"]} for e in entries if e["sha256"] not in known]
             for m in models:
@@ -98,6 +102,7 @@ def forget(ws, *, conversation: str | None = None, value: str | None = None, mod
             "earlier snapshots stay in the DVC cache and remote until `ftctl forget --purge`; affected versions "
             "are flagged: deploy and rollback refuse them unless --allow-forgotten")
     return {"tombstones": [h[:16] for h in hashes], "conversations": len(keys), "source_rows": source_rows,
+            "rekeyed": record["rekeyed"],
             "reached": reached, "plan": plan, "retrained": rebuilt, "purged": purged, "note": note}
 
 

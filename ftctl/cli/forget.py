@@ -45,6 +45,8 @@ def forget(app, conversation, value, model, retrain, purge):
         for m, x in r["retrained"].items():
             app.say(f"retrained {m}: snapshot {x['snapshot']} ({x['kept']} kept, {x['forgotten']} forgotten), "
                     f"version {x['version'] or '-'}")
+        if r["rekeyed"]:
+            app.say(f"{r['rekeyed']} older unsalted tombstone(s) re-keyed with the workspace secret")
         app.say(r["note"])
 
     app.emit(result, render)

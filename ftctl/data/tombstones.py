@@ -9,8 +9,10 @@ without the secret (``.ftctl-secret``, git-ignored: ftctl/registry/secret.py) a 
 confirmed by hashing it, however short the identifier.
 
 Tombstones recorded before the secret existed (no ``secret`` key) were hashed with a public salt.
-They cannot be re-keyed (the hash is one-way), so they keep matching as they are: both hashes
-are computed while any such entry remains. Nothing already forgotten comes back.
+The hash is one-way, so they keep matching as they are (both hashes are computed while any such
+entry remains): nothing already forgotten comes back. Each `ftctl forget` reads every source row
+raw anyway; where a row shows what an old tombstone hashes, :class:`Rekey` replaces that
+tombstone with a keyed one, so the unsalted ones dwindle to those whose rows are gone.
 """
 
 from __future__ import annotations
@@ -133,3 +135,50 @@ def of_workspace(ws) -> Tombstones:
         return Tombstones()
     keyed = any(e.get("secret") for e in entries)
     return Tombstones.of(entries, ws.secret() if keyed else None)
+
+
+class Rekey:
+    """Old unsalted tombstones, re-keyed from raw rows that show what they hash."""
+
+    def __init__(self, entries: list[dict[str, Any]], secret: bytes):
+        from ftctl.registry.secret import fingerprint
+
+        old = [e for e in entries if not e.get("secret")]
+        self.secret, self.mark = secret, fingerprint(secret)
+        self.conversations = {e["sha256"] for e in old if e.get("kind") == "conversation"}
+        self.values = {e["sha256"] for e in old if e.get("kind") == "value"}
+        self.lengths = {int(e.get("tokens") or 1) for e in old if e.get("kind") == "value"}
+        self.found: dict[str, dict[str, Any]] = {}  # old hash -> its keyed twin
+
+    def visit(self, ex: Example) -> None:
+        if len(self.found) == len(self.conversations) + len(self.values):
+            return  # nothing old left (or never anything): no cost per row
+        for k in {ex.key, ex.conversation_id or ""} - {""}:
+            h = legacy_digest("conversation", k)
+            if h in self.conversations:
+                self.found[h] = {"kind": "conversation", "sha256": digest(self.secret, "conversation", k),
+                                 "secret": self.mark}
+        if not self.values:
+            return
+        for text in [m.get("content") or "" for m in ex.messages] + [ex.correction or ""]:
+            tokens = canonical_tokens(text) if text else []
+            for n in self.lengths:
+                for i in range(len(tokens) - n + 1):
+                    canonical = " ".join(tokens[i:i + n])
+                    h = legacy_digest("value", canonical)
+                    if h in self.values:
+                        self.found[h] = {"kind": "value", "sha256": digest(self.secret, "value", canonical),
+                                         "tokens": n, "secret": self.mark}
+
+    def apply(self, entries: list[dict[str, Any]], when: str) -> list[dict[str, Any]]:
+        """``entries`` with each re-keyed old tombstone replaced by its keyed twin (its date kept)."""
+        out, seen = [], {e["sha256"] for e in entries}
+        for e in entries:
+            twin = self.found.get(e["sha256"]) if not e.get("secret") else None
+            if twin is None:
+                out.append(e)
+            elif twin["sha256"] not in seen:
+                out.append({**twin, "created": e.get("created"), "rekeyed": when})
+                seen.add(twin["sha256"])
+        return out
+

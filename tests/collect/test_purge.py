@@ -72,6 +72,17 @@ def test_tombstones_are_keyed_with_the_workspace_secret_and_old_ones_still_match
 
     check = workspace_secret(ws)
     assert check.ok and "2 tombstone(s) from before the secret" in check.detail, check
+
+    # the next forget reads every source row raw: the old tombstones whose rows it sees are re-keyed
+    r = forget(ws, conversation="conv7", log=quiet)
+    assert r["rekeyed"] == 2
+    entries = ws.read_lock().model_extra["tombstones"]
+    assert all(e.get("secret") == secret.fingerprint(key) for e in entries) and len(entries) == 4
+    assert legacy_digest("value", "xyz 998877") not in ws.lock_path.read_text()
+    with ws.run_lock("test"):
+        out = collect(ws, "assistant", since="all", log=quiet)
+    assert out["filtered"]["forgotten"] == 4  # conv3, conv5, the member's row, conv7: nothing came back
+    assert workspace_secret(ws).ok and "before the secret" not in workspace_secret(ws).detail
     secret.path(ws.root).chmod(0o644)
     check = workspace_secret(ws)
     assert not check.ok and "chmod 600" in check.fix
