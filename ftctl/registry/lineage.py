@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ftctl.errors import ExternalToolError, FtctlError
-from ftctl.registry.lockfile import Lock
+from ftctl.registry.lockfile import Lock, forgotten_marks
 from ftctl.lib.process import dvc, git
 from ftctl.registry.versions import resolve, sorted_versions, split_ref, tag_name, tag_names
 
@@ -39,6 +39,7 @@ def version_rows(ws, model: str | None = None) -> list[dict[str, Any]]:
                 "tag": next((t for t in tag_names(m, v) if t in tags), tag_name(m, v)), "metrics": e.metrics, "rows": _split_rows(e.dataset),
                 "exports": [{k: x.get(k) for k in ("kind", "quant", "path", "parity")} for x in e.exports],
                 "deployed": deployed_as(lock, m, v),
+                "forgotten": bool(forgotten_marks(e)),  # trained on data `ftctl forget` erased since
             })
     return rows
 

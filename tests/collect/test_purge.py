@@ -148,3 +148,6 @@ def test_forget_purge_removes_exactly_the_objects_that_held_it(workspace, tiny_b
         assert "forgotten" not in str(allowed.value)
     cli = ftctl("--json", "deploy", v1, cwd=ws.root)
     assert cli.returncode == 2 and "--allow-forgotten" in json.loads(cli.stdout)["hint"]
+    rows = json.loads(ftctl("--json", "versions", cwd=ws.root, check=True).stdout)
+    assert [r["forgotten"] for r in rows] == [True]
+    assert "(forgotten)" in ftctl("versions", cwd=ws.root, check=True).stdout
