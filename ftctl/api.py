@@ -28,6 +28,7 @@ from ftctl.lib.digest import file_sha256
 from ftctl.lib.generation import GenSettings, GGUFBackend, HFBackend, load_hf, prompt_messages
 from ftctl.lib.llamacpp import find_tools, open_llama, preflight, user_cache_dir
 from ftctl.lib.plan import describe, make_plan
+from ftctl.lib import ports
 from ftctl.lib.process import run_tool, wait_for
 from ftctl.lib.redact import redact
 from ftctl.lib.scrub import phi_spans
@@ -65,6 +66,7 @@ __all__ = [
     "user_cache_dir",
     # statistics
     *_STATS,
-    # processes, files, digests, times, secrets, PHI
-    "file_sha256", "now", "parse_time", "phi_spans", "read_json", "redact", "run_tool", "wait_for", "write_text",
+    # processes, ports, files, digests, times, secrets, PHI
+    "file_sha256", "now", "parse_time", "phi_spans", "ports", "read_json", "redact", "run_tool", "wait_for",
+    "write_text",
 ]

@@ -14,6 +14,7 @@ and ``/metrics`` read it) and the next model runs; the exit code summarises them
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -223,7 +224,12 @@ def cron_line(ws: Workspace) -> tuple[str, str]:
         raise ConfigError(f"cycle.schedule: {schedule!r} is not a cron expression", hint='e.g. "0 3 * * *"')
     exe = Path(sys.executable).with_name("ftctl")
     log = ws.state_dir / "cycle.log"
-    return schedule, f"{exe} -C {ws.root} --wait 0 cycle --all >> {log} 2>&1"
+    # cron runs the line with /bin/sh: each path quoted (a space or ; would split it), and % is
+    # cron's own newline, escaped even inside quotes (crontab(5))
+    def q(path: Path) -> str:
+        return shlex.quote(str(path)).replace("%", "\\%")
+
+    return schedule, f"{q(exe)} -C {q(ws.root)} --wait 0 cycle --all >> {q(log)} 2>&1"
 
 
 def install_cron(ws: Workspace, tabfile: Path | None = None) -> dict[str, Any]:

@@ -422,6 +422,11 @@ class Deployer(Plugin):
         """Which exported file to serve (default: the first GGUF)."""
         return ExportQuery()
 
+    def check(self, slot: Slot, artifact: Artifact) -> None:
+        """Refuse, before anything changes, what :meth:`serve` could not do: a configuration that
+        does not load, an app that is not there, a port another process holds. Raise a
+        ``UsageError``/``ConfigError`` naming the problem; the default checks nothing."""
+
     @abstractmethod
     def serve(self, slot: Slot, artifact: Artifact) -> None:
         """Make ``slot`` serve ``artifact`` (start or reload it) and wait until it is healthy.

@@ -256,6 +256,7 @@ def deploy(ws, ref: str, *, canary: int | None = None, dry_run: bool = False,
     dep.preflight()
     _recover(ws, model, dep, log)
     d = ws.read_lock().state(model).deployment
+    dep.check("canary" if canary is not None and not (d.canary and d.canary.version == version) else "stable", art)
     if check is not None:
         check(model, label)
     stable = _artifact_of(ws, model, d.stable, dep) if d.stable else None
@@ -338,6 +339,7 @@ def promote(ws, model: str | None = None, allow_forgotten: bool = False, log: Lo
                          hint="start one with `ftctl deploy vX.Y --canary 20`")
     refuse_forgotten(ws, model, d.canary.version, allow_forgotten, "promote", log)
     art = _artifact_of(ws, model, d.canary.version, dep)
+    dep.check("stable", art)
     _swap_stable(ws, model, dep, "promote", art, canary_ready=_canary_up(dep))
     return status(ws, model, log, dep)
 
@@ -372,10 +374,12 @@ def rollback(ws, model: str | None = None, to: str | None = None, allow_forgotte
             raise UsageError(f"model {model!r} has no previous version to roll back to",
                              hint="see `ftctl status`; deploy one with `ftctl deploy vX.Y`")
     refuse_forgotten(ws, model, target, allow_forgotten, "roll back to", log)
+    art = _artifact_of(ws, model, target, dep)
+    dep.check("stable", art)
     if d.canary:
         dep.route(0)
         dep.stop("canary")
-    _swap_stable(ws, model, dep, "rollback", _artifact_of(ws, model, target, dep))
+    _swap_stable(ws, model, dep, "rollback", art)
     return status(ws, model, log, dep)
 
 

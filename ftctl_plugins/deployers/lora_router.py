@@ -43,6 +43,11 @@ from ftctl_plugins.deployers import access_log
 
 COMPLETIONS = frozenset({"/completion", "/completions", "/v1/completions", "/v1/chat/completions",
                          "/chat/completions"})
+# what the public port passes on (path -> methods); everything else is llama-server's own business
+PUBLIC = {**{p: {"POST"} for p in COMPLETIONS},
+          **{p: {"POST"} for p in ("/embedding", "/embeddings", "/v1/embeddings")},
+          **{p: {"GET", "HEAD"} for p in ("/health", "/v1/health", "/metrics", "/models", "/v1/models")}}
+MAX_BODY = 8 * 1024 * 1024  # a chat request with a long context is well under this
 # hop-by-hop (RFC 9110 7.6.1) or recomputed here; accept-encoding so bodies come back plain to rewrite
 DROP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                   "transfer-encoding", "upgrade", "content-length", "host", "accept-encoding"})
@@ -126,7 +131,25 @@ def relabel_sse(line: str, label: str) -> str:
         return line
 
 
-def app(upstream: str, state_file: Path, log: Path | None = None) -> Starlette:
+def refusal(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": status, "type": "invalid_request_error", "message": message}}, status)
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None when it is over ``limit`` bytes (read no further than that)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def app(upstream: str, state_file: Path, log: Path | None = None, max_body: int = MAX_BODY) -> Starlette:
     """The router for the llama-server at ``upstream`` (``http://127.0.0.1:PORT``); the model is
     the state file's name."""
     table = Table(state_file)
@@ -146,7 +169,15 @@ def app(upstream: str, state_file: Path, log: Path | None = None) -> Starlette:
 
     async def proxy(request: Request) -> Response:
         started = time.monotonic()
-        body = await request.body()
+        allowed = PUBLIC.get(request.url.path)
+        if allowed is None:
+            return refusal(404, f"{request.url.path} is not served on this port (completions, embeddings, "
+                                "models, health and metrics are)")
+        if request.method not in allowed:
+            return refusal(405, f"{request.method} {request.url.path} is not served on this port")
+        body = await read_body(request, max_body)
+        if body is None:
+            return refusal(413, f"the request body is over {max_body} bytes")
         target = None
         if request.method == "POST" and request.url.path in COMPLETIONS:
             try:

@@ -5,7 +5,8 @@ The server is llama.cpp's own llama-server, embedded in the ``xllamacpp`` wheel 
 binary to find): it loads the base GGUF once and every ``--lora`` file with scale 0
 (``lora_init_without_apply``) and listens on an internal loopback port. ``--port`` is the
 router's (lora_router): it picks each completion's adapter (stable or canary) from ``--state``
-and passes everything else through; the deployer sets the global scales with POST /lora-adapters.
+and passes on only what clients need; the deployer sets the global scales with POST /lora-adapters
+on ``--upstream-port``, the internal one.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--alias", default="")
     ap.add_argument("--state", required=True, help="the deployer's state file: the router's routing")
     ap.add_argument("--access-log", help="where the router records each routed request (access_log.line)")
+    ap.add_argument("--upstream-port", type=int, default=0,
+                    help="llama-server's internal loopback port (its control API is reachable there only)")
+    ap.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="largest request body the router takes")
     a = ap.parse_args(argv)
 
     import xllamacpp
@@ -34,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     p = xllamacpp.CommonParams()
     p.model.path = a.model
     p.hostnames = ["127.0.0.1"]
-    p.port = internal = free_port()
+    p.port = internal = a.upstream_port or free_port()
     p.n_ctx = a.ctx_size
     p.n_parallel = a.parallel
     p.cpuparams.n_threads = a.threads
@@ -58,9 +62,11 @@ def main(argv: list[str] | None = None) -> None:
     # uvicorn ends on SIGTERM/SIGINT (the deployer stops the process group); the llama-server
     # threads end with the process
     router = lora_router.app(f"http://127.0.0.1:{internal}", Path(a.state),
-                             Path(a.access_log) if a.access_log else None)
-    uvicorn.run(router, host=a.host, port=a.port,
-                log_level="warning", timeout_graceful_shutdown=5)
+                             Path(a.access_log) if a.access_log else None, max_body=a.max_body)
+    # keep-alive as long as nginx's default (75 s), not uvicorn's 5 s: clients of a model server
+    # pause between requests longer than that
+    uvicorn.run(router, host=a.host, port=a.port, log_level="warning", timeout_graceful_shutdown=5,
+                timeout_keep_alive=75)
 
 
 def free_port() -> int:

@@ -12,6 +12,11 @@ router (lora_router) in the same process, which gives each completion request it
 (``"lora"``, per request) by a hash of the client's ``user``, and names the version in the
 answer's ``model``. ``route`` only records the share in the state file; the router re-reads it.
 The router logs each routed request (<model>.access.log beside the state file): ``traffic``.
+llama-server's control API (/lora-adapters) is reachable on its internal port only (``upstream_port``
+in the state file): the router does not pass it on.
+
+A pid in the state file is signalled only while it is still this model's server (its command
+line names the state file): after a reboot the number may belong to anything.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from pathlib import Path
 from pydantic import Field
 
 from ftctl.api import (Artifact, ConfigError, Deployer, DeployPlan, ExportQuery, Health, PluginConfig, RolledBack, Slot,
-                       SlotInfo, Traffic, write_text)
+                       SlotInfo, Traffic, ports, write_text)
 from ftctl_plugins.deployers import access_log
 
 
@@ -43,6 +48,7 @@ class LoraSwapConfig(PluginConfig):
     parallel: int = Field(1, ge=1, description="requests the server decodes at once (slots)")
     scale: float = Field(1.0, gt=0, description="scale of the serving version's adapter")
     health_timeout: float = Field(60, gt=0, description="seconds a new server may take to answer /health")
+    max_body: int = Field(8 * 1024 * 1024, ge=1024, description="largest request body (bytes) the router takes")
 
 
 class LoraSwapDeployer(Deployer):
@@ -111,7 +117,7 @@ class LoraSwapDeployer(Deployer):
                 ok = json.loads(r.read()).get("status") == "ok"
             if not ok or slot.slot == "canary":
                 return Health(ok, state.get(slot.slot, {}).get("label") if ok else None)
-            on = [a["path"] for a in self._adapters(slot.port) if a.get("scale")]
+            on = [a["path"] for a in self._adapters(state) if a.get("scale")]
         except (OSError, ValueError):
             return Health(False)
         entry = state.get("stable")
@@ -200,17 +206,35 @@ class LoraSwapDeployer(Deployer):
         have = list(state.get("adapters") or [])
         return have + [p for p in dict.fromkeys([*self._exported_loras(), path]) if p not in have]
 
-    def _alive(self, state: dict) -> bool:
-        pid = state.get("pid")
+    def _ours(self, pid: int | None) -> bool:
+        """``pid`` is this model's server: alive, and its command line names our state file."""
+        import psutil
+
         if not pid:
             return False
         try:
-            os.kill(pid, 0)
-        except (ProcessLookupError, PermissionError):
+            cmd = psutil.Process(pid).cmdline()
+        except (psutil.Error, OSError):
             return False
-        with contextlib.suppress(OSError, ValueError):
-            return [a["path"] for a in self._adapters(state["port"])] == state.get("adapters")
+        return "ftctl_plugins.deployers.lora_server" in cmd and str(self.state_file) in cmd
+
+    def _alive(self, state: dict) -> bool:
+        if not self._ours(state.get("pid")):
+            return False
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return [a["path"] for a in self._adapters(state)] == state.get("adapters")
         return False
+
+    def check(self, slot: Slot, artifact: Artifact) -> None:
+        """Before anything changes: the base exists, and the port is ours or free."""
+        self._base()
+        state = self._state()
+        own = {state["pid"]} if self._ours(state.get("pid")) else set()
+        holder = ports.holder(self.config.port, self.config.host, own=own)
+        if holder:
+            raise ConfigError(f"port {self.config.port} is held by another process ({holder}); "
+                              f"the lora_swap server of {self.ctx.model} cannot listen there",
+                              hint="stop that process, or set deploy.lora_swap.port to a free port")
 
     def _ensure(self, state: dict, path: str, loras: list[str] | None = None) -> None:
         """A running server with ``path`` loaded; start (or restart) it only when it must."""
@@ -218,10 +242,11 @@ class LoraSwapDeployer(Deployer):
             return
         loras = loras or self._wanted(state, path)
         self._kill(state.get("pid"))
+        state["upstream_port"] = ports.free_port()
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
             # its own session: the server outlives this command; stopped by its process group
-            proc = subprocess.Popen(self._command(loras), stdin=subprocess.DEVNULL, stdout=log,
+            proc = subprocess.Popen(self._command(loras, state["upstream_port"]), stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         state.update(pid=proc.pid, port=self.config.port, adapters=loras, base=str(self._base()))
         self._save(state)
@@ -230,24 +255,32 @@ class LoraSwapDeployer(Deployer):
             if proc.poll() is not None:
                 raise RuntimeError(f"the server exited with code {proc.returncode}")
             with contextlib.suppress(OSError, ValueError):
-                if len(self._adapters(self.config.port)) == len(loras):
+                # llama-server loaded every adapter, and the router in front of it answers
+                if len(self._adapters(state)) == len(loras) and self._router_up():
                     return
             time.sleep(0.2)
         self._kill(proc.pid)
         raise RuntimeError(f"the server did not answer within {self.config.health_timeout:g}s")
 
-    def _command(self, loras: list[str]) -> list[str]:
+    def _command(self, loras: list[str], upstream: int | None = None) -> list[str]:
         c = self.config
         cmd = [sys.executable, "-m", "ftctl_plugins.deployers.lora_server", "--model", str(self._base()),
                "--host", c.host, "--port", str(c.port), "--threads", str(c.threads), "--ctx-size", str(c.ctx_size),
                "--parallel", str(c.parallel), "--state", str(self.state_file),
-               "--access-log", str(self.access_log_file)]
+               "--access-log", str(self.access_log_file), "--max-body", str(c.max_body)]
+        if upstream:
+            cmd += ["--upstream-port", str(upstream)]
         for p in loras:
             cmd += ["--lora", p]
         return cmd
 
-    def _adapters(self, port: int) -> list[dict]:
-        with urllib.request.urlopen(f"http://{self.config.host}:{port}/lora-adapters", timeout=5) as r:
+    def _router_up(self) -> bool:
+        with urllib.request.urlopen(f"http://{self.config.host}:{self.config.port}/health", timeout=5) as r:
+            return r.status == 200
+
+    def _adapters(self, state: dict) -> list[dict]:
+        """llama-server's adapters, from its internal port (the public one does not pass this on)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{state['upstream_port']}/lora-adapters", timeout=5) as r:
             return json.loads(r.read())
 
     def _apply(self, state: dict) -> None:
@@ -255,16 +288,16 @@ class LoraSwapDeployer(Deployer):
         want = state["stable"]["path"]
         state["scale"] = self.config.scale  # the router's per-request scale too
         body = [{"id": i, "scale": self.config.scale if p == want else 0.0} for i, p in enumerate(state["adapters"])]
-        req = urllib.request.Request(f"http://{self.config.host}:{state['port']}/lora-adapters",
+        req = urllib.request.Request(f"http://127.0.0.1:{state['upstream_port']}/lora-adapters",
                                      json.dumps(body).encode(), {"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10) as r:
             r.read()
-        on = [a["path"] for a in self._adapters(state["port"]) if a.get("scale")]
+        on = [a["path"] for a in self._adapters(state) if a.get("scale")]
         if on != [want]:
             raise RuntimeError(f"the server reports adapters {on} on, not {want}")
 
     def _kill(self, pid: int | None) -> None:
-        if not pid:
+        if not self._ours(pid):  # gone, or the number now belongs to another process
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
@@ -275,3 +308,4 @@ class LoraSwapDeployer(Deployer):
                 os.killpg(pid, 0)  # raises ProcessLookupError once it is gone
                 time.sleep(0.1)
             os.killpg(pid, signal.SIGKILL)
+

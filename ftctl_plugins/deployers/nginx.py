@@ -39,9 +39,23 @@ def log_path(path: str) -> str:
     return path
 
 
+# nginx variables and plain characters: the key goes inside "..." in the include, so a quote,
+# backslash, space or newline would end the string and let the rest be read as configuration
+SPLIT_KEY = re.compile(r"[A-Za-z0-9_$.:@{}-]{1,200}")
+
+
+def split_key(key: str) -> str:
+    """``key`` if it is a safe split_clients key with at least one variable, else ValueError."""
+    if not SPLIT_KEY.fullmatch(key) or "$" not in key:
+        raise ValueError(f"split key {key!r}: nginx variables and letters, digits, _ . : @ {{ }} - only "
+                         "(e.g. $request_id, $remote_addr, $http_x_user_id)")
+    return key
+
+
 def render(model: str, stable_port: int, canary_port: int | None = None, percent: int = 0,
            *, host: str = "127.0.0.1", key: str = "$request_id", access_log: str | None = None) -> str:
     var = variable(model)
+    split_key(key)
     lines = [f"# written by ftctl for model {model}: do not edit (ftctl deploy/promote/rollback)",
              f"upstream {var}_stable {{ server {host}:{stable_port}; keepalive 8; }}"]
     if access_log:

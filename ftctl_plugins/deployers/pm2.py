@@ -68,6 +68,11 @@ class Pm2Config(PluginConfig):
     def _log_path(cls, v):
         return v if v is None else nginx.log_path(v)
 
+    @field_validator("split_key")
+    @classmethod
+    def _split_key(cls, v):
+        return nginx.split_key(v)
+
     @field_validator("app", "canary_app")
     @classmethod
     def _app_name(cls, v):

@@ -60,3 +60,26 @@ def test_answers_name_the_version():
     assert relabel_sse("data: {torn", "m") == "data: {torn"
     assert user_key({"user": "alice"}, {"x-user-id": "bob"}) == "alice"
     assert user_key({"user": 3}, {"x-user-id": "bob"}) == "bob" and user_key({}, {}) is None
+
+
+def test_the_public_port_passes_only_the_client_paths_and_caps_the_body(tmp_path):
+    """Refused before the upstream is asked (here nothing listens upstream: a passed request gets 502)."""
+    from starlette.testclient import TestClient
+
+    from ftctl_plugins.deployers.lora_router import app
+
+    state(tmp_path)
+    with TestClient(app("http://127.0.0.1:9", tmp_path / "m.json", max_body=1024)) as c:
+        for method, path in (("POST", "/lora-adapters"), ("GET", "/lora-adapters"), ("POST", "/props"),
+                             ("POST", "/slots/0"), ("GET", "/slots"), ("POST", "/tokenize"), ("GET", "/")):
+            r = c.request(method, path, json=[{"id": 0, "scale": 1}])
+            assert r.status_code == 404 and "not served on this port" in r.json()["error"]["message"], path
+        assert c.get("/v1/chat/completions").status_code == 405
+        assert c.post("/v1/models").status_code == 405
+        r = c.post("/v1/chat/completions", content=b"x" * 1025)
+        assert r.status_code == 413 and "1024 bytes" in r.json()["error"]["message"]
+        r = c.post("/v1/chat/completions", content=b"x" * 100, headers={"Content-Length": "99999"})
+        assert r.status_code == 413
+        for method, path in (("GET", "/health"), ("GET", "/v1/models"), ("GET", "/metrics"),
+                             ("POST", "/v1/chat/completions"), ("POST", "/v1/embeddings"), ("POST", "/completion")):
+            assert c.request(method, path, json={}).status_code == 502, path  # passed on

@@ -26,8 +26,10 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(importlib.util.find_spec("xllamacpp") is None, reason="xllamacpp is not installed")]
 
 
-def adapters_on(port: int) -> list[str]:
-    return [a["path"] for a in get_json(f"http://127.0.0.1:{port}/lora-adapters") if a["scale"]]
+def adapters_on(ws) -> list[str]:
+    """The adapters llama-server has on, from its internal port (the public one refuses /lora-adapters)."""
+    upstream = server_state(ws)["upstream_port"]
+    return [a["path"] for a in get_json(f"http://127.0.0.1:{upstream}/lora-adapters") if a["scale"]]
 
 
 def complete(port: int) -> str:
@@ -46,21 +48,21 @@ def test_versions_swap_without_restarting_the_server(lora_ws):
     pid = state["pid"]
     os.kill(pid, 0)  # the server outlived the command
     assert state["adapters"] == [str(files["v1.0"].resolve()), str(files["v1.1"].resolve())]  # all loaded
-    assert adapters_on(port) == [str(files["v1.0"].resolve())]
+    assert adapters_on(ws) == [str(files["v1.0"].resolve())]
     v10 = complete(port)
 
     # a canary is served per request by the router: the global scales stay on stable
     out = run_json("deploy", "v1.1", "--canary", "20", cwd=ws.root)
-    assert out["canary"]["version"] == "v1.1" and adapters_on(port) == [str(files["v1.0"].resolve())]
+    assert out["canary"]["version"] == "v1.1" and adapters_on(ws) == [str(files["v1.0"].resolve())]
     out = run_json("promote", cwd=ws.root)
     assert out["stable"] == "v1.1" and out["canary"] is None
-    assert adapters_on(port) == [str(files["v1.1"].resolve())]
+    assert adapters_on(ws) == [str(files["v1.1"].resolve())]
     assert server_state(ws)["pid"] == pid  # no restart
     assert complete(port) != v10
 
     out = run_json("rollback", cwd=ws.root)
     assert out["stable"] == "v1.0" and server_state(ws)["pid"] == pid
-    assert adapters_on(port) == [str(files["v1.0"].resolve())] and complete(port) == v10
+    assert adapters_on(ws) == [str(files["v1.0"].resolve())] and complete(port) == v10
     assert [h["action"] for h in out["history"]] == ["deploy", "canary", "promote", "rollback"]
 
 
@@ -91,7 +93,7 @@ def test_an_unloadable_lora_puts_the_previous_adapter_back(lora_ws):
     assert proc.returncode != 0 and "v1.3" in proc.stderr and "previous state is back" in proc.stderr
     out = run_json("status", cwd=ws.root)
     assert out["stable"] == "v1.0" and out["apps"][0]["healthy"] is True
-    assert adapters_on(port) == [str(files["v1.0"].resolve())]
+    assert adapters_on(ws) == [str(files["v1.0"].resolve())]
     assert str(bad.resolve()) not in server_state(ws)["adapters"]
 
 
@@ -163,3 +165,65 @@ def test_a_canary_takes_its_share_per_request_and_sticks_to_users(lora_ws):
     assert text_for(conn, old) == canary_text
     assert server_state(ws)["pid"] == pid  # one process, one base model in memory, throughout
     conn.close()
+
+
+def test_the_public_port_refuses_the_control_api_and_huge_bodies(lora_ws):
+    ws, port, files = lora_ws
+    run_json("deploy", "v1.0", cwd=ws.root)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    # anyone on the port could otherwise turn every adapter's scale for everyone
+    status, _, out = ask(conn, "/lora-adapters", [{"id": 0, "scale": 0.0}, {"id": 1, "scale": 1.0}])
+    assert status == 404 and "not served on this port" in out["error"]["message"]
+    for path in ("/props", "/slots", "/slots/0?action=erase", "/v1/../lora-adapters"):
+        assert ask(conn, path, {})[0] in (404, 405), path
+    conn.request("GET", "/lora-adapters")
+    r = conn.getresponse()
+    assert r.status == 404 and r.read()
+    assert adapters_on(ws) == [str(files["v1.0"].resolve())]  # unchanged
+    # a body over max_body (8 MiB by default) is refused before it is read whole
+    status, _, out = ask(conn, "/v1/chat/completions", b"x" * (8 * 1024 * 1024 + 1))
+    assert status == 413 and "over" in out["error"]["message"]
+    conn.close()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    assert chat(conn, "alice") == "assistant@v1.0"  # the read-only paths and completions still pass
+    for path in ("/health", "/v1/models", "/metrics"):
+        conn.request("GET", path)
+        r = conn.getresponse()
+        assert r.status == 200 and r.read(), path
+    conn.close()
+
+
+def test_a_pid_that_is_no_longer_the_server_is_never_signalled(lora_ws):
+    import subprocess
+    import sys
+
+    ws, port, _ = lora_ws
+    run_json("deploy", "v1.0", cwd=ws.root)
+    state_file = ws.root / ".ftctl/lora-swap/assistant.json"
+    state = server_state(ws)
+    os.killpg(state["pid"], 9)  # the server died (a reboot); its pid may be reused by anything
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        state_file.write_text(json.dumps({**state, "pid": stranger.pid}))
+        out = run_json("deploy", "v1.1", cwd=ws.root)  # restarts its own server
+        assert out["stable"] == "v1.1" and out["apps"][0]["healthy"]
+        assert stranger.poll() is None  # never signalled
+        assert server_state(ws)["pid"] != stranger.pid
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_port_held_by_a_stranger_is_refused_and_nothing_changes(lora_ws):
+    import socket
+
+    ws, port, _ = lora_ws
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        proc = run_ftctl("deploy", "v1.0", cwd=ws.root)
+    assert proc.returncode == 2 and f"port {port} is held by another process" in proc.stderr, proc.stderr
+    assert "pid" in proc.stderr  # it names the holder
+    assert not (ws.root / ".ftctl/lora-swap/assistant.json").exists()
+    assert run_json("status", cwd=ws.root)["stable"] is None
