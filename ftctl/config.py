@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator, model_validator
 
 from ftctl.errors import ConfigError
 from ftctl.lib.redact import redact
@@ -180,6 +180,27 @@ class DriftConfig(Strict):
     retrain_on_drop: bool = True  # a significant rating drop on stable trains below min_new_examples
 
 
+class TriggersConfig(Strict):
+    """`ftctl cycle` trains when any of these signals fires (each reported with its evidence);
+    a signal set to null is off. An unknown signal is a config error."""
+
+    new_rows: int | None = Field(None, ge=1)  # new kept training rows since the latest version (null: min_new_examples)
+    negatives: int | None = Field(100, ge=1)  # thumbs-down, low-rated or negative-reward rows since the latest version
+    negative_rating: float = Field(2, ge=1, le=5)  # a rating at or below this counts as negative
+    drift: float | None = Field(0.25, gt=0, le=1)  # content drift: new prompts' unseen-n-gram share above the
+    # reference's own (drift's novelty); null: off
+    rating_drop: bool | None = None  # a significant rating drop on stable (null: drift.retrain_on_drop)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.model_fields))
+            if unknown:
+                raise ValueError(f"unknown trigger signal {unknown[0]!r} (known: {', '.join(cls.model_fields)})")
+        return data
+
+
 class DeployConfig(WithPlugins):
     chooser: ClassVar[str] = "deployer"
     deployer: str = "pm2"
@@ -196,6 +217,13 @@ class CycleConfig(Strict):
     export: bool = True
     deploy: bool = False
     canary_percent: int = Field(20, ge=1, le=100)
+    # what a new version starts from. base (the default): every version is base + the whole
+    # snapshot, reproducible on its own, and `forget --retrain` truly erases (an adapter continued
+    # from a parent keeps whatever the parent learnt). stable | latest: continue that version on
+    # the rows its lineage has not seen (cheaper nights; benchmarks/incremental.py measures what
+    # it forgets). With nothing stable yet, or a parent reached by `forget`, the cycle uses base.
+    train_from: Literal["base", "stable", "latest"] = "base"
+    triggers: TriggersConfig = TriggersConfig()
     drift: DriftConfig = DriftConfig()
 
 

@@ -65,17 +65,26 @@ def cycle(ws: Workspace, model: str | None = None, *, force: bool = False, max_s
     out["steps"]["collect"] = {k: collected[k] for k in ("read", "kept", "splits", "snapshot")}
     fresh = new_examples(ws, name)
     out["new_examples"] = fresh
-    retrain = bool(drift_report and drift_report["retrain"])
-    if fresh < cc.min_new_examples and not force and not retrain:
-        quiet = NothingToDo(f"{fresh} new training example(s) since the latest version; the cycle trains "
-                            f"at {cc.min_new_examples} (cycle.min_new_examples)", hint="--force trains anyway")
-        quiet.result = out  # the canary verdict and drift report still reach `--json`
+    fired = triggers(ws, name, fresh, drift_report, log)
+    out["triggers"] = fired
+    if not force and not any(t["fired"] for t in fired.values()):
+        quiet = NothingToDo("no trigger fired: " + "; ".join(t["evidence"] for t in fired.values()),
+                            hint="--force trains anyway")
+        quiet.result = out  # the canary verdict, drift report and triggers still reach `--json`
         raise quiet
-    if retrain and fresh < cc.min_new_examples:
-        log(f"users rate the stable version significantly lower: retraining on {fresh} new example(s)")
 
-    log(f"[bold]2/5 train[/] on {collected['splits']['train']} examples ({fresh} new)")
-    trained = train(ws, name, max_steps=max_steps, log=log)
+    parent = parent_version(ws, name, cc.train_from, log)
+    trained = None
+    if parent:
+        log(f"[bold]2/5 train[/] {name}@{parent} continued on its unseen rows ({fresh} new; cycle.train_from: "
+            f"{cc.train_from})")
+        try:
+            trained = train(ws, name, from_=f"{name}@{parent}", new_only=True, max_steps=max_steps, log=log)
+        except NothingToDo as e:  # a retrain asked for by the ratings alone: nothing new to continue on
+            log(f"{e.message}: training from the base on everything instead")
+    if trained is None:
+        log(f"[bold]2/5 train[/] on {collected['splits']['train']} examples ({fresh} new)")
+        trained = train(ws, name, max_steps=max_steps, log=log)
     version = trained["version"]
     out["version"] = version
     out["steps"]["train"] = trained
@@ -106,10 +115,107 @@ def cycle(ws: Workspace, model: str | None = None, *, force: bool = False, max_s
     elif cc.deploy:
         from ftctl.deploy.rollout import deploy
 
-        log(f"[bold]5/5 deploy[/] {name}@{version} as a {cc.canary_percent}% canary")
         # the gate already ran above, on the same rule `ftctl deploy` applies (ftctl.verbs)
-        out["steps"]["deploy"] = deploy(ws, f"{name}@{version}", canary=cc.canary_percent, log=log)
+        if ws.read_lock().state(name).deployment.stable:
+            log(f"[bold]5/5 deploy[/] {name}@{version} as a {cc.canary_percent}% canary")
+            out["steps"]["deploy"] = deploy(ws, f"{name}@{version}", canary=cc.canary_percent, log=log)
+        else:  # the first version: there is nothing to judge a canary against
+            log(f"[bold]5/5 deploy[/] {name}@{version} as stable (nothing is deployed yet)")
+            out["steps"]["deploy"] = deploy(ws, f"{name}@{version}", log=log)
     return out
+
+
+def triggers(ws: Workspace, model: str, fresh: int, drift_report: dict | None, log: Log = print) -> dict[str, Any]:
+    """Every ``cycle.triggers`` signal: ``{name: {"fired", "value", "threshold", "evidence"}}``,
+    each logged with its evidence whether it fires or not (a signal set to null is absent)."""
+    cc = ws.model(model).cycle
+    t = cc.triggers
+    out: dict[str, dict[str, Any]] = {}
+    need = t.new_rows or cc.min_new_examples
+    key = "cycle.triggers.new_rows" if t.new_rows else "cycle.min_new_examples"
+    out["new_rows"] = {"fired": fresh >= need, "value": fresh, "threshold": need,
+                       "evidence": f"{fresh} new training example(s) since the latest version "
+                                   f"({'>=' if fresh >= need else '<'} {need}, {key})"}
+    if t.negatives:
+        n, since = negatives(ws, model, t.negative_rating, log)
+        out["negatives"] = {"fired": n >= t.negatives, "value": n, "threshold": t.negatives, "since": since,
+                            "evidence": f"{n} negative row(s) (thumbs down, rating <= {t.negative_rating:g} or "
+                                        f"reward < 0) since {since or 'the start'} "
+                                        f"({'>=' if n >= t.negatives else '<'} {t.negatives})"}
+    if t.drift:
+        nov = (drift_report or {}).get("novelty") or {}
+        if nov.get("new") is None:
+            out["drift"] = {"fired": False, "value": None, "threshold": t.drift,
+                            "evidence": "content drift not measured (no version, no new prompts, or drift off)"}
+        else:
+            score = round(nov["new"] - (nov.get("baseline") or 0), 4)
+            out["drift"] = {"fired": score > t.drift, "value": score, "threshold": t.drift,
+                            "evidence": f"content drift {score:+.3f} (new prompts' unseen {nov['ngram']}-grams "
+                                        f"{nov['new']:.3f} vs the snapshot's own {nov.get('baseline') or 0:.3f}; "
+                                        f"{'>' if score > t.drift else '<='} {t.drift})"}
+    drop_on = cc.drift.retrain_on_drop if t.rating_drop is None else t.rating_drop
+    if drop_on:
+        stable = ws.read_lock().state(model).deployment.stable
+        row = ((drift_report or {}).get("ratings") or {}).get(stable or "", {})
+        dropped = bool(drift_report and drift_report.get("stable_drop"))
+        if row.get("verdict"):
+            evidence = (f"stable {model}@{stable} rated {row['before'].get('mean')} -> {row['after'].get('mean')} "
+                        f"(diff {row['diff']}, CI {row['ci']}, p {row['p_value']}): {row['verdict']}")
+        else:
+            evidence = (f"no rating test: {'nothing stable' if not stable else 'too few ratings'} "
+                        f"(drift.min_rated {cc.drift.min_rated} before and after)")
+        out["rating_drop"] = {"fired": dropped, "value": row.get("diff"), "threshold": "significantly worse",
+                              "evidence": evidence}
+    for name, trig in out.items():
+        log(f"trigger {name}: {'[bold]fired[/]' if trig['fired'] else 'not fired'}: {trig['evidence']}")
+    return out
+
+
+def negatives(ws: Workspace, model: str, low_rating: float, log: Log = print) -> tuple[int, str | None]:
+    """(negative feedback rows since the latest version's snapshot, that moment): thumbs down,
+    a rating at or below ``low_rating``, or a reward below 0; read live from the sources."""
+    from ftctl import feedback
+    from ftctl.registry import seen
+    from ftctl.registry.versions import sorted_versions
+
+    state = ws.read_lock().state(model)
+    since = seen.snapshot_time(state.versions[sorted_versions(state.versions)[-1]]) if state.versions else None
+    count = 0
+
+    def visit(ex) -> None:
+        nonlocal count
+        r = feedback.score(ex, "reward")
+        if ex.feedback_type == "thumbs_down" or (ex.rating is not None and ex.rating <= low_rating) \
+                or (r is not None and r < 0):
+            count += 1
+
+    feedback.scan(ws, model, since, visit, lambda *_: None)
+    return count, since
+
+
+def parent_version(ws: Workspace, model: str, train_from: str, log: Log = print) -> str | None:
+    """The version a cycle continues (``cycle.train_from``), or None for the base: also when the
+    ref names nothing yet, or the version's lineage was reached by `ftctl forget` (continuing it
+    would keep what was erased)."""
+    from ftctl.registry.versions import sorted_versions
+
+    if train_from == "base":
+        return None
+    state = ws.read_lock().state(model)
+    version = state.deployment.stable if train_from == "stable" else (
+        sorted_versions(state.versions)[-1] if state.versions else None)
+    if not version or version not in state.versions:
+        log(f"cycle.train_from {train_from}: no such version of {model} yet; training from the base")
+        return None
+    erased = {v for e in state.history if e.get("action") == "forget" for v in e.get("versions") or []}
+    v: str | None = version
+    while v:
+        if v in erased:
+            log(f"[yellow]{model}@{version} descends from {model}@{v}, which held forgotten data: training "
+                f"from the base[/]")
+            return None
+        v = state.versions[v].parent if v in state.versions else None
+    return version
 
 
 def cycle_model(ws: Workspace, model: str, *, force: bool = False, max_steps: int | None = None,

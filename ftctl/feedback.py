@@ -6,13 +6,12 @@ collected snapshot. Rows are streamed; rejected rows are counted by reason, like
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from ftctl.records import Example, Reject
-
-THUMBS = {"thumbs_up": 1.0, "thumbs_down": -1.0}
 
 
 def scan(ws, model: str, since: str | None, visit: Callable[[Example], None], log=print) -> dict[str, Any]:
@@ -42,4 +41,11 @@ def score(ex: Example, signal: str) -> float | None:
         return ex.rating
     if ex.reward is not None:
         return ex.reward
-    return THUMBS.get(ex.feedback_type or "")
+    return _rewarder()(ex)[0]  # the reward hooks (the built-in table last): thumbs, edit, regenerate, ...
+
+
+@functools.cache
+def _rewarder():
+    from ftctl import plugins
+
+    return plugins.rewarder()

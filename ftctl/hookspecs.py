@@ -39,6 +39,15 @@ def register_deployers(register):
     """Register deployer classes (``ftctl.api.Deployer``): files -> serving processes."""
 
 
+@hookspec(firstresult=True)
+def reward(example):
+    """A reward in -1..+1 for a feedback row (an ``ftctl.api.Example``: its ``feedback_type``,
+    ``rating``, ``correction``, ``meta``) that carries none, or None to leave it to the next
+    plugin. The first answer wins; ftctl's built-in table (thumbs, edit, regenerate, copy, ...)
+    answers last. Collect writes the reward into the row, where ``curate.min_reward``, canary
+    check and reward-weighted training read it. A hook that raises stops the collect."""
+
+
 @hookspec
 def register_commands(cli):
     """Add click commands to the ``ftctl`` group (``cli`` is the click group)."""

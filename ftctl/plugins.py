@@ -12,8 +12,11 @@ from dataclasses import dataclass
 import pluggy
 
 from ftctl import hookspecs
-from ftctl.errors import ConfigError
+from collections.abc import Callable
+
+from ftctl.errors import ConfigError, FtctlError
 from ftctl.kinds import KINDS, Context, Plugin
+from ftctl.records import Example
 
 GROUP = "ftctl"
 _HOOKS = {
@@ -99,6 +102,39 @@ def build(kind: str, name: str, raw_config: dict, ctx: Context, *, key: str) -> 
 def required_settings(kind: str, name: str) -> list[str]:
     """The settings a plugin cannot do without (its Config fields with no default)."""
     return [k for k, f in get(kind, name).Config.model_fields.items() if f.is_required()]
+
+
+def rewarder() -> Callable[[Example], tuple[float | None, str | None]]:
+    """``reward(example) -> (reward, plugin)`` through the ``reward`` hooks in pluggy's order,
+    called one by one so an error or a value out of -1..+1 names the plugin that gave it."""
+    pm = manager()
+    # in the order pluggy calls them: get_hookimpls lists the last-called first
+    impls = [(impl.function, _who(pm, impl)) for impl in reversed(pm.hook.reward.get_hookimpls())]
+
+    def reward(ex: Example) -> tuple[float | None, str | None]:
+        for func, who in impls:
+            try:
+                value = func(example=ex)
+            except Exception as e:  # noqa: BLE001 - any plugin bug: stop, and say whose
+                raise FtctlError(f"the reward hook of plugin {who} failed on {ex.source} {ex.source_id or ex.key}: "
+                                 f"{type(e).__name__}: {e}", hint="fix or uninstall that plugin; nothing was "
+                                 "recorded") from e
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1 <= value <= 1:
+                raise FtctlError(f"the reward hook of plugin {who} returned {value!r} for {ex.source} "
+                                 f"{ex.source_id or ex.key}: a reward is a number in -1..+1",
+                                 hint="fix or uninstall that plugin; nothing was recorded")
+            return float(value), who
+        return None, None
+
+    return reward
+
+
+def _who(pm: pluggy.PluginManager, impl) -> str:
+    """A hook's plugin as people know it: its name, and the distribution it came from."""
+    dist = _distribution_of(pm, impl.plugin)
+    return impl.plugin_name if dist == "?" else f"{impl.plugin_name} ({dist})"
 
 
 def register_commands(cli) -> None:

@@ -25,7 +25,7 @@ from ftctl import plugins
 from ftctl.lib.atomic import read_json, write_text
 from ftctl.lib.basemodel import ResolvedBase
 from ftctl.lib.digest import file_sha256
-from ftctl.errors import ConfigError, FtctlError, UsageError
+from ftctl.errors import ConfigError, FtctlError, NothingToDo, UsageError
 from ftctl.kinds import TrainRequest, TrainResult
 from ftctl.registry import card
 from ftctl.registry.lockfile import VersionEntry
@@ -42,8 +42,12 @@ def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, 
           major: bool = False, max_steps: int | None = None, epochs: float | None = None,
           dry_run: bool = False, preview: bool = False, nproc: int | None = None,
           accelerate_config: Path | None = None, qlora: bool | None = None, log=print,
-          show_progress: bool = False, refresh: Callable[[Workspace, str], Any] | None = None) -> dict:
+          show_progress: bool = False, refresh: Callable[[Workspace, str], Any] | None = None,
+          new_only: bool = False) -> dict:
     """Train a new version of ``model`` on its snapshot (or finish the newest unfinished run).
+
+    ``new_only`` (with ``from_``): continue the parent on the rows its lineage has not seen, those
+    collected after its training snapshot (the snapshot's first-seen ledger, registry/seen.py).
 
     ``refresh(ws, model)`` runs before a new run reads the snapshot: `ftctl train` collects there
     when curate.collect_before_train is set (ftctl.verbs); this stage imports no other stage."""
@@ -53,8 +57,8 @@ def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, 
                  if v is not None}
     if resume:
         run_dir, spec = unfinished_run(ws, name)
-        if from_ or major:
-            raise UsageError("--resume finishes a run as it was started", hint="drop --from/--major")
+        if from_ or major or new_only:
+            raise UsageError("--resume finishes a run as it was started", hint="drop --from/--major/--new-only")
         raw = {**spec["config"], **overrides}
     else:
         # an option (--epochs) wins over the file's setting, under whichever name the file has it
@@ -82,6 +86,15 @@ def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, 
             raise UsageError(f"no training data for model {name!r} ({ws.rel(paths['train'])} is missing)",
                              hint="run `ftctl collect` first")
         parent = _parent(ws, lock, name, from_)
+        if new_only and not parent:
+            raise UsageError("--new-only continues a version on the rows it has not seen: it needs --from VERSION",
+                             hint="e.g. --from stable --new-only; from the base, every row is new")
+    run_dir = None if spec or dry_run or preview else ws.run_dir(name, datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    fresh = None
+    if new_only:
+        fresh = _new_rows(ws, name, lock, parent, paths["train"], run_dir)
+        if run_dir:
+            paths["train"] = fresh["path"]
     init_adapter = ws.adapter_dir(name, parent) if parent else None
     if init_adapter and not (init_adapter / "adapter_config.json").is_file():
         raise UsageError(f"the adapter of {name}@{parent} is not in the work tree",
@@ -91,6 +104,9 @@ def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, 
             "trainer": trainer_name, "params": trainer.config.model_dump(),
             "data": {k: ws.rel(p) if p else None for k, v in paths.items() for p in [v]},
             "rows": {k: _count_lines(p) for k, p in paths.items() if p}, "resume": bool(spec)}
+    if fresh:
+        plan["rows"]["train"] = fresh["rows"]
+        plan["new_only"] = {"since": fresh["since"], "rows": fresh["rows"]}
 
     trainer.preflight()  # e.g. QLoRA without CUDA: fail before any model loads
     base = ws.resolve_base(name, log=log)
@@ -106,9 +122,9 @@ def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, 
         plan["plan"] = p.to_dict() if p else None
         return {**plan, **_preview(trainer, base, paths["train"])} if preview else plan
 
-    run_dir = run_dir if spec else ws.run_dir(name, datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = spec or {"model": name, "trainer": trainer_name, "config": raw, "parent": parent,
+                    "new_only": plan.get("new_only"),
                     "data": {k: str(v) if v else None for k, v in paths.items()},
                     "data_sha256": file_sha256(paths["train"]), "base_sha256": base.sha256, "created": now()}
     _write_run(run_dir, spec, status="running")
@@ -145,7 +161,8 @@ def _record(ws, name, version, parent, base, spec, run_dir, result: TrainResult,
             training={"trainer": trainer_name, "params": result.params, "seed": result.seed,
                       "libraries": result.libraries, "from": parent, "steps": result.steps,
                       "tokens": result.tokens, "tokens_per_s": result.tokens_per_s,
-                      "seconds": result.seconds, "peak_rss_mb": result.peak_rss_mb, "run": run_dir.name},
+                      "seconds": result.seconds, "peak_rss_mb": result.peak_rss_mb, "run": run_dir.name,
+                      **({"new_only": spec["new_only"]} if spec.get("new_only") else {})},
             adapter={"path": ws.rel(dest), "md5": dvc_md5(dest)},
             metrics={k: v for k, v in result.metrics.items() if v is not None},
         )
@@ -201,6 +218,33 @@ def _parent(ws, lock, name: str, from_: str | None) -> str | None:
         raise UsageError(f"--from {from_} is a version of another model", hint=f"use a version of {name}")
     version = resolve(lock, name, ref)
     return None if version == "base" else version
+
+
+def _new_rows(ws, name: str, lock, parent: str, train: Path, run_dir: Path | None) -> dict[str, Any]:
+    """The train rows first collected after ``parent``'s training snapshot, written into the run
+    directory (a resumed run reads the same file); ``run_dir`` None (a dry run) only counts them."""
+    from ftctl.registry import seen
+
+    since = seen.snapshot_time(lock.state(name).versions[parent])
+    ledger = seen.read(ws.snapshot_paths(name)["seen"])
+    rows = seen.new_rows(train, ledger, since)
+    if run_dir is None:
+        n = sum(1 for _ in rows)
+        path = None
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / "train.new.jsonl"
+        n = 0
+        with open(path, "w", encoding="utf-8") as f:
+            for line in rows:
+                f.write(line)
+                n += 1
+    if not n:
+        if run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise NothingToDo(f"no training row of {name} is newer than {name}@{parent}'s snapshot ({since})",
+                          hint="collect new feedback first, or train from the base")
+    return {"since": since, "rows": n, "path": path}
 
 
 def _count_lines(path: Path) -> int | None:

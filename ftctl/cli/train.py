@@ -13,6 +13,8 @@ from ftctl.cli.main import pass_app
 @click.option("--model", help="The model to train (default: default_model in ftctl.yaml).")
 @click.option("--trainer", help="The trainer plugin (default: train.trainer), e.g. dpo or kto on preference data.")
 @click.option("--from", "from_", metavar="VERSION", help="Continue this version's adapter on the current data.")
+@click.option("--new-only", is_flag=True,
+              help="With --from: train only on rows collected after that version's snapshot (incremental).")
 @click.option("--resume", is_flag=True, help="Finish the newest unfinished run from its last checkpoint.")
 @click.option("--major", is_flag=True, help="Start a new major version (v2.0 after v1.x).")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many optimizer steps.")
@@ -24,7 +26,7 @@ from ftctl.cli.main import pass_app
 @click.option("--dry-run", is_flag=True, help="Show what would be trained on what; train nothing.")
 @click.option("--preview", is_flag=True, help="Show a rendered example (trained spans in [[ ]]) and lengths.")
 @pass_app
-def train(app, model, trainer, from_, resume, major, max_steps, epochs, qlora, nproc, accelerate_config, dry_run, preview):
+def train(app, model, trainer, from_, new_only, resume, major, max_steps, epochs, qlora, nproc, accelerate_config, dry_run, preview):
     """Fine-tune a LoRA/QLoRA adapter on the latest dataset snapshot into a new version."""
     from ftctl.verbs import train as do_train
 
@@ -32,7 +34,7 @@ def train(app, model, trainer, from_, resume, major, max_steps, epochs, qlora, n
         app.overrides = (*app.overrides, f"train.trainer={trainer}")
 
     def run(ws):
-        return do_train(ws, model, from_=from_, resume=resume, major=major, max_steps=max_steps, epochs=epochs,
+        return do_train(ws, model, from_=from_, new_only=new_only, resume=resume, major=major, max_steps=max_steps, epochs=epochs,
                         dry_run=dry_run, preview=preview, nproc=nproc, accelerate_config=accelerate_config,
                         qlora=qlora or None, log=app.say, show_progress=not app.json and app.console.is_terminal)
 
@@ -44,7 +46,8 @@ def _render(app, r: dict, dry_run: bool, preview: bool) -> None:
     if dry_run:
         app.say(f"would train {r['model']}@{r['version']} from {r['parent'] or 'base ' + r['base']} "
                 f"with {r['trainer']} on {r['data']['train']} ({r['rows'].get('train')} rows"
-                f"{', val ' + str(r['rows'].get('val')) if r['rows'].get('val') else ''})")
+                + (f" new since {r['new_only']['since']}" if r.get("new_only") else "")
+                + f"{', val ' + str(r['rows'].get('val')) if r['rows'].get('val') else ''})")
         app.say("params: " + ", ".join(f"{k}={v}" for k, v in r["params"].items() if v is not None))
         _render_plan(app, r.get("plan"))
         return

@@ -28,6 +28,7 @@ from typing import Any
 from ftctl import plugins
 
 from ftctl.data import curate
+from ftctl.registry import seen
 from ftctl.registry.served import Attribution, Resolver
 from ftctl.errors import FtctlError
 from ftctl.lib.chat_format import renders_tool_calls, uses_tools
@@ -109,7 +110,8 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
 
     forgotten = of_workspace(ws)  # refuses when the workspace secret does not match its tombstones
 
-    read, filtered, rejected, scrubbed = 0, Counter(), Counter(), Counter()
+    read, filtered, rejected, scrubbed, rewarded = 0, Counter(), Counter(), Counter(), Counter()
+    reward = plugins.rewarder()
     tools_ok: str | None = None  # "" once the base's template is known to render tool calls; else why not
     per_source: dict[str, dict] = {}
     spill = curate.Spill(work)
@@ -139,6 +141,11 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
                     if forgotten and forgotten.matches(item):  # `ftctl forget`: never collected again
                         filtered["forgotten"] += 1
                         continue
+                    if item.reward is None and src_name != CARRIED:  # the reward hooks: thumbs, edit, ...
+                        value, who = reward(item)
+                        if value is not None:
+                            item.reward = value
+                            rewarded[who] += 1
                     ex, original = curate.apply_correction(item)
                     reason, tokens = filters.reason(ex)
                     negative = reason in ("min_rating", "min_reward", "negative_feedback")
@@ -222,6 +229,7 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
         "unpaired": n_unpaired,  # disliked answers (in `filtered` under their filter, or corrected originals)
         "tokens": {"counted_with": counted_with, "histogram": curate.histogram(bins)},
         "ratings": dict(sorted(ratings.items())), "agents": dict(sorted(agents.items())),
+        "rewarded": dict(sorted(rewarded.items())),  # rows given a reward by a reward hook, per plugin
         "served": served.to_dict(),
         "sources": per_source,
         "window": {k: v.isoformat() if v else None for k, v in zip(("start", "end"), (filters.start, filters.end))},
@@ -232,6 +240,11 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
     if served.unmatched:  # kept and counted, but say so: a deploy alias or a source mapping is off
         log(f"[yellow]{sum(served.unmatched.values())} kept row(s) name a served model that matches no version "
             f"of {mc.name}: {', '.join(list(served.unmatched)[:5])}[/] (counted as `served.unmatched` in the card)")
+    # when each train row first entered a snapshot, carried from the current one (a rebuild too)
+    ledger = seen.write(out / FILES["train"], out / FILES["seen"], seen.read(ws.data_dir(mc.name) / FILES["seen"]),
+                        card["created"])
+    versions = ws.read_lock().state(mc.name).versions
+    card["first_seen"] = seen.first_seen(ledger, versions)  # train rows per version that saw them first
     total = kept + sum(filtered.values()) + sum(rejected.values())
     if total != read:  # a bug, never a data problem: refuse to record an unbalanced card
         raise FtctlError(f"internal accounting error: read {read} != kept+filtered+rejected {total}")

@@ -40,7 +40,8 @@ SPLITS = ("train", "val", "test")
 # a dataset snapshot (data/<model>/, written by collect): the splits, the preference pairs, every
 # disliked answer, the data card and the rejected rows
 SNAPSHOT_FILES = {**{s: f"{s}.jsonl" for s in SPLITS}, "preferences": "preferences.jsonl",
-                  "unpaired": "unpaired.jsonl", "card": "card.json", "rejects": "rejects.jsonl"}
+                  "unpaired": "unpaired.jsonl", "card": "card.json", "rejects": "rejects.jsonl",
+                  "seen": "seen.jsonl"}  # seen: when each train row first entered a snapshot (registry/seen.py)
 JOURNAL = "txn.json"
 # (workspace root, thread) -> how deep the run lock is held: nested core verbs (cycle -> train)
 # re-enter it instead of deadlocking on their own flock

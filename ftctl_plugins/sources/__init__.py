@@ -5,6 +5,7 @@ inside ``read``.
 """
 
 from ftctl.api import hookimpl
+from ftctl_plugins.sources.rewards import reward  # noqa: F401  the built-in reward table, a hook of this module
 
 
 @hookimpl

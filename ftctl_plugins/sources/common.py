@@ -14,8 +14,9 @@ from typing import Any
 
 from ftctl.api import ROLES, Example, RowError, parse_time  # noqa: F401  (RowError: for the sources)
 from ftctl_plugins.sources.formats import openai_messages, shape, tools_of  # noqa: F401  (shape: for the sources)
+from ftctl_plugins.sources.rewards import TABLE  # every type the built-in reward table knows is a feedback type
 
-FEEDBACK_TYPES = {"thumbs_up", "thumbs_down", "correction", "validation", "rating", "reward", "flag"}
+FEEDBACK_TYPES = {"thumbs_up", "thumbs_down", "correction", "validation", "rating", "reward", "flag", *TABLE}
 
 
 def number(value: Any, field: str, low: float, high: float) -> float | None:

@@ -163,3 +163,105 @@ def test_cycle_all_runs_every_model_and_records_each_outcome(cycle_ws, tmp_path)
 def test_cycle_all_and_model_exclude_each_other(workspace):
     proc = run_ftctl("cycle", "--all", "--model", "assistant", cwd=workspace.root)
     assert proc.returncode == 2 and "exclude each other" in proc.stderr
+
+
+def test_cycle_continues_latest_on_unseen_rows_and_the_card_says_who_saw_what_first(cycle_ws):
+    root = cycle_ws.root
+    first = run_ftctl("--set", "cycle.train_from=latest", "--json", "cycle", "--max-steps", "1", cwd=root)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "no such version" in first.stderr  # nothing to continue yet: from the base
+    card = json.loads((root / "data" / "assistant" / "card.json").read_text())
+    n1 = card["splits"]["train"]
+    assert card["first_seen"] == {"not yet trained": n1}
+
+    feedback(root / "feedback.jsonl", 40, 30)
+    second = run_ftctl("--set", "cycle.train_from=latest", "--json", "cycle", "--max-steps", "1", cwd=root)
+    assert second.returncode in (0, 5), second.stderr[-3000:]  # the gate's verdict on a random model is not the point
+    card = json.loads((root / "data" / "assistant" / "card.json").read_text())
+    n2 = card["splits"]["train"]
+    assert card["first_seen"] == {"v1.0": n1, "not yet trained": n2 - n1}
+    v11 = cycle_ws.read_lock().state("assistant").versions["v1.1"]
+    assert v11.parent == "v1.0" and v11.training["new_only"]["rows"] == n2 - n1
+    trained_on = (root / v11.dataset["train"]).read_text().splitlines()
+    assert len(trained_on) == n2 - n1 and all("What is 4" in l or "What is 5" in l or "What is 6" in l
+                                              for l in trained_on)  # rows 40..69 only
+
+    feedback(root / "feedback.jsonl", 70, 5)
+    assert run_ftctl("collect", cwd=root).returncode == 0
+    card = json.loads((root / "data" / "assistant" / "card.json").read_text())
+    assert card["first_seen"]["v1.0"] == n1 and card["first_seen"]["v1.1"] == n2 - n1
+    assert sum(card["first_seen"].values()) == card["splits"]["train"]
+
+    dry = run_ftctl("--json", "train", "--from", "v1.1", "--new-only", "--dry-run", cwd=root)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert json.loads(dry.stdout)["rows"]["train"] == card["first_seen"]["not yet trained"]
+    bad = run_ftctl("train", "--new-only", cwd=root)
+    assert bad.returncode == 2 and "needs --from" in bad.stderr
+
+
+def test_train_from_falls_back_to_base_when_nothing_or_a_forgotten_lineage(workspace):
+    from ftctl.cycle import parent_version
+    from ftctl.registry import lockfile
+    from ftctl.registry.lockfile import Deployment, ModelState, VersionEntry
+
+    said = []
+    assert parent_version(workspace, "assistant", "stable", said.append) is None and "no such version" in said[0]
+    lock = workspace.read_lock()
+    t = "2026-01-01T00:00:00+00:00"
+    lock.models["assistant"] = ModelState(
+        versions={"v1.0": VersionEntry(version="v1.0", created=t), "v1.1": VersionEntry(version="v1.1", created=t,
+                                                                                        parent="v1.0"),
+                  "v1.2": VersionEntry(version="v1.2", created=t)},
+        deployment=Deployment(stable="v1.1"))
+    lockfile.write(workspace.lock_path, lock)
+    assert parent_version(workspace, "assistant", "base") is None
+    assert parent_version(workspace, "assistant", "stable") == "v1.1"
+    assert parent_version(workspace, "assistant", "latest") == "v1.2"
+    lock.models["assistant"].history.append({"time": t, "action": "forget", "versions": ["v1.0"]})
+    lockfile.write(workspace.lock_path, lock)
+    said.clear()
+    assert parent_version(workspace, "assistant", "stable", said.append) is None  # v1.1 continued v1.0
+    assert "held forgotten data" in said[0]
+    assert parent_version(workspace, "assistant", "latest") == "v1.2"  # trained from the base: clean
+
+
+def _rows(path, rows):
+    from datetime import datetime, timezone
+
+    with open(path, "a") as f:
+        for i, (prompt, response, extra) in enumerate(rows):
+            f.write(json.dumps({"conversation_id": f"{prompt[:12]}-{i}", "prompt": prompt, "response": response,
+                                "created_at": datetime.now(timezone.utc).isoformat(), **extra}) + "\n")
+
+
+def test_triggers_fire_on_negatives_and_drift_and_report_their_evidence(cycle_ws):
+    root = cycle_ws.root
+    (root / "feedback.jsonl").write_text("")
+    _rows(root / "feedback.jsonl", [(f"Tell me a fact about the ocean, fact number {i}", f"Fact {i}: it is wet.",
+                                     {"rating": 5}) for i in range(40)])
+    assert run_ftctl("cycle", "--max-steps", "1", cwd=root).returncode == 0
+
+    quiet = run_ftctl("--json", "cycle", "--max-steps", "1", cwd=root)
+    assert quiet.returncode == 3, quiet.stderr[-3000:]
+    fired = json.loads(quiet.stdout)["result"]["triggers"]
+    assert set(fired) == {"new_rows", "negatives", "drift", "rating_drop"} and not any(t["fired"] for t in fired.values())
+    assert "no trigger fired" in quiet.stderr and "0 negative row(s)" in quiet.stderr
+    assert "content drift not measured" in quiet.stderr and "no rating test: nothing stable" in quiet.stderr
+
+    # five angry users asking about something else entirely: too few rows to train on, but
+    # negative feedback (at 3) and the content drift both ask for a new version
+    _rows(root / "feedback.jsonl", [(f"Translate {w} into French and German, quickly please", "No.",
+                                     {"feedback_type": "thumbs_down"} if i % 2 else {"rating": 1})
+                                    for i, w in enumerate(["banana", "tree", "house", "river", "cloud"])])
+    loud = run_ftctl("--set", "cycle.triggers.negatives=3", "--json", "cycle", "--max-steps", "1", cwd=root)
+    assert loud.returncode in (0, 5), loud.stderr[-3000:]
+    out = json.loads(loud.stdout)
+    fired = (out.get("result") or out)["triggers"]
+    assert fired["negatives"]["fired"] and fired["negatives"]["value"] == 5
+    assert fired["drift"]["fired"] and fired["drift"]["value"] > 0.25
+    assert not fired["new_rows"]["fired"]
+    assert "trigger negatives: fired: 5 negative row(s)" in loud.stderr
+    assert set(cycle_ws.read_lock().state("assistant").versions) == {"v1.0", "v1.1"}
+
+    bad = run_ftctl("--set", "cycle.triggers.moon_phase=full", "cycle", cwd=root)
+    assert bad.returncode == 2 and "unknown trigger signal 'moon_phase'" in bad.stderr

@@ -1,0 +1,89 @@
+"""Which training rows each version saw first: the snapshot's first-seen ledger.
+
+``seen.jsonl`` in a snapshot holds, for every row of its train split, the moment that row
+first entered a snapshot of the model (``{"id", "first"}``; ``id`` hashes the row's messages,
+what training sees). Collect carries the previous ledger forward, so a row keeps its first
+moment across collects, rebuilds (``--since all``) and re-curation.
+
+That one time per row answers both questions the loop asks:
+
+- which version saw a row first: the earliest version whose training snapshot was created at or
+  after the row's moment (every version trains on all its snapshot's rows its lineage has not
+  seen, so the lineage of a version has seen exactly the rows collected up to its snapshot);
+- which rows a version continued from ``parent`` must still learn: those first collected after
+  the parent's snapshot (``train --from P --new-only``; ``cycle.train_from: stable|latest``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ftctl.lib.times import parse_time
+
+NOT_YET = "not yet trained"
+
+
+def row_id(row: dict[str, Any]) -> str:
+    """A row's identity: its messages (with a correction, the target training actually sees)."""
+    text = json.dumps([row.get("messages"), row.get("correction")], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+def read(path: Path) -> dict[str, str]:
+    """id -> first moment (ISO); empty when the snapshot has no ledger (made before it existed)."""
+    out: dict[str, str] = {}
+    if path.is_file():
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    e = json.loads(line)
+                    out[e["id"]] = e["first"]
+    return out
+
+
+def write(train: Path, ledger: Path, previous: dict[str, str], created: str) -> dict[str, str]:
+    """The ledger of ``train`` (a split file): known rows keep their moment, new ones get ``created``."""
+    out: dict[str, str] = {}
+    with open(train, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                i = row_id(json.loads(line))
+                out[i] = previous.get(i, created)
+    with open(ledger, "w", encoding="utf-8") as f:
+        for i, first in out.items():
+            f.write(json.dumps({"id": i, "first": first}) + "\n")
+    return out
+
+
+def first_seen(ledger: dict[str, str], versions: dict[str, Any]) -> dict[str, int]:
+    """Rows per version that saw them first (``versions``: models.lock entries), plus NOT_YET."""
+    order = sorted((parse_time(snapshot_time(e)), v) for v, e in versions.items() if snapshot_time(e))
+    counts: dict[str, int] = {}
+    for first in ledger.values():
+        t = parse_time(first)
+        v = next((v for at, v in order if at >= t), NOT_YET)
+        counts[v] = counts.get(v, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (kv[0] == NOT_YET, kv[0])))
+
+
+def new_rows(train: Path, ledger: dict[str, str], since: str) -> Iterator[str]:
+    """The lines of ``train`` first collected after ``since`` (a parent's snapshot time). A row
+    the ledger does not know (a snapshot from before ledgers) counts as new: better trained twice
+    than never."""
+    cut = parse_time(since)
+    with open(train, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                first = ledger.get(row_id(json.loads(line)))
+                if first is None or parse_time(first) > cut:
+                    yield line
+
+
+def snapshot_time(entry: Any) -> str | None:
+    """When the training snapshot of a version (a models.lock entry) was collected."""
+    dataset = getattr(entry, "dataset", None) or {}
+    return dataset.get("created") or getattr(entry, "created", None)
