@@ -207,10 +207,12 @@ def parent_version(ws: Workspace, model: str, train_from: str, log: Log = print)
     if not version or version not in state.versions:
         log(f"cycle.train_from {train_from}: no such version of {model} yet; training from the base")
         return None
+    from ftctl.registry.lockfile import forgotten_marks
+
     erased = {v for e in state.history if e.get("action") == "forget" for v in e.get("versions") or []}
     v: str | None = version
     while v:
-        if v in erased:
+        if v in erased or forgotten_marks(state.versions.get(v)):
             log(f"[yellow]{model}@{version} descends from {model}@{v}, which held forgotten data: training "
                 f"from the base[/]")
             return None
