@@ -133,9 +133,11 @@ def _body(ws, model: str, version: str, e: VersionEntry, base: dict) -> list[str
                   f"rejected: {_counts(card.get('rejected'))}; scrubbed: {_counts(card.get('scrubbed'))}"]
     if rows:
         lines += [f"- splits: {_counts(rows)}"]
-    ex = d.get("examples") or {}
-    if ex:
+    ex = d.get("examples")
+    if isinstance(ex, dict):
         lines += [f"- trained on {ex.get('used')} conversations (skipped: {_counts(ex.get('skipped'))})"]
+    elif ex is not None:  # a third-party trainer's own record (TrainResult.data is free-form)
+        lines += [f"- trained on {ex} examples"]
     lines += [f"- snapshot: `{d.get('train')}` (sha256 {str(d.get('train_sha256'))[:12]})", "",
               "## Training", ""]
     params = t.get("params") or {}
