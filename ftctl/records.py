@@ -14,6 +14,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+# orjson writes a dataclass in C, ten times faster than json.dumps of a dict; datetimes pass
+# through to isoformat (orjson's own format rounds an offset with seconds, e.g. LMT +00:19:32)
+_ORJSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
+
+
+def _isoformat(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -57,13 +69,28 @@ class Example:
         d["created_at"] = self.created_at.isoformat() if self.created_at else None
         return d
 
+    def to_json(self) -> bytes:
+        """One JSONL line's worth (no newline): ``to_dict`` as compact UTF-8 JSON."""
+        try:
+            return orjson.dumps(self, default=_isoformat, option=_ORJSON)
+        except TypeError:  # what orjson refuses (an int beyond 64 bits in meta): the standard library's way
+            return json.dumps(self.to_dict(), ensure_ascii=False).encode("utf-8")
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Example:
-        d = dict(d)
-        if d.get("created_at"):
-            d["created_at"] = datetime.fromisoformat(d["created_at"])
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        try:
+            ex = cls(**d)  # a line this class wrote: every key known
+        except TypeError:  # keys from elsewhere (or a newer version): the known ones
+            known = cls.__dataclass_fields__
+            ex = cls(**{k: v for k, v in d.items() if k in known})
+        ex.created_at = datetime.fromisoformat(ex.created_at) if ex.created_at else None
+        if ex.meta is None:
+            ex.meta = {}
+        return ex
+
+    @classmethod
+    def from_json(cls, line: bytes | str) -> Example:
+        return cls.from_dict(orjson.loads(line))
 
 
 @dataclass
@@ -91,16 +118,16 @@ class RowError(ValueError):
 def write_jsonl(path: Path, examples: Iterable[Example]) -> int:
     """Write examples one per line; returns the count. Callers write to a temp path + rename."""
     n = 0
-    with open(path, "w", encoding="utf-8") as f:
+    with open(path, "wb") as f:
         for ex in examples:
-            f.write(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n")
+            f.write(ex.to_json() + b"\n")
             n += 1
     return n
 
 
 def read_jsonl(path: Path) -> Iterator[Example]:
     """Stream examples from a snapshot file (one Example dict per line)."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for line in f:
             if line.strip():
-                yield Example.from_dict(json.loads(line))
+                yield Example.from_json(line)

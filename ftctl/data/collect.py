@@ -25,6 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ftctl import plugins
 
 from ftctl.data import curate
@@ -114,9 +116,10 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
     reward = plugins.rewarder()
     tools_ok: str | None = None  # "" once the base's template is known to render tool calls; else why not
     per_source: dict[str, dict] = {}
-    spill = curate.Spill(work)
-    prefs = open(out / FILES["preferences"], "w", encoding="utf-8")
-    unpaired = open(out / FILES["unpaired"], "w", encoding="utf-8")
+    split_of = curate.Splitter(cfg.split.salt, cfg.split.val, cfg.split.test)
+    spill = curate.Spill(work, split_of, cfg.dedup)
+    prefs = open(out / FILES["preferences"], "wb")
+    unpaired = open(out / FILES["unpaired"], "wb")
     try:
         n_prefs = _carry(carry, "preferences", prefs, forgotten, log)
         n_unpaired = _carry(carry, "unpaired", unpaired, forgotten, log)
@@ -148,8 +151,7 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
                             rewarded[who] += 1
                     ex, original = curate.apply_correction(item)
                     reason, tokens = filters.reason(ex)
-                    negative = reason in ("min_rating", "min_reward", "negative_feedback")
-                    if reason and not (negative and cfg.keep_negative):
+                    if reason and not (cfg.keep_negative and reason in curate.NEGATIVE):
                         filtered[reason] += 1
                         continue
                     if scrubber and (src_name != CARRIED or rescrub_carried):
@@ -165,56 +167,45 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
                             rejects.write(json.dumps(Reject(src_name, ex.source_id or ex.key, "scrub_error",
                                                             type(e).__name__).to_dict()) + "\n")
                             continue
-                    spill.add(ex, dedup=cfg.dedup, neg=reason, tokens=tokens)
+                    split = spill.add(ex, neg=reason, tokens=tokens)
                     if original and original != ex.response:
-                        split = curate.split_of(ex.key, cfg.split.salt, cfg.split.val, cfg.split.test)
-                        prefs.write(json.dumps(curate.preference(
-                            curate.prompt_messages(ex), ex.response, original, ex.key, split, "correction"),
-                            ensure_ascii=False) + "\n")
+                        prompt = curate.prompt_messages(ex)
+                        prefs.write(orjson.dumps(curate.preference(
+                            prompt, ex.response, original, ex.key, split, "correction")) + b"\n")
                         n_prefs += 1
                         # the corrected original is a disliked answer too (no row of its own in the spill)
-                        unpaired.write(json.dumps(curate.unpaired(
-                            curate.prompt_messages(ex), original, ex.key, split, "correction"),
-                            ensure_ascii=False) + "\n")
+                        unpaired.write(orjson.dumps(curate.unpaired(
+                            prompt, original, ex.key, split, "correction")) + b"\n")
                         n_unpaired += 1
                 wm = plugin.watermark() if plugin else None
                 per_source[src_name] = {"read": n_read, "watermark": wm or mark}
                 read += n_read
                 log(f"{src_name}: {n_read} rows read")
-        spill.resolve(cfg.conflict)
-        kept, splits, bins = 0, Counter(), [0] * len(curate.TOKEN_BINS)
-        ratings, agents = Counter(), Counter()
-        state = ws.read_lock().models.get(mc.name)
-        resolve, served = Resolver(mc.name, state.versions if state else ()), Attribution()
+        spill.resolve(cfg.conflict, cfg.limit)
+        filtered.update(spill.filtered())
         writers = {s: open(out / FILES[s], "wb") for s in SPLITS}
-        try:
-            for ex, status, tokens, line in spill.results():
-                if status == "kept" and cfg.limit is not None and kept >= cfg.limit:
-                    status = "limit"
-                if status != "kept":
-                    filtered[status] += 1
-                    continue
-                split = curate.split_of(ex.key, cfg.split.salt, cfg.split.val, cfg.split.test)
-                writers[split].write(line)
-                kept += 1
-                splits[split] += 1
-                bins[curate.bin_of(tokens)] += 1
-                ratings["unrated" if ex.rating is None else f"{ex.rating:g}"] += 1
-                agents[ex.agent or "none"] += 1
-                served.add(ex.served_model, resolve(ex.served_model))
+        try:  # every disliked answer once, paired or not: KTO reads these, not the pairs
+            kept, n = spill.write(writers, unpaired)
+            n_unpaired += n
         finally:
             for w in writers.values():
                 w.close()
+        figures = spill.kept()
+        splits, bins = figures["split"], [0] * len(curate.TOKEN_BINS)
+        for tokens, n in figures["tokens"].items():
+            bins[tokens] += n
+        ratings = Counter({"unrated" if r is None else f"{r:g}": n for r, n in figures["rating"].items()})
+        agents = Counter()
+        for agent, n in figures["agent"].items():
+            agents[agent or "none"] += n
+        state = ws.read_lock().models.get(mc.name)
+        resolve, served = Resolver(mc.name, state.versions if state else ()), Attribution()
+        for served_model, n in figures["served"].items():
+            served.add(served_model, resolve(served_model), n)
         for good, bad in spill.negatives_for_kept():
-            split = curate.split_of(good.key, cfg.split.salt, cfg.split.val, cfg.split.test)
-            prefs.write(json.dumps(curate.preference(curate.prompt_messages(good), good.response, bad.response,
-                                                     good.key, split, "rating"), ensure_ascii=False) + "\n")
+            prefs.write(orjson.dumps(curate.preference(curate.prompt_messages(good), good.response, bad, good.key,
+                                                       split_of(good.key), "rating")) + b"\n")
             n_prefs += 1
-        for bad, why in spill.negatives():  # every disliked answer once: KTO reads these, not the pairs
-            split = curate.split_of(bad.key, cfg.split.salt, cfg.split.val, cfg.split.test)
-            unpaired.write(json.dumps(curate.unpaired(curate.prompt_messages(bad), bad.response, bad.key, split, why),
-                                      ensure_ascii=False) + "\n")
-            n_unpaired += 1
     finally:
         spill.close()
         prefs.close()
@@ -299,7 +290,7 @@ def _carry(carry: Path | None, name: str, out, forgotten, log) -> int:
             f"(rebuild with `ftctl collect --since all`)")
         return 0
     n, dropped = 0, 0
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

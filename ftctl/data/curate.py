@@ -23,10 +23,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sqlite3
+import struct
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import BinaryIO
+
+import orjson
 
 from ftctl.config import CurateConfig
 from ftctl.errors import ConfigError
@@ -42,15 +46,24 @@ def normalize(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-def digest(text: str) -> int:
-    """A 63-bit stable hash (fits SQLite's INTEGER)."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big") >> 1
+class Splitter:
+    """train/val/test from a stable hash of the conversation: never moves between snapshots."""
+
+    def __init__(self, salt: str, val: float, test: float):
+        self.salt, self.val, self.test = f"{salt}\x00".encode(), val, test
+        self.last: tuple[str | None, str] = (None, "")  # a conversation's rows arrive together
+
+    def __call__(self, key: str) -> str:
+        if key == self.last[0]:
+            return self.last[1]
+        u = int.from_bytes(hashlib.sha256(self.salt + key.encode()).digest()[:8], "big") / 2**64
+        split = "test" if u < self.test else "val" if u < self.test + self.val else "train"
+        self.last = (key, split)
+        return split
 
 
 def split_of(key: str, salt: str, val: float, test: float) -> str:
-    """train/val/test from a stable hash of the conversation: never moves between snapshots."""
-    u = int.from_bytes(hashlib.sha256(f"{salt}\x00{key}".encode()).digest()[:8], "big") / 2**64
-    return "test" if u < test else "val" if u < test + val else "train"
+    return Splitter(salt, val, test)(key)
 
 
 def prompt_messages(ex: Example) -> list[dict[str, str]]:
@@ -66,11 +79,6 @@ def _joined(messages: list[dict[str, str]]) -> str:
 
 def prompt_key(ex: Example) -> str:
     return normalize(_joined(prompt_messages(ex)))
-
-
-def dedup_key(ex: Example, mode: str) -> str:
-    text = _joined(ex.messages)
-    return normalize(text) if mode == "normalized" else text
 
 
 def apply_correction(ex: Example) -> tuple[Example, str | None]:
@@ -116,8 +124,12 @@ def _scrub_value(value, scrub: Callable[[str], str]):
     return value
 
 
+NEGATIVE = frozenset(("min_rating", "min_reward", "negative_feedback"))  # the filters that find a dislike
+
+
 def negative_reason(ex: Example, cfg: CurateConfig) -> str | None:
-    """Why this answer must not be trained on (it may still serve as a rejected answer)."""
+    """Why this answer must not be trained on (it may still serve as a rejected answer).
+    (Filters.reason has the same rules inlined.)"""
     if ex.meta.get("corrected"):
         return None
     if ex.feedback_type == "thumbs_down":
@@ -171,6 +183,9 @@ class Filters:
         self.cfg, self.count, self.golden = cfg, count_tokens, golden
         self.start, self.end = window(cfg, now)
         self.agents = set(cfg.agent_types) if cfg.agent_types else None
+        # read once: reason() runs for every row, and a pydantic attribute costs a lookup each time
+        self.min_rating, self.min_reward = cfg.min_rating, cfg.min_reward
+        self.min_tokens, self.max_tokens = cfg.min_tokens, cfg.max_tokens
 
     def reason(self, ex: Example) -> tuple[str | None, int]:
         """(filter name or None, token count); negatives are recognised by :func:`negative_reason`."""
@@ -182,13 +197,17 @@ class Filters:
             return "agent_type", 0
         if self.golden and (ex.key in self.golden or prompt_key(ex) in self.golden):
             return "golden", 0
-        neg = negative_reason(ex, self.cfg)
-        if neg:
-            return neg, 0
+        if not (ex.meta and ex.meta.get("corrected")):  # negative_reason, inlined: this runs for every row
+            if ex.feedback_type == "thumbs_down":
+                return "negative_feedback", 0
+            if self.min_rating is not None and ex.rating is not None and ex.rating < self.min_rating:
+                return "min_rating", 0
+            if self.min_reward is not None and ex.reward is not None and ex.reward < self.min_reward:
+                return "min_reward", 0
         n = self.count(example_text(ex))
-        if self.cfg.min_tokens is not None and n < self.cfg.min_tokens:
+        if self.min_tokens is not None and n < self.min_tokens:
             return "min_tokens", n
-        if self.cfg.max_tokens is not None and n > self.cfg.max_tokens:
+        if self.max_tokens is not None and n > self.max_tokens:
             return "max_tokens", n
         return None, n
 
@@ -235,103 +254,236 @@ def bin_of(n: int) -> int:
     return i
 
 
-# --- the spill: dedup and conflicts over any number of rows in constant memory --------------
+# --- the spill: dedup and conflicts over any number of rows ------------------------------
+
+# One fixed-width record per spilled row; numpy reads the file back as one structured array
+_RECORD = [("offset", "<i8"), ("dup", "<i8"), ("prompt", "<i8"), ("resp", "<i8"), ("rating", "<f8"),
+           ("ts", "<f8"), ("tokens", "<i4"), ("agent", "<i4"), ("served", "<i4"), ("neg", "<i2"), ("split", "<i1")]
+_PACK = struct.Struct("<qqqqddiiihb")
+SPLIT_NAMES = ("train", "val", "test")
+# row statuses in the resolved array: kept, then the reasons a candidate is dropped
+KEPT, DUPLICATE, CONFLICT, LIMIT = 0, 1, 2, 3
+_STATUS = ("kept", "duplicate", "conflict", "limit")
 
 
 class Spill:
-    """Candidates go to a JSONL file, their keys to a scratch SQLite table; SQL then decides
-    duplicates and conflicts, and :meth:`results` replays the file with each row's status.
+    """Candidates go to a JSONL file as they arrive, their keys to a file of fixed-width records;
+    :meth:`resolve` reads the keys back into numpy and decides duplicates, conflicts, the limit
+    and the disliked answers to keep with sorts over whole columns, and :meth:`write` copies each
+    line to its file in one sequential pass.
 
-    SQLite does the grouping on disk, so a million rows cost a file, not a million dicts.
+    The rows themselves stay on disk: a row's keys cost 55 bytes (55 MB at a million rows), and a
+    row is serialised once, in its final form: a candidate as its snapshot line, a disliked answer
+    as its ``unpaired.jsonl`` line. (SQLite did the grouping before: its inserts, index upkeep
+    and UPDATEs cost tens of microseconds a row; a sort of a numpy column costs a fraction of one.)
     """
 
-    def __init__(self, directory: Path):
-        self.path = directory / "candidates.jsonl"
-        self.file = open(self.path, "wb")
-        self.offset = 0
-        self.db = sqlite3.connect(directory / "spill.sqlite")
-        self.db.executescript("""
-            PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;
-            CREATE TABLE c (line INTEGER PRIMARY KEY, offset INTEGER, dup INTEGER, prompt INTEGER,
-                            resp INTEGER, rating REAL, ts TEXT, neg TEXT, tokens INTEGER, status TEXT);
-        """)
-        self.rows: list[tuple] = []
-        self.n = 0
+    def __init__(self, directory: Path, split: Callable[[str], str], dedup: str = "normalized"):
+        self.path, self.keys_path = directory / "candidates.jsonl", directory / "candidates.keys"
+        self.file, self.keys = open(self.path, "wb"), open(self.keys_path, "wb")
+        self.offset = self.n = 0
+        self.keybuf = bytearray()  # written a megabyte at a time
+        self.split, self.dedup = split, dedup
+        self.codes: dict[str, dict] = {"neg": {None: 0}, "agent": {None: -1}, "served": {None: -1}}
+        self.negs, self.agents, self.served = self.codes["neg"], self.codes["agent"], self.codes["served"]
+        self.r = self.status = None  # the keys and each row's status (numpy arrays), after resolve()
 
-    def add(self, ex: Example, *, dedup: str, neg: str | None, tokens: int) -> None:
-        line = (json.dumps(ex.to_dict(), ensure_ascii=False) + "\n").encode("utf-8")
-        self.file.write(line)
-        offset, self.offset = self.offset, self.offset + len(line)
-        self.rows.append((self.n, offset, digest(dedup_key(ex, dedup)) if dedup != "off" else self.n,
-                          digest(prompt_key(ex)), digest(normalize(ex.response)), ex.rating,
-                          ex.created_at.isoformat() if ex.created_at else None, neg, tokens))
-        self.n += 1
-        if len(self.rows) >= 10000:
-            self._flush()
+    def _code(self, kind: str, value) -> int:
+        codes = self.codes[kind]
+        code = codes.get(value)
+        if code is None:
+            code = codes[value] = len(codes) - (kind != "neg")
+        return code
 
-    def _flush(self) -> None:
-        self.db.executemany("INSERT INTO c VALUES (?,?,?,?,?,?,?,?,?,NULL)", self.rows)
-        self.rows.clear()
-
-    def resolve(self, conflict: str) -> None:
-        self._flush()
-        self.file.close()
-        db = self.db
-        db.executescript("""
-            UPDATE c SET status = neg WHERE neg IS NOT NULL;
-            CREATE INDEX c_dup ON c(dup) WHERE neg IS NULL;
-            UPDATE c SET status = 'duplicate' WHERE neg IS NULL AND line NOT IN
-                (SELECT MIN(line) FROM c WHERE neg IS NULL GROUP BY dup);
-            CREATE INDEX c_prompt ON c(prompt, status);
-        """)
-        order = {"best_rating": "rating IS NULL, rating DESC, ts IS NULL, ts DESC, line DESC",
-                 "latest": "ts IS NULL, ts DESC, line DESC", "drop": None}[conflict]
-        conflicted = ("SELECT prompt FROM c WHERE status IS NULL GROUP BY prompt "
-                      "HAVING COUNT(DISTINCT resp) > 1")
-        if order is None:
-            db.execute(f"UPDATE c SET status = 'conflict' WHERE status IS NULL AND prompt IN ({conflicted})")
+    def add(self, ex: Example, *, neg: str | None, tokens: int) -> str:
+        """Spill ``ex`` (``neg``: the filter that found it disliked); returns its split."""
+        msgs = ex.messages
+        last = msgs[-1] if msgs and msgs[-1]["role"] == "assistant" else None
+        prompt = _joined(msgs[:-1] if last else msgs)
+        answer = (last["content"] or "" if not last.get("tool_calls") else _answer(last)) if last else ex.response
+        norm_prompt, norm_answer = normalize(prompt), normalize(answer)
+        # Python's own str hash: the keys live for one process only, and a 64-bit hash collides
+        # about as rarely as a 64-bit digest (~1e-8 at a million rows) at a tenth of the cost
+        if self.dedup == "normalized":
+            dup = hash((norm_prompt, norm_answer if last else None))
+        elif self.dedup == "exact":
+            dup = hash((prompt, answer if last else None))
         else:
-            db.execute(f"""UPDATE c SET status = 'conflict' WHERE line IN (
-                SELECT line FROM (SELECT line, ROW_NUMBER() OVER (PARTITION BY prompt ORDER BY {order}) AS r
-                                  FROM c WHERE status IS NULL AND prompt IN ({conflicted})) WHERE r > 1)""")
-        db.execute("UPDATE c SET status = 'kept' WHERE status IS NULL")
-        db.commit()
+            dup = self.n
+        key = ex.key
+        split = self.split(key)
+        if neg:  # never a training target: what is kept of it is its unpaired.jsonl line
+            line = orjson.dumps(unpaired(msgs[:-1] if last else list(msgs), last["content"] if last else ex.response,
+                                         key, split, neg)) + b"\n"
+        else:
+            line = ex.to_json() + b"\n"
+        self.file.write(line)
+        t = ex.created_at
+        agent, served, negative = self.agents.get(ex.agent), self.served.get(ex.served_model), self.negs.get(neg)
+        self.keybuf += _PACK.pack(
+            self.offset, dup, hash(norm_prompt), hash(norm_answer), _NAN if ex.rating is None else ex.rating,
+            t.timestamp() if t else _NAN, tokens,
+            self._code("agent", ex.agent) if agent is None else agent,
+            self._code("served", ex.served_model) if served is None else served,
+            self._code("neg", neg) if negative is None else negative, _SPLIT[split])
+        if len(self.keybuf) > 1 << 20:
+            self.keys.write(self.keybuf)
+            self.keybuf.clear()
+        self.offset += len(line)
+        self.n += 1
+        return split
 
-    def results(self) -> Iterator[tuple[Example, str, int, bytes]]:
-        """Every candidate in input order: the example, its status ('kept' or a filter name),
-        its token count and its JSONL line (written as is: no second serialisation)."""
-        with open(self.path, "rb") as f:
-            for (status, tokens), line in zip(self.db.execute("SELECT status, tokens FROM c ORDER BY line"), f):
-                yield Example.from_dict(json.loads(line)), status, tokens, line
+    def resolve(self, conflict: str, limit: int | None = None) -> None:
+        """Every row's status: its negative filter, else duplicate (not the first of its dedup
+        key), conflict (not the winner among the different answers to one prompt), limit (past
+        the first ``limit`` kept rows), or kept; and which disliked answers go to unpaired.jsonl."""
+        import numpy as np
 
-    def negatives_for_kept(self) -> Iterator[tuple[Example, Example]]:
-        """(kept answer, negative answer) for one prompt: the preference pairs."""
-        q = """SELECT w.offset, MIN(n.offset) FROM c w JOIN c n ON n.prompt = w.prompt
-               WHERE w.status = 'kept' AND n.neg IS NOT NULL AND n.resp != w.resp
-               GROUP BY w.line, n.resp ORDER BY w.line"""
-        with open(self.path, "rb") as f:
-            for a, b in self.db.execute(q):
-                yield self._at(f, a), self._at(f, b)
+        self.keys.write(self.keybuf)
+        self.file.close()
+        self.keys.close()
+        r = self.r = np.fromfile(self.keys_path, dtype=np.dtype(_RECORD))
+        line = np.arange(len(r))
+        negs = len(self.codes["neg"]) - 1
+        status = self.status = np.where(r["neg"] > 0, r["neg"].astype(np.int16) + LIMIT, -1).astype(np.int16)
+        liked = np.flatnonzero(r["neg"] == 0)
+        _, first = np.unique(r["dup"][liked], return_index=True)  # the first occurrence (a stable sort)
+        status[liked] = DUPLICATE
+        status[liked[first]] = -1
+        # conflicts: among what is left, prompts with more than one distinct answer
+        left = np.flatnonzero(status == -1)
+        prompt, resp = r["prompt"][left], r["resp"][left]
+        by = np.lexsort((resp, prompt))
+        p, a = prompt[by], resp[by]
+        new_pair = np.ones(len(by), bool)
+        new_pair[1:] = (p[1:] != p[:-1]) | (a[1:] != a[:-1])
+        starts = np.flatnonzero(np.r_[True, p[1:] != p[:-1]] if len(p) else np.zeros(0, bool))
+        answers = np.add.reduceat(new_pair.astype(np.int64), starts) if len(starts) else np.zeros(0, int)
+        torn = np.isin(prompt, p[starts[answers > 1]])
+        if torn.any():
+            rows = left[torn]
+            status[rows] = CONFLICT
+            if conflict != "drop":  # the winner of each prompt: the first in the rule's order
+                rating, ts = r["rating"][rows], r["ts"][rows]
+                keys = [-line[rows], np.nan_to_num(-ts), np.isnan(ts)]
+                if conflict == "best_rating":
+                    keys += [np.nan_to_num(-rating), np.isnan(rating)]
+                order = np.lexsort((*keys, r["prompt"][rows]))
+                ps = r["prompt"][rows][order]
+                winners = rows[order[np.r_[True, ps[1:] != ps[:-1]]]]
+                status[winners] = -1
+        status[status == -1] = KEPT
+        # every disliked answer once (by the dedup key), paired or not; not one that is also a
+        # kept answer to its prompt (liked and disliked at once says nothing)
+        self.unpaired = np.zeros(len(r), bool)
+        if negs:
+            kept, bad = status == KEPT, np.flatnonzero(r["neg"] > 0)
+            both = _pair(r["prompt"], r["resp"])
+            bad = bad[~np.isin(both[bad], both[kept])]
+            _, first = np.unique(r["dup"][bad], return_index=True)
+            self.unpaired[bad[first]] = True
+        self.liked = status == KEPT  # before the limit: the limit caps the examples, not the pairs
+        if limit is not None:
+            kept = np.flatnonzero(status == KEPT)
+            status[kept[limit:]] = LIMIT
 
-    def negatives(self) -> Iterator[tuple[Example, str]]:
-        """(negative answer, its filter name): each once (by the dedup key), paired or not; not one
-        that is also a kept answer to its prompt (liked and disliked at once says nothing)."""
-        q = """SELECT MIN(n.offset), n.neg FROM c n WHERE n.neg IS NOT NULL AND NOT EXISTS
-                   (SELECT 1 FROM c w WHERE w.prompt = n.prompt AND w.status = 'kept' AND w.resp = n.resp)
-               GROUP BY n.dup ORDER BY MIN(n.line)"""
+    def filtered(self) -> Counter:
+        """Rows not kept, by status (the filter's name, 'duplicate', 'conflict', 'limit')."""
+        import numpy as np
+
+        names = {**dict(enumerate(_STATUS)), **{c + LIMIT: n for n, c in self.codes["neg"].items() if c}}
+        counts = np.bincount(self.status, minlength=len(names))
+        return Counter({names[i]: int(n) for i, n in enumerate(counts) if n and i != KEPT})
+
+    def kept(self) -> dict[str, Counter]:
+        """The kept rows' figures for the card: rows per split, token bin, rating, agent and
+        served model (None: no value)."""
+        import numpy as np
+
+        r = self.r[self.status == KEPT]
+        names = {k: {c: v for v, c in codes.items()} for k, codes in self.codes.items()}
+        out = {"split": Counter(), "tokens": Counter(), "rating": Counter(), "agent": Counter(), "served": Counter()}
+        for column, counter, name in (("split", "split", SPLIT_NAMES.__getitem__),
+                                      ("tokens", "tokens", bin_of), ("rating", "rating", None),
+                                      ("agent", "agent", names["agent"].get), ("served", "served", names["served"].get)):
+            values, counts = np.unique(r[column], return_counts=True, equal_nan=False)
+            for v, n in zip(values.tolist(), counts.tolist()):
+                key = (None if v != v else v) if name is None else name(v)
+                out[counter][key] += n
+        return out
+
+    def write(self, splits: dict[str, BinaryIO], unpaired: BinaryIO) -> tuple[int, int]:
+        """Each kept row to its split's file and each disliked answer to keep to ``unpaired``, in
+        input order, as the lines were spilled (no second serialisation); returns the counts."""
+        import numpy as np
+
+        # one byte a row: 0 skip, 1..3 a split, 4 unpaired.jsonl
+        to = np.where(self.status == KEPT, self.r["split"] + 1, np.where(self.unpaired, 4, 0)).astype(np.uint8)
+        files = (None, splits["train"], splits["val"], splits["test"], unpaired)
         with open(self.path, "rb") as f:
-            for offset, neg in self.db.execute(q):
-                yield self._at(f, offset), neg
+            for where, line in zip(to.tobytes(), f):
+                if where:
+                    files[where].write(line)
+        return int(np.count_nonzero((to > 0) & (to < 4))), int(np.count_nonzero(to == 4))
+
+    def statuses(self) -> list[str]:
+        """Every row's status, in input order (for tests and small inspections)."""
+        names = {**dict(enumerate(_STATUS)), **{c + LIMIT: n for n, c in self.codes["neg"].items() if c}}
+        return [names[s] for s in self.status.tolist()]
+
+    def negatives_for_kept(self) -> Iterator[tuple[Example, str]]:
+        """(kept example, a disliked answer to its prompt): the preference pairs, one per distinct
+        disliked answer, in input order (the limit caps the examples, not the pairs)."""
+        import numpy as np
+
+        r = self.r
+        good, bad = np.flatnonzero(self.liked), np.flatnonzero(r["neg"] > 0)
+        shared = np.intersect1d(r["prompt"][good], r["prompt"][bad])
+        if not len(shared):
+            return
+        good, bad = good[np.isin(r["prompt"][good], shared)], bad[np.isin(r["prompt"][bad], shared)]
+        _, first = np.unique(_pair(r["prompt"][bad], r["resp"][bad]), return_index=True)
+        bad = bad[np.sort(first)]  # one row per distinct disliked answer to a prompt: its first
+        bad = bad[np.argsort(r["prompt"][bad], kind="stable")]
+        lo = np.searchsorted(r["prompt"][bad], r["prompt"][good], "left")
+        hi = np.searchsorted(r["prompt"][bad], r["prompt"][good], "right")
+        g = np.repeat(good, hi - lo)
+        b = bad[np.concatenate([np.arange(a, z) for a, z in zip(lo.tolist(), hi.tolist())])]
+        keep = r["resp"][g] != r["resp"][b]
+        g, b = g[keep], b[keep]
+        order = np.lexsort((b, g))
+        with open(self.path, "rb") as f:
+            for i, j in zip(g[order].tolist(), b[order].tolist()):
+                yield (Example.from_json(self._at(f, int(r["offset"][i]))),
+                       orjson.loads(self._at(f, int(r["offset"][j])))["completion"][0]["content"])
 
     @staticmethod
-    def _at(f, offset: int) -> Example:
+    def _at(f, offset: int) -> bytes:
         f.seek(offset)
-        return Example.from_dict(json.loads(f.readline()))
+        return f.readline()
 
     def close(self) -> None:
-        if not self.file.closed:
-            self.file.close()
-        self.db.close()
+        for f in (self.file, self.keys):
+            if not f.closed:
+                f.close()
+
+
+_NAN = float("nan")
+_SPLIT = {name: i for i, name in enumerate(SPLIT_NAMES)}
+
+
+def _answer(message: dict) -> str:
+    """An assistant turn's text for the keys: its content, and its tool calls when it makes any."""
+    calls = message.get("tool_calls")
+    content = message.get("content") or ""
+    return content + "\x00" + orjson.dumps(calls).decode() if calls else content
+
+
+def _pair(prompt, resp):
+    """One 64-bit key for a (prompt, answer) pair of hashes (wrapping arithmetic, as hashes mix)."""
+    import numpy as np
+
+    return prompt.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ resp.view(np.uint64)
 
 
 def preference(prompt: list[dict[str, str]], chosen: str, rejected: str, key: str, split: str,

@@ -85,7 +85,12 @@ MESSAGE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
 
 
 def uses_tools(messages: list[dict], tools: list[dict] | None = None) -> bool:
-    return bool(tools) or any(m.get("tool_calls") or m.get("role") == "tool" for m in messages)
+    if tools:
+        return True
+    for m in messages:  # a loop, not any() over a generator: collect asks this of every row
+        if m.get("tool_calls") or m.get("role") == "tool":
+            return True
+    return False
 
 
 _PROBE_VALUE = "ftctl-probe-7f3a"

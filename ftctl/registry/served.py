@@ -23,13 +23,13 @@ class Attribution:
     unmatched: Counter = field(default_factory=Counter)  # raw served_model value -> rows
     none: int = 0
 
-    def add(self, served: str | None, version: str | None) -> None:
+    def add(self, served: str | None, version: str | None, rows: int = 1) -> None:
         if served is None:
-            self.none += 1
+            self.none += rows
         elif version is None:
-            self.unmatched[served] += 1
+            self.unmatched[served] += rows
         else:
-            self.versions[version] += 1
+            self.versions[version] += rows
 
     def to_dict(self) -> dict:
         return {"versions": dict(sorted(self.versions.items())), "unmatched": dict(self.unmatched.most_common()),

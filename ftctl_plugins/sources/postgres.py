@@ -1,12 +1,17 @@
-"""PostgreSQL chat history: streamed through a server-side cursor in a read-only transaction.
+"""PostgreSQL chat history: streamed in a read-only transaction, ``itersize`` rows at a time.
 
-Memory stays constant whatever the table size (``itersize`` rows at a time). The DSN may use
-``${ENV}``; connection errors are redacted so the password never reaches a log or models.lock.
+The rows stream in chunks (libpq's chunked rows mode, psycopg's ``stream(size=...)``): the server
+sends without waiting for the client to ask again, so it produces rows while Python builds
+Examples, and memory stays constant whatever the table size. Where libpq is older than 17, a
+server-side cursor fetches ``itersize`` rows per round trip instead. The DSN may use ``${ENV}``;
+connection errors are redacted so the password never reaches a log or models.lock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
+from itertools import chain
 
 from pydantic import Field
 
@@ -19,13 +24,12 @@ class PostgresSource(SqlSource):
 
     class Config(SqlConfig):
         dsn: str = Field(description="libpq DSN or URL; use ${ENV} for the password")
-        itersize: int = Field(5000, ge=1, description="rows fetched per round trip")
+        itersize: int = Field(5000, ge=1, description="rows per streamed chunk (per round trip where libpq < 17)")
         connect_timeout: int = Field(10, ge=1, description="seconds to wait for the database")
 
     def read(self, since: str | None) -> Iterator[Example | Reject]:
         import psycopg
         from psycopg import sql
-        from psycopg.rows import dict_row
 
         c = self.config
         source = self.source_name
@@ -41,10 +45,8 @@ class PostgresSource(SqlSource):
                                         lambda n: f"%({n})s", since)
             self._rows = RowsToExamples(c, source, c.table or "query")
             try:
-                with conn.cursor(name="ftctl_collect", row_factory=dict_row) as cur:
-                    cur.itersize = c.itersize
-                    cur.execute(query, params)
-                    yield from self._rows(_batched(cur, c.itersize))
+                with _streamed(conn, query, params, c.itersize) as (rows, names):
+                    yield from self._rows(rows, names)
             except psycopg.Error as e:
                 raise ExternalToolError(f"PostgreSQL source {source!r}: {redact(str(e).strip().splitlines()[0])}",
                                         hint="check the table/column mapping or the query") from None
@@ -52,7 +54,29 @@ class PostgresSource(SqlSource):
                 conn.rollback()
 
 
-def _batched(cur, size: int):
+@contextmanager
+def _streamed(conn, query: str, params: dict, size: int) -> Iterator[tuple[Iterator[tuple], list[str]]]:
+    """(rows as tuples, column names) of ``query``, ``size`` rows at a time; a stream left
+    early is closed (psycopg cancels the query), so the transaction can end."""
+    import psycopg
+
+    if not psycopg.capabilities.has_stream_chunked():  # libpq < 17: a round trip per batch
+        with conn.cursor(name="ftctl_collect") as cur:
+            cur.itersize = size
+            cur.execute(query, params)
+            yield _batched(cur, size), [d.name for d in cur.description]
+        return
+    cur = conn.cursor()
+    rows = cur.stream(query, params, size=size)
+    try:
+        first = next(rows, None)  # the column names arrive with the first chunk
+        names = [d.name for d in cur.description or ()]
+        yield (chain((first,), rows) if first is not None else iter(())), names
+    finally:
+        rows.close()
+
+
+def _batched(cur, size: int) -> Iterator[tuple]:
     """Rows of a server-side cursor, ``size`` per round trip (fetchmany beats per-row next)."""
     while batch := cur.fetchmany(size):
         yield from batch

@@ -32,11 +32,10 @@ class SqliteSource(SqlSource):
         query, params = build_query(c, quote, lambda n: f":{n}", since)
         params = {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in params.items()}
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        conn.row_factory = sqlite3.Row
         self._rows = RowsToExamples(c, source, c.table or "query")
         try:
             cur = conn.execute(query, params)
-            yield from self._rows(dict(r) for r in cur)
+            yield from self._rows(cur, [d[0] for d in cur.description])
         except sqlite3.Error as e:
             raise ExternalToolError(f"SQLite source {source!r}: {e}",
                                     hint="check the table/column mapping or the query") from None

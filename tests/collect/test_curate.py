@@ -75,12 +75,13 @@ def test_whitespace_token_approximation():
 
 def spill_of(tmp_path, rows, dedup="normalized", conflict="best_rating"):
     tmp_path.mkdir(exist_ok=True)
-    s = curate.Spill(tmp_path)
+    s = curate.Spill(tmp_path, curate.Splitter("salt", 0.1, 0.1), dedup)
     for e, neg in rows:
-        s.add(e, dedup=dedup, neg=neg, tokens=3)
+        s.add(e, neg=neg, tokens=3)
     s.resolve(conflict)
-    out = [(e.source_id, status) for e, status, _, _ in s.results()]
-    pairs = [(a.source_id, b.source_id) for a, b in s.negatives_for_kept()]
+    out = [(e.source_id, status) for (e, _), status in zip(rows, s.statuses())]
+    answers = {(e.prompt, e.response): e.source_id for e, neg in reversed(rows) if neg}  # the first one's id
+    pairs = [(a.source_id, answers[a.prompt, b]) for a, b in s.negatives_for_kept()]
     s.close()
     return dict(out), pairs
 
@@ -127,3 +128,29 @@ def test_golden_file(tmp_path):
         curate.golden_keys(p)
     with pytest.raises(ConfigError, match="does not exist"):
         curate.golden_keys(tmp_path / "missing.jsonl")
+
+
+def test_spill_unpaired_limit_and_figures(tmp_path):
+    """Each disliked answer once (not one also liked for its prompt), the limit in input order, the
+    card's figures from the kept rows only; lines are written as spilled."""
+    rows = [(ex("q", "good", i=1, rating=5, agent="a"), None), (ex("q", "bad", i=2, rating=1), "min_rating"),
+            (ex("Q", " BAD ", i=3, rating=2), "min_rating"),  # the same disliked answer, folded: once
+            (ex("q", "good", i=4, rating=1), "min_rating"),  # liked and disliked at once: not unpaired
+            (ex("r", "x", i=5, rating=4, agent="a"), None), (ex("s", "y", i=6, served_model="m@v1.0"), None)]
+    s = curate.Spill(tmp_path, curate.Splitter("salt", 0.0, 0.0), "normalized")
+    for e, neg in rows:
+        s.add(e, neg=neg, tokens=40)
+    s.resolve("best_rating", limit=2)
+    assert s.statuses() == ["kept", "min_rating", "min_rating", "min_rating", "kept", "limit"]
+    assert s.filtered() == {"min_rating": 3, "limit": 1}
+    figures = s.kept()
+    assert figures["split"] == {"train": 2} and figures["rating"] == {5.0: 1, 4.0: 1}
+    assert figures["agent"] == {"a": 2} and figures["tokens"] == {curate.bin_of(40): 2} and figures["served"] == {None: 2}
+    train, val, test, unpaired = (tmp_path / n for n in ("train", "val", "test", "unpaired"))
+    with open(train, "wb") as t, open(val, "wb") as v, open(test, "wb") as te, open(unpaired, "wb") as u:
+        assert s.write({"train": t, "val": v, "test": te}, u) == (2, 1)
+    assert [Example.from_json(x).source_id for x in train.read_bytes().splitlines()] == ["1", "5"]
+    (bad,) = [json.loads(x) for x in unpaired.read_bytes().splitlines()]
+    assert bad["completion"] == [{"role": "assistant", "content": "bad"}] and bad["from"] == "min_rating"
+    assert [(g.source_id, b) for g, b in s.negatives_for_kept()] == [("1", "bad")]  # one per distinct answer
+    s.close()

@@ -97,3 +97,61 @@ def test_a_query_returning_no_rows(tmp_path, pg_table):
     dsn, schema = pg_table
     examples, rejects, wm = read_all("postgres", cfg(dsn, schema, where={"agent": "nobody"}), tmp_path)
     assert (examples, rejects, wm) == ([], [], None)
+
+
+@pytest.fixture
+def interactions(pg_dsn):
+    """One row per interaction, every mapped column filled (reward, served model, a bad rating)."""
+    import psycopg
+
+    schema = f"ftctl_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f'''CREATE TABLE "{schema}".chats AS SELECT g AS id, 'c' || (g / 2) AS conv, 'q' || g AS q,
+                         'a' || g AS a, CASE WHEN g = 7 THEN 9 ELSE 1 + g %% 5 END AS stars,
+                         (g %% 3 - 1) * 0.5 AS reward, 'Thumbs Down' AS ft, 'bot' AS agent, 'm@v1.' || (g %% 2) AS served,
+                         timestamptz '2024-01-01' + g * interval '1 minute' AS t
+                         FROM generate_series(1, %s) g''', (12000,))
+    yield pg_dsn, schema
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def chats(dsn, schema, **kw):
+    return {"dsn": dsn, "table": f"{schema}.chats", "conversation_id": "conv", "prompt": "q", "response": "a",
+            "rating": "stars", "reward": "reward", "feedback_type": "ft", "agent": "agent", "served_model": "served",
+            "created_at": "t", "itersize": 1000, **kw}
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked-stream", "server-side-cursor"])
+def test_interactions_every_field_streamed_in_chunks(tmp_path, interactions, chunked, monkeypatch):
+    """Every mapped field lands in its Example field (they are built positionally), over several
+    chunks; the server-side cursor (libpq < 17) reads the same."""
+    import psycopg
+
+    if not chunked:
+        monkeypatch.setattr(psycopg.capabilities, "has_stream_chunked", lambda: False)
+    dsn, schema = interactions
+    examples, rejects, wm = read_all("postgres", chats(dsn, schema), tmp_path)
+    assert len(examples) == 11999 and [(r.where, r.reason) for r in rejects] == [
+        (f"{schema}.chats:id=7", "rating_out_of_range")]
+    e = examples[0]
+    assert (e.messages, e.source, e.source_id, e.conversation_id) == (
+        [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}], "src", f"{schema}.chats:id=1", "src:c0")
+    assert (e.rating, e.reward, e.feedback_type, e.correction, e.agent, e.served_model) == (
+        2.0, 0.0, "thumbs down", None, "bot", "m@v1.1")
+    assert e.created_at.isoformat() == "2024-01-01T00:01:00+00:00" and wm == "2024-01-09T08:00:00+00:00"
+
+
+def test_a_stream_left_early_ends_cleanly(tmp_path, interactions):
+    """collect may stop reading (an error further on): the query is cancelled, the connection closed."""
+    from ftctl import plugins
+    from ftctl.kinds import Context
+
+    dsn, schema = interactions
+    src = plugins.build("source", "postgres", chats(dsn, schema), Context(root=tmp_path, model="m", cache_dir=tmp_path,
+                                                                         instance="src"), key="sources[0]")
+    rows = src.read(None)
+    assert [next(rows).source_id for _ in range(3)] == [f"{schema}.chats:id={i}" for i in (1, 2, 3)]
+    rows.close()  # no error: the stream is cancelled before the transaction ends
+    assert len(read_all("postgres", chats(dsn, schema), tmp_path)[0]) == 11999  # and the next read is whole
