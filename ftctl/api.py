@@ -18,8 +18,8 @@ from ftctl.errors import ConfigError, ExternalToolError, FtctlError, RolledBack,
 from ftctl.hookspecs import hookimpl
 from ftctl.kinds import (KINDS, AppStatus, Artifact, BaseModelRef, Context, Deployer, DeployPlan, Evaluator,
                          ExportDefaults, ExportedFile, Exporter, ExportQuery, ExportRequest, ExportResult,
-                         GenerationBackend, Health, Log, Plugin, PluginConfig, Slot, SlotInfo, Source, Trainer,
-                         TrainPlan, TrainPreview, TrainRequest, TrainResult, Traffic)
+                         GenerationBackend, GuardItem, GuardTask, Health, Log, Plugin, PluginConfig, Slot, SlotInfo,
+                         Source, Trainer, TrainPlan, TrainPreview, TrainRequest, TrainResult, Traffic)
 from ftctl.lib.atomic import read_json, write_text
 from ftctl.lib.basemodel import BaseModelError, load_model, load_tokenizer, resolve_base
 from ftctl.lib.chat_format import (IGNORE, ChatFormatError, Collator, Encoded, EncodeReport, check_template,
@@ -51,8 +51,8 @@ __all__ = [
     # the contract
     "AppStatus", "Artifact", "BaseModelRef", "ConfigError", "Context", "DeployPlan", "Deployer", "Evaluator",
     "Example", "ExportDefaults", "ExportQuery", "ExportRequest", "ExportResult", "ExportedFile", "Exporter",
-    "ExternalToolError", "FtctlError", "GenerationBackend", "Health", "KINDS", "Log", "Plugin", "PluginConfig",
-    "ROLES", "Reject", "RolledBack", "RowError", "Slot", "SlotInfo", "Source", "TrainPlan", "TrainPreview",
+    "ExternalToolError", "FtctlError", "GenerationBackend", "GuardItem", "GuardTask", "Health", "KINDS", "Log",
+    "Plugin", "PluginConfig", "ROLES", "Reject", "RolledBack", "RowError", "Slot", "SlotInfo", "Source", "TrainPlan", "TrainPreview",
     "TrainRequest", "TrainResult", "Trainer", "Traffic", "UsageError", "hookimpl", "read_jsonl",
     # base models
     "BaseModelError", "load_model", "load_tokenizer", "resolve_base",

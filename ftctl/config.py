@@ -146,6 +146,11 @@ class EvalConfig(WithPlugins):
     artifact: str = "hf"  # hf | gguf:<QUANT>: what `ftctl eval` scores by default
     n_ctx: int = Field(2048, ge=256)  # GGUF backend context, as the server runs it
     top_changed: int = Field(5, ge=0)  # examples shown side by side in a comparison
+    # guard tasks (plugins of kind guard, e.g. capitals, currencies) run beside the eval set on both
+    # sides of a comparison: a drop of more than guards_margin (accuracy), significant, fails the gate
+    guards_tasks: list[str] = []
+    guards_margin: float = Field(0.05, ge=0, le=1)
+    guards_limit: int = Field(40, ge=1)  # questions per guard task
     gate: GateConfig = GateConfig()
 
 

@@ -49,5 +49,10 @@ def reward(example):
 
 
 @hookspec
+def register_guard_tasks(register):
+    """Register guard task classes (``ftctl.api.GuardTask``): general questions a version must still answer."""
+
+
+@hookspec
 def register_commands(cli):
     """Add click commands to the ``ftctl`` group (``cli`` is the click group)."""

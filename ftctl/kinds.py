@@ -472,10 +472,42 @@ class Deployer(Plugin):
         return DeployPlan(notes=[f"{slot} would serve {artifact.rel}"])
 
 
+# --- guard task -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GuardItem:
+    """One question of a guard task and the answers that count as right."""
+
+    messages: tuple[tuple[str, str], ...]  # (role, content) turns up to the last user turn
+    accept: tuple[str, ...]  # any of these in the answer (case-insensitive, whole words) is right
+    key: str = ""  # stable id (the report names the item by it)
+
+
+class GuardTask(Plugin):
+    """General ability outside the feedback: questions a fine-tuned version must still answer
+    (capitals, currencies, ...). The eval runs them on both sides of a comparison; a drop
+    beyond ``eval.guards_margin`` fails the gate (docs/eval.md)."""
+
+    kind = "guard"
+
+    @abstractmethod
+    def items(self, limit: int) -> list[GuardItem]:
+        """At most ``limit`` items, the same ones on every call (offline: no download)."""
+
+    def score(self, answer: str, item: GuardItem) -> float:
+        """1.0 when one of the accepted answers appears in ``answer`` as whole words."""
+        import re
+
+        text = answer.casefold()
+        return float(any(re.search(r"(?<!\w)" + re.escape(a.casefold()) + r"(?!\w)", text) for a in item.accept))
+
+
 KINDS: dict[str, type[Plugin]] = {
     "source": Source,
     "trainer": Trainer,
     "evaluator": Evaluator,
     "exporter": Exporter,
     "deployer": Deployer,
+    "guard": GuardTask,
 }

@@ -25,6 +25,7 @@ _HOOKS = {
     "evaluator": "register_evaluators",
     "exporter": "register_exporters",
     "deployer": "register_deployers",
+    "guard": "register_guard_tasks",
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ftctl.cli.main import pass_app
@@ -19,17 +21,20 @@ from ftctl.errors import GATE_FAILED
 @click.option("--against", help="With --gate and one version: the baseline (default eval.gate.against).")
 @click.option("--model", help="Model name (default: the workspace's default model).")
 @click.option("--no-record", is_flag=True, help="Do not write the results to models.lock.")
+@click.option("--sources", type=click.Path(file_okay=False, path_type=str),
+              help="A folder of source documents (.txt, .md): groundedness checks each answer against them.")
 @click.option("--probe-memorisation", "probe", is_flag=True,
               help="Also run the leak checks: memorisation (prompts with training-row prefixes) and phi_in_output.")
 @pass_app
-def eval_(app, ref, pair, artifact, eval_set, metrics, limit, apply_gate, against, model, no_record, probe):
+def eval_(app, ref, pair, artifact, eval_set, metrics, limit, apply_gate, against, model, no_record, sources, probe):
     """Evaluate a version (REF: v1.1, latest, stable, base), or compare two with --compare A B."""
     from ftctl.eval import compare, evaluate, gating
 
     if pair and ref:
         raise click.UsageError("give either REF or --compare A B, not both")
     opts = dict(model=model, eval_set=eval_set, artifact=artifact, metrics=list(metrics) or None, limit=limit,
-                record=not no_record, log=lambda s: app.console.print(f"[dim]{s}[/]"))
+                record=not no_record, sources=str(Path(sources).resolve()) if sources else None,
+                log=lambda s: app.console.print(f"[dim]{s}[/]"))
 
     def run(ws):
         if probe:  # on top of the requested (or configured) metrics
@@ -89,6 +94,9 @@ def _render(app, r: dict) -> None:
                 row.append("—" if d is None else f"{d:+.4g}")
             t.add_row(*row)
     app.console.print(t)
+    for name, g in (r.get("guards") or {}).items():
+        app.say(f"guard {name}: {g['a']:.3g} → {g['b']:.3g} on {g['n']} questions, {g['verdict']} "
+                f"(p {g['p_value']:.3g}; margin {g['margin']:g}){' [red]FAILED[/]' if g['failed'] else ''}")
     lat = r.get("latency")
     if lat:
         sides = [(r["version"], lat)] if "version" in r else [(r["a"], lat["a"]), (r["b"], lat["b"])]

@@ -10,6 +10,7 @@ from ftctl import plugins
 from ftctl.errors import UsageError
 from ftctl.eval.evalset import EvalSet, load_eval_set
 from ftctl.eval.evaluate import _example_row, _write_reports
+from ftctl.eval.guards import guard_scores, load_guards
 from ftctl.eval.predict import Predictor, brief_latency
 from ftctl.eval.scoring import build_evaluators, mean, metric_key, owner, score
 from ftctl.eval.target import Target, resolve_target
@@ -21,7 +22,7 @@ from ftctl.lib.times import now
 @locked
 def compare(ws, a: str, b: str, *, model: str | None = None, eval_set: str | None = None,
             artifact: str | None = None, metrics: list[str] | None = None, limit: int | None = None,
-            record: bool = True, log: Log = print) -> dict[str, Any]:
+            record: bool = True, sources: str | None = None, log: Log = print) -> dict[str, Any]:
     """Paired comparison of two versions on the same examples (see the scripting contract)."""
     from ftctl.lib.stats import FLAG, paired_test
 
@@ -34,22 +35,30 @@ def compare(ws, a: str, b: str, *, model: str | None = None, eval_set: str | Non
     evalset = load_eval_set(ws, ta.model, eval_set, limit or cfg.eval.limit)
     names = list(metrics or cfg.eval.metrics)
     pa, pb = Predictor(ws, ta, log), Predictor(ws, tb, log)
-    evaluators = build_evaluators(ws, ta.model, names, log=log)
+    evaluators = build_evaluators(ws, ta.model, names, log=log, sources=sources)
+    guards = load_guards(ws, ta.model, log)
     notes: list[str] = []
     pairwise = {n: ev for n, ev in evaluators.items() if ev.pairwise}
     single = {n: ev for n, ev in evaluators.items() if n not in pairwise}
     details: dict[str, dict] = {"a": {}, "b": {}}
     preds_a = pa.predict(evalset)
     sa = score(single, preds_a, evalset.examples, notes, pa, details["a"])
+    guards_a = guard_scores(pa, guards)
     pa._backend = None  # one model in memory at a time
     preds_b = pb.predict(evalset)
     sb = score(single, preds_b, evalset.examples, [], pb, details["b"])
+    guards_b = guard_scores(pb, guards)
     from ftctl.lib.generation import reference
 
     refs = [reference(ex) for ex in evalset.examples]
     for n, ev in pairwise.items():
         shares = ev.judge_pair(preds_a, preds_b, refs, evalset.examples)
         sa[n], sb[n] = [s[0] for s in shares], [s[1] for s in shares]
+        extra = ev.details(preds_b, refs, evalset.examples)
+        if extra is not None:
+            details["b"][n] = extra
+            if extra.get("unjudged"):
+                notes.append(f"{n}: {extra['unjudged']} example(s) unjudged (unreadable replies after retries)")
     higher = {n: evaluators[owner(n)].higher_is_better for n in sa}
     table = {}
     for n in sa:
@@ -76,7 +85,8 @@ def compare(ws, a: str, b: str, *, model: str | None = None, eval_set: str | Non
         "eval_set": evalset.name, "eval_set_sha256": evalset.sha256, "n": len(evalset.examples),
         "metrics": table, "slices": _slices(rows, table, cfg.eval), "primary": primary,
         "changed": _most_changed(rows, primary, higher.get(primary, True), cfg.eval.top_changed),
-        "details": details, "latency": latency_comparison(pa.latency, pb.latency), "notes": notes,
+        "details": details, "latency": latency_comparison(pa.latency, pb.latency),
+        "guards": compare_guards(guards_a, guards_b, cfg.eval), "notes": notes,
     }
     paths = _write_reports(ws, result, rows, f"compare-{ta.version}-{tb.version}", kind="compare")
     if record:
@@ -105,6 +115,20 @@ def metric_row(st, higher_is_better: bool) -> dict[str, Any]:
             "verdict": st.verdict, "flag": st.flag, "method": st.method, "interval": st.interval,
             "needed_n": st.needed_n, "wins": st.wins, "ties": st.ties, "losses": st.losses, "n": st.n,
             "higher_is_better": higher_is_better}
+
+
+def compare_guards(sa: dict[str, list[float]], sb: dict[str, list[float]], cfg) -> dict[str, dict[str, Any]]:
+    """A paired test per guard task (b against a) and whether b dropped beyond the margin."""
+    from ftctl.lib.stats import WORSE, paired_test
+
+    out = {}
+    for name in sa:
+        st = paired_test(sa[name], sb[name], n_boot=cfg.bootstrap, seed=cfg.seed, confidence=cfg.gate.confidence)
+        row = metric_row(st, True)
+        row["margin"] = cfg.guards_margin
+        row["failed"] = st.verdict == WORSE and -st.diff > cfg.guards_margin
+        out[name] = row
+    return out
 
 
 def _slices(rows: list[dict], table: dict, cfg) -> dict[str, dict[str, dict]]:
@@ -160,6 +184,8 @@ def _record_compare(ws, ta: Target, tb: Target, evalset: EvalSet, result: dict, 
     entry = {"time": now(), "against": ta.version, "eval_set": evalset.name, "eval_set_sha256": evalset.sha256,
              "artifact": ta.artifact, "n": result["n"], "report": result["report"],
              "latency": (result["latency"] or {}).get("b"),
+             "guards": {k: {f: v[f] for f in ("a", "b", "diff", "p_value", "verdict", "failed")}
+                        for k, v in result["guards"].items()},
              "metrics": {k: {f: v[f] for f in ("a", "b", "diff", "ci", "p_value", "verdict")}
                          for k, v in result["metrics"].items()}}
 

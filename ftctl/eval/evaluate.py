@@ -21,7 +21,7 @@ from ftctl.lib.times import now
 @locked
 def evaluate(ws, ref: str, *, model: str | None = None, eval_set: str | None = None,
              artifact: str | None = None, metrics: list[str] | None = None, limit: int | None = None,
-             record: bool = True, log: Log = print) -> dict[str, Any]:
+             record: bool = True, sources: str | None = None, log: Log = print) -> dict[str, Any]:
     """Score one version. Returns ``{"version", "n", "metrics": {name: mean}, "report", ...}``."""
 
     target = resolve_target(ws, ref, model=model, artifact=artifact)
@@ -29,7 +29,7 @@ def evaluate(ws, ref: str, *, model: str | None = None, eval_set: str | None = N
     evalset = load_eval_set(ws, target.model, eval_set, limit or cfg.eval.limit)
     names = list(metrics or cfg.eval.metrics)
     predictor = Predictor(ws, target, log)
-    evaluators = build_evaluators(ws, target.model, names, log=log)  # bad config fails before generating
+    evaluators = build_evaluators(ws, target.model, names, log=log, sources=sources)  # bad config fails before generating
     preds = predictor.predict(evalset)
     notes: list[str] = []
     details: dict = {}

@@ -38,6 +38,11 @@ def check_gate(comparison: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
         sign = 1 if gm.get("higher_is_better", True) else -1
         if sign * gm["diff"] < 0 and gm["p_value"] < alpha:
             reasons.append(f"guard {g} got significantly worse ({gm['a']:.4g} -> {gm['b']:.4g}, p={gm['p_value']:.3g})")
+    for name, g in (comparison.get("guards") or {}).items():
+        if g["failed"]:
+            reasons.append(f"guard task {name}: {g['b']:.3g} vs {g['a']:.3g} on {g['n']} questions, a drop of "
+                           f"{-g['diff']:.3g} > eval.guards_margin {g['margin']:g} (p={g['p_value']:.3g}): "
+                           "the candidate forgot general ability")
     for g, limit in gate.max.items():
         gm = comparison["metrics"].get(g)
         if gm is None or gm.get("b") is None:

@@ -97,13 +97,23 @@ def markdown(data: dict[str, Any], kind: str) -> str:
                 out.append(f"\n**{c['id']}** — {_f(c['score_a'])} → {_f(c['score_b'])}\n\n"
                            f"- prompt: {_quote(c['prompt'])}\n- reference: {_quote(c['reference'])}\n"
                            f"- {data['a']}: {_quote(c['a'])}\n- {data['b']}: {_quote(c['b'])}\n")
-    out += _latency_md(data, kind) + _details_md(data, kind)
+    out += _guards_md(data) + _latency_md(data, kind) + _details_md(data, kind)
     if data.get("gate"):
         g = data["gate"]
         out.append(f"\n## Gate: {'PASSED' if g['passed'] else 'FAILED'}\n\n" + "".join(f"- {r}\n" for r in g["reasons"]))
     if data.get("notes"):
         out.append("\n## Notes\n\n" + "".join(f"- {n}\n" for n in data["notes"]))
     return "\n".join(out)
+
+
+def _guards_md(data: dict[str, Any]) -> list[str]:
+    g = data.get("guards")
+    if not g:
+        return []
+    rows = [[k, m["n"], m["a"], m["b"], m["diff"], p_text(m), m["verdict"], m["margin"],
+             "FAILED" if m["failed"] else "ok"] for k, m in g.items()]
+    return ["\n## Guard tasks (general ability outside the feedback)\n",
+            _table(["task", "n", data["a"], data["b"], "diff", "p", "verdict", "margin", "guard"], rows)]
 
 
 def _latency_md(data: dict[str, Any], kind: str) -> list[str]:

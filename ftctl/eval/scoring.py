@@ -8,10 +8,19 @@ from ftctl.records import Example
 from ftctl.lib.log import Log
 
 
-def build_evaluators(ws, model: str, names: list[str], log: Log = print):
+def build_evaluators(ws, model: str, names: list[str], log: Log = print, sources: str | None = None):
+    """The evaluators by name; ``sources`` (a folder of documents, `--sources`) adds groundedness
+    when it is not asked for, and is the folder it searches."""
     cfg = ws.model(model)
     ctx = ws.context(model, log=log)
-    return {n: plugins.build("evaluator", n, cfg.eval.plugin_config(n), ctx, key=f"eval.{n}") for n in names}
+    if sources is not None and "groundedness" not in names:
+        names = [*names, "groundedness"]
+
+    def config(n: str) -> dict:
+        c = cfg.eval.plugin_config(n)
+        return c | {"sources_dir": sources} if n == "groundedness" and sources is not None else c
+
+    return {n: plugins.build("evaluator", n, config(n), ctx, key=f"eval.{n}") for n in names}
 
 
 SUB = "/"  # an evaluator's sub-metric: classification/recall[deny]
@@ -45,6 +54,8 @@ def score(evaluators: dict, predictions: list[str], examples: list[Example], not
             extra = ev.details(predictions, refs, examples)
             if extra is not None:
                 details[name] = extra
+                if extra.get("unjudged"):
+                    notes.append(f"{name}: {extra['unjudged']} example(s) unjudged (unreadable replies after retries)")
         if all(s is None for s in scores):
             notes.append(f"{name}: skipped, it applies to none of these examples")
             continue

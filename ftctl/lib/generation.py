@@ -84,10 +84,7 @@ class HFBackend:
             idx = order[start:start + size]
             began = time.perf_counter()
             enc = self.tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            with torch.inference_mode(), warnings.catch_warnings():
-                # transformers' own generate() reads its deprecated alias: not the user's concern
-                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
-                                        category=FutureWarning)
+            with torch.inference_mode():
                 gen = self.model.generate(**enc, do_sample=False, max_new_tokens=self.settings.max_new_tokens,
                                           eos_token_id=self.stop_ids or None, pad_token_id=self.tok.pad_token_id)
             new = gen[:, enc["input_ids"].shape[1]:]
@@ -167,5 +164,9 @@ def load_hf(resolved, adapter_dir: Path | None):
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(adapter_dir)
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+        with warnings.catch_warnings():
+            # peft reads transformers' deprecated is_gradient_checkpointing: a warning for them, not our user
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+            model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     return model, tok

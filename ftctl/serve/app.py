@@ -312,6 +312,8 @@ def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
 
     @app.post("/evaluate", status_code=202, dependencies=[Depends(authorized)])
     def evaluate(req: EvaluateRequest):
+        validate(workspace(), req)  # before anything is written for it
+        req.write_sources(workspace().cache_dir)
         return enqueue("evaluate", req)
 
     @app.post("/jobs/{job_id}/cancel", dependencies=[Depends(authorized)])

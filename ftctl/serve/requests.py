@@ -6,15 +6,21 @@ gets the CLI's message); here only their length and alphabet are bounded.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, field_validator, model_validator
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
 # a ref as the CLI takes it (v1.1, latest, model@v1.1): the resolver decides if it exists
 Ref = Annotated[str, StringConstraints(min_length=1, max_length=80)]
 Metric = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
+DocName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]  # a file name, no path
+# the whole request body is limited to 64 KiB (serve/body_limit.py): larger sets go in a folder, `--sources`
+DocText = Annotated[str, StringConstraints(min_length=1, max_length=64 * 1024)]
 
 # --set overrides: an allow-list of training and eval settings, scalar values (issue 20). The
 # service never changes how data is scrubbed (curate.scrub.*), never takes a key naming an
@@ -126,12 +132,28 @@ class EvaluateRequest(WithOverrides):
     metrics: list[Metric] = Field([], max_length=16)
     limit: int | None = Field(None, ge=1, le=1_000_000)
     gate: bool = False
+    sources: dict[DocName, DocText] = Field({}, max_length=200, description=(
+        "source documents by name, their text inline: groundedness checks each answer against them "
+        "(written to the workspace's cache under a content hash; no client path)"))
+    _sources_dir: str | None = PrivateAttr(None)  # where the service wrote ``sources``
 
     def argv(self) -> list[str]:
         return [*self.globals(), "eval", "--compare", self.a, self.b, *_opt("--model", self.model),
                 *_opt("--eval-set", self.eval_set), *_opt("--artifact", self.artifact),
                 *[a for m in self.metrics for a in ("--metric", m)], *_opt("--limit", self.limit),
-                *(["--gate"] if self.gate else [])]
+                *_opt("--sources", self._sources_dir), *(["--gate"] if self.gate else [])]
+
+    def write_sources(self, cache_dir: Path) -> None:
+        """Write ``sources`` under ``cache_dir/sources/<sha256>/`` for the job's ``--sources``."""
+        if not self.sources:
+            return
+        from ftctl.lib.atomic import write_text
+
+        digest = hashlib.sha256(json.dumps(self.sources, sort_keys=True).encode()).hexdigest()[:16]
+        folder = cache_dir / "sources" / digest
+        for name, text in self.sources.items():
+            write_text(folder / f"{name}.txt", text)
+        self._sources_dir = str(folder)
 
     def refs(self) -> list[str]:
         return [self.a, self.b]

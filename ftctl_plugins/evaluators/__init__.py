@@ -20,3 +20,11 @@ BUILTINS = (ExactMatch, TokenF1, Bleu, RougeL, Perplexity, LlmJudge, Groundednes
 def register_evaluators(register):
     for cls in BUILTINS:
         register(cls)
+
+
+@hookimpl
+def register_guard_tasks(register):
+    from ftctl_plugins.evaluators.guards import Capitals, Currencies
+
+    register(Capitals)
+    register(Currencies)

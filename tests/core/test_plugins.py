@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import run_ftctl, run_json
 
-KINDS = {"source", "trainer", "evaluator", "exporter", "deployer"}
+KINDS = {"source", "trainer", "evaluator", "exporter", "deployer", "guard"}
 
 
 def test_plugins_json_contract(workspace):

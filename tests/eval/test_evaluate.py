@@ -282,3 +282,42 @@ def test_compare_reports_classification_unparsed_and_latency(eval_ws):
     assert "## Latency" in md and "unparsed (no label found: not counted as wrong)" in md
     ev = Workspace(ws.root).read_lock().state("assistant").versions["v1.0"].evals[-1]
     assert ev["latency"]["median_s"] == lat["b"]["median_s"]
+
+
+def test_eval_sources_folder_adds_groundedness_and_a_missing_one_is_a_config_error(eval_ws, capsys):
+    docs = eval_ws.root / "docs-src"
+    docs.mkdir()
+    (docs / "facts.md").write_text("".join(f"{q} {a}\n" for q, a, *_ in QA))
+    out = run_json(*FAST, "eval", "v1.0", "--eval-set", "qa.jsonl", "--metric", "token_f1", "--sources", "docs-src",
+                   "--no-record", cwd=eval_ws.root)
+    assert set(out["metrics"]) == {"token_f1", "groundedness"} and 0 <= out["metrics"]["groundedness"] <= 1
+    code, out, err = cli(capsys, "--json", *FAST, "eval", "v1.0", "--eval-set", "qa.jsonl", "--sources", "nope",
+                         cwd=eval_ws.root)
+    assert code == 2 and "is not a folder" in out + err  # a config error, before anything is generated
+
+
+def test_guard_tasks_run_on_both_sides_and_a_drop_beyond_the_margin_fails_the_gate(eval_ws):
+    ws = eval_ws
+    out = run_json(*FAST, "--set", "eval.guards_tasks=[capitals, currencies]", "--set", "eval.guards_limit=6",
+                   "eval", "--compare", "base", "v1.0", "--eval-set", "qa.jsonl", "--metric", "token_f1",
+                   "--no-record", cwd=ws.root)
+    assert set(out["guards"]) == {"capitals", "currencies"}
+    for g in out["guards"].values():
+        assert g["n"] == 6 and 0 <= g["a"] <= 1 and g["margin"] == 0.05 and g["failed"] is False
+    assert "## Guard tasks" in (ws.root / out["reports"]["md"]).read_text()
+    # the rule itself, on scores a real guard would give: 12 of 40 capitals forgotten, none learnt
+    from ftctl.eval.compare import compare_guards
+
+    cfg = ws.model("assistant").eval
+    rows = compare_guards({"capitals": [1.0] * 40}, {"capitals": [0.0] * 12 + [1.0] * 28}, cfg)
+    assert rows["capitals"]["verdict"] == "worse" and rows["capitals"]["failed"]
+    gate = gating.check_gate({"metrics": {}, "guards": rows, "a": "base", "b": "v1.0"}, cfg.gate)
+    assert any("guard task capitals" in r and "forgot" in r for r in gate["reasons"])
+    small = compare_guards({"capitals": [1.0] * 40}, {"capitals": [0.0] + [1.0] * 39}, cfg)  # 1 of 40: within margin
+    assert not small["capitals"]["failed"]
+
+
+def test_an_unknown_guard_task_is_a_config_error_before_generating(eval_ws, capsys):
+    code, out, err = cli(capsys, "--json", *FAST, "--set", "eval.guards_tasks=[nope]", "eval", "--compare", "base",
+                         "v1.0", "--eval-set", "qa.jsonl", "--no-record", cwd=eval_ws.root)
+    assert code == 2 and "no guard plugin named 'nope'" in out + err and "capitals" in out + err

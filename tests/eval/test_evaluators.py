@@ -121,13 +121,38 @@ def test_judge_pairwise_swaps_positions(judge_server, tmp_path):
     assert j.judge_pair(["x"], ["yyyy"], [None], [ex()]) == [(0.5, 0.5)]
 
 
-@pytest.mark.parametrize("mode", ["garbage", "broken"])
-def test_judge_bad_replies_are_retried_then_a_clear_error(judge_server, tmp_path, mode):
-    judge_server.mode = mode
+def test_judge_garbage_is_retried_then_unjudged_and_counted(judge_server, tmp_path):
+    judge_server.mode = "garbage"
+    j = build("llm_judge", tmp_path, endpoint=endpoint(judge_server), retries=2)
+    assert j.score(["a", "b"], [None, None], [ex(), ex()]) == [None, None]
+    assert len(judge_server.calls) == 6  # 3 asks per example, no more
+    assert j.details(["a", "b"], [None, None], [ex(), ex()]) == {"judged": 0, "unjudged": 2}
+    assert j.judge_pair(["a"], ["b"], [None], [ex()]) == [(None, None)]
+
+
+def test_judge_broken_endpoint_is_retried_then_a_clear_error(judge_server, tmp_path):
+    judge_server.mode = "broken"  # HTTP 200 with a body that is not the API's JSON
     j = build("llm_judge", tmp_path, endpoint=endpoint(judge_server), retries=2)
     with pytest.raises(JudgeError, match="failed after 3 attempts") as e:
         j.score(["a"], [None], [ex()])
     assert e.value.hint and len(judge_server.calls) == 3
+
+
+def test_judge_rubric_files_and_agreement_with_human_grades(judge_server, tmp_path):
+    j = build("llm_judge", tmp_path, endpoint=endpoint(judge_server), rubric_file="correctness", human_key="grade")
+    assert "CORRECTNESS" in j.rubric
+    (tmp_path / "tone.md").write_text("Judge the TONE.")
+    assert build("llm_judge", tmp_path, endpoint=endpoint(judge_server), rubric_file="tone.md").rubric == "Judge the TONE."
+    with pytest.raises(ConfigError, match="no such rubric") as e:
+        build("llm_judge", tmp_path, endpoint=endpoint(judge_server), rubric_file="nope")
+    assert "completeness, correctness, relevance" in e.value.hint
+    from ftctl_plugins.evaluators.judge import agreement
+
+    same = agreement([2, 5, 7, 9], [1, 5, 8, 9])
+    assert same["spearman"] == 1.0 and 0.9 < same["kappa"] <= 1 and same["n"] == 4
+    assert agreement([9, 2, 5, 7], [1, 9, 5, 3])["spearman"] == -1.0
+    assert agreement([7, 7, 7], [1, 5, 9])["kappa"] is None  # a judge that always says 7 agrees with nothing
+
 
 
 def test_judge_down_is_a_clear_error(tmp_path):
@@ -167,3 +192,32 @@ def test_classification_bad_config_is_a_config_error(tmp_path):
         build("classification", tmp_path)
     with pytest.raises(ConfigError, match="not a valid regex"):
         build("classification", tmp_path, pattern="(unclosed")
+
+
+def test_groundedness_needs_support_in_one_passage_with_the_same_numbers(tmp_path):
+    g = build("groundedness", tmp_path)
+    source = ("Claims above 5000 euros need a second reviewer. The reviewer signs within 10 days. "
+              "Water damage is covered when the pipe burst suddenly. Flood damage is not covered. "
+              "Our office in Lyon handles appeals. Appeals are answered by letter.")
+    exs = [ex(meta={"context": source})] * 5
+    preds = ["Claims above 5000 euros need a second reviewer.",       # supported
+             "Claims above 9000 euros need a second reviewer.",       # a number the source does not say
+             "Flood damage is covered.",                              # the source says it is not
+             "Water damage is covered when the pipe burst suddenly. The reviewer is called Martin.",
+             "Appeals are handled in Lyon by letter within 10 days."]  # words scattered over the document
+    assert g.score(preds, [None] * 5, exs) == [1.0, 0.0, 0.0, 0.5, 0.0]
+
+
+def test_groundedness_sources_folder_is_searched_and_a_missing_one_is_a_config_error(tmp_path):
+    docs = tmp_path / "policy"
+    docs.mkdir()
+    (docs / "travel.md").write_text("Lost luggage is refunded up to 800 euros. Delays over 6 hours give a voucher.")
+    (docs / "home.txt").write_text("Storm damage to roofs is covered. Garden furniture is excluded.")
+    g = build("groundedness", tmp_path, sources_dir="policy")  # relative to the workspace
+    preds = ["Storm damage to roofs is covered.", "Lost luggage is refunded up to 2000 euros.", "Sure!"]
+    assert g.score(preds, [None] * 3, [ex()] * 3) == [1.0, 0.0, 1.0]
+    with pytest.raises(ConfigError, match="not a folder"):
+        build("groundedness", tmp_path, sources_dir="nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no .txt or .md"):
+        build("groundedness", tmp_path, sources_dir="empty")

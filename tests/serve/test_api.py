@@ -146,3 +146,23 @@ def test_doctor_checks_the_configured_service(shared):
     proc = run_ftctl("--json", "--set", f"serve.url={service.url}", "doctor", cwd=ws.root)
     check = next(c for c in json.loads(proc.stdout) if c["name"] == "ftctl serve")
     assert check["ok"] is True and check["detail"].startswith(service.url)
+
+
+def test_evaluate_sources_are_written_by_content_and_passed_as_a_folder(tmp_path):
+    """POST /evaluate's inline source documents: file names only (no path), written under the
+    workspace cache by content hash, handed to the job as `--sources`."""
+    from pydantic import ValidationError
+
+    from ftctl.serve.requests import EvaluateRequest
+
+    req = EvaluateRequest.model_validate({"a": "base", "b": "v1.0", "sources": {"policy.md": "Floods are not covered."}})
+    req.write_sources(tmp_path)
+    argv = req.argv()
+    folder = tmp_path / "sources" / argv[argv.index("--sources") + 1].rsplit("/", 1)[-1]
+    assert argv[argv.index("--sources") + 1] == str(folder)
+    assert (folder / "policy.md.txt").read_text() == "Floods are not covered."
+    assert "_sources_dir" not in req.model_dump()  # the client cannot name the folder
+    for bad in ({"../x": "t"}, {"a/b": "t"}, {"ok": ""}, {"ok": "x" * 70_000}):
+        with pytest.raises(ValidationError):
+            EvaluateRequest.model_validate({"sources": bad})
+    assert "--sources" not in EvaluateRequest().argv()
