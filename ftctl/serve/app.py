@@ -109,6 +109,9 @@ def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app):
         store.mark_interrupted()  # left running by a service that was killed
+        from ftctl.serve.job_view import unscrubbed_withheld
+
+        store.rewrite_results(unscrubbed_withheld)  # raw examples an older ftctl stored: gone from the disk
         task = None
         if start_worker:
             sup.start()

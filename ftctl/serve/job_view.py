@@ -36,7 +36,8 @@ def job_view(job: dict, root: Path, store: J.JobStore, log_lines: int = 20) -> d
 
 def unscrubbed_withheld(result):
     """A comparison stored before eval results were scrubbed (issue 20) quotes raw examples in
-    `changed`: shown without them (its report on disk was scrubbed all along)."""
+    `changed`: kept without them (its report on disk was scrubbed all along). The service
+    rewrites such stored results when it starts; this covers any written since by an old CLI."""
     if isinstance(result, dict) and result.get("changed") and not result.get("scrubbed"):
         return {**result, "changed": [], "changed_withheld": len(result["changed"])}
     return result

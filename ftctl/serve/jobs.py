@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ftctl.lib.atomic import write_text
+
 QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = "queued", "running", "done", "failed", "cancelled", "interrupted"
 ACTIVE = (QUEUED, RUNNING)
 FINISHED = (DONE, FAILED, CANCELLED, INTERRUPTED)
@@ -103,6 +105,26 @@ class JobStore:
         cols = ", ".join(f"{k} = ?" for k in fields)  # keys from the allow-list above, values bound
         with self._db() as db:
             db.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*fields.values(), job_id))  # noqa: S608
+
+    def rewrite_results(self, change) -> int:
+        """Rewrite stored results (the row and the job's JSON output file) where ``change``
+        returns another object; returns how many. For data an older ftctl stored raw."""
+        n = 0
+        with self._db() as db:
+            for row in db.execute("SELECT id, result FROM jobs WHERE result IS NOT NULL").fetchall():
+                old = json.loads(row["result"])
+                new = change(old)
+                if new is old:
+                    continue
+                db.execute("UPDATE jobs SET result = ? WHERE id = ?", (json.dumps(new), row["id"]))
+                if self.out_path(row["id"]).is_file():
+                    write_text(self.out_path(row["id"]), json.dumps(new, indent=2))
+                n += 1
+        if n:  # the old rows' bytes are not left in free pages of the file either
+            with self._db() as db:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                db.execute("VACUUM")
+        return n
 
     def request_cancel(self, job_id: str) -> dict | None:
         """A queued job is cancelled at once; a running one is flagged for the worker to stop."""

@@ -5,6 +5,7 @@ examples. Over a real uvicorn, with a real HTTP client."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import httpx
@@ -144,3 +145,28 @@ def test_a_comparison_stored_raw_before_the_fix_is_shown_without_its_examples(sh
     shown = service.http.get(f"/jobs/{job['id']}").json()["result"]
     assert shown["changed"] == [] and shown["changed_withheld"] == 1
     assert os.path.exists(store.path)
+
+
+def test_raw_results_an_older_ftctl_stored_are_rewritten_when_the_service_starts(workspace):
+    from tests.serve.conftest import Service
+
+    store = J.JobStore(workspace.root / ".ftctl" / "serve" / "jobs.sqlite")
+    job = store.add("evaluate", {}, ["eval", "--compare", "base", "latest"], state=J.DONE)
+    raw = {"a": "base", "b": "v1.0", "metrics": {}, "changed": [
+        {"id": EMAIL, "prompt": f"my SSN is {SSN}", "reference": "x", "a": "y", "b": "z"}]}
+    store.update(job["id"], result=raw, exit_code=0, finished=1.0)
+    store.out_path(job["id"]).parent.mkdir(parents=True, exist_ok=True)
+    store.out_path(job["id"]).write_text(json.dumps(raw))
+    kept = store.add("train", {}, ["train"], state=J.DONE)
+    store.update(kept["id"], result={"version": "v1.0"}, exit_code=0, finished=1.0)
+    svc = Service(workspace.root)
+    try:
+        serve_dir = workspace.root / ".ftctl" / "serve"
+        for f in serve_dir.rglob("*"):
+            if f.is_file():
+                assert SSN.encode() not in f.read_bytes() and EMAIL.encode() not in f.read_bytes(), f
+        assert svc.http.get(f"/jobs/{job['id']}").json()["result"]["changed_withheld"] == 1
+        assert svc.http.get(f"/jobs/{kept['id']}").json()["result"] == {"version": "v1.0"}
+    finally:
+        svc.stop()
+
