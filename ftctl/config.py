@@ -77,6 +77,11 @@ class ScrubConfig(Strict):
     on_error: Literal["reject", "fail"] = "reject"  # a row the scrubber cannot process: rejected, or collect stops
     # the team's own code shapes never scrubbed (SKUs, internal product codes), on top of keep.yaml's
     keep: list[str] = []
+    # the scrub check (ftctl/data/scrub_check.py): a placeholder type that changes more than
+    # heavy_share of the assistant answers, or empties more than max_emptied of them, stops collect
+    heavy_share: float = Field(0.05, ge=0, le=1)
+    max_emptied: float = Field(0.01, ge=0, le=1)
+    accept_heavy: list[str] = []  # placeholder types the team expects to change many answers
 
     @field_validator("keep")
     @classmethod

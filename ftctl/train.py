@@ -264,6 +264,7 @@ def _preview(trainer, base: ResolvedBase, train_file: Path) -> dict:
     problems = preflight(base.path)  # the same preflight `ftctl export` runs: know it before training
     model_type = json.loads((base.path / "config.json").read_text()).get("model_type", "")
     out = {"architecture": model_type, "export_problems": problems, "gguf_convertible": not problems}
+    out["placeholders"] = _placeholders(train_file)
     p = trainer.preview(base, train_file)
     if p is None:
         return {**out, "example": None, "note": f"the {trainer.name} trainer has no preview"}
@@ -276,6 +277,20 @@ def _preview(trainer, base: ResolvedBase, train_file: Path) -> dict:
         "no_assistant_turn": p.no_assistant_turn,
         **out,
     }
+
+
+def _placeholders(train_file: Path) -> dict:
+    """How many of the answers to be trained on hold a scrub placeholder (a model learns to say
+    "<PERSON>" from those): the types are the snapshot card's, so ``List<T>`` does not count."""
+    from ftctl.lib import placeholders
+    from ftctl.lib.scrub import TYPES
+
+    try:
+        pii = json.loads((train_file.parent / "card.json").read_text(encoding="utf-8")).get("pii") or {}
+    except (OSError, ValueError):
+        pii = {}
+    known = set(pii.get("types") or ()) | set(TYPES.values())
+    return placeholders.answers_with_placeholders(train_file, known)
 
 
 # --- several processes --------------------------------------------------------------------

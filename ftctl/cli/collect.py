@@ -44,5 +44,12 @@ def _render(app, r) -> None:
             + ", ".join(f"{k}: {v}" for k, v in card["tokens"]["histogram"].items() if v))
     app.say("ratings: " + ", ".join(f"{k}: {v}" for k, v in card["ratings"].items()))
     app.say("agents: " + ", ".join(f"{k}: {v}" for k, v in card["agents"].items()))
+    check = card.get("scrub_check")
+    if check:  # what scrubbing did to the answers (findings were shown above, with examples)
+        changed = ", ".join(f"<{t}> {x['changed']} ({x['share']:.1%})" for t, x in check["by_type"].items())
+        accepted = [f["type"] for f in check["findings"] if f["accepted"]]
+        app.say(f"scrub check: of {check['answers']} assistant answers scrubbed, changed by "
+                f"{changed or 'nothing'}; {check['rows_rejected']} row(s) left as placeholders only, rejected"
+                + (f"; heavy but accepted: {', '.join(accepted)}" if accepted else ""))
     if r["snapshot"]:
         app.say(f"snapshot: {r['snapshot']} (rejects: {r['rejects_file']})")

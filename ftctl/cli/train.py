@@ -63,6 +63,12 @@ def _render(app, r: dict, dry_run: bool, preview: bool) -> None:
             app.say(f"  {b['from']:>6}-{b['to']:<6} {'#' * round(30 * b['count'] / top):<30} {b['count']}{over}")
         app.say(f"{r['too_long']} longer than max_length (skipped), {r['no_assistant_turn']} without an "
                 f"assistant turn (skipped)")
+        ph = r.get("placeholders")
+        if ph:
+            color = "yellow" if ph["share"] > 0.05 or ph["only_placeholders"] else "default"
+            app.say(f"[{color}]scrub placeholders: {ph['with_placeholder']} of {ph['answers']} trained answers "
+                    f"({ph['share']:.1%}) hold one, {ph['only_placeholders']} are nothing else[/]"
+                    + (" (" + ", ".join(f"<{t}> {n}" for t, n in ph["by_type"].items()) + ")" if ph["by_type"] else ""))
         app.say(f"architecture {r['architecture']}: "
                 + ("converts to GGUF" if r["gguf_convertible"]
                    else "[yellow]will not export to GGUF:[/] " + "; ".join(r["export_problems"])))

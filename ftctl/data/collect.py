@@ -29,7 +29,7 @@ import orjson
 
 from ftctl import plugins
 
-from ftctl.data import curate
+from ftctl.data import curate, scrub_check
 from ftctl.registry import seen
 from ftctl.registry.served import Attribution, Resolver
 from ftctl.errors import FtctlError
@@ -82,6 +82,11 @@ def collect(ws: Workspace, model: str | None = None, dry_run: bool = False, sinc
             card.update(card_extra)
             (out / FILES["card"]).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         result = _result(ws, name, card, out if dry_run else ws.data_dir(name))
+        try:  # before anything is recorded: a scrubber that ate the answers stops the loop here
+            scrub_check.report(card, log)
+        except scrub_check.ScrubTooHeavy as e:
+            e.result = {**result, "snapshot": None, "rejects_file": None}
+            raise
         if strict and card["rejected"]:
             keep = ws.state_dir / f"rejects-{name}.jsonl"
             shutil.copyfile(out / FILES["rejects"], keep)
@@ -106,6 +111,7 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
     golden, n_golden = curate.golden_keys(ws.root / cfg.golden) if cfg.golden else (set(), 0)
     filters = curate.Filters(cfg, count_tokens, stamp, golden)
     scrubber, pii = _scrubber(ws, cfg.scrub)
+    check = scrub_check.ScrubCheck.of(cfg.scrub) if scrubber else None
     # the previous snapshot was scrubbed with these very settings: scrubbing it again is waste
     rescrub_carried = pii != _card_of(carry).get("pii")
     from ftctl.data.tombstones import of_workspace
@@ -157,8 +163,8 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
                     if scrubber and (src_name != CARRIED or rescrub_carried):
                         try:
                             found: Counter = Counter()  # counted only once the whole row is scrubbed
+                            before = ex.messages  # scrub_row gives the row new messages
                             ex, original = curate.scrub_row(ex, original, lambda t: scrubber.scrub(t, found))
-                            scrubbed.update(found)
                         except Exception as e:  # fail closed: a row not fully scrubbed is never kept
                             if cfg.scrub.on_error == "fail":
                                 raise FtctlError(f"scrubbing {src_name} {ex.source_id or ex.key} failed: {e}",
@@ -167,6 +173,13 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
                             rejects.write(json.dumps(Reject(src_name, ex.source_id or ex.key, "scrub_error",
                                                             type(e).__name__).to_dict()) + "\n")
                             continue
+                        if check.add(before, ex.messages):  # nothing left to learn from: never trained on
+                            rejected[scrub_check.REJECT] += 1
+                            rejects.write(json.dumps(Reject(src_name, ex.source_id or ex.key, scrub_check.REJECT,
+                                                            "every assistant answer became placeholders only"
+                                                            ).to_dict()) + "\n")
+                            continue
+                        scrubbed.update(found)
                     split = spill.add(ex, neg=reason, tokens=tokens)
                     if original and original != ex.response:
                         prompt = curate.prompt_messages(ex)
@@ -227,6 +240,7 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
         "filters": cfg.model_dump(mode="json", exclude={"scrub", "split", "collect_before_train"}),
         "split": cfg.split.model_dump(mode="json"), "golden": {"path": cfg.golden, "examples": n_golden},
         "pii": pii,
+        "scrub_check": check.to_card() if check else None,
     }
     if served.unmatched:  # kept and counted, but say so: a deploy alias or a source mapping is off
         log(f"[yellow]{sum(served.unmatched.values())} kept row(s) name a served model that matches no version "
