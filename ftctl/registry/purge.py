@@ -34,8 +34,8 @@ def objects_of(ws, dir_md5: str | None) -> set[str]:
 
 
 def remove(ws, oids: Iterable[str], remote: str | None) -> dict[str, Any]:
-    """Delete ``oids`` from the local cache, then from ``remote`` (a configured DVC remote's
-    name; None: the cache only). Returns what each held and deleted."""
+    """Delete ``oids`` from ``remote`` (a configured DVC remote's name; None: none), then from
+    the local cache. Returns how many each held and deleted."""
     from dvc.repo import Repo
 
     oids = sorted(set(oids))
@@ -44,9 +44,18 @@ def remove(ws, oids: Iterable[str], remote: str | None) -> dict[str, Any]:
         return out
     try:
         with Repo(str(ws.root)) as repo:
-            out["cache"] = _delete(repo.cache.local, oids)
+            # the remote first: if it fails, the local cache still holds every object, so a rerun
+            # finds the same snapshots to check and purges what is left
             if remote:
-                out["remote"] = _delete(repo.cloud.get_remote_odb(remote, "gc -c", hash_name="md5"), oids)
+                odb = repo.cloud.get_remote_odb(remote, "gc -c", hash_name="md5")
+                # DVC's filesystems answer "not found" for a remote they cannot reach (HTTP): an
+                # object that seems absent may be there. A remote that shows no object folder at
+                # all is not purged blind: nothing is deleted anywhere
+                if not odb.fs.exists(odb.path):
+                    raise FileNotFoundError(f"remote {remote!r} shows no objects at {odb.path} (unreachable, "
+                                            "or never pushed to); nothing was deleted")
+                out["remote"] = _delete(odb, oids)
+            out["cache"] = _delete(repo.cache.local, oids)
     except Exception as e:  # noqa: BLE001 (DVC's own errors: a remote unreachable, a config broken)
         raise ExternalToolError(f"removing {len(oids)} object(s) from DVC failed: {e}",
                                 hint="the tombstones are recorded and the snapshot rebuilt; rerun "

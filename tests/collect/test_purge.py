@@ -115,6 +115,17 @@ def test_forget_purge_removes_exactly_the_objects_that_held_it(workspace, tiny_b
     adapter_md5 = lock.state("assistant").versions[v1].adapter.md5
     old_dir = lock.state("assistant").versions[v1].dataset["md5"]
 
+    # the remote unreachable: the purge fails with the reason, and loses nothing (the remote goes
+    # first, so the cache still has every object and a rerun finds the same old snapshots)
+    from ftctl.lib.process import dvc
+
+    name = ws.default_remote()
+    dvc(ws.root, "remote", "modify", "--local", name, "url", "http://127.0.0.1:9/remote")
+    failed = ftctl("--json", "forget", "--value", MEMBER, "--purge", cwd=ws.root)
+    assert failed.returncode != 0 and "removing" in json.loads(failed.stdout)["error"], failed.stdout
+    assert holding(cache, MEMBER) and holding(remote, MEMBER)
+    dvc(ws.root, "remote", "modify", "--local", name, "url", str(remote))
+
     out = json.loads(ftctl("--json", "forget", "--value", MEMBER, "--purge", cwd=ws.root, check=True).stdout)
     p = out["purged"]["assistant"]
     assert p["objects"] >= 2 and p["cache"] == p["objects"] and p["remote"] == p["objects"], p
