@@ -150,6 +150,7 @@ class EvalConfig(WithPlugins):
     stop: list[str] = []  # extra stop strings (the chat template's end-of-turn is always one)
     artifact: str = "hf"  # hf | gguf:<QUANT>: what `ftctl eval` scores by default
     n_ctx: int = Field(2048, ge=256)  # GGUF backend context, as the server runs it
+    parallel: int = Field(8, ge=1)  # GGUF backend: answers decoded at once (llama-server slots of n_ctx each)
     top_changed: int = Field(5, ge=0)  # examples shown side by side in a comparison
     # guard tasks (plugins of kind guard, e.g. capitals, currencies) run beside the eval set on both
     # sides of a comparison: a drop of more than guards_margin (accuracy), significant, fails the gate

@@ -20,14 +20,15 @@ def settings_of(cfg: ModelConfig):
     return GenSettings(max_new_tokens=cfg.eval.max_new_tokens, stop=tuple(cfg.eval.stop), seed=cfg.eval.seed)
 
 
-def open_backend(ws, target: Target, log: Log = print):
+def open_backend(ws, target: Target, log: Log = print, parallel: int | None = None):
     """The generation backend for a target (loads the model; heavy)."""
     from ftctl.lib import generation
 
     cfg = ws.model(target.model)
     settings = settings_of(cfg)
     if target.gguf is not None:
-        return generation.GGUFBackend(target.gguf, settings, n_ctx=cfg.eval.n_ctx)
+        return generation.GGUFBackend(target.gguf, settings, n_ctx=cfg.eval.n_ctx,
+                                      parallel=parallel or cfg.eval.parallel)
     resolved = ws.resolve_base(target.model, target.base_ref, log=log)
     model, tok = generation.load_hf(resolved, target.adapter_dir)
     return generation.HFBackend(model, tok, settings, batch_size=cfg.eval.batch_size)
@@ -66,6 +67,12 @@ class Predictor:
         self.log(f"generating {len(evalset.examples)} answers with {self.target.label}")
         preds = self.backend.generate([prompt_messages(ex) for ex in evalset.examples])
         self.latency = latency_summary(getattr(self.backend, "timings", None), self.target.artifact)
+        failures = getattr(self.backend, "failures", None)
+        if failures:  # those examples score as empty answers; not cached, so the next run retries them
+            i, why = failures[0]
+            self.log(f"[yellow]{len(failures)} of {len(preds)} answers failed and count as empty[/] "
+                     f"(example {i + 1}: {why})")
+            return preds
         write_text(cache, json.dumps({"predictions": preds, "latency": self.latency}))
         return preds
 
@@ -87,7 +94,7 @@ def latency_summary(timings: list[tuple[float, int]] | None, artifact: str) -> d
 def chat_backend(ws, ref: str, *, model: str | None = None, artifact: str | None = None) -> tuple[Target, Any]:
     """(target, loaded backend) for `ftctl chat`."""
     target = resolve_target(ws, ref, model=model, artifact=artifact)
-    return target, open_backend(ws, target)
+    return target, open_backend(ws, target, parallel=1)  # one prompt: one slot's KV cache, not eight
 
 
 def brief_latency(summary: dict | None) -> dict | None:

