@@ -125,6 +125,12 @@ class CurateConfig(Strict):
 class TrainConfig(WithPlugins):
     chooser: ClassVar[str] = "trainer"
     trainer: str = "lora"
+    # experiment trackers of every trainer (lora, dpo, kto): ftctl.lib.tracking
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = ["tensorboard"]
+    mlflow_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else MLflow's own (./mlruns)
+    mlflow_experiment: str | None = None  # default: ftctl-<model>
+    wandb_project: str | None = None  # default: ftctl-<model>
+    wandb_mode: Literal["offline", "online"] = "offline"  # offline: nothing leaves the machine (`wandb sync`)
 
 
 class GateConfig(Strict):

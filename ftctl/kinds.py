@@ -139,6 +139,10 @@ class TrainRequest:
     init_adapter: Path | None = None  # --from: continue this adapter
     resume: bool = False  # continue from the newest complete checkpoint in output_dir
     show_progress: bool = False  # a live progress display (a terminal is attached)
+    # transformers' report_to (tensorboard, mlflow, wandb): the trackers the core set up for this
+    # run (ftctl.lib.tracking; their settings are in the environment); run_name: model@version
+    report_to: list[str] = field(default_factory=list)
+    run_name: str | None = None
 
 
 @dataclass

@@ -31,6 +31,7 @@ from ftctl.registry import card
 from ftctl.registry.lockfile import VersionEntry
 from ftctl.registry.versions import next_version, resolve, split_ref
 from ftctl.lib.times import now
+from ftctl.lib.tracking import Tracking
 from ftctl.registry.workspace import Workspace, dvc_md5, locked
 
 RUN_FILE = "run.json"
@@ -128,29 +129,39 @@ def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, 
                     "data": {k: str(v) if v else None for k, v in paths.items()},
                     "data_sha256": file_sha256(paths["train"]), "base_sha256": base.sha256, "created": now()}
     _write_run(run_dir, spec, status="running")
+    t = mc.train
+    tracking = Tracking(t.report_to, model=name, version=version, run_dir=run_dir, mlflow_uri=t.mlflow_uri,
+                        mlflow_experiment=t.mlflow_experiment, wandb_project=t.wandb_project,
+                        wandb_mode=t.wandb_mode, log=log)
+    tracking.start()  # a tracker that cannot be reached is reported and left out, never fatal
     request = TrainRequest(base, paths["train"], paths["val"], run_dir, init_adapter, resume=resume,
-                           show_progress=show_progress)
+                           show_progress=show_progress, report_to=tracking.report_to, run_name=tracking.run_name)
     try:
-        if (nproc and nproc > 1) or accelerate_config:
-            result = _launch(ws, trainer, run_dir, request, nproc or 1, accelerate_config)
-        else:
-            result = trainer.train(request)
+        with tracking.environment():
+            if (nproc and nproc > 1) or accelerate_config:
+                result = _launch(ws, trainer, run_dir, request, nproc or 1, accelerate_config)
+            else:
+                result = trainer.train(request)
     except BaseException as e:
         _write_run(run_dir, spec, status="failed", error=getattr(e, "message", repr(e)))
         raise
-    return _record(ws, name, version, parent, base, spec, run_dir, result, trainer_name, log)
+    return _record(ws, name, version, parent, base, spec, run_dir, result, trainer_name, log, tracking)
 
 
 # --- recording ----------------------------------------------------------------------------
 
 
-def _record(ws, name, version, parent, base, spec, run_dir, result: TrainResult, trainer_name, log) -> dict:
+def _record(ws, name, version, parent, base, spec, run_dir, result: TrainResult, trainer_name, log,
+            tracking: Tracking | None = None) -> dict:
     dest = ws.adapter_dir(name, version)
     if dest.exists():  # left by an interrupted record (never committed): replace it
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(result.adapter_dir, dest)
     created = now()
+    # TensorBoard's files stored with the adapter; MLflow's run completed (settings, final metrics, adapter)
+    tracked = tracking.finish(params=result.params, metrics=result.metrics, adapter_dir=result.adapter_dir,
+                              stored_dir=dest, rel=ws.rel) if tracking else {}
 
     def entry(state) -> VersionEntry:
         return VersionEntry(
@@ -162,7 +173,8 @@ def _record(ws, name, version, parent, base, spec, run_dir, result: TrainResult,
                       "libraries": result.libraries, "from": parent, "steps": result.steps,
                       "tokens": result.tokens, "tokens_per_s": result.tokens_per_s,
                       "seconds": result.seconds, "peak_rss_mb": result.peak_rss_mb, "run": run_dir.name,
-                      **({"new_only": spec["new_only"]} if spec.get("new_only") else {})},
+                      **({"new_only": spec["new_only"]} if spec.get("new_only") else {}),
+                      **({"tracking": tracked} if tracked else {})},
             adapter={"path": ws.rel(dest), "md5": dvc_md5(dest)},
             metrics={k: v for k, v in result.metrics.items() if v is not None},
         )
@@ -181,7 +193,7 @@ def _record(ws, name, version, parent, base, spec, run_dir, result: TrainResult,
     return {"model": name, "version": version, "parent": parent,
             "train_loss": result.metrics.get("train_loss"), "val_loss": result.metrics.get("val_loss"),
             "steps": result.steps, "tokens_per_s": result.tokens_per_s, "adapter": ws.rel(dest),
-            "optimizer_steps": result.steps, "peak_rss_mb": result.peak_rss_mb}
+            "optimizer_steps": result.steps, "peak_rss_mb": result.peak_rss_mb, "tracking": tracked}
 
 
 # --- runs ---------------------------------------------------------------------------------
@@ -340,7 +352,8 @@ def _worker(root: str, run_dir: str) -> None:
     base = ResolvedBase(b["ref"], Path(b["path"]), b["sha256"], Path(b["source_file"]) if b["source_file"] else None,
                         b["trust_remote_code"])
     request = TrainRequest(base, Path(req["train_file"]), Path(req["val_file"]) if req["val_file"] else None,
-                           run, Path(req["init_adapter"]) if req["init_adapter"] else None, req["resume"], False)
+                           run, Path(req["init_adapter"]) if req["init_adapter"] else None, req["resume"], False,
+                           req.get("report_to") or [], req.get("run_name"))
     try:
         result = trainer.train(request)
     except FtctlError as e:

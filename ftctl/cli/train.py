@@ -77,6 +77,12 @@ def _render(app, r: dict, dry_run: bool, preview: bool) -> None:
     app.say(f"[green]created {r['model']}@{r['version']}[/] (parent {r['parent'] or 'base'}): "
             f"train loss {r['train_loss']}, val loss {r['val_loss']}, {r['steps']} steps, "
             f"{r['tokens_per_s']} tokens/s, peak RSS {r.get('peak_rss_mb')} MB, adapter {r['adapter']}")
+    for name, t in (r.get("tracking") or {}).items():  # a tracker that failed is said, never silent
+        if t.get("ok"):
+            where = t.get("run_id") or t.get("logs") or t.get("run_dir") or ""
+            app.say(f"tracked in {name}" + (f": {where}" if where else ""))
+        else:
+            app.say(f"[yellow]tracking failed: {name}:[/] {t.get('error')}")
 
 
 def _render_plan(app, plan: dict | None) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from ftctl import plugins
 from ftctl.errors import UsageError
 from ftctl.eval.evalset import EvalSet, load_eval_set
+from ftctl.lib.tracking import log_comparison
 from ftctl.eval.evaluate import _example_row, _write_reports
 from ftctl.eval.guards import guard_scores, load_guards
 from ftctl.eval.predict import Predictor, brief_latency
@@ -91,6 +92,11 @@ def compare(ws, a: str, b: str, *, model: str | None = None, eval_set: str | Non
     paths = _write_reports(ws, result, rows, f"compare-{ta.version}-{tb.version}", kind="compare")
     if record:
         _record_compare(ws, ta, tb, evalset, result, paths)
+        if tb.version != "base":  # the comparison joins B's MLflow run (train.report_to: [mlflow])
+            training = ws.read_lock().state(tb.model).versions[tb.version].training
+            logged = log_comparison(training.get("tracking") or {}, result, cfg.train.mlflow_uri)
+            if logged is not None:
+                result["tracking"] = {"mlflow": logged}
     return result
 
 

@@ -228,7 +228,8 @@ class LoraTrainer(Trainer):
             train_sampling_strategy="random",  # the same conversations per step, packed or not
             remove_unused_columns=False,
             dataloader_num_workers=0,
-            report_to=["tensorboard"],
+            report_to=list(request.report_to),  # set up by the core (ftctl.lib.tracking)
+            run_name=request.run_name,
             disable_tqdm=True,
             ddp_backend="gloo" if _distributed() and not torch.cuda.is_available() else None,
             ddp_find_unused_parameters=False,

@@ -176,7 +176,7 @@ def training_args(cls, cfg: PreferenceConfig, out: Path, **extra):
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
         warmup_steps=int(cfg.warmup) if cfg.warmup >= 1 else cfg.warmup,  # < 1: a ratio
         max_length=cfg.max_length, bf16=cfg.precision == "bf16", use_cpu=not torch.cuda.is_available(),
-        seed=cfg.seed, data_seed=cfg.seed, logging_steps=1, save_strategy="no", report_to=[],
+        seed=cfg.seed, data_seed=cfg.seed, logging_steps=1, save_strategy="no",
         # TRL turns checkpointing on by default: for LoRA on small models it costs time, not memory worth saving
         gradient_checkpointing=False, disable_tqdm=True, dataloader_num_workers=0, **extra)
 
@@ -239,6 +239,8 @@ def fit(name: str, trl_classes: tuple, rows: list[dict], request, cfg: Preferenc
             f"on {before['pairs']} pairs")
     out = Path(request.output_dir)
     config_cls, trainer_cls = trl_classes  # e.g. (DPOConfig, DPOTrainer)
+    # the trackers the core set up (ftctl.lib.tracking): TensorBoard, MLflow, W&B, as for lora
+    trl_args = {"report_to": list(request.report_to), "run_name": request.run_name, **trl_args}
     trainer = quiet(trainer_cls(model=model, args=training_args(config_cls, cfg, out, **trl_args), processing_class=tok,
                                 train_dataset=Dataset.from_list(rows)), ctx.log)
     started = time.monotonic()

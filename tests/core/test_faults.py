@@ -56,15 +56,15 @@ def test_kill_before_commit_leaves_no_half_entry(workspace):
 
     shutil.rmtree(workspace.adapter_dir("assistant", "v1.0"))
     assert record_version(workspace) == "v1.0"
-    assert git(workspace.root, "tag", "--list") == "assistant@v1.0"
+    assert git(workspace.root, "tag", "--list") == "assistant@v1.0.0"
 
 
 def test_kill_between_commit_and_tag_rolls_forward(workspace):
     kill_during(workspace, "tag")
     assert git(workspace.root, "tag", "--list") == ""  # not yet: the commit landed, the tag did not
     run_ftctl("push", cwd=workspace.root)
-    assert git(workspace.root, "tag", "--list") == "assistant@v1.0"
-    assert git(workspace.root, "rev-list", "-n1", "assistant@v1.0") == git(workspace.root, "rev-parse", "HEAD")
+    assert git(workspace.root, "tag", "--list") == "assistant@v1.0.0"
+    assert git(workspace.root, "rev-list", "-n1", "assistant@v1.0.0") == git(workspace.root, "rev-parse", "HEAD")
     assert [r["version"] for r in run_json("versions", cwd=workspace.root)] == ["v1.0"]
 
 

@@ -47,7 +47,7 @@ def test_train_creates_a_tracked_loadable_version_with_lineage(train_ws, tiny_ba
     assert entry.metrics["train_loss"] == r["train_loss"]
     adapter = train_ws.root / r["adapter"]
     assert (adapter.parent / "v1.0.dvc").is_file() and entry.adapter["md5"].endswith(".dir")
-    assert "assistant@v1.0" in tags(train_ws)
+    assert "assistant@v1.0.0" in tags(train_ws)  # GTO's grammar
     assert not list(adapter.glob("*.bin")) and (adapter / "adapter_model.safetensors").is_file()
     # loadable by PEFT on the base, as eval and export do it
     from peft import PeftModel
@@ -71,7 +71,7 @@ def test_next_versions_major_and_from(train_ws):
     a, b = adapter_weights(train_ws.root / v10["adapter"]), adapter_weights(train_ws.root / r["adapter"])
     assert not all(torch.equal(a[k], b[k]) for k in a)
     assert train(train_ws, major=True, max_steps=1)["version"] == "v2.0"
-    assert tags(train_ws) == ["assistant@v1.0", "assistant@v1.1", "assistant@v2.0"]
+    assert tags(train_ws) == ["assistant@v1.0.0", "assistant@v1.1.0", "assistant@v2.0.0"]
 
 
 def run_plugin(ws, out, **cfg):
@@ -115,7 +115,8 @@ def test_cli_json_contract(train_ws, ftctl):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert set(data) == {"model", "version", "parent", "train_loss", "val_loss", "steps", "tokens_per_s", "adapter",
-                         "optimizer_steps", "peak_rss_mb"}  # the contract's keys, plus issue 10's two
+                         "optimizer_steps", "peak_rss_mb", "tracking"}  # the contract's keys, issue 10's two, 25's one
+    assert data["tracking"] == {"tensorboard": {"ok": True, "logs": "adapters/assistant/v1.0/tensorboard"}}
     assert data["optimizer_steps"] == data["steps"] == 2 and data["peak_rss_mb"] > 100
     # without a terminal, progress is plain lines; with --json they go to stderr (stdout: one document)
     assert re.search(r"^step 2/2  loss [\d.]+  [\d,]+ tok/s  RSS [\d,]+ MB  eta 0:00$", proc.stderr, re.M), proc.stderr
