@@ -15,9 +15,9 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ftctl.errors import ConfigError
+from ftctl.errors import ConfigError, ModelNotFound
 from ftctl.lib.redact import redact
 
 CONFIG_FILE = "ftctl.yaml"
@@ -320,7 +320,7 @@ class FtctlConfig(Strict):
         """The merged, validated settings of one model (the default one when ``name`` is None)."""
         name = name or self.default_model
         if name not in self.models:
-            raise ConfigError(
+            raise ModelNotFound(
                 f"no model named {name!r} in {CONFIG_FILE}",
                 hint=f"models: {', '.join(self.models)}",
             )

@@ -39,6 +39,15 @@ class ConfigError(FtctlError):
     exit_code = USAGE
 
 
+class NotFound(UsageError):
+    """A version, model, job or report that does not exist: a usage error on the command line
+    (exit code 2), 404 over HTTP (ftctl serve)."""
+
+
+class ModelNotFound(ConfigError, NotFound):
+    """A model name that ftctl.yaml does not configure."""
+
+
 class NotAWorkspace(FtctlError):
     exit_code = USAGE
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ftctl.errors import UsageError
+from ftctl.errors import NotFound, UsageError
 from ftctl.registry.lockfile import Lock
 
 VERSION_RE = re.compile(r"^v(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})$")
@@ -99,5 +99,5 @@ def resolve(lock: Lock, model: str, ref: str) -> str:
     Version.parse(ref)  # rejects path characters and anything else that is not vX.Y
     if ref not in versions:
         known = ", ".join(sorted_versions(versions)) or "none"
-        raise UsageError(f"unknown version {ref!r} of model {model!r}", hint=f"known versions: {known}")
+        raise NotFound(f"unknown version {ref!r} of model {model!r}", hint=f"known versions: {known}")
     return ref

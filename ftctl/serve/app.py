@@ -30,7 +30,7 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.security import HTTPBearer
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from ftctl.errors import LOCKED, FtctlError, UsageError
+from ftctl.errors import LOCKED, FtctlError, NotFound, UsageError
 from ftctl.lib.redact import redact
 from ftctl.serve import job_process
 from ftctl.serve import jobs as J
@@ -142,7 +142,9 @@ def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
 
     @app.exception_handler(FtctlError)
     async def _ftctl_error(request: Request, e: FtctlError):
-        resp = cli_json(error_body(e), 401 if isinstance(e, Unauthorized) else HTTP_STATUS.get(e.exit_code, 500))
+        status = 401 if isinstance(e, Unauthorized) else 404 if isinstance(e, NotFound) else \
+            HTTP_STATUS.get(e.exit_code, 500)  # an unknown version, model, job or report: 404
+        resp = cli_json(error_body(e), status)
         if isinstance(e, Unauthorized):
             resp.headers["WWW-Authenticate"] = "Bearer"
         return resp
@@ -225,7 +227,7 @@ def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
     def get_job(job_id: str) -> dict:
         job = store.get(job_id) if len(job_id) <= 32 and job_id.isalnum() else None
         if not job:
-            raise UsageError(f"no job {job_id[:40]!r}", hint="GET /jobs lists them", exit_code=2)
+            raise NotFound(f"no job {job_id[:40]!r}", hint="GET /jobs lists them")
         return job
 
     # --- reads -------------------------------------------------------------------------------
@@ -287,14 +289,14 @@ def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
     def get_report(model: str, name: str):
         listed = report_files(model)  # only a name listed there: never a client path joined onto ours
         if name not in listed:
-            raise UsageError(f"no report {name[:80]!r} of model {model!r}", hint=f"GET /reports/{model} lists them")
+            raise NotFound(f"no report {name[:80]!r} of model {model!r}", hint=f"GET /reports/{model} lists them")
         try:  # O_NOFOLLOW: a file swapped for a symlink since the listing is refused, not followed
             fd = os.open(listed[name], os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
-            raise UsageError(f"no report {name[:80]!r} of model {model!r}", hint=f"GET /reports/{model} lists them") from None
+            raise NotFound(f"no report {name[:80]!r} of model {model!r}", hint=f"GET /reports/{model} lists them") from None
         with os.fdopen(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise UsageError(f"no report {name[:80]!r} of model {model!r}")
+                raise NotFound(f"no report {name[:80]!r} of model {model!r}")
             body = f.read()
         return Response(body, media_type=mimetypes.guess_type(name)[0] or "application/octet-stream")
 

@@ -80,10 +80,12 @@ def test_mutating_routes_need_the_token(shared):
     anon.close()
 
 
-def test_bad_refs_get_the_cli_message_with_422(shared):
+def test_bad_refs_get_the_cli_message_with_422_or_404(shared):
+    """A malformed ref (or one naming nothing deployed) is 422; a version or model that does not
+    exist is 404 (issue 25); both with the CLI's JSON error."""
     serve_ws, service = shared
     before = len(service.http.get("/jobs").json())
-    for ref in ("v1.x", "../../etc", "v9.9", "stable", "other@v1.0"):
+    for ref, status in (("v1.x", 422), ("../../etc", 404), ("v9.9", 404), ("stable", 422), ("other@v1.0", 404)):
         cli = run_ftctl("--json", "show", ref, cwd=serve_ws.root)
         assert cli.returncode == 2
         expected = json.loads(cli.stdout)
@@ -91,9 +93,11 @@ def test_bad_refs_get_the_cli_message_with_422(shared):
         if "/" in ref:  # not even a route: a path never reaches the core
             assert api.status_code == 404
             continue
-        assert api.status_code == 422 and api.json() == expected, ref
+        assert api.status_code == status and api.json() == expected, ref
         r = service.http.post("/evaluate", json={"a": "base", "b": ref})
-        assert r.status_code == 422 and r.json()["error"] == expected["error"]
+        assert r.status_code == status and r.json()["error"] == expected["error"]
+    assert service.http.get("/jobs/deadbeef").status_code == 404
+    assert service.http.get("/reports/nosuchmodel").status_code == 404
     r = service.http.post("/finetune/start", json={"from": "v1.x"})
     assert r.status_code == 422 and r.json()["error"] == "invalid version 'v1.x'"
     assert len(service.http.get("/jobs").json()) == before
@@ -112,7 +116,7 @@ def test_inputs_are_validated_and_bounded(shared):
                              headers={"content-type": "application/json"})
     assert huge.status_code == 413
     assert service.http.get("/reports/assistant/..%2Fmodels.lock").status_code in (404, 422)
-    assert service.http.get("/reports/assistant/ftctl.yaml").status_code == 422
+    assert service.http.get("/reports/assistant/ftctl.yaml").status_code == 404  # not a listed report
     assert len(service.http.get("/jobs").json()) == before
     # no CORS: a browser on another origin gets no permission to read
     r = service.http.options("/versions", headers={"Origin": "http://evil.example",
