@@ -361,6 +361,7 @@ class SlotInfo:
     model_path: str | None  # the file it serves, as configured
     resolved: Path | None  # the same, absolute (None: unknown)
     port: int | None = None
+    args: tuple[str, ...] = ()  # its whole argument list, when the deployer configures one (pm2)
 
 
 @dataclass(frozen=True)
@@ -450,11 +451,18 @@ class Deployer(Plugin):
 
     @abstractmethod
     def snapshot(self) -> str:
-        """The deployer's configuration as an opaque string (kept while a command runs)."""
+        """The deployer's configuration as an opaque string (kept while a command runs). Raise a
+        ``ConfigError`` when the configuration does not load: a broken one is never kept to be
+        put back."""
 
     @abstractmethod
     def restore(self, snapshot: str) -> None:
-        """Put the configuration of :meth:`snapshot` back and restart the stable slot if it changed."""
+        """Put the configuration of :meth:`snapshot` back and restart the stable slot if it changed.
+        Raise ``ConfigError`` (and change nothing) when ``snapshot`` does not load."""
+
+    def persist(self) -> None:
+        """Make what runs now what comes back after a reboot (pm2: its saved process list). The
+        core calls it after every change; the default has nothing to save."""
 
     def splits_traffic(self) -> bool:
         """True when :meth:`route` moves traffic: the core then hands every stable change over

@@ -28,6 +28,8 @@ def deploy(ws: Workspace, ref: str, *, canary: int | None = None, dry_run: bool 
     """:func:`ftctl.deploy.rollout.deploy`, behind the eval gate when ``gate`` (None: deploy.gate)."""
 
     def eval_gate(model: str, label: str) -> None:
+        if label.endswith(("@base", "@baseline")):  # going back to what ran before: nothing to beat
+            return
         if gate if gate is not None else ws.model(model).deploy.gate:
             log(f"eval gate: {label} against {ws.model(model).eval.gate.against}")
             gating.gate(ws, label, model=model, log=log)

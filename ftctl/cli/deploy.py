@@ -26,6 +26,10 @@ def _render(app):
         canary = s["canary"]
         app.say(f"[bold]{s['model']}[/]: stable {s['stable'] or '-'}"
                 + (f", canary {canary['version']} at {canary['percent']}%" if canary else ", no canary"))
+        if b := s.get("baseline"):
+            app.say(f"baseline (served before ftctl, {b['recorded'][:16]}): {b['path']}"
+                    + (f", sha256 {b['sha256'][:12]}" if b.get("sha256") else ", not readable when recorded")
+                    + f"; args: {shlex.join(b['args'])}")
         if s.get("interrupted"):
             app.say("[yellow]an interrupted deploy is pending: `ftctl rollback` restores the recorded state[/]")
         t = Table("app", "role", "version", "model file", "sha256", "healthy", "serves")

@@ -49,13 +49,16 @@ def versions(app, model):
         t = Table("model", "version", "parent", "created", "rows", key, "exports", "deployed")
         for r in rs:
             rows_n = sum(v for v in r["rows"].values() if isinstance(v, int)) if r["rows"] else None
+            parent = r["parent"] or ("-" if r["version"] == "baseline" else "base")
             t.add_row(r["model"], r["version"] + (" [red](forgotten)[/]" if r.get("forgotten") else ""),
-                      r["parent"] or "base", r["created"][:16], _fmt(rows_n),
+                      parent, r["created"][:16], _fmt(rows_n),
                       _fmt(r["metrics"].get(key)), _export_cell(r["exports"]), r["deployed"] or "-")
         app.console.print(t)
         if any(r.get("forgotten") for r in rs):
             app.say("(forgotten): trained on data `ftctl forget` erased since; deploy and rollback refuse it "
                     "unless --allow-forgotten")
+        if any(r["version"] == "baseline" for r in rs):
+            app.say("baseline: what the app served before ftctl's first deploy (`ftctl rollback --to baseline`)")
         if any(x.get("parity") for r in rs for x in r["exports"]):
             app.say("exports: GGUF top-1 agreement / mean KL with the merged model (the untuned base's GGUF "
                     "of the same type)")

@@ -212,7 +212,7 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
         for agent, n in figures["agent"].items():
             agents[agent or "none"] += n
         state = ws.read_lock().models.get(mc.name)
-        resolve, served = Resolver(mc.name, state.versions if state else ()), Attribution()
+        resolve, served = Resolver.of(mc.name, state), Attribution()
         for served_model, n in figures["served"].items():
             served.add(served_model, resolve(served_model), n)
         for good, bad in spill.negatives_for_kept():

@@ -71,7 +71,9 @@ def reference_point(ws, model: str) -> tuple[str, str]:
     if not state.versions:
         raise UsageError(f"model {model!r} has no trained version to compare feedback with",
                          hint="train one first: `ftctl train`")
-    version = state.deployment.stable or sorted_versions(state.versions)[-1]
+    stable = state.deployment.stable
+    # a stable baseline (what the team ran before ftctl) has no training snapshot: the latest version's
+    version = stable if stable in state.versions else sorted_versions(state.versions)[-1]
     entry = state.versions[version]
     cutoff = (entry.dataset or {}).get("created") or entry.created
     return version, cutoff
@@ -107,7 +109,7 @@ def drift(ws, model: str | None = None, log: Log = print) -> dict[str, Any]:
                     ref_prompts.append(ex.prompt)
                     ref_agents[ex.agent or "none"] += 1
 
-    resolve = Resolver(model, ws.read_lock().state(model).versions)
+    resolve = Resolver.of(model, ws.read_lock().state(model))
     new_prompts, new_agents = [], Counter()
     rated: dict[str, dict[str, list[float]]] = {}
 

@@ -54,7 +54,7 @@ def ratings(ws, model: str, versions: dict[str, str], since: str | None, signal:
     from ftctl.registry.served import Attribution, Resolver
 
     state = ws.read_lock().state(model)
-    resolve, seen = Resolver(model, state.versions), Attribution()
+    resolve, seen = Resolver.of(model, state), Attribution()
     role_of = {v: r for r, v in versions.items()}
     rows: dict[str, list] = {r: [] for r in versions}
 
@@ -257,6 +257,9 @@ def _check(ws, model: str | None, dry_run: bool, log: Log) -> dict[str, Any]:
     if live["served"]["unmatched"]:
         log(f"[yellow]{sum(live['served']['unmatched'].values())} feedback row(s) name a served model that "
             f"matches no version[/]: {', '.join(list(live['served']['unmatched'])[:5])}")
+    if live["served"]["none"]:  # never counted as stable: which version answered them is unknown
+        log(f"[yellow]{live['served']['none']} feedback row(s) name no served model[/]: unattributed, counted "
+            "for neither side (map the source's served_model column)")
     if dry_run:
         out["status"] = before
         return out

@@ -3,35 +3,41 @@
 The deployer plugin (``deploy.deployer``, pm2 by default) offers a few primitives
 (:class:`ftctl.kinds.Deployer`: serve an artifact in a slot, stop a slot, identity and health
 of the slots, move traffic, snapshot/restore its configuration). Everything else is here and
-the same for every deployer: which file to serve (the version's exported GGUF), canary,
-promote, rollback, the hand-off without downtime, recovery of an interrupted command,
-and the record of every change in models.lock (``deployment`` and ``history``) through
-``ws.record``. Each verb returns the status shape of the scripting contract. The eval gate is
-the eval stage's: `ftctl deploy` hands it in as ``deploy(check=...)`` (ftctl.verbs).
+the same for every deployer: which file to serve (the version's exported GGUF, the recorded
+``baseline``, the ``base`` GGUF), canary, promote, rollback, the hand-off without downtime,
+recovery of an interrupted command, and the record of every change in models.lock
+(``deployment``, ``baseline`` and ``history``) through ``ws.record``. Each verb returns the
+status shape of the scripting contract. The eval gate is the eval stage's: `ftctl deploy` hands
+it in as ``deploy(check=...)`` (ftctl.verbs).
 
-A command killed half-way leaves a pending note (with the deployer's snapshot); the next
-deploy/promote/rollback puts the serving stack back to the recorded state first, and
-``ftctl rollback`` does only that.
+Each change is checked (the deployer's ``check`` and ``snapshot``) before a pending note is
+written, and the note goes only after models.lock recorded the outcome and the deployer
+persisted it (``pm2 save``): see ``_change``. A command killed half-way leaves the note; the
+next deploy/promote/rollback puts the serving stack back to the recorded state first (or, when
+the outcome was recorded, only finishes), and ``ftctl rollback`` does only that.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+import os
+import secrets
+import signal
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ftctl.deploy.metrics import counters
-from ftctl.errors import NothingToDo, RolledBack, UsageError
+from ftctl.errors import ConfigError, NothingToDo, RolledBack, UsageError
 from ftctl.kinds import AppStatus, Artifact, Deployer, ExportQuery
 from ftctl.lib.atomic import write_text
 from ftctl.lib.digest import file_sha256
 from ftctl.lib.log import Log, current_user
 from ftctl.lib.times import now
 from ftctl.registry.lockfile import Lock, ModelState, forgotten_marks
-from ftctl.registry.versions import resolve, split_ref
+from ftctl.registry.versions import BASE, BASELINE, resolve, split_ref
 from ftctl.registry.workspace import locked
 
 
@@ -65,10 +71,7 @@ def exported(ws, model: str, want: ExportQuery) -> tuple[Artifact, ...]:
 def _model_and_version(ws, ref: str) -> tuple[str, str]:
     model, ver = split_ref(ref, ws.config.default_model)
     ws.model(model)  # unknown model: a config error naming the known ones
-    version = resolve(ws.read_lock(), model, ver)
-    if version == "base":
-        raise UsageError("the base model has no exported GGUF of its own", hint="deploy a version, e.g. v1.0")
-    return model, version
+    return model, resolve(ws.read_lock(), model, ver)
 
 
 def refuse_forgotten(ws, model: str, version: str, allow: bool, action: str, log: Log) -> None:
@@ -87,6 +90,10 @@ def refuse_forgotten(ws, model: str, version: str, allow: bool, action: str, log
 
 def artifact(ws, model: str, version: str, dep: Deployer) -> Artifact:
     """The exported file ``dep`` serves for ``version``, checked against its recorded sha256."""
+    if version == BASELINE:
+        return _baseline_artifact(ws, model, dep)
+    if version == BASE:
+        return _base_artifact(ws, model, dep)
     want = dep.serves()
     entry = ws.read_lock().state(model).versions[version]
     found = entry.find_export(want.kind, want.quant)
@@ -97,6 +104,7 @@ def artifact(ws, model: str, version: str, dep: Deployer) -> Artifact:
     if not path.is_file():
         raise UsageError(f"the GGUF of {model}@{version} does not exist: {found.path}",
                          hint=f"restore it with `ftctl checkout {model}@{version}` (or `dvc pull`)")
+    check_gguf(path, f"{model}@{version}", found.get("bytes"), hint="restore it with `ftctl checkout`")
     digest = file_sha256(path)
     if found.sha256 and found.sha256 != digest:
         raise UsageError(f"{found.path} does not match the sha256 recorded for {model}@{version}",
@@ -105,9 +113,102 @@ def artifact(ws, model: str, version: str, dep: Deployer) -> Artifact:
                     quant=found.quant)
 
 
-def _served_files(ws, state: ModelState) -> dict[str, tuple[str, str | None]]:
-    """Absolute exported path -> (version, sha256), for telling what an app serves."""
+def _baseline_artifact(ws, model: str, dep: Deployer) -> Artifact:
+    """What the app served before ftctl, as recorded: the same file (size, sha256), still there."""
+    b = ws.read_lock().state(model).baseline
+    label = f"{model}@{BASELINE}"
+    want = dep.serves()
+    if want.kind != "gguf":
+        raise UsageError(f"{label} is a model file ({b.path}); the {dep.name} deployer serves {want.kind} files",
+                         hint="deploy a version instead")
+    path = Path(b.path)
+    if not path.is_file():
+        raise UsageError(f"the file of {label} no longer exists: {b.path}",
+                         hint="put the file back at that path (ftctl keeps no copy of it), or deploy a version")
+    check_gguf(path, label, b.bytes, hint="put back the file the app served before ftctl")
+    digest = file_sha256(path)
+    if b.sha256 and b.sha256 != digest:
+        raise UsageError(f"{b.path} is not the file recorded as {label} (its sha256 changed)",
+                         hint="put back the file the app served before ftctl, or deploy a version")
+    return Artifact(model=model, version=BASELINE, path=path, rel=b.path, sha256=digest, kind="gguf")
+
+
+def base_gguf(ws, model: str) -> Path | None:
+    """The untuned base as a GGUF file, when ``base:`` is one (a catalogue GGUF or a .gguf path)."""
+    from ftctl.lib.basemodel import locate
+
+    with contextlib.suppress(Exception):  # a missing catalogue package: no file
+        path = locate(ws.model(model).base, ws.root)
+        if path.suffix.lower() == ".gguf" and path.is_file():
+            return path.resolve()
+    return None
+
+
+def _base_artifact(ws, model: str, dep: Deployer) -> Artifact:
+    label = f"{model}@{BASE}"
+    if dep.serves().kind != "gguf":
+        raise UsageError(f"{label} is a whole model; the {dep.name} deployer serves {dep.serves().kind} files",
+                         hint="deploy a version instead")
+    path = base_gguf(ws, model)
+    if path is None:
+        raise UsageError(f"{label} has no GGUF file: base {ws.model(model).base!r} is not a .gguf",
+                         hint="set `base:` to the GGUF the versions were trained from, or convert the base "
+                              "with llama.cpp's convert_hf_to_gguf.py and point `base:` at the result")
+    check_gguf(path, label, None, hint="point `base:` at a whole GGUF file")
+    return Artifact(model=model, version=BASE, path=path, rel=str(path), sha256=file_sha256(path), kind="gguf")
+
+
+def record_baseline(ws, model: str, dep: Deployer, log: Log) -> None:
+    """Before ftctl's first change of a model's app: what it serves now, as ``<model>@baseline``
+    (the file, its sha256 when readable, the app's whole argument list, the id it answers with),
+    so rollback and canaries can return to what the team ran before."""
+    state = ws.read_lock().state(model)
+    if state.baseline or state.deployment.stable:
+        return
+    slot = next((s for s in dep.slots() if s.slot == "stable"), None)
+    if slot is None or slot.resolved is None or str(slot.resolved) in _served_files(ws, state, versions_only=True):
+        return  # nothing served, or already one of ftctl's versions
+    digest = size = None
+    with contextlib.suppress(OSError):
+        size = slot.resolved.stat().st_size
+        digest = file_sha256(slot.resolved)
+    entry = {"app": slot.name, "model_path": slot.model_path, "path": str(slot.resolved), "sha256": digest,
+             "bytes": size, "args": list(slot.args), "served_id": dep.health(slot).served_id, "recorded": now()}
+
+    def update(lock: Lock) -> None:
+        lock.state(model).baseline = entry
+
+    ws.record(f"deploy: {model}@{BASELINE} is what {slot.name} served before ftctl", update)
+    log(f"recorded what {slot.name} serves now as {model}@{BASELINE}: {slot.resolved}"
+        + ("" if digest else " (not readable: no sha256)"))
+
+
+def check_gguf(path: Path, label: str, size: int | None, *, hint: str) -> None:
+    """A GGUF file whole: the magic, and the size recorded at export (a truncated copy, a partial
+    `dvc pull`, a file overwritten by something else), before any server is touched."""
+    if path.suffix.lower() != ".gguf":
+        return
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise UsageError(f"{path} is not a GGUF file (it does not start with GGUF): {label} cannot be served",
+                         hint=hint)
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        raise UsageError(f"{path} has {actual} bytes, {size} were recorded for {label}: the file is "
+                         + ("truncated" if actual < size else "not the one exported"), hint=hint)
+
+
+def _served_files(ws, state: ModelState, model: str | None = None,
+                  versions_only: bool = False) -> dict[str, tuple[str, str | None]]:
+    """Absolute exported path -> (version, sha256), for telling what an app serves; with the base
+    GGUF (``model`` given) and the baseline unless ``versions_only``."""
     out = {}
+    if not versions_only:
+        if model and (base := base_gguf(ws, model)):
+            out[str(base)] = (BASE, None)
+        if state.baseline:
+            out[state.baseline.path] = (BASELINE, state.baseline.sha256)
     for v, entry in state.versions.items():
         for e in entry.exports:
             out[str((ws.root / e.path).resolve())] = (v, e.sha256)
@@ -121,7 +222,7 @@ def status(ws, model: str | None = None, log: Log = print, dep: Deployer | None 
     model = model or ws.config.default_model
     dep = dep or deployer(ws, model, log)
     state = ws.read_lock().models.get(model) or ModelState()
-    files = _served_files(ws, state)
+    files = _served_files(ws, state, model)
     apps = []
     for slot in dep.slots():
         version, digest = files.get(str(slot.resolved) if slot.resolved else "", (None, None))
@@ -131,8 +232,8 @@ def status(ws, model: str | None = None, log: Log = print, dep: Deployer | None 
                               port=slot.port).to_dict())
     d = state.deployment
     return {"model": model, "stable": d.stable, "canary": d.canary.model_dump() if d.canary else None,
-            "apps": apps, "history": list(state.history),
-            "interrupted": _pending_path(ws, model).exists()}
+            "apps": apps, "baseline": state.baseline.model_dump() if state.baseline else None,
+            "history": list(state.history), "interrupted": _pending_path(ws, model).exists()}
 
 
 # --- recording ----------------------------------------------------------------------------------
@@ -140,7 +241,7 @@ def status(ws, model: str | None = None, log: Log = print, dep: Deployer | None 
 
 def _record(ws, model: str, action: str, version: str | None, *, stable: str | None = ...,
             canary: dict | None = ..., result: str = "ok", detail: str | None = None, apps=None,
-            extra: dict | None = None) -> None:
+            extra: dict | None = None, op: str | None = None) -> None:
     def update(lock: Lock) -> None:
         st = lock.state(model)
         if stable is not ...:
@@ -150,7 +251,7 @@ def _record(ws, model: str, action: str, version: str | None, *, stable: str | N
         if apps is not None:
             st.deployment.apps = apps
         st.history.append(history_entry(st, action, version, result, **({"detail": detail} if detail else {}),
-                                        **(extra or {})))
+                                        **(extra or {}), **({"op": op} if op else {})))
 
     what = f"{action} {model}@{version}" if version else f"{action} {model}"
     ws.record(f"deploy: {what}" + ("" if result == "ok" else f" ({result})"), update)
@@ -173,56 +274,103 @@ def _apps_entry(dep: Deployer, arts: dict[str, Artifact | None]) -> list[dict]:
 
 
 # --- interrupted commands -----------------------------------------------------------------------
+#
+# Each change runs as: validate (dep.check, dep.snapshot: a broken configuration is refused here,
+# before any note), note (the snapshot to put back), act, record in models.lock (with the note's
+# id), persist (pm2 save), drop the note. A kill before the record leaves a note whose id is not
+# in the history: the next command puts the snapshot back. A kill after it leaves a note whose
+# id is: the change is recorded, so the next command only persists and drops the note.
 
 
 def _pending_path(ws, model: str) -> Path:
     return ws.root / ".ftctl" / "deploy" / f"{model}.pending.json"
 
 
-@contextlib.contextmanager
-def _pending(ws, model: str, dep: Deployer, action: str, version: str) -> Iterator[None]:
-    """Note what is about to change; kept only if the command dies before it finishes."""
+def _fault(step: str) -> None:
+    """Fault injection for the journal's tests: ``FTCTL_KILL_AT=<step>`` kills this process there
+    (SIGKILL: no cleanup runs, as in a power cut). Steps: noted, handoff, changed, recorded."""
+    if os.environ.get("FTCTL_KILL_AT") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _change(ws, model: str, dep: Deployer, action: str, version: str, act: Callable[[], None],
+            record: Callable[[str], None], rolled_back: Callable[[RolledBack, str], None] | None = None) -> None:
+    """Run ``act`` under a pending note; ``record(op)`` writes models.lock before the note goes."""
     path = _pending_path(ws, model)
-    snapshot = dep.snapshot()
-    write_text(path, json.dumps({"action": action, "version": version, "snapshot": snapshot}))
+    snapshot = dep.snapshot()  # raises for a configuration that does not load: no note, nothing changed
+    op = secrets.token_hex(6)
+    write_text(path, json.dumps({"action": action, "version": version, "op": op, "snapshot": snapshot}))
+    _fault("noted")
     try:
-        yield
-    except RolledBack:
-        path.unlink(missing_ok=True)  # the deployer already put things back
+        act()
+    except RolledBack as e:
+        # the deployer already put things back: say so in the history, then drop the note
+        if rolled_back:
+            rolled_back(e, op)
+        _settle(dep, path)
         raise
     except Exception:
         # a tool failed half-way: put the recorded state back now; if that fails too, the note
         # stays and the next command (or `ftctl rollback`) retries it
         with contextlib.suppress(Exception):
-            _restore(dep, snapshot, _canary_percent(ws, model))
-            path.unlink(missing_ok=True)
+            _restore(ws, model, dep, snapshot, dep.ctx.log)
+            _settle(dep, path)
         raise
+    _fault("changed")
+    record(op)
+    _fault("recorded")
+    _settle(dep, path)
+
+
+def _settle(dep: Deployer, path: Path) -> None:
+    """What serves now comes back after a reboot; then the note can go."""
+    dep.persist()
     path.unlink(missing_ok=True)
 
 
-def _canary_percent(ws, model: str) -> int:
+def _restore(ws, model: str, dep: Deployer, snapshot: str, log: Log) -> None:
+    """The deployer's configuration as recorded, the canary and its share as recorded.
+    A snapshot that does not load (kept by an older ftctl) is not written back: the
+    configuration stays as it is now, which the user may have repaired."""
+    try:
+        dep.restore(snapshot)
+    except ConfigError as e:
+        log(f"[yellow]the interrupted command's snapshot is not put back[/]: {e.message}; the "
+            "configuration stays as it is now")
     canary = ws.read_lock().state(model).deployment.canary
-    return canary.percent if canary else 0
-
-
-def _restore(dep: Deployer, snapshot: str, canary_percent: int) -> None:
-    """The deployer's configuration as recorded, traffic as recorded, no canary unless recorded."""
-    dep.restore(snapshot)
-    canary_up = any(s.slot == "canary" for s in dep.slots())
-    dep.route(canary_percent if canary_up else 0)
-    if not canary_percent:
+    if not canary:
+        dep.route(0)
         dep.stop("canary")
+        return
+    # the recorded canary serves its own file again (a hand-off may have stopped it, or put
+    # another version in its slot), then gets its recorded share
+    want = artifact(ws, model, canary.version, dep)
+    slot = next((s for s in dep.slots() if s.slot == "canary"), None)
+    if slot is None or slot.resolved != want.path:
+        dep.route(0)
+        dep.serve("canary", want)
+    dep.route(canary.percent)
 
 
 def _recover(ws, model: str, dep: Deployer, log: Log) -> bool:
     path = _pending_path(ws, model)
     if not path.exists():
         return False
-    note = json.loads(path.read_text())
-    log(f"an interrupted `{note['action']} {note['version']}` left {model} half-changed: restoring the recorded state")
-    _restore(dep, note["snapshot"], _canary_percent(ws, model))
-    path.unlink()
-    _record(ws, model, "recover", note["version"], detail=f"undid interrupted {note['action']}")
+    try:
+        note = json.loads(path.read_text())
+        action, version, snapshot = note["action"], note["version"], note["snapshot"]
+    except (ValueError, KeyError, TypeError):
+        log(f"[yellow]{path} cannot be read; it is set aside[/] (the configuration stays as it is now)")
+        path.replace(path.with_suffix(".unreadable"))
+        return False
+    if note.get("op") and any(h.get("op") == note["op"] for h in ws.read_lock().state(model).history):
+        log(f"an interrupted `{action} {version}` had recorded its outcome; finishing it")
+        _settle(dep, path)
+        return True
+    log(f"an interrupted `{action} {version}` left {model} half-changed: restoring the recorded state")
+    _restore(ws, model, dep, snapshot, log)
+    _record(ws, model, "recover", version, detail=f"undid interrupted {action}")
+    _settle(dep, path)
     return True
 
 
@@ -259,30 +407,34 @@ def deploy(ws, ref: str, *, canary: int | None = None, dry_run: bool = False,
     dep.check("canary" if canary is not None and not (d.canary and d.canary.version == version) else "stable", art)
     if check is not None:
         check(model, label)
+    record_baseline(ws, model, dep, log)
     stable = _artifact_of(ws, model, d.stable, dep) if d.stable else None
     if canary is not None:
         if d.canary and d.canary.version != version:
             raise UsageError(f"{model}@{d.canary.version} is already the canary",
                              hint="`ftctl promote` or `ftctl rollback` it first")
-        if not d.canary:
-            if version == d.stable:
-                raise NothingToDo(f"{label} is already the stable version")
-            log(f"starting a canary with {label}")
-            with _pending(ws, model, dep, "canary", version):
+        if not d.canary and version == d.stable:
+            raise NothingToDo(f"{label} is already the stable version")
+
+        def act() -> None:
+            if not d.canary:
+                log(f"starting a canary with {label}")
                 dep.serve("canary", art)
-                dep.route(canary)
-        else:
-            with _pending(ws, model, dep, "canary", version):
-                dep.route(canary)
+            dep.route(canary)
+
+        def record(op: str) -> None:
+            apps = _apps_entry(dep, {"stable": stable, "canary": art})
+            new = {"version": version, "percent": canary, "app": apps[-1]["name"]}
+            # the stage begins now, at this share: `canary check` judges the feedback from this
+            # moment (to the microsecond: history times are whole seconds) and the latency from
+            # where the servers' counters stand, not their whole lives
+            began = datetime.now(timezone.utc).isoformat()
+            start = counters([{"role": s.slot, "port": s.port} for s in dep.slots()], ws.model(model).deploy.canary)
+            _record(ws, model, "canary", version, canary=new, apps=apps, extra={"began": began, "counters": start},
+                    op=op)
+
+        _change(ws, model, dep, "canary", version, act, record)
         log(f"{canary}% of traffic goes to {label}")
-        apps = _apps_entry(dep, {"stable": stable, "canary": art})
-        new = {"version": version, "percent": canary, "app": apps[-1]["name"]}
-        # the stage begins now, at this share: `canary check` judges the feedback from this moment
-        # (to the microsecond: history times are whole seconds) and the latency from where the
-        # servers' counters stand, not their whole lives
-        began = datetime.now(timezone.utc).isoformat()
-        start = counters([{"role": s.slot, "port": s.port} for s in dep.slots()], ws.model(model).deploy.canary)
-        _record(ws, model, "canary", version, canary=new, apps=apps, extra={"began": began, "counters": start})
         return status(ws, model, log, dep)
     if d.canary:
         raise UsageError(f"{model}@{d.canary.version} is running as a canary",
@@ -308,6 +460,7 @@ def _serve_stable(dep: Deployer, art: Artifact, *, canary_ready: bool) -> None:
     if not canary_ready:
         dep.serve("canary", art)
     dep.route(100)
+    _fault("handoff")
     try:
         dep.serve("stable", art)
     finally:
@@ -315,15 +468,25 @@ def _serve_stable(dep: Deployer, art: Artifact, *, canary_ready: bool) -> None:
         dep.stop("canary")
 
 
-def _swap_stable(ws, model: str, dep: Deployer, action: str, art: Artifact, *, canary_ready: bool = False) -> None:
+def _swap_stable(ws, model: str, dep: Deployer, action: str, art: Artifact, *, canary_ready: bool = False,
+                 drop_canary: bool = False) -> None:
     dep.ctx.log(f"{action}: stable -> {art.label}")
-    try:
-        with _pending(ws, model, dep, action, art.version):
-            _serve_stable(dep, art, canary_ready=canary_ready)
-    except RolledBack as e:
-        _record(ws, model, action, art.version, result="rolled back", detail=e.message)
-        raise
-    _record(ws, model, action, art.version, stable=art.version, canary=None, apps=_apps_entry(dep, {"stable": art}))
+
+    def act() -> None:
+        if drop_canary:  # rollback --to with a canary up: all traffic on stable, the canary gone
+            dep.route(0)
+            dep.stop("canary")
+        _serve_stable(dep, art, canary_ready=canary_ready)
+
+    def rolled_back(e: RolledBack, op: str) -> None:
+        _record(ws, model, action, art.version, result="rolled back", detail=e.message, op=op,
+                **({"canary": None} if drop_canary else {}))
+
+    def record(op: str) -> None:
+        _record(ws, model, action, art.version, stable=art.version, canary=None,
+                apps=_apps_entry(dep, {"stable": art}), op=op)
+
+    _change(ws, model, dep, action, art.version, act, record, rolled_back)
 
 
 @locked
@@ -360,11 +523,15 @@ def rollback(ws, model: str | None = None, to: str | None = None, allow_forgotte
     d = state.deployment
     if d.canary and not to:
         log(f"all traffic back to {model}@{d.stable}; removing the canary {model}@{d.canary.version}")
-        with _pending(ws, model, dep, "rollback", d.canary.version):
+        stable = _artifact_of(ws, model, d.stable, dep) if d.stable else None
+
+        def act() -> None:
             dep.route(0)
             dep.stop("canary")
-        stable = _artifact_of(ws, model, d.stable, dep) if d.stable else None
-        _record(ws, model, "rollback", d.canary.version, canary=None, apps=_apps_entry(dep, {"stable": stable}))
+
+        _change(ws, model, dep, "rollback", d.canary.version, act,
+                lambda op: _record(ws, model, "rollback", d.canary.version, canary=None,
+                                   apps=_apps_entry(dep, {"stable": stable}), op=op))
         return status(ws, model, log, dep)
     if to:
         target = resolve(ws.read_lock(), model, split_ref(to, model)[1])
@@ -376,10 +543,7 @@ def rollback(ws, model: str | None = None, to: str | None = None, allow_forgotte
     refuse_forgotten(ws, model, target, allow_forgotten, "roll back to", log)
     art = _artifact_of(ws, model, target, dep)
     dep.check("stable", art)
-    if d.canary:
-        dep.route(0)
-        dep.stop("canary")
-    _swap_stable(ws, model, dep, "rollback", art)
+    _swap_stable(ws, model, dep, "rollback", art, drop_canary=bool(d.canary))
     return status(ws, model, log, dep)
 
 
@@ -389,4 +553,5 @@ def _previous_stable(state: ModelState) -> str | None:
     for h in reversed(state.history):
         if h.get("result") == "ok" and h.get("stable") and h["stable"] != current:
             return h["stable"]
-    return None
+    # before ftctl's first deploy the app served its baseline
+    return BASELINE if state.baseline and current != BASELINE else None

@@ -54,11 +54,13 @@ def check_gate(comparison: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
 
 
 def default_baseline(ws, model: str, gate: GateConfig) -> str:
-    """What a candidate must beat: gate.against (stable by default), else the base model."""
+    """What a candidate must beat: gate.against (stable by default), else the base model. A stable
+    ``baseline`` (served before ftctl, never evaluated by it) counts as the base model."""
     try:
-        return resolve(ws.read_lock(), model, gate.against)
+        against = resolve(ws.read_lock(), model, gate.against)
     except UsageError:
         return "base"
+    return "base" if against == "baseline" else against
 
 
 def gated_compare(ws, candidate: str, *, against: str | None = None, model: str | None = None,

@@ -32,6 +32,13 @@ def version_rows(ws, model: str | None = None) -> list[dict[str, Any]]:
         state = lock.models.get(m)
         if not state:
             continue
+        if b := state.baseline:  # what the app served before ftctl: a version it did not make
+            rows.append({
+                "model": m, "version": "baseline", "parent": None, "created": b.recorded, "tag": None,
+                "metrics": {}, "rows": {}, "exports": [{"kind": "gguf", "quant": None, "path": b.path, "parity": None}],
+                "deployed": deployed_as(lock, m, "baseline"), "forgotten": False,
+                "baseline": {"app": b.app, "sha256": b.sha256, "args": list(b.args), "served_id": b.served_id},
+            })
         for v in sorted_versions(state.versions):
             e = state.versions[v]
             rows.append({

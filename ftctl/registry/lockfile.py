@@ -100,6 +100,20 @@ def flag_forgotten(entry: VersionEntry, mark: dict[str, Any]) -> None:
     entry.forgotten = [*forgotten_marks(entry), mark]
 
 
+class BaselineEntry(Entry):
+    """What an app served before ftctl's first deploy onto it (``<model>@baseline``): a version
+    ftctl did not make, so rollback and canaries can return to it."""
+
+    app: str  # the slot's process / app name
+    model_path: str  # as the app's args had it
+    path: str  # absolute
+    sha256: str | None = None  # None: the file was not readable when recorded
+    bytes: int | None = None
+    args: list[str] = []  # the app's whole argument list then
+    served_id: str | None = None  # the model id it answered with then (feedback may name it)
+    recorded: str
+
+
 class Deployment(Loose):
     stable: str | None = None
     canary: CanaryEntry | None = None
@@ -111,6 +125,7 @@ class ModelState(Loose):
     dataset: dict[str, Any] | None = None  # latest collected snapshot
     watermarks: dict[str, str] = {}  # per source
     deployment: Deployment = Deployment()
+    baseline: BaselineEntry | None = None
     history: list[dict[str, Any]] = []
 
 

@@ -33,19 +33,37 @@ class Attribution:
 
     def to_dict(self) -> dict:
         return {"versions": dict(sorted(self.versions.items())), "unmatched": dict(self.unmatched.most_common()),
-                "none": self.none}
+                "none": self.none, "unattributed": sum(self.unmatched.values()) + self.none}
 
 
 class Resolver:
-    """served_model value -> version of ``model`` (or None when it matches no version)."""
+    """served_model value -> version of ``model`` (or None when it matches no version).
 
-    def __init__(self, model: str, versions: Iterable[str]):
+    ``aliases`` maps other served ids to a version: the id the app answered with before ftctl's
+    first deploy names its ``baseline``."""
+
+    def __init__(self, model: str, versions: Iterable[str], aliases: dict[str, str] | None = None):
         self.model = model
         self.versions = set(versions)
+        self.aliases = dict(aliases or {})
+
+    @classmethod
+    def of(cls, model: str, state) -> Resolver:
+        """For a model's recorded state: its versions, and its baseline when one is recorded."""
+        if state is None:
+            return cls(model, ())
+        versions, aliases = {*state.versions, "base"}, {}  # model@base: the untuned base (deploy base)
+        if state.baseline:
+            versions.add("baseline")
+            if state.baseline.served_id:
+                aliases[state.baseline.served_id] = "baseline"
+        return cls(model, versions, aliases)
 
     def __call__(self, served: str | None) -> str | None:
         if not served:
             return None
+        if served.strip() in self.aliases:
+            return self.aliases[served.strip()]
         name, sep, ver = served.strip().rpartition("@")
         if not sep:  # a bare "v1.1" is the model's own version, as on the command line
             name, ver = self.model, served.strip()

@@ -1,4 +1,7 @@
-"""Version ids (v1.0, v1.1, v2.0), refs (latest, stable, canary, base) and git tag names.
+"""Version ids (v1.0, v1.1, v2.0), refs (latest, stable, canary, base, baseline) and git tag names.
+
+``baseline`` is what an app served before ftctl's first deploy onto it (models.lock records it
+then); ``base`` is the untuned base model.
 
 Tags follow GTO's grammar (gto/constants.py, ``tag_re``): ``<model>@v1.1.0``. GTO wants a full
 semantic version, so ``v1.1`` is tagged ``v1.1.0`` (ftctl never makes patch versions); tags of
@@ -16,7 +19,8 @@ from ftctl.errors import NotFound, UsageError
 from ftctl.registry.lockfile import Lock
 
 VERSION_RE = re.compile(r"^v(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})$")
-REFS = ("latest", "stable", "canary", "base")
+REFS = ("latest", "stable", "canary", "base", "baseline")
+BASE, BASELINE = "base", "baseline"
 
 
 @dataclass(frozen=True, order=True)
@@ -86,6 +90,12 @@ def resolve(lock: Lock, model: str, ref: str) -> str:
     versions = state.versions if state else {}
     if ref == "base":
         return "base"
+    if ref == BASELINE:
+        if not (state and state.baseline):
+            raise UsageError(f"model {model!r} has no baseline yet",
+                             hint="ftctl records what an app served before its first deploy onto it as "
+                                  f"{model}@baseline")
+        return BASELINE
     if ref == "latest":
         if not versions:
             raise UsageError(f"model {model!r} has no versions yet", hint="run `ftctl train` first")

@@ -22,14 +22,16 @@ import json
 import re
 import shutil
 import time
+import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from pydantic import Field, field_validator
 
 from ftctl.api import (Artifact, ConfigError, DeployPlan, Deployer, ExportQuery, ExternalToolError, Health,
-                       PluginConfig, RolledBack, Slot, SlotInfo, Traffic, run_tool, wait_for)
+                       PluginConfig, RolledBack, Slot, SlotInfo, Traffic, ports, run_tool, wait_for)
 from ftctl_plugins.deployers import access_log, ecosystem, nginx
 
 APP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -56,6 +58,8 @@ class Pm2Config(PluginConfig):
     drain_seconds: float = Field(2.0, ge=0, description="let requests in flight finish before a restart")
     pm2: str | None = Field(None, description="the pm2 executable; default: PATH, then .ftctl/node")
     pm2_timeout: float = Field(90, gt=0, description="seconds a pm2 command may take")
+    save: bool = Field(True, description="run `pm2 save` after every change, so a reboot's `pm2 resurrect` brings "
+                       "back what models.lock records (false: the team saves pm2's process list itself)")
     quant: str | None = Field(None, description="which exported GGUF to serve; default: the first")
 
     @field_validator("arg", mode="before")
@@ -79,6 +83,27 @@ class Pm2Config(PluginConfig):
         if v is not None and not APP_RE.match(v):
             raise ValueError(f"invalid pm2 app name {v!r}")
         return v
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What answered on a port: health, the model ids it reports, the model file it names."""
+
+    healthy: bool
+    ids: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+
+    @property
+    def served_id(self) -> str | None:
+        return (self.ids or self.paths or (None,))[0]
+
+
+def _same_file(reported: str, path: Path) -> bool:
+    """A server names its model by the path it was given (absolute, relative to its cwd) or alias."""
+    if reported == str(path):
+        return True
+    p = Path(reported)
+    return p.is_absolute() and p.resolve() == path
 
 
 class Pm2Deployer(Deployer):
@@ -133,7 +158,11 @@ class Pm2Deployer(Deployer):
     # --- reading ------------------------------------------------------------------------------
 
     def snapshot(self) -> str:
-        return ecosystem.read_text(self.file)
+        """The ecosystem file's text, once it loads and holds the app (a broken file is refused
+        here, before any note keeps it to be put back)."""
+        text = ecosystem.read_text(self.file)
+        self.stable_app(text)
+        return text
 
     def stable_app(self, text: str | None = None) -> dict:
         return ecosystem.find_app(ecosystem.load_apps(self.file, text), self.config.app, self.file)
@@ -162,12 +191,48 @@ class Pm2Deployer(Deployer):
             if app:
                 path = ecosystem.get_arg(app, self.config.arg)
                 out.append(SlotInfo(slot=slot, name=app["name"], model_path=path, port=self.port_of(app),
-                                    resolved=(self.file.parent / path).resolve() if path else None))
+                                    resolved=(self.file.parent / path).resolve() if path else None,
+                                    args=tuple(ecosystem.arg_tokens(app))))
         return out
 
     def health(self, slot: SlotInfo) -> Health:
-        healthy, served = self.probe(slot.port)
-        return Health(healthy, served)
+        """Healthy: it answers, and it is the model the slot is configured with (not any 200)."""
+        app = self.stable_app() if slot.slot == "stable" else self.canary_app()
+        seen = self.identify(slot.port)
+        ok = bool(app) and seen.healthy and self.is_serving(app, seen, name=slot.name)
+        return Health(ok, seen.served_id)
+
+    def check(self, slot: Slot, artifact: Artifact) -> None:
+        """Everything serve() needs, before anything changes: the file loads and holds the app,
+        the rewrite is safe, and the ports it starts a server on are free or its own."""
+        text = self.snapshot()
+        app = self.stable_app(text)
+        ports_used = []
+        if slot == "stable":
+            self.new_text(str(artifact.path), artifact.label, text)
+            ports_used.append((self.port_of(app), self.config.app))
+            if self.splits_traffic():  # the hand-off starts the new model on the canary port first
+                ports_used.append((self.config.canary_port, self.canary_name))
+        else:
+            if not self.config.canary_port:
+                raise ConfigError("a canary needs deploy.pm2.canary_port", hint="a free port for the canary app")
+            ecosystem.check_value(str(artifact.path))
+            if self.config.alias_arg:
+                ecosystem.check_value(artifact.label)
+            ports_used.append((self.config.canary_port, self.canary_name))
+        own = self.pm2_pids()
+        for port, name in ports_used:
+            holder = ports.holder(port, own=set(own.values()))
+            if holder:
+                raise ConfigError(f"port {port} is held by another process ({holder}), not by pm2 app {name}; "
+                                  "nothing was changed",
+                                  hint=f"stop that process (a stale server?), or give {name} another port")
+
+    def persist(self) -> None:
+        if self.config.save:
+            # pm2's documented way (pm2 save): what runs now is what `pm2 resurrect` starts after a
+            # reboot; --force saves an empty list too rather than keep an outdated one
+            self.pm2("save", "--force")
 
     def serve(self, slot: Slot, artifact: Artifact) -> None:
         if slot == "canary":
@@ -182,10 +247,11 @@ class Pm2Deployer(Deployer):
             self.pm2("stop", self.config.app, check=False)
 
     def restore(self, snapshot: str) -> None:
-        if self.snapshot() != snapshot:
+        app = self.stable_app(snapshot)  # a snapshot that does not load is never written back
+        if ecosystem.read_text(self.file) != snapshot:
             ecosystem.replace(self.file, snapshot)
             self.pm2("startOrReload", str(self.file), "--only", self.config.app)
-            self.wait_healthy(self.port_of(self.stable_app(snapshot)))
+            self.wait_healthy(app, self.config.app)
 
     def splits_traffic(self) -> bool:
         return bool(self.include and self.config.canary_port)
@@ -208,23 +274,100 @@ class Pm2Deployer(Deployer):
         return DeployPlan(diff=ecosystem.unified_diff(self.file, old, new),
                           commands=[[pm2, "startOrReload", str(self.file), "--only", self.config.app]])
 
-    def probe(self, port: int) -> tuple[bool, str | None]:
-        """(healthy, served model id when the server lists one)."""
-        try:
-            with urllib.request.urlopen(self.config.health_url.format(port=port),
-                                        timeout=self.config.probe_timeout) as r:
-                body = r.read(65536)
-                ok = r.status == 200
-        except (OSError, ValueError):
-            return False, None
-        try:
-            data = json.loads(body).get("data") or [{}]
-            return ok, data[0].get("id")
-        except (ValueError, AttributeError):
-            return ok, None
+    # --- identity: the served model is the one deployed, not any 200 on the port -------------
 
-    def wait_healthy(self, port: int) -> bool:
-        return wait_for(lambda: self.probe(port)[0], self.config.health_timeout, 0.25)
+    def _get(self, url: str) -> tuple[int, object]:
+        """(status, parsed JSON or None); (0, None) when nothing answers."""
+        try:
+            with urllib.request.urlopen(url, timeout=self.config.probe_timeout) as r:
+                status, body = r.status, r.read(65536)
+        except urllib.error.HTTPError as e:
+            return e.code, None
+        except (OSError, ValueError):
+            return 0, None
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, None
+
+    def identify(self, port: int) -> Seen:
+        """What answers on ``port``: health, and the ids it reports (``/v1/models`` ids, llama-server's
+        ``/props`` ``model_path``)."""
+        health_url = self.config.health_url.format(port=port)
+        status, body = self._get(health_url)
+        if status != 200:
+            return Seen(False)
+        models_url = f"http://127.0.0.1:{port}/v1/models"
+        if health_url != models_url:
+            _, body = self._get(models_url)
+        ids = [m["id"] for m in (body.get("data") or []) if isinstance(m, dict) and isinstance(m.get("id"), str)] \
+            if isinstance(body, dict) else []
+        _, props = self._get(f"http://127.0.0.1:{port}/props")
+        paths = [props["model_path"]] if isinstance(props, dict) and isinstance(props.get("model_path"), str) else []
+        return Seen(True, tuple(ids), tuple(paths))
+
+    def expected(self, app: dict) -> tuple[str | None, Path | None]:
+        """(alias, absolute model path) the app is configured to serve."""
+        alias = ecosystem.get_arg(app, [self.config.alias_arg]) if self.config.alias_arg else None
+        path = ecosystem.get_arg(app, self.config.arg)
+        return alias, (self.file.parent / path).resolve() if path else None
+
+    def is_serving(self, app: dict, seen: Seen, *, name: str) -> bool:
+        """``seen`` is ``app``'s model, served by pm2's ``name``."""
+        return self.reports(app, seen) and self.owns_port(app, name)
+
+    def reports(self, app: dict, seen: Seen) -> bool:
+        """The server reports ``app``'s model: its id is the alias (or names the file), and llama-server's
+        /props model_path is the file. A server that reports nothing is judged by its process alone."""
+        alias, path = self.expected(app)
+        if alias and seen.ids:
+            if alias not in seen.ids:
+                return False
+        elif path and (seen.ids or seen.paths):
+            if not any(_same_file(x, path) for x in (*seen.ids, *seen.paths)):
+                return False
+        return not (path and seen.paths and not any(_same_file(x, path) for x in seen.paths))
+
+    def owns_port(self, app: dict, name: str) -> bool:
+        """The process listening on ``app``'s port is pm2's ``name`` (or a child of it)."""
+        listening = ports.listeners(self.port_of(app))
+        if not listening:
+            return True  # the socket table does not show it (another user's process): the ids decide
+        pid = self.pm2_pids().get(name)
+        return bool(pid) and bool(set(listening) & ports.family(pid))
+
+    def pm2_pids(self) -> dict[str, int]:
+        """pm2's online processes of this model (stable and canary app): name -> pid."""
+        proc = self.pm2("jlist", check=False)
+        try:
+            listed = json.loads((proc.stdout or "").strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return {}
+        return {p["name"]: p["pid"] for p in listed if isinstance(p, dict)
+                and p.get("name") in (self.config.app, self.canary_name) and p.get("pid")
+                and (p.get("pm2_env") or {}).get("status") == "online"}
+
+    def wait_healthy(self, app: dict, name: str) -> bool:
+        """Until ``name`` serves ``app``'s model on its port (health_timeout)."""
+        port = self.port_of(app)
+
+        def serving() -> bool:
+            seen = self.identify(port)
+            # the ids first (cheap), then pm2's pid list (a node start) once they match
+            return seen.healthy and self.reports(app, seen) and self.owns_port(app, name)
+
+        return wait_for(serving, self.config.health_timeout, 0.25)
+
+    def unhealthy(self, app: dict, label: str, what: str) -> str:
+        """Why ``app`` is not counted healthy: nothing answers, or who answers instead."""
+        port = self.port_of(app)
+        seen = self.identify(port)
+        if not seen.healthy:
+            return f"{what} serving {label} did not answer on port {port} within {self.config.health_timeout:g}s"
+        holder = ports.holder(port, own=set(self.pm2_pids().values()))
+        who = seen.served_id or "an unnamed model"
+        return (f"port {port} answers as {who}, not {label}" + (f" (held by {holder})" if holder else "")
+                + f": {what} is not serving it")
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -258,10 +401,10 @@ class Pm2Deployer(Deployer):
         app.update(name=self.canary_name, args=tokens, cwd=app.get("cwd") or str(self.file.parent))
         ecosystem.replace(self.canary_file, json.dumps({"apps": [app]}, indent=2) + "\n")
         self.pm2("startOrReload", str(self.canary_file), "--only", self.canary_name)
-        if not self.wait_healthy(self.config.canary_port):
+        if not self.wait_healthy(app, self.canary_name):
+            why = self.unhealthy(app, label, f"canary {self.canary_name}")
             self.stop_canary()
-            raise RolledBack(f"canary {self.canary_name} serving {label} was not healthy within "
-                             f"{self.config.health_timeout:g}s; it was removed and traffic is unchanged",
+            raise RolledBack(f"{why}; the canary was removed and traffic is unchanged",
                              hint=f"check the GGUF and `pm2 logs {self.canary_name}`")
 
     def stop_canary(self) -> None:
@@ -269,18 +412,19 @@ class Pm2Deployer(Deployer):
         self.canary_file.unlink(missing_ok=True)
 
     def restart_stable(self, text: str, label: str) -> None:
-        """Write the ecosystem file and reload the app; put the old file back if it is unhealthy."""
+        """Write the ecosystem file and reload the app; put the old file back if it does not serve
+        the new model in time."""
         old = self.snapshot()
         if text != old:
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
             ecosystem.backup_and_write(self.file, text, self.state_dir / "backups", stamp)
         self.pm2("startOrReload", str(self.file), "--only", self.config.app)
-        if self.wait_healthy(self.port_of(self.stable_app(text))):
+        app = self.stable_app(text)
+        if self.wait_healthy(app, self.config.app):
             return
+        why = self.unhealthy(app, label, self.config.app)
         ecosystem.replace(self.file, old)
         self.pm2("startOrReload", str(self.file), "--only", self.config.app)
-        back = self.wait_healthy(self.port_of(self.stable_app(old)))
-        raise RolledBack(f"{self.config.app} serving {label} was not healthy within "
-                         f"{self.config.health_timeout:g}s; rolled back to the previous model"
-                         + ("" if back else " (which is not healthy either)"),
+        back = self.wait_healthy(self.stable_app(old), self.config.app)
+        raise RolledBack(f"{why}; rolled back to the previous model" + ("" if back else " (which is not healthy either)"),
                          hint=f"check the GGUF and `pm2 logs {self.config.app}`")

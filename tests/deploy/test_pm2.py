@@ -84,7 +84,7 @@ def test_unloadable_gguf_is_rolled_back_automatically(stack):
     s = stack(health_timeout=6)
     run_json("deploy", "v1.0", cwd=s.root)
     before = s.eco.read_text()
-    s.files["v1.1"].write_bytes(b"not a gguf at all")  # fails to load; sha256 re-recorded below
+    s.files["v1.1"].write_bytes(b"GGUF unloadable")  # a GGUF the server fails to load; sha256 re-recorded below
     from tests.deploy.conftest import add_versions
 
     add_versions(s.ws, "assistant", {"v1.1": s.files["v1.1"]})

@@ -1,6 +1,6 @@
 """A tiny OpenAI-shaped upstream for fast pm2/nginx tests (the real llama.cpp server is in
-test_llamacpp.py). Like llama.cpp it refuses to start unless --model is a GGUF file, and it
-answers with its --model_alias, so a test can count which version served each request.
+test_llamacpp.py). Like llama.cpp it refuses to start unless --model is a GGUF file (one holding
+"unloadable" fails to load), names the file in /props, and it answers with its --model_alias, so a test can count which version served each request.
 It also serves llama-server's Prometheus /metrics counters that `ftctl canary check` reads:
 every answer "predicts" one token in --ms-per-token milliseconds. A file ``<model>.fail`` holding
 a rate (0.25) makes it fail that share of answers with a 500: a broken build, for error-rate tests.
@@ -24,8 +24,11 @@ a = p.parse_args()
 
 try:
     with open(a.model, "rb") as f:
-        if f.read(4) != b"GGUF":
+        head = f.read(4096)
+        if head[:4] != b"GGUF":
             sys.exit(f"{a.model}: not a GGUF file")
+        if b"unloadable" in head:  # a GGUF llama.cpp would refuse (a broken conversion)
+            sys.exit(f"{a.model}: failed to load model")
 except OSError as e:
     sys.exit(str(e))
 time.sleep(a.startup_delay)
@@ -61,6 +64,9 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
+        if self.path.startswith("/props"):  # as llama-server: the file it loaded
+            self._send(json.dumps({"model_path": a.model, "total_slots": 1}).encode())
+            return
         if self.path.startswith("/metrics"):
             with LOCK:
                 text = METRICS.format(**COUNT)
