@@ -133,3 +133,27 @@ def test_kto_needs_a_label_the_file_and_disliked_answers(workspace, tiny_base):
     assert "unpaired.jsonl does not exist" in e.message and "collect --since all" in e.hint
     e = _kto_error(workspace, tiny_base, unpaired=[disliked("sky", "test")])  # none in the train split
     assert e.message.startswith("kto needs both liked and disliked answers (has 12 liked, 0 disliked")
+
+
+def test_kto_labels_kept_answers_by_their_reward():
+    """Rewards as signal: a kept answer the user regenerated (-0.5) is undesirable; with
+    min_reward_size, a faint signal (an edit, -0.3; a copy, +0.5 at 0.6) is left out."""
+    from ftctl.api import Example
+    from ftctl_plugins.trainers.kto import KtoConfig, label_rows
+
+    def ex(answer, reward=None, correction=None):
+        return Example(messages=[{"role": "user", "content": f"Q {answer}?"}, {"role": "assistant", "content": answer}],
+                       reward=reward, correction=correction)
+
+    kept = [ex("a"), ex("b", 1.0), ex("c", -0.5), ex("d", -0.3), ex("e", -1.0, correction="E!"), ex("f", 0.5)]
+    unpaired = [{"prompt": [{"role": "user", "content": "Q x?"}], "completion": [{"role": "assistant", "content": "x"}],
+                 "label": False, "split": "train"}]
+    rows, counts = label_rows(kept, unpaired, KtoConfig())
+    assert [r["label"] for r in rows] == [True, True, False, False, True, True, False]
+    assert counts == {"by_reward_disliked": 2, "too_weak": 0}
+    assert rows[4]["completion"][0]["content"] == "E!"  # the user's correction: their own answer, liked
+    rows, counts = label_rows(kept, unpaired, KtoConfig(min_reward_size=0.6))
+    assert [r["completion"][0]["content"] for r in rows] == ["a", "b", "E!", "x"]
+    assert counts == {"by_reward_disliked": 0, "too_weak": 3}
+    rows, _ = label_rows(kept, unpaired, KtoConfig(reward_sign=False))
+    assert [r["label"] for r in rows] == [True] * 6 + [False]
