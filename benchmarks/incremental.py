@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402  the data, the scoring and the child-process runner are the quality benchmark's
 
 SIZES = {  # training rows per half, held-out rows per half
+    "mini": {"iso": (120, 40), "numpy": (60, 20)},  # minutes on a busy two-core machine (with --set max_steps)
     "tiny": {"iso": (200, 60), "numpy": (100, 30)},
     "small": {"iso": (500, 120), "numpy": (150, 40)},
 }

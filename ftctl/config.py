@@ -234,6 +234,7 @@ class CycleConfig(Strict):
     export: bool = True
     deploy: bool = False
     canary_percent: int = Field(20, ge=1, le=100)
+    gate: bool = True  # the eval gate (eval.gate) before export and deploy; false: the canary's users are the judge
     # what a new version starts from. base (the default): every version is base + the whole
     # snapshot, reproducible on its own, and `forget --retrain` truly erases (an adapter continued
     # from a parent keeps whatever the parent learnt). stable | latest: continue that version on

@@ -90,7 +90,7 @@ def cycle(ws: Workspace, model: str | None = None, *, force: bool = False, max_s
     out["steps"]["train"] = trained
 
     log(f"[bold]3/5 eval[/] {name}@{version}")
-    if len(ws.read_lock().state(name).versions) > 1 or ws.read_lock().state(name).deployment.stable:
+    if cc.gate and (len(ws.read_lock().state(name).versions) > 1 or ws.read_lock().state(name).deployment.stable):
         try:
             gated = gate(ws, f"{name}@{version}", log=log)
         except GateFailed as e:
@@ -99,7 +99,7 @@ def cycle(ws: Workspace, model: str | None = None, *, force: bool = False, max_s
             e.result = out
             raise
         out["steps"]["eval"] = {"gate": "passed", "against": gated["a"], "report": gated["report"]}
-    else:  # the first version has nothing to beat but the base; its numbers still get recorded
+    else:  # the first version (nothing to beat but the base), or cycle.gate off: numbers recorded, not judged
         out["steps"]["eval"] = {"metrics": evaluate(ws, f"{name}@{version}", log=log)["metrics"]}
 
     if cc.export:

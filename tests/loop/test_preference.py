@@ -100,7 +100,8 @@ def test_dpo_then_kto_from_it_record_their_lineage(workspace, tiny_base):
     assert versions["v1.0"].dataset["pairs"] == {"train": 9, "heldout": 3}
     # liked: the kept train rows; disliked: the train split of unpaired.jsonl, not the pairs' rejected sides again
     train_disliked = sum(u["split"] == "train" for u in unpaired)
-    assert versions["v1.1"].dataset["answers"] == {"liked": len(COLOURS), "disliked": train_disliked}
+    assert versions["v1.1"].dataset["answers"] == {"liked": len(COLOURS), "disliked": train_disliked,
+                                                   "by_reward_disliked": 0, "too_weak": 0}
     assert versions["v1.1"].dataset["unpaired"] == "data/assistant/unpaired.jsonl"
     assert versions["v1.1"].dataset["unpaired_sha256"] == file_sha256(workspace.data_dir("assistant") / "unpaired.jsonl")
     assert "unpaired" not in versions["v1.0"].dataset  # dpo reads the pairs only
