@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile scripts/fetch_llama_cpp_tools.py scripts/insta
 	[ -n "$$(ls $(LLAMA_WHEELS)/*.whl 2>/dev/null)" ] || CMAKE_ARGS="-DGGML_NATIVE=OFF" \
 		$(BIN)/pip wheel --quiet --no-deps --no-cache-dir -w $(LLAMA_WHEELS) llama-cpp-python==$(LLAMA_CPP)
 	$(BIN)/pip install --quiet --no-deps --force-reinstall $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP)-*.whl
-	$(BIN)/pip install --quiet -e '.[all,test]'
+	$(BIN)/pip install --quiet -e '.[all,qlora,test]'
 	# the example third-party plugins (their own distributions; tests/core/test_examples.py drives them)
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e examples/ftctl-example-trainer \
 		-e examples/ftctl-example-exporter -e examples/ftctl-example-deployer

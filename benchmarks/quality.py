@@ -22,9 +22,11 @@ Both Q8_0 GGUF files (what ships) are scored on the held-out split with llama.cp
 as ``ftctl eval`` does; ftctl's HF result (base + adapter) and the base GGUF are scored too.
 
     .venv/bin/python benchmarks/quality.py [--size small|full] [--json] [--budget-minutes M]
+    .venv/bin/python benchmarks/quality.py --size mini --qlora --no-trl   # the QLoRA row, in minutes
 
 Goals: ftctl >= 5 points above the plain script on exact and prefix match; ftctl's Q8_0
-within 2 points of its own HF result.
+within 2 points of its own HF result. ``--qlora`` adds ftctl with ``--use-qlora`` (4-bit NF4
+base, bitsandbytes; its CPU backend here) on the same rows and settings, beside LoRA.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SIZES = {  # training rows per task, held-out rows per task
+    "mini": {"iso": (160, 60), "numpy": (40, 20)},  # the QLoRA row: minutes on 2 cores
     "tiny": {"iso": (300, 150), "numpy": (100, 40)},  # the defaults sweep
     "small": {"iso": (500, 120), "numpy": (150, 40)},
     "full": {"iso": (1000, 200), "numpy": (300, 60)},
@@ -207,10 +210,10 @@ def _run(cmd: list, cwd: Path | None = None, log: Path | None = None) -> tuple[d
         return None, seconds
 
 
-def way_ftctl(train_rows: list[dict], work: Path, log: Path, extra_set: list[str]) -> dict:
+def way_ftctl(train_rows: list[dict], work: Path, log: Path, extra_set: list[str], qlora: bool = False) -> dict:
     """The real CLI, every training default; the data goes in through a jsonl source."""
     ftctl = Path(sys.executable).with_name("ftctl")
-    ws = work / "ws"
+    ws = work / ("ws-qlora" if qlora else "ws")
     (ws / "feedback").mkdir(parents=True)
     with open(ws / "feedback" / "chats.jsonl", "w") as f:
         for r in train_rows:
@@ -227,14 +230,14 @@ def way_ftctl(train_rows: list[dict], work: Path, log: Path, extra_set: list[str
     sets = [a for s in extra_set for a in ("--set", s)]
     _run([ftctl, "--json", "init", ws], log=log)
     collected, _ = _run([ftctl, "-C", ws, "--json", *sets, "collect"], log=log)
-    trained, seconds = _run([ftctl, "-C", ws, "--json", *sets, "train"], log=log)
+    trained, seconds = _run([ftctl, "-C", ws, "--json", *sets, "train", *(["--use-qlora"] if qlora else [])], log=log)
     exported, _ = _run([ftctl, "-C", ws, "--json", *sets, "export", trained["version"], "--gguf", "--quant", "Q8_0"],
                        log=log)
     gguf = next(f for f in exported["files"] if f["kind"] == "gguf" and f["quant"] == "Q8_0")
     return {"train_seconds": seconds, "steps": trained["steps"], "train_loss": trained["train_loss"],
             "rows": collected["splits"]["train"], "adapter": str(ws / trained["adapter"]),
             "gguf": str(ws / gguf["path"]), "token_agreement": gguf.get("token_agreement"),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+            "peak_rss_mb": trained.get("peak_rss_mb") or resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
 def way_trl(train_file: Path, out: Path, budget_s: float) -> dict:
@@ -364,6 +367,13 @@ def table(results: dict) -> str:
     lines = [f"{'model':22} " + " ".join(f"{t + ' ' + m:>14}" for t, m in cols)]
     for name, r in results["scores"].items():
         lines.append(f"{name:22} " + " ".join(f"{r[t]['metrics'][m]:14.1f}" for t, m in cols))
+    if "qlora" in results["ways"]:
+        q, f = results["ways"]["qlora"], results["ways"]["ftctl"]
+        lines.append(f"training: LoRA {f['steps']} steps in {f['train_seconds']:.0f} s, peak RSS "
+                     f"{f['peak_rss_mb']:.0f} MB; QLoRA {q['steps']} steps in {q['train_seconds']:.0f} s, peak RSS "
+                     f"{q['peak_rss_mb']:.0f} MB (the CLI processes; QLoRA's includes quantizing the base)")
+    if "trl" not in results["ways"]:
+        return "\n".join(lines)
     f, t = results["scores"]["ftctl Q8_0"], results["scores"]["trl Q8_0"]
     hf = results["scores"]["ftctl HF"]
     goals = results["goals"] = {
@@ -391,6 +401,8 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="override an ftctl setting (e.g. train.lora.r=8): for sweeps, not the benchmark")
     ap.add_argument("--no-base", action="store_true", help="skip scoring the untuned base")
+    ap.add_argument("--qlora", action="store_true", help="also ftctl with --use-qlora (4-bit base), beside LoRA")
+    ap.add_argument("--no-trl", action="store_true", help="skip the plain TRL script (and its goals)")
     ap.add_argument("--sweep", type=Path, metavar="CONFIGS.json",
                     help="instead: train ftctl once per settings dict in this JSON list, score each (HF)")
     ap.add_argument("--keep", type=Path, help="work in this directory and keep it")
@@ -433,15 +445,23 @@ def main() -> None:
         fw = way_ftctl(train_rows, work, log, a.sets)
         saved.write_text(json.dumps(fw))
     results["ways"]["ftctl"] = fw
-    budget = a.budget_minutes * 60 if a.budget_minutes else fw["train_seconds"]
-    say(f"  {fw['steps']} steps, {fw['train_seconds']:.0f} s; trl: SFTTrainer + PEFT, budget {budget:.0f} s")
-    results["ways"]["trl"] = tw = in_child({"do": "trl", "train_file": str(work / "train.jsonl"),
-                                            "out": str(work / "trl"), "budget_s": budget}, log)
-    say(f"  {tw['steps']} steps, {tw['train_seconds']:.0f} s; scoring")
-    tasks = str(work / "test.json")
+    say(f"  {fw['steps']} steps, {fw['train_seconds']:.0f} s")
     runs = {"ftctl Q8_0": {"backend": "gguf", "path": fw["gguf"]},
-            "ftctl HF": {"backend": "hf", "adapter": fw["adapter"]},
-            "trl Q8_0": {"backend": "gguf", "path": tw["gguf"]}}
+            "ftctl HF": {"backend": "hf", "adapter": fw["adapter"]}}
+    if a.qlora:
+        say("ftctl QLoRA: the same with --use-qlora (4-bit NF4 base)")
+        results["ways"]["qlora"] = qw = way_ftctl(train_rows, work, log, a.sets, qlora=True)
+        say(f"  {qw['steps']} steps, {qw['train_seconds']:.0f} s")
+        runs["ftctl QLoRA Q8_0"] = {"backend": "gguf", "path": qw["gguf"]}
+    if not a.no_trl:
+        budget = a.budget_minutes * 60 if a.budget_minutes else fw["train_seconds"]
+        say(f"trl: SFTTrainer + PEFT, budget {budget:.0f} s")
+        results["ways"]["trl"] = tw = in_child({"do": "trl", "train_file": str(work / "train.jsonl"),
+                                                "out": str(work / "trl"), "budget_s": budget}, log)
+        say(f"  {tw['steps']} steps, {tw['train_seconds']:.0f} s")
+        runs["trl Q8_0"] = {"backend": "gguf", "path": tw["gguf"]}
+    say("scoring")
+    tasks = str(work / "test.json")
     if not a.no_base:
         from ftctl.lib.basemodel import CATALOGUE, DEFAULT_BASE
 

@@ -18,15 +18,19 @@ from ftctl.errors import ConfigError, ExternalToolError, FtctlError, RolledBack,
 from ftctl.hookspecs import hookimpl
 from ftctl.kinds import (KINDS, AppStatus, Artifact, BaseModelRef, Context, Deployer, DeployPlan, Evaluator,
                          ExportDefaults, ExportedFile, Exporter, ExportQuery, ExportRequest, ExportResult,
-                         GenerationBackend, GuardItem, GuardTask, Health, Log, Plugin, PluginConfig, Slot, SlotInfo,
-                         Source, Trainer, TrainPlan, TrainPreview, TrainRequest, TrainResult, Traffic)
+                         GenerationBackend, GuardItem, GuardTask, Health, Log, MemoryEstimate, Plugin, PluginConfig,
+                         Slot, SlotInfo, Source, Trainer, TrainPlan, TrainPreview, TrainRequest, TrainResult, Traffic)
 from ftctl.lib.atomic import read_json, write_text
-from ftctl.lib.basemodel import BaseModelError, load_model, load_tokenizer, resolve_base
+from ftctl.lib.basemodel import (BaseModelError, base_dtype, dequantize, load_model, load_tokenizer, require_bitsandbytes,
+                                 resolve_base)
 from ftctl.lib.chat_format import (IGNORE, ChatFormatError, Collator, Encoded, EncodeReport, check_template,
                                    encode, ensure_pad, mark_trained, select)
+from ftctl.lib.device import (DEVICE_HELP, Capability, Device, Gpu, check_spec as check_device, compute_dtype,
+                              gpu_layers, load_dtype, probe as probe_devices, resolve as resolve_device, torch_dtype)
 from ftctl.lib.digest import file_sha256
 from ftctl.lib.generation import GenSettings, GGUFBackend, HFBackend, load_hf, prompt_messages
 from ftctl.lib.llamacpp import find_tools, open_llama, preflight, user_cache_dir
+from ftctl.lib.memory import RunShape, predict as predict_memory, read_config
 from ftctl.lib.plan import describe, make_plan
 from ftctl.lib import ports
 from ftctl.lib.process import run_tool, wait_for
@@ -52,10 +56,15 @@ __all__ = [
     "AppStatus", "Artifact", "BaseModelRef", "ConfigError", "Context", "DeployPlan", "Deployer", "Evaluator",
     "Example", "ExportDefaults", "ExportQuery", "ExportRequest", "ExportResult", "ExportedFile", "Exporter",
     "ExternalToolError", "FtctlError", "GenerationBackend", "GuardItem", "GuardTask", "Health", "KINDS", "Log",
-    "Plugin", "PluginConfig", "ROLES", "Reject", "RolledBack", "RowError", "Slot", "SlotInfo", "Source", "TrainPlan", "TrainPreview",
+    "MemoryEstimate", "Plugin", "PluginConfig", "ROLES", "Reject", "RolledBack", "RowError", "Slot", "SlotInfo", "Source",
+    "TrainPlan", "TrainPreview",
     "TrainRequest", "TrainResult", "Trainer", "Traffic", "UsageError", "hookimpl", "read_jsonl",
     # base models
-    "BaseModelError", "load_model", "load_tokenizer", "resolve_base",
+    "BaseModelError", "base_dtype", "dequantize", "load_model", "load_tokenizer", "require_bitsandbytes",
+    "resolve_base",
+    # devices and dtypes (decided from the config and the machine), memory you can plan
+    "Capability", "DEVICE_HELP", "Device", "Gpu", "check_device", "compute_dtype", "gpu_layers", "load_dtype",
+    "probe_devices", "resolve_device", "torch_dtype", "RunShape", "predict_memory", "read_config",
     # the chat format
     "ChatFormatError", "Collator", "IGNORE", "EncodeReport", "Encoded", "check_template", "encode", "ensure_pad",
     "mark_trained", "select",

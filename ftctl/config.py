@@ -157,6 +157,18 @@ class EvalConfig(WithPlugins):
     artifact: str = "hf"  # hf | gguf:<QUANT>: what `ftctl eval` scores by default
     n_ctx: int = Field(2048, ge=256)  # GGUF backend context, as the server runs it
     parallel: int = Field(8, ge=1)  # GGUF backend: answers decoded at once (llama-server slots of n_ctx each)
+    # the HF backend's device (auto: CUDA when present, weights in bf16/fp16; else the CPU in fp32)
+    device: str = "auto"
+    # GGUF backend: layers llama.cpp offloads to the GPU (-1: all); unset: all when the llama.cpp
+    # build can offload, none otherwise
+    n_gpu_layers: int | None = Field(None, ge=-1)
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, v):
+        from ftctl.lib.device import check_spec
+
+        return check_spec(v)
     top_changed: int = Field(5, ge=0)  # examples shown side by side in a comparison
     # guard tasks (plugins of kind guard, e.g. capitals, currencies) run beside the eval set on both
     # sides of a comparison: a drop of more than guards_margin (accuracy), significant, fails the gate

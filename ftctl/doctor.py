@@ -35,14 +35,14 @@ def _cuda() -> list[Check]:
         import torch
     except ImportError:
         return [Check("cuda", False, "torch is not installed", INSTALL, required=False)]
-    if not torch.cuda.is_available():
-        return [Check("cuda", False, "no CUDA device: LoRA trains on CPU; QLoRA (--use-qlora) needs a GPU",
-                      "install an NVIDIA driver and a CUDA build of torch", required=False)]
-    names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
     bnb = importlib.util.find_spec("bitsandbytes") is not None
-    return [Check("cuda", True, names),
-            Check("bitsandbytes", bnb, "QLoRA 4-bit" if bnb else "needed for QLoRA", "" if bnb else "pip install bitsandbytes",
-                  required=False)]
+    qlora = Check("bitsandbytes", bnb, "QLoRA 4-bit (CUDA, or its CPU backend)" if bnb else "needed for QLoRA",
+                  "" if bnb else "pip install 'ftctl[qlora]'", required=False)
+    if not torch.cuda.is_available():
+        return [Check("cuda", False, "no CUDA device: LoRA and QLoRA train on the CPU (fp32 weights)",
+                      "install an NVIDIA driver and a CUDA build of torch", required=False), qlora]
+    names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    return [Check("cuda", True, names), qlora]
 
 
 def _llama_cpp_tools(ws) -> Check:

@@ -76,7 +76,8 @@ def export(ws, ref: str, *, merged: bool | None = None, gguf: bool | None = None
     staging_root = ws.state_dir / "tmp"  # same filesystem as exports/: the final move is a rename
     base = ws.resolve_base(model, entry.base.get("ref"), log=log)  # the base it was trained on
     request = ExportRequest(model=model, version=version, base=base, adapter_dir=adapter_dir, out_dir=staging_root,
-                            merged=merged, quants=quant_list, lora_gguf=lora_gguf, workspace_cache=ws.cache_dir)
+                            merged=merged, quants=quant_list, lora_gguf=lora_gguf, workspace_cache=ws.cache_dir,
+                            base_quantization=entry.training.get("base_quantization"))
     wanted = set(exporter.outputs(request))  # the exporter names its files
     have = {Path(f["path"]).name for f in entry.exports}
     if not force and out_dir.is_dir() and wanted <= have and all((out_dir / n).exists() for n in wanted):

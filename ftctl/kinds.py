@@ -158,6 +158,10 @@ class TrainResult:
     data: dict[str, Any] = field(default_factory=dict)  # what the data became (examples used/skipped)
     libraries: dict[str, str] = field(default_factory=dict)  # library versions, for the lineage
     peak_rss_mb: float | None = None  # the training process's peak resident memory
+    # how the base was loaded under the adapter when it is not the base as stored, e.g. QLoRA's
+    # {"method": "bitsandbytes", "bits": 4, "quant_type": "nf4", ...}: the export merge and the
+    # evaluation load it the same way, so they run the function that was trained
+    base_quantization: dict[str, Any] | None = None
 
 
 @dataclass
@@ -193,6 +197,29 @@ class TrainPreview:
     example: str | None = None  # one example rendered with its trained tokens marked
 
 
+@dataclass
+class MemoryEstimate:
+    """A run's predicted peak memory on one device (``Trainer.memory``; ``ftctl train --preview``)."""
+
+    device: str  # cpu | cuda:N, or a named card ("24 GB GPU")
+    device_bytes: int  # what the device has (0: unknown)
+    parts: dict[str, int]  # bytes by part: weights, adapter_and_optimizer, activations, overhead...
+    adapter_params: int = 0
+    notes: list[str] = field(default_factory=list)  # the settings the prediction assumed
+    advice: list[str] = field(default_factory=list)  # settings that lower it, cheapest first
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.device_bytes <= 0 or self.total <= self.device_bytes
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total": self.total, "fits": self.fits}
+
+
 class Trainer(Plugin):
     kind = "trainer"
 
@@ -207,6 +234,13 @@ class Trainer(Plugin):
     def plan(self, base: BaseModelRef, train_file: Path, processes: int = 1) -> TrainPlan | None:
         """Optimizer steps, conversations and tokens per step, epochs, warmup, schedule end and
         warnings (``ftctl.lib.plan.make_plan``, public as ``ftctl.api.make_plan``), without training; None: not supported."""
+        return None
+
+    def memory(self, base: BaseModelRef, device=None, plan: TrainPlan | None = None) -> MemoryEstimate | None:
+        """The run's predicted peak memory on ``device`` (a ``ftctl.api.Device``; None: the one the
+        config names), from the base's config without loading weights (``plan``: this data's
+        tokens, when known); None: not supported. The core refuses a run predicted not to fit,
+        unless forced (``ftctl train --force``)."""
         return None
 
 
@@ -275,6 +309,8 @@ class ExportRequest:
     # held-out prompts of the version's task (its test split), each a chat up to the last user
     # turn: an exporter can verify its files where the model will be used
     task_prompts: list[list[dict[str, str]]] = field(default_factory=list)
+    # the trainer's TrainResult.base_quantization (None: the adapter was trained on the base as stored)
+    base_quantization: dict[str, Any] | None = None
 
 
 @dataclass

@@ -44,11 +44,13 @@ def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, 
           dry_run: bool = False, preview: bool = False, nproc: int | None = None,
           accelerate_config: Path | None = None, qlora: bool | None = None, log=print,
           show_progress: bool = False, refresh: Callable[[Workspace, str], Any] | None = None,
-          new_only: bool = False) -> dict:
+          new_only: bool = False, force: bool = False) -> dict:
     """Train a new version of ``model`` on its snapshot (or finish the newest unfinished run).
 
     ``new_only`` (with ``from_``): continue the parent on the rows its lineage has not seen, those
     collected after its training snapshot (the snapshot's first-seen ledger, registry/seen.py).
+    A run predicted not to fit in its device's memory (``Trainer.memory``) stops before any
+    weights load, with the numbers and what to change, unless ``force``.
 
     ``refresh(ws, model)`` runs before a new run reads the snapshot: `ftctl train` collects there
     when curate.collect_before_train is set (ftctl.verbs); this stage imports no other stage."""
@@ -118,10 +120,13 @@ def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, 
         if parent_base and parent_base != base.sha256:
             raise UsageError(f"{name}@{parent} was trained on another base model",
                              hint="--from needs the same base; train from the base instead")
+    p = trainer.plan(base, paths["train"], processes=nproc or 1)  # the steps it would take, and warnings
     if dry_run or preview:
-        p = trainer.plan(base, paths["train"], processes=nproc or 1)  # the steps it would take, and warnings
         plan["plan"] = p.to_dict() if p else None
-        return {**plan, **_preview(trainer, base, paths["train"])} if preview else plan
+        if preview:
+            return {**plan, **_preview(trainer, base, paths["train"]), "memory": _memory_table(trainer, base, p)}
+        return plan
+    _check_memory(trainer, base, p, force, log)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = spec or {"model": name, "trainer": trainer_name, "config": raw, "parent": parent,
@@ -174,7 +179,8 @@ def _record(ws, name, version, parent, base, spec, run_dir, result: TrainResult,
                       "tokens": result.tokens, "tokens_per_s": result.tokens_per_s,
                       "seconds": result.seconds, "peak_rss_mb": result.peak_rss_mb, "run": run_dir.name,
                       **({"new_only": spec["new_only"]} if spec.get("new_only") else {}),
-                      **({"tracking": tracked} if tracked else {})},
+                      **({"tracking": tracked} if tracked else {}),
+                      **({"base_quantization": result.base_quantization} if result.base_quantization else {})},
             adapter={"path": ws.rel(dest), "md5": dvc_md5(dest)},
             metrics={k: v for k, v in result.metrics.items() if v is not None},
         )
@@ -303,6 +309,45 @@ def _placeholders(train_file: Path) -> dict:
         pii = {}
     known = set(pii.get("types") or ()) | set(TYPES.values())
     return placeholders.answers_with_placeholders(train_file, known)
+
+
+# --- memory -------------------------------------------------------------------------------
+
+# the cards a GPU user plans for (RTX 3090/4090: 24 GB; RTX 3060: 12 GB)
+CARDS_GIB = (24, 12)
+
+
+def _memory_table(trainer, base: ResolvedBase, plan) -> list[dict]:
+    """Predicted peaks: on the configured device, and on a 24 GB and a 12 GB card."""
+    from ftctl.lib.device import card
+
+    out = []
+    for device in (None, *(card(g) for g in CARDS_GIB)):
+        try:
+            est = trainer.memory(base, device, plan)
+        except FtctlError as e:
+            out.append({"device": device.name if device else "configured", "error": e.message})
+            continue
+        if est is None:
+            return []
+        out.append({**est.to_dict(), "device": device.name if device else est.device})
+    return out
+
+
+def _check_memory(trainer, base: ResolvedBase, plan, force: bool, log) -> None:
+    est = trainer.memory(base, None, plan)
+    if est is None or est.fits:
+        return
+    gib = lambda n: f"{n / 2**30:.1f} GiB"  # noqa: E731
+    parts = ", ".join(f"{k.replace('_', ' ')} {gib(v)}" for k, v in est.parts.items())
+    if force:
+        log(f"warning: predicted peak {gib(est.total)} is more than {est.device}'s {gib(est.device_bytes)} "
+            f"({parts}); training anyway (--force)")
+        return
+    todo = "; ".join(est.advice) or "a smaller model, batch or sequence length"
+    raise UsageError(f"this run is predicted to need {gib(est.total)} at its peak and {est.device} has "
+                     f"{gib(est.device_bytes)} ({parts})",
+                     hint=f"change one of: {todo}; or train anyway with --force")
 
 
 # --- several processes --------------------------------------------------------------------

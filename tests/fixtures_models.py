@@ -21,24 +21,30 @@ def smollm2_base():
     return resolve_base(DEFAULT_BASE)
 
 
-@pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory, smollm2_base):
-    """Path of a tiny random Llama (safetensors) + the SmolLM2 tokenizer and chat template."""
+def make_tiny(out, tokenizer_dir, **shape):
+    """A random Llama (safetensors) of ``shape`` in ``out``, with the tokenizer and chat template of
+    ``tokenizer_dir`` (SmolLM2's)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    out = tmp_path_factory.mktemp("tiny_base")
+    out.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
-        if (smollm2_base.path / name).is_file():
-            shutil.copy(smollm2_base.path / name, out / name)
-    real = LlamaConfig.from_pretrained(smollm2_base.path)
-    config = LlamaConfig(vocab_size=real.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         bos_token_id=real.bos_token_id, eos_token_id=real.eos_token_id,
-                         tie_word_embeddings=True)
+        if (tokenizer_dir / name).is_file():
+            shutil.copy(tokenizer_dir / name, out / name)
+    real = LlamaConfig.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(**{"vocab_size": real.vocab_size, "hidden_size": 32, "intermediate_size": 64,
+                            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                            "max_position_embeddings": 2048, "bos_token_id": real.bos_token_id,
+                            "eos_token_id": real.eos_token_id, "tie_word_embeddings": True, **shape})
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory, smollm2_base):
+    """Path of a tiny random Llama (safetensors) + the SmolLM2 tokenizer and chat template."""
+    return make_tiny(tmp_path_factory.mktemp("tiny_base"), smollm2_base.path)
 
 
 def chat(question: str, answer: str | None, system: str | None = None) -> dict:

@@ -116,13 +116,15 @@ def _render(app, r: dict) -> None:
 @click.option("--prompt", help="Answer this one message and exit.")
 @click.option("--system", help="A system message to start the conversation with.")
 @click.option("--model", help="Model name (default: the workspace's default model).")
+@click.option("--n-gpu-layers", type=click.IntRange(min=-1),
+              help="GGUF: layers llama.cpp offloads to the GPU (-1: all; default eval.n_gpu_layers).")
 @pass_app
-def chat(app, ref, artifact, prompt, system, model):
+def chat(app, ref, artifact, prompt, system, model, n_gpu_layers):
     """Chat with a version in the terminal (/reset starts over, /exit or Ctrl-D quits)."""
     from ftctl.eval import predict
 
     ws = app.workspace()
-    target, backend = predict.chat_backend(ws, ref, model=model, artifact=artifact)
+    target, backend = predict.chat_backend(ws, ref, model=model, artifact=artifact, n_gpu_layers=n_gpu_layers)
     start = [{"role": "system", "content": system}] if system else []
     if prompt is not None:
         answer = backend.generate([[*start, {"role": "user", "content": prompt}]])[0]

@@ -19,14 +19,18 @@ from ftctl.cli.main import pass_app
 @click.option("--major", is_flag=True, help="Start a new major version (v2.0 after v1.x).")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many optimizer steps.")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Passes over the training data.")
-@click.option("--use-qlora", "qlora", is_flag=True, default=None, help="4-bit QLoRA (needs CUDA + bitsandbytes).")
+@click.option("--use-qlora", "qlora", is_flag=True, default=None,
+              help="4-bit QLoRA (bitsandbytes, `pip install 'ftctl[qlora]'`: CUDA or its CPU backend).")
 @click.option("--nproc", type=click.IntRange(min=1), help="Processes to train with (torchrun, DDP).")
 @click.option("--accelerate-config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="An accelerate config (FSDP, DeepSpeed, multi-node) to launch with.")
 @click.option("--dry-run", is_flag=True, help="Show what would be trained on what; train nothing.")
-@click.option("--preview", is_flag=True, help="Show a rendered example (trained spans in [[ ]]) and lengths.")
+@click.option("--preview", is_flag=True,
+              help="Show a rendered example (trained spans in [[ ]]), lengths and the predicted peak memory.")
+@click.option("--force", is_flag=True, help="Train even when the run is predicted not to fit in memory.")
 @pass_app
-def train(app, model, trainer, from_, new_only, resume, major, max_steps, epochs, qlora, nproc, accelerate_config, dry_run, preview):
+def train(app, model, trainer, from_, new_only, resume, major, max_steps, epochs, qlora, nproc, accelerate_config, dry_run,
+          preview, force):
     """Fine-tune a LoRA/QLoRA adapter on the latest dataset snapshot into a new version."""
     from ftctl.verbs import train as do_train
 
@@ -36,7 +40,8 @@ def train(app, model, trainer, from_, new_only, resume, major, max_steps, epochs
     def run(ws):
         return do_train(ws, model, from_=from_, new_only=new_only, resume=resume, major=major, max_steps=max_steps, epochs=epochs,
                         dry_run=dry_run, preview=preview, nproc=nproc, accelerate_config=accelerate_config,
-                        qlora=qlora or None, log=app.say, show_progress=not app.json and app.console.is_terminal)
+                        qlora=qlora or None, log=app.say, show_progress=not app.json and app.console.is_terminal,
+                        force=force)
 
     result = run(app.workspace()) if dry_run or preview else app.mutate("train", run)
     app.emit(result, lambda r: _render(app, r, dry_run, preview))
@@ -73,6 +78,7 @@ def _render(app, r: dict, dry_run: bool, preview: bool) -> None:
                 + ("converts to GGUF" if r["gguf_convertible"]
                    else "[yellow]will not export to GGUF:[/] " + "; ".join(r["export_problems"])))
         _render_plan(app, r.get("plan"))
+        _render_memory(app, r.get("memory") or [])
         return
     app.say(f"[green]created {r['model']}@{r['version']}[/] (parent {r['parent'] or 'base'}): "
             f"train loss {r['train_loss']}, val loss {r['val_loss']}, {r['steps']} steps, "
@@ -93,3 +99,19 @@ def _render_plan(app, plan: dict | None) -> None:
     for line in describe(plan) if plan else []:
         warning = line.startswith("warning: ")
         app.say(f"[yellow]{escape(line)}[/]" if warning else escape(line))
+
+
+def _render_memory(app, rows: list[dict]) -> None:
+    """Predicted peak memory: on the configured device, and on a 24 GB and a 12 GB card."""
+    if not rows:
+        return
+    gib = lambda n: f"{n / 2**30:.1f} GiB"  # noqa: E731
+    app.say("[bold]predicted peak memory[/] (from the base's config; no weights loaded):")
+    for r in rows:
+        if "error" in r:
+            app.say(f"  {r['device']:<12} [yellow]{r['error']}[/]")
+            continue
+        verdict = "[green]fits[/]" if r["fits"] else "[red]does not fit[/]"
+        parts = ", ".join(f"{k.replace('_', ' ')} {gib(v)}" for k, v in r["parts"].items())
+        app.say(f"  {r['device']:<12} {gib(r['total']):>9} of {gib(r['device_bytes'])}: {verdict} ({parts})")
+    app.say(f"  [dim]{'; '.join(rows[0].get('notes', []))}[/]")

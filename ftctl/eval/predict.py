@@ -20,17 +20,23 @@ def settings_of(cfg: ModelConfig):
     return GenSettings(max_new_tokens=cfg.eval.max_new_tokens, stop=tuple(cfg.eval.stop), seed=cfg.eval.seed)
 
 
-def open_backend(ws, target: Target, log: Log = print, parallel: int | None = None):
-    """The generation backend for a target (loads the model; heavy)."""
+def open_backend(ws, target: Target, log: Log = print, parallel: int | None = None, n_gpu_layers: int | None = None):
+    """The generation backend for a target (loads the model; heavy). ``n_gpu_layers`` overrides
+    eval.n_gpu_layers (`ftctl chat --n-gpu-layers`)."""
     from ftctl.lib import generation
 
     cfg = ws.model(target.model)
     settings = settings_of(cfg)
     if target.gguf is not None:
+        gpu = cfg.eval.n_gpu_layers if n_gpu_layers is None else n_gpu_layers
         return generation.GGUFBackend(target.gguf, settings, n_ctx=cfg.eval.n_ctx,
-                                      parallel=parallel or cfg.eval.parallel)
+                                      parallel=parallel or cfg.eval.parallel, n_gpu_layers=gpu)
+    from ftctl.lib.device import probe, resolve
+
+    device = resolve(cfg.eval.device, probe())  # a device that does not exist fails before loading
     resolved = ws.resolve_base(target.model, target.base_ref, log=log)
-    model, tok = generation.load_hf(resolved, target.adapter_dir)
+    model, tok = generation.load_hf(resolved, target.adapter_dir, device=device,
+                                    quantization=target.base_quantization)
     return generation.HFBackend(model, tok, settings, batch_size=cfg.eval.batch_size)
 
 
@@ -91,10 +97,11 @@ def latency_summary(timings: list[tuple[float, int]] | None, artifact: str) -> d
             "seconds": [round(t, 4) for t in secs], "measured": now()}
 
 
-def chat_backend(ws, ref: str, *, model: str | None = None, artifact: str | None = None) -> tuple[Target, Any]:
+def chat_backend(ws, ref: str, *, model: str | None = None, artifact: str | None = None,
+                 n_gpu_layers: int | None = None) -> tuple[Target, Any]:
     """(target, loaded backend) for `ftctl chat`."""
     target = resolve_target(ws, ref, model=model, artifact=artifact)
-    return target, open_backend(ws, target, parallel=1)  # one prompt: one slot's KV cache, not eight
+    return target, open_backend(ws, target, parallel=1, n_gpu_layers=n_gpu_layers)  # one prompt: one slot
 
 
 def brief_latency(summary: dict | None) -> dict | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftctl.config import ModelConfig
@@ -21,6 +21,8 @@ class Target:
     adapter_dir: Path | None = None
     gguf: Path | None = None
     identity: str = ""  # content identity for the prediction cache (adapter md5 / gguf sha256)
+    # how the adapter's base was loaded in training (QLoRA: 4-bit), for the HF backend to match
+    base_quantization: dict | None = field(default=None, hash=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -62,7 +64,8 @@ def resolve_target(ws, ref: str, *, model: str | None = None, artifact: str | No
         raise UsageError(f"the adapter of {m}@{version} is not in the workspace ({adapter})",
                          hint=f"run `ftctl checkout {version}` to restore it from DVC")
     return Target(m, version, "hf", base_ref, adapter_dir=adapter_dir,
-                  identity=entry.adapter.md5 or basemodel.dir_sha256(adapter_dir))
+                  identity=entry.adapter.md5 or basemodel.dir_sha256(adapter_dir),
+                  base_quantization=entry.training.get("base_quantization"))
 
 
 def _base_target(ws, model: str, cfg: ModelConfig, kind: str, quant: str | None) -> Target:

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -148,8 +149,45 @@ def load_tokenizer(resolved: ResolvedBase, chat_template: str | None = None):
     return tok
 
 
-def load_model(resolved: ResolvedBase, dtype=None, **kwargs):
-    """The base model (float32 on CPU unless ``dtype`` says otherwise)."""
+class _HubKernelNotice(logging.Filter):
+    """bitsandbytes 0.50 on an AVX-512 CPU tries a kernel from the 'kernels-community' hub repo on
+    import and logs that it could not trust it (no network here, and its own kernel is used
+    instead): nothing a user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "kernels-community" not in record.getMessage()
+
+
+# installed at import: peft imports bitsandbytes whenever it is there, before any ftctl code asks
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_HubKernelNotice())
+
+
+def require_bitsandbytes():
+    """bitsandbytes, or an error that names the extra to install."""
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise BaseModelError("4-bit QLoRA needs bitsandbytes, which is not installed",
+                             hint="pip install 'ftctl[qlora]' (bitsandbytes 0.50: CUDA GPUs, or its CPU "
+                                  "backend)") from None
+    return bitsandbytes
+
+
+def quantization_config(spec: dict):
+    """transformers' BitsAndBytesConfig for a recorded base quantization (TrainResult.base_quantization)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if spec.get("method") != "bitsandbytes" or spec.get("bits") != 4:
+        raise BaseModelError(f"unknown base quantization {spec}", hint="this ftctl knows bitsandbytes 4-bit only")
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=spec.get("quant_type", "nf4"),
+                              bnb_4bit_use_double_quant=spec.get("double_quant", True),
+                              bnb_4bit_compute_dtype=getattr(torch, spec.get("compute_dtype", "float32")))
+
+
+def load_model(resolved: ResolvedBase, dtype=None, *, quantization: dict | None = None, device=None, **kwargs):
+    """The base model: in ``dtype`` (float32 unless given), on ``device`` (a ftctl.lib.device.Device;
+    None: the CPU), 4-bit when ``quantization`` (a recorded base quantization) says so."""
     import torch
     from huggingface_hub.utils import disable_progress_bars
     from transformers import AutoModelForCausalLM
@@ -159,6 +197,11 @@ def load_model(resolved: ResolvedBase, dtype=None, **kwargs):
     # model shards") are noise between its lines
     hf_logging.disable_progress_bar()
     disable_progress_bars()
+    if quantization:
+        require_bitsandbytes()
+        kwargs.setdefault("quantization_config", quantization_config(quantization))
+    if quantization or (device is not None and device.is_cuda):
+        kwargs.setdefault("device_map", device.device_map if device is not None else {"": "cpu"})
     try:
         return AutoModelForCausalLM.from_pretrained(
             resolved.path, dtype=dtype or torch.float32,
@@ -168,3 +211,26 @@ def load_model(resolved: ResolvedBase, dtype=None, **kwargs):
                              hint="check that the directory holds a complete causal-LM checkpoint; "
                                   "custom architectures need trust_remote_code: true") from None
 
+
+def base_dtype(resolved: ResolvedBase) -> str:
+    """The dtype the base is stored in (its config's), by name; float32 when it does not say."""
+    try:
+        config = json.loads((Path(resolved.path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return "float32"
+    name = str(config.get("dtype") or config.get("torch_dtype") or "float32").replace("torch.", "")
+    return name if name in ("float32", "float16", "bfloat16") else "float32"
+
+
+def dequantize(model, dtype):
+    """A 4-bit (bitsandbytes) model back in ``dtype``: the weights the adapter was trained on,
+    NF4's rounding included, as plain tensors a merge and the GGUF converter can read."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "The modules are dequantized in ...": said by the caller
+    try:
+        model = model.dequantize(dtype=dtype)
+    finally:
+        hf_logging.set_verbosity(level)
+    return model.to(dtype)

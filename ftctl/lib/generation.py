@@ -83,7 +83,8 @@ class HFBackend:
         for start in range(0, len(order), size):
             idx = order[start:start + size]
             began = time.perf_counter()
-            enc = self.tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = self.tok([texts[i] for i in idx], return_tensors="pt", padding=True,
+                           add_special_tokens=False).to(self.model.device)
             with torch.inference_mode():
                 gen = self.model.generate(**enc, do_sample=False, max_new_tokens=self.settings.max_new_tokens,
                                           eos_token_id=self.stop_ids or None, pad_token_id=self.tok.pad_token_id)
@@ -109,7 +110,7 @@ class HFBackend:
             p_ids = self.tok(prompt, add_special_tokens=False)["input_ids"]
             a_ids = self.tok(ref + (self.stop_tokens[0] if self.stop_tokens else ""),
                              add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([p_ids + a_ids])
+            ids = torch.tensor([p_ids + a_ids], device=self.model.device)
             labels = ids.clone()
             labels[0, : len(p_ids)] = -100  # loss on the answer only
             with torch.inference_mode():
@@ -131,13 +132,14 @@ class GGUFBackend:
     name = "gguf"
 
     def __init__(self, path: Path, settings: GenSettings = GenSettings(), n_ctx: int = 2048, parallel: int = 8,
-                 threads: int | None = None):
+                 threads: int | None = None, n_gpu_layers: int | None = None):
         self.path = Path(path)
         self.settings = settings
         self.parallel = parallel
         self.failures: list[tuple[int, str]] = []
         self.timings: list[tuple[float, int]] = []
-        self.server = open_llama_server(self.path, n_ctx=n_ctx, parallel=parallel, threads=threads)
+        self.server = open_llama_server(self.path, n_ctx=n_ctx, parallel=parallel, threads=threads,
+                                        n_gpu_layers=n_gpu_layers)
 
     def generate(self, conversations: list[list[dict]], batch_size: int | None = None) -> list[str]:
         """One answer per conversation, in order; up to ``parallel`` (or ``batch_size``, if
@@ -178,14 +180,24 @@ class GGUFBackend:
         self.server = None
 
 
-def load_hf(resolved, adapter_dir: Path | None):
-    """(model, tokenizer): a resolved base (ftctl.lib.basemodel) with an optional LoRA adapter merged in.
+def load_hf(resolved, adapter_dir: Path | None, *, device=None, quantization: dict | None = None):
+    """(model, tokenizer): a resolved base (ftctl.lib.basemodel) with an optional LoRA adapter merged in,
+    on ``device`` (a ftctl.lib.device.Device; None: the CPU) in its load dtype (bf16/fp16 on CUDA,
+    fp32 on the CPU). ``quantization``: the 4-bit load a QLoRA adapter was trained on, dequantized
+    before the merge (the function that was trained, as the export merges it).
 
     The adapter directory's own tokenizer wins when it has one (training may set a chat template).
     """
     from ftctl.lib import basemodel
+    from ftctl.lib.device import load_dtype, torch_dtype
 
-    model = basemodel.load_model(resolved)
+    dtype = torch_dtype(load_dtype("auto", device)) if device is not None else None
+    if quantization and adapter_dir is not None:
+        model = basemodel.load_model(resolved, dtype=torch_dtype(quantization.get("compute_dtype", "float32")),
+                                     quantization=quantization, device=device)
+        model = basemodel.dequantize(model, dtype or torch_dtype("float32"))
+    else:
+        model = basemodel.load_model(resolved, dtype=dtype, device=device)
     tok = basemodel.load_tokenizer(resolved)
     if adapter_dir is not None:
         from peft import PeftModel

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftctl.errors import ExternalToolError, FtctlError, UsageError
+from ftctl.lib.device import gpu_layers
 
 # The pinned llama-cpp-python (pyproject's `export` extra pins the same): converter, quantizer
 # and the verifying runtime all come from one llama.cpp revision.
@@ -171,16 +172,29 @@ def _gguf(path, module: str, package: str, hint: str) -> Path:
     return path
 
 
-def open_llama(path, n_ctx: int = 2048, seed: int = 0):
-    """A GGUF file loaded by llama-cpp-python (greedy generation, the judge, parity checks)."""
+def _offload() -> bool:
+    """Whether this llama.cpp build can offload layers to a GPU (CUDA, Metal...)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return False
+    return bool(getattr(llama_cpp, "llama_supports_gpu_offload", lambda: False)())
+
+
+def open_llama(path, n_ctx: int = 2048, seed: int = 0, n_gpu_layers: int | None = None):
+    """A GGUF file loaded by llama-cpp-python (greedy generation, the judge, parity checks).
+
+    ``n_gpu_layers``: layers llama.cpp offloads to the GPU (-1: all); None: all when this build of
+    llama.cpp can offload, none otherwise (ftctl.lib.device.gpu_layers)."""
     path = _gguf(path, "llama_cpp", "llama-cpp-python", "pip install 'ftctl[export]' (the judge and parity need it)")
     from llama_cpp import Llama
 
     return Llama(model_path=str(path), n_ctx=n_ctx, seed=seed, n_threads=os.cpu_count() or 1,
-                 verbose=False)
+                 n_gpu_layers=gpu_layers(n_gpu_layers, _offload()), verbose=False)
 
 
-def open_llama_server(path, n_ctx: int = 2048, parallel: int = 8, threads: int | None = None):
+def open_llama_server(path, n_ctx: int = 2048, parallel: int = 8, threads: int | None = None,
+                      n_gpu_layers: int | None = None):
     """llama.cpp's llama-server (the xllamacpp wheel) in this process: ``parallel`` slots of
     ``n_ctx`` tokens each, decoded together (continuous batching); quiet. Requests go straight to
     ``handle_chat_completions`` (no HTTP); it listens on a loopback port all the same."""
@@ -192,6 +206,7 @@ def open_llama_server(path, n_ctx: int = 2048, parallel: int = 8, threads: int |
     p.model.path = str(path)
     p.hostnames = ["127.0.0.1"]
     p.n_parallel = parallel
+    p.n_gpu_layers = gpu_layers(n_gpu_layers, _offload())  # -1: all, where the build can offload
     p.n_ctx = n_ctx * parallel  # the KV cache is split evenly among the slots
     p.kv_unified = False
     p.cont_batching = True

@@ -21,8 +21,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from ftctl.api import (ExportDefaults, ExportRequest, ExportResult, ExportedFile, Exporter, ExternalToolError,
-                       FtctlError, PluginConfig, UsageError, find_tools, load_model, load_tokenizer, preflight,
-                       user_cache_dir)  # noqa: F401
+                       FtctlError, PluginConfig, UsageError, base_dtype, dequantize, find_tools, load_model,
+                       load_tokenizer, preflight, torch_dtype, user_cache_dir)  # noqa: F401
 from ftctl_plugins.exporters.parity import (BaseFigures, Figures, Margins, Reference, _llama_cpp, judge, limits,
                                             measure, probe_texts)
 
@@ -208,11 +208,20 @@ class GgufExporter(Exporter):
     # --- steps ----------------------------------------------------------------------------
 
     def _load(self, req: ExportRequest):
-        """The tokenizer and the base in full precision (a QLoRA run's 4-bit base is never merged into)."""
+        """The tokenizer and the base the adapter was trained on, in float32 for the merge: as
+        stored, or (QLoRA) loaded 4-bit exactly as in training and dequantized to the base's own
+        dtype, so the merged model is the function that was trained, NF4 rounding included."""
         import torch
 
         tok = load_tokenizer(req.base)
-        base = load_model(req.base, dtype=torch.float32)
+        if req.base_quantization:
+            dtype = base_dtype(req.base)
+            self.ctx.log(f"dequantizing the 4-bit (NF4) base to {dtype} to merge the QLoRA adapter into")
+            quantized = load_model(req.base, dtype=torch_dtype(req.base_quantization.get("compute_dtype", "float32")),
+                                   quantization=req.base_quantization)
+            base = dequantize(quantized, torch_dtype(dtype)).to(torch.float32)
+        else:
+            base = load_model(req.base, dtype=torch.float32)
         base.eval()
         return tok, base
 

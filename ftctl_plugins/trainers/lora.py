@@ -1,4 +1,4 @@
-"""The `lora` trainer: LoRA (CPU or GPU) and QLoRA (CUDA + bitsandbytes) on transformers + peft.
+"""The `lora` trainer: LoRA and 4-bit QLoRA (bitsandbytes: CUDA, or its CPU backend) on transformers + peft.
 
 The loop itself is transformers' ``Trainer`` (checkpointing, RNG/optimizer/scheduler/data
 position resume, DDP under torchrun, accelerate configs, TensorBoard, early stopping). This
@@ -22,9 +22,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from ftctl.api import (BaseModelRef, Collator, Encoded, PluginConfig, TrainPreview, TrainRequest, TrainResult, Trainer,
-                       UsageError, check_template, describe, encode, ensure_pad, load_model, load_tokenizer, make_plan,
-                       mark_trained, read_jsonl, select, write_text)
+from ftctl.api import (DEVICE_HELP, BaseModelRef, Collator, Encoded, FtctlError, MemoryEstimate, PluginConfig, RunShape,
+                       TrainPreview, TrainRequest, TrainResult, Trainer, UsageError, check_device, check_template,
+                       compute_dtype, describe, encode, ensure_pad, load_dtype, load_model, load_tokenizer, make_plan,
+                       mark_trained, predict_memory, probe_devices, read_config, read_jsonl, require_bitsandbytes,
+                       resolve_device, select, torch_dtype, write_text)
 from ftctl_plugins.trainers import aliases
 from ftctl_plugins.trainers.checkpoints import TrainingFailed, drop_incomplete, latest_checkpoint
 
@@ -47,16 +49,31 @@ class LoraConfig(PluginConfig):
     warmup: float = Field(0.03, ge=0, description="< 1: a ratio of the steps; >= 1: a step count")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_length: int = Field(1024, ge=8, description="tokens per training row; longer conversations are skipped (counted)")
-    gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, slower")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 where supported")
+    gradient_checkpointing: bool | None = Field(
+        None, description="recompute activations: less memory, slower (unset: on under QLoRA, off otherwise)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: weights in bf16 on CUDA (fp16 before Ampere), fp32 on the CPU "
+                            "(bf16 autocast where the CPU has AVX-512)")
+    device: str = Field("auto", description=DEVICE_HELP)
     seed: int = Field(42, description="seed of the adapter's initial weights and the data order")
     packing: bool = Field(True, description="pack several conversations into one row of max_length tokens")
-    qlora: bool = Field(False, description="4-bit QLoRA (needs CUDA and bitsandbytes)")
+    qlora: bool = Field(False, description="4-bit NF4 base (QLoRA) through bitsandbytes, `pip install 'ftctl[qlora]'`: "
+                                            "CUDA, or bitsandbytes' CPU backend")
     checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints (resume points)")
     eval_every: int | None = Field(None, ge=1, description="with early_stopping: evaluate (and checkpoint) this often")
     early_stopping: int | None = Field(None, ge=1, description="patience, in evaluations of val loss")
     chat_template: str | None = Field(None, description="a Jinja template for bases whose tokenizer has none")
     log_every: int = Field(1, ge=1, description="steps between progress lines")
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, v):
+        return check_device(v)
+
+    @property
+    def checkpointing(self) -> bool:
+        """Gradient checkpointing as configured; unset, on under QLoRA (whose point is memory)."""
+        return self.qlora if self.gradient_checkpointing is None else self.gradient_checkpointing
 
     @field_validator("target_modules", mode="before")
     @classmethod
@@ -72,17 +89,40 @@ class LoraTrainer(Trainer):
     Config = LoraConfig
 
     def preflight(self) -> None:
-        """Cheap checks before anything loads (the core calls this first)."""
+        """Cheap checks before anything loads (the core calls this first): bitsandbytes for
+        QLoRA, a device that exists, a precision it has."""
         if self.config.qlora:
-            import torch
-
-            if not torch.cuda.is_available():
-                raise UsageError("QLoRA needs a CUDA GPU and none is available",
-                                 hint="train with plain LoRA on this machine (drop --use-qlora / train.lora.qlora)")
             try:
-                import bitsandbytes  # noqa: F401
-            except ImportError:
-                raise UsageError("QLoRA needs bitsandbytes", hint="pip install bitsandbytes") from None
+                require_bitsandbytes()
+            except FtctlError as e:
+                raise UsageError(e.message, hint=e.hint) from None
+        self.dtype(self.device())
+
+    def device(self, capability=None):
+        """The configured device on this machine (an error when it does not exist)."""
+        return resolve_device(self.config.device, capability or probe_devices())
+
+    def dtype(self, device) -> str:
+        """What the weights load in (QLoRA: what its 4-bit layers compute in)."""
+        c = self.config
+        if c.precision == "fp16" and not device.is_cuda:
+            raise UsageError("precision fp16 needs a CUDA GPU (fp16 mixed precision does not run on the CPU)",
+                             hint="use precision: auto, fp32 or bf16 on this machine")
+        return compute_dtype(c.precision, device) if c.qlora else load_dtype(c.precision, device)
+
+    def memory(self, base: BaseModelRef, device=None, plan=None) -> MemoryEstimate:
+        """Peak memory predicted from the base's config on the meta device (ftctl.lib.memory)."""
+        device = device or self.device()
+        # logits are computed where tokens are trained only (loss.py): the data's share of them
+        share = plan.trained_tokens_per_step / plan.tokens_per_step if plan and plan.tokens_per_step else 1.0
+        return predict_memory(read_config(base.path, base.trust_remote_code), self.shape(device, min(1.0, share)),
+                              device)
+
+    def shape(self, device, trained_share: float = 1.0) -> RunShape:
+        c = self.config
+        # a micro-batch runs forward/backward in chunks of at most max_length tokens (loss.py)
+        return RunShape(lora_r=c.r, target_modules=c.target_modules, qlora=c.qlora, load_dtype=self.dtype(device),
+                        tokens=c.max_length, trained_share=trained_share, gradient_checkpointing=c.checkpointing)
 
     # --- data ---------------------------------------------------------------------------
 
@@ -177,21 +217,34 @@ class LoraTrainer(Trainer):
             for line in describe(self.plan_of(train_rows, int(os.environ.get("WORLD_SIZE", "1")))):
                 log(line)
 
-        # peft reads a property transformers 5 deprecated: noise on every run, nothing to act on
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        quiet_known_warnings()
         set_seed(cfg.seed)  # before the adapter exists: its initial weights come from this seed
-        bf16 = _use_bf16(cfg.precision)
-        model = load_model(request.base, **_quantization(cfg))
+        device = self.device()
+        if _distributed() and device.is_cuda:  # one GPU per process: torchrun's local rank
+            device = resolve_device(int(os.environ.get("LOCAL_RANK", "0")), probe_devices())
+        if device.is_cuda:
+            torch.cuda.set_device(device.index)
+        dtype = self.dtype(device)
+        amp = _mixed_precision(cfg.precision, device)
+        checkpointing = cfg.checkpointing
+        quantization = _quantization(cfg, dtype)
+        log(f"loading {request.base.ref} on {device}: "
+            + (f"4-bit NF4 (QLoRA), computing in {dtype}" if cfg.qlora else dtype)
+            + (", gradient checkpointing" if checkpointing else ""))
+        model = load_model(request.base, dtype=torch_dtype(dtype), quantization=quantization, device=device)
+        if cfg.qlora and not device.is_cuda:
+            _train_layout(model)
         model.config.use_cache = False
+        if cfg.qlora:  # norms and embeddings to float32, inputs that need grads, checkpointing
+            model = peft.prepare_model_for_kbit_training(
+                model, checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False})
         if request.init_adapter:
             model = peft.PeftModel.from_pretrained(model, request.init_adapter, is_trainable=True)
         else:
-            if cfg.qlora:
-                model = peft.prepare_model_for_kbit_training(model, cfg.gradient_checkpointing)
             model = peft.get_peft_model(model, peft.LoraConfig(
                 r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
                 task_type="CAUSAL_LM"))
-        if cfg.gradient_checkpointing:
+        if checkpointing:
             model.enable_input_require_grads()
         lora_cfg = model.peft_config["default"]
 
@@ -219,10 +272,10 @@ class LoraTrainer(Trainer):
             load_best_model_at_end=early,
             metric_for_best_model="eval_loss" if early else None,
             greater_is_better=False if early else None,
-            bf16=bf16,
-            fp16=cfg.precision == "fp16",
-            use_cpu=not torch.cuda.is_available(),
-            **_checkpointing_arg(cfg.gradient_checkpointing),
+            bf16=amp == "bf16",
+            fp16=amp == "fp16",
+            use_cpu=not device.is_cuda,
+            **_checkpointing_arg(checkpointing),
             seed=cfg.seed,
             data_seed=cfg.seed,
             train_sampling_strategy="random",  # the same conversations per step, packed or not
@@ -279,14 +332,16 @@ class LoraTrainer(Trainer):
             tokens=progress.tokens,
             tokens_per_s=round(progress.tokens / progress.seconds, 1) if progress.seconds else None,
             seconds=round(seconds, 1),
-            params={**cfg.model_dump(exclude={"chat_template"}), "precision": "bf16" if bf16 else cfg.precision,
+            params={**cfg.model_dump(exclude={"chat_template"}), "precision": amp or "fp32", "weights": dtype,
+                    "device": str(device), "gradient_checkpointing": checkpointing,
                     "target_modules": sorted(lora_cfg.target_modules)},
             seed=cfg.seed,
             data={"examples": train_report.to_dict(), "trained_rows": len(train_ds), "packed": cfg.packing,
                   "rows_per_step": round(progress.rows / max(progress.steps, 1), 2)},
             peak_rss_mb=round(peak_rss_mb()),
             libraries={"torch": torch.__version__, "transformers": transformers.__version__,
-                       "peft": peft.__version__},
+                       "peft": peft.__version__, **_bnb_version(cfg)},
+            base_quantization=quantization,
         )
 
 
@@ -319,6 +374,7 @@ def _distributed() -> bool:
 
 
 def _use_bf16(precision: str) -> bool:
+    """bf16 autocast for ``precision`` on this machine's default device (benchmarks use it too)."""
     import torch
 
     if precision == "bf16":
@@ -330,6 +386,20 @@ def _use_bf16(precision: str) -> bool:
     return torch.backends.mkldnn.is_available() and _cpu_has_bf16()
 
 
+def _mixed_precision(precision: str, device) -> str | None:
+    """Autocast for the run: bf16/fp16 as configured; auto: bf16 (fp16 before Ampere) on CUDA, bf16
+    on CPUs with AVX-512 (oneDNN), none elsewhere."""
+    import torch
+
+    if precision in ("bf16", "fp16"):
+        return precision
+    if precision == "fp32":
+        return None
+    if device.is_cuda:
+        return "bf16" if device.bf16 else "fp16"
+    return "bf16" if torch.backends.mkldnn.is_available() and _cpu_has_bf16() else None
+
+
 def _cpu_has_bf16() -> bool:
     # oneDNN runs bf16 fast on AVX-512 cores (natively with AVX512_BF16/AMX); elsewhere it is slower
     try:
@@ -339,16 +409,39 @@ def _cpu_has_bf16() -> bool:
     return any(f in flags for f in ("avx512_bf16", "amx_bf16", "avx512f"))
 
 
-def _quantization(cfg: LoraConfig) -> dict:
+def _quantization(cfg: LoraConfig, compute: str) -> dict | None:
+    """How the base loads under QLoRA (recorded: export and eval load it the same way)."""
     if not cfg.qlora:
-        return {}
-    import torch
-    from transformers import BitsAndBytesConfig
+        return None
+    return {"method": "bitsandbytes", "bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": compute}
 
-    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"quantization_config": BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute), "device_map": {"": 0}}
+
+def _train_layout(model) -> None:
+    """Keep 4-bit weights in the layout the backward pass reads, on bitsandbytes' CPU backend.
+
+    bitsandbytes 0.50 on a CPU with AVX-512 BF16 repacks a 4-bit weight, in place, for its fast
+    inference kernel the first time the layer runs in eval mode without gradients (the validation
+    loss). That kernel has no backward: steps after a mid-run evaluation (early stopping) would
+    not train through those layers, and a layer whose input width is not a multiple of 64 fails to
+    repack at all. Training runs every 4-bit layer on the generic path instead (validation is
+    slower; the export dequantizes, so nothing after training runs 4-bit layers)."""
+    bnb = require_bitsandbytes()
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            m.support_avx512bf16_for_cpu = False
+
+
+def _bnb_version(cfg: LoraConfig) -> dict:
+    return {"bitsandbytes": require_bitsandbytes().__version__} if cfg.qlora else {}
+
+
+def quiet_known_warnings() -> None:
+    """Deprecation notices of the libraries that nothing a user does can act on."""
+    # peft reads a property and calls a method transformers 5 deprecated (renamed "activation_...")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing_enable.*", category=FutureWarning)
+    # bitsandbytes 0.50 says on import that it trusts the 'kernels-community' hub repository
+    warnings.filterwarnings("ignore", message=".*kernels-community.*")
 
 
 def _round(x):

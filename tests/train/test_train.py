@@ -211,16 +211,44 @@ def test_nan_loss_stops_without_a_version(train_ws):
     assert json.loads(run.read_text())["status"] == "failed"
 
 
-def test_qlora_without_cuda_fails_before_loading(train_ws, monkeypatch):
+def nothing_may_load(monkeypatch):
     import ftctl.lib.basemodel
 
     def boom(*a, **k):
         raise AssertionError("nothing may load")
 
     monkeypatch.setattr(ftctl.lib.basemodel, "resolve_base", boom)
+
+
+def test_qlora_without_bitsandbytes_names_the_extra(train_ws, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_bnb(name, *a, **k):
+        if name == "bitsandbytes":
+            raise ImportError("No module named 'bitsandbytes'")
+        return real_import(name, *a, **k)
+
+    nothing_may_load(monkeypatch)
+    monkeypatch.setattr(builtins, "__import__", no_bnb)
     with pytest.raises(UsageError) as e:
         train(train_ws, qlora=True)
-    assert "CUDA" in e.value.message and "LoRA" in e.value.hint
+    assert "bitsandbytes" in e.value.message and "ftctl[qlora]" in e.value.hint
+    no_version(train_ws)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:3"])
+def test_a_device_that_does_not_exist_fails_before_loading(train_ws, monkeypatch, device):
+    import torch
+
+    if torch.cuda.device_count() > 3:
+        pytest.skip("this machine has a cuda:3")
+    configure(train_ws, "unused", device=device)
+    nothing_may_load(monkeypatch)
+    with pytest.raises(UsageError) as e:
+        train(train_ws)
+    assert device in e.value.message and ("has none" in e.value.message or "does not exist" in e.value.message)
     no_version(train_ws)
 
 

@@ -1,0 +1,239 @@
+"""Peak memory of a LoRA/QLoRA run, predicted from the base's config alone: no weight is loaded.
+
+The model is built on the meta device (accelerate's ``init_empty_weights`` around transformers'
+``from_config``): every parameter has its shape and dtype and no storage, so a 7B model costs
+nothing. The parts of the peak:
+
+- weights: each parameter at the dtype it loads in; under QLoRA the linear layers bitsandbytes
+  quantizes (every ``nn.Linear`` but the output layer) take 4 bits a weight plus the NF4 block
+  constants, and peft's ``prepare_model_for_kbit_training`` keeps the rest in float32;
+- the adapter: its parameters in float32, their gradients and AdamW's two moments (16 bytes each);
+- activations: what autograd keeps for the backward pass, counted by running the LoRA-wrapped
+  meta model forward on one chunk of tokens under ``saved_tensors_hooks`` (the real forward, so
+  every architecture and every LoRA dropout is counted as it is, not from a formula). With
+  gradient checkpointing only each layer's input is kept, plus one layer's activations while it
+  is recomputed. The logits are counted at the trained positions only, as the trainer computes
+  them (ftctl_plugins/trainers/loss.py);
+- a fixed overhead: on CUDA the context and the caching allocator's slack, on the CPU the
+  interpreter with torch, transformers and peft imported (measured: docs/train.md).
+
+Why hand-written: no library predicts a fine-tuning run's peak from a config (accelerate's
+``estimate-memory`` counts weights only, for inference).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftctl.kinds import MemoryEstimate
+from ftctl.lib.device import Device
+
+GIB = 2**30
+# bytes of torch's CUDA context and kernels (outside the allocator's count) and the allocator's
+# rounding and fragmentation (a share of what is allocated): the usual figures for a training step
+CUDA_CONTEXT = int(0.9 * GIB)
+CUDA_SLACK = 0.10
+# the `ftctl train` process before any model loads: Python with torch, transformers, peft, DVC and
+# the trainer imported, and bitsandbytes under QLoRA (peak RSS less the tensors, measured with
+# benchmarks/memory.py on this machine's kind: docs/train.md, "Memory you can plan")
+CPU_RUNTIME = 560 * 2**20
+CPU_BITSANDBYTES = 80 * 2**20
+# glibc's allocator keeps freed blocks: peak RSS runs above the tensors alive at the peak
+CPU_SLACK = 0.10
+NF4_BLOCK = 64  # bitsandbytes' 4-bit block size: one absmax per 64 weights
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """The training settings that decide memory."""
+
+    lora_r: int
+    target_modules: list[str] | str | None  # as peft takes them ("all-linear", names, None)
+    qlora: bool
+    load_dtype: str  # float32 | bfloat16 | float16 (QLoRA: the compute dtype)
+    tokens: int  # tokens in one forward/backward chunk (the trainer chunks micro-batches by max_length)
+    trained_share: float = 1.0  # share of the tokens that carry loss (logits are computed there only)
+    gradient_checkpointing: bool = False
+    double_quant: bool = True
+
+
+def read_config(model_dir: Path, trust_remote_code: bool = False):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+
+
+def predict(config, shape: RunShape, device: Device) -> MemoryEstimate:
+    """The predicted peak of a run of ``shape`` on ``device`` for a model with this HF config."""
+    import torch
+
+    dtype = getattr(torch, shape.load_dtype)
+    act_dtype = dtype  # QLoRA: the compute dtype, which 4-bit layers dequantize to
+    with _quiet():
+        model = _meta_model(config, dtype)
+        weights = _weight_bytes(model, shape, dtype)
+        peft_model = _with_lora(model, shape)
+        adapter = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+        body, head, layers, largest = _saved_bytes(peft_model, shape, act_dtype)
+    if shape.gradient_checkpointing and layers:
+        hidden = config.hidden_size * shape.tokens * act_dtype.itemsize
+        per_layer = body / layers
+        activations = layers * hidden + per_layer  # layer inputs + the one being recomputed
+    else:
+        activations = body
+    activations += head + largest  # the logits' part, and the biggest tensor's gradient in flight
+    parts = {"weights": weights, "adapter_and_optimizer": 16 * adapter, "activations": int(activations)}
+    tensors = sum(parts.values())
+    if device.is_cuda:
+        parts["cuda_overhead"] = CUDA_CONTEXT + int(CUDA_SLACK * tensors)
+    else:
+        parts["runtime"] = CPU_RUNTIME + (CPU_BITSANDBYTES if shape.qlora else 0) + int(CPU_SLACK * tensors)
+    notes = [f"{shape.tokens} tokens per forward pass, {shape.trained_share:.0%} of them trained",
+             "gradient checkpointing" if shape.gradient_checkpointing else "no gradient checkpointing",
+             f"weights {'4-bit NF4 (linear layers)' if shape.qlora else shape.load_dtype}"]
+    return MemoryEstimate(device=str(device), device_bytes=device.total_bytes, parts=parts,
+                          adapter_params=adapter, notes=notes, advice=advice(shape))
+
+
+# --- the parts ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _meta_model(config, dtype):
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    config = type(config).from_dict(config.to_dict())  # a copy: the caller's config stays as it was
+    config.use_cache = False
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    model.train()
+    return model
+
+
+def _quantized_linears(model) -> set[str]:
+    """The linear layers bitsandbytes replaces with 4-bit ones: all but the output layer."""
+    import torch
+
+    out_layer = model.get_output_embeddings()
+    return {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not out_layer}
+
+
+def _weight_bytes(model, shape: RunShape, dtype) -> int:
+    seen: set[int] = set()
+    total = 0
+    quantized = _quantized_linears(model) if shape.qlora else set()
+    for name, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if id(p) in seen:
+                continue  # tied embeddings count once
+            seen.add(id(p))
+            n = p.numel()
+            if name in quantized and pname == "weight":
+                blocks = -(-n // NF4_BLOCK)
+                # 4 bits a weight; absmax per block: 8-bit + a float32 per 256 blocks with double quant
+                total += n // 2 + (blocks + 4 * -(-blocks // 256) if shape.double_quant else 4 * blocks)
+            else:
+                # prepare_model_for_kbit_training keeps what is not 4-bit in float32
+                total += n * (4 if shape.qlora else dtype.itemsize)
+    return total
+
+
+def _with_lora(model, shape: RunShape):
+    import peft
+
+    return peft.get_peft_model(model, peft.LoraConfig(r=shape.lora_r, lora_alpha=2 * shape.lora_r,
+                                                      lora_dropout=0.05, target_modules=shape.target_modules,
+                                                      task_type="CAUSAL_LM"))
+
+
+def _saved_bytes(peft_model, shape: RunShape, act_dtype) -> tuple[int, int, int, int]:
+    """(bytes saved for backward by the decoder body, by the output layer and loss, number of
+    layers, the largest single saved tensor): one forward of ``shape.tokens`` tokens on meta."""
+    import torch
+    import torch.nn.functional as F
+
+    def storage(t) -> int:  # views share their base's storage: count each storage once
+        return t.untyped_storage()._cdata
+
+    params = {storage(p) for p in peft_model.parameters()}
+    seen: set[int] = set()
+    counted = {"bytes": 0, "largest": 0}
+
+    def pack(t):
+        key = storage(t)
+        if key not in params and key not in seen:
+            seen.add(key)
+            n = t.untyped_storage().nbytes()
+            counted["bytes"] += n
+            counted["largest"] = max(counted["largest"], n)
+        return t
+
+    model = peft_model.get_base_model()
+    body = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    head = model.get_output_embeddings()
+    layers = getattr(model.config, "num_hidden_layers", 0)
+    ids = torch.zeros((1, shape.tokens), dtype=torch.long, device="meta")
+    trained = max(1, round(shape.tokens * shape.trained_share))
+    # transformers looks for packed sequences in the position ids with a data-dependent check
+    # (``.all()``), which a meta tensor cannot answer; the mask it would build is one boolean
+    # [T, T] tensor shared by every layer, nothing next to the activations. And on meta, SDPA
+    # takes its math path, which keeps the [heads, T, T] attention weights: the fused kernels a
+    # real run takes (CPU flash, CUDA flash / memory-efficient) keep q, k, v, the output and a
+    # log-sum-exp per row instead, which the CPU flash kernel's meta function gives exactly.
+    from unittest import mock
+
+    with mock.patch("transformers.masking_utils.find_packed_sequence_indices", lambda *a, **k: None), \
+            mock.patch("torch.nn.functional.scaled_dot_product_attention", _fused_attention), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        embeds = body.get_input_embeddings()(ids).to(act_dtype).requires_grad_(True)
+        hidden = body(inputs_embeds=embeds, use_cache=False).last_hidden_state
+        body_bytes = counted["bytes"]
+        # the trainer's loss: logits at the trained positions only, cross-entropy in float32
+        logits = head(hidden[:, :trained].reshape(trained, -1))
+        F.cross_entropy(logits.float(), torch.zeros(trained, dtype=torch.long, device="meta"), reduction="sum")
+    head_bytes = counted["bytes"] - body_bytes + trained * model.config.vocab_size * 4  # the logits' gradient
+    return body_bytes, head_bytes, layers, counted["largest"]
+
+
+def _fused_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                     enable_gqa=False):
+    import torch
+
+    if key.shape[-3] != query.shape[-3]:  # grouped-query attention: the kernel sees every head
+        key = key.repeat_interleave(query.shape[-3] // key.shape[-3], -3)
+        value = value.repeat_interleave(query.shape[-3] // value.shape[-3], -3)
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        query, key, value, dropout_p, is_causal or attn_mask is None, attn_mask=attn_mask, scale=scale)[0]
+
+
+# --- reading an estimate --------------------------------------------------------------------
+
+
+def advice(shape: RunShape) -> list[str]:
+    """What to change, cheapest first, for a run predicted not to fit."""
+    out = []
+    if not shape.gradient_checkpointing:
+        out.append("train.lora.gradient_checkpointing: true")
+    if not shape.qlora:
+        out.append("train.lora.qlora: true (4-bit base, `pip install 'ftctl[qlora]'`)")
+    out.append(f"a smaller train.lora.max_length (now {shape.tokens})")
+    if shape.load_dtype == "float32":
+        out.append("train.lora.precision: bf16 on a GPU that has it")
+    return out

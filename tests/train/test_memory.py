@@ -1,0 +1,93 @@
+"""Memory you can plan (ftctl.lib.memory): predicted from a config on the meta device, no weights.
+
+The 7B/8B-shaped configs in tests/fixtures have no weights at all, so a prediction that loaded
+any would fail. How close the predictions come to measured peaks: benchmarks/memory.py
+(docs/train.md has the table)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ftctl.errors import UsageError
+from ftctl.lib.device import Capability, card
+from ftctl.lib.basemodel import ResolvedBase
+from tests.conftest import run_ftctl
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+GIB = 2**30
+
+
+def trainer(tmp_path, **cfg):
+    from ftctl.kinds import Context
+    from ftctl_plugins.trainers.lora import LoraConfig, LoraTrainer
+
+    return LoraTrainer(LoraConfig(**{"max_length": 1024, **cfg}), Context(tmp_path, "m", tmp_path, log=lambda _m: None))
+
+
+def shaped(name: str) -> ResolvedBase:
+    assert not list((FIXTURES / name).glob("*.safetensors"))  # a config, nothing else
+    return ResolvedBase(name, FIXTURES / name, "", None, False)
+
+
+@pytest.mark.parametrize("name", ["mistral-7b", "llama-3-8b"])
+def test_a_7b_model_on_24_and_12_gb_cards(tmp_path, name):
+    base = shaped(name)
+    qlora = {g: trainer(tmp_path, qlora=True).memory(base, card(g)) for g in (24, 12)}
+    lora_bf16 = trainer(tmp_path).memory(base, card(24))
+    lora_fp32 = trainer(tmp_path, precision="fp32").memory(base, card(24))
+    # QLoRA (checkpointing on by default) fits the 24 GB and the 12 GB card; 16-bit LoRA without
+    # checkpointing does not fit 24 GB, fp32 weights alone are ~28 GB
+    assert qlora[24].fits and qlora[12].fits, qlora[12].parts
+    assert not lora_bf16.fits and not lora_fp32.fits
+    assert lora_fp32.parts["weights"] > 26 * GIB and 13 * GIB < lora_bf16.parts["weights"] < 16 * GIB
+    assert 3.5 * GIB < qlora[24].parts["weights"] < 8 * GIB  # 4-bit linears, float32 embeddings
+    assert qlora[24].total < lora_bf16.total < lora_fp32.total
+    assert "gradient checkpointing" in qlora[24].notes
+    assert qlora[24].adapter_params == 41_943_040  # r=16 on every linear layer of 32 layers
+
+
+def test_checkpointing_and_length_move_the_activations(tmp_path):
+    base = shaped("mistral-7b")
+    plain = trainer(tmp_path).memory(base, card(24))
+    ckpt = trainer(tmp_path, gradient_checkpointing=True).memory(base, card(24))
+    short = trainer(tmp_path, gradient_checkpointing=True, max_length=256).memory(base, card(24))
+    assert ckpt.parts["activations"] * 5 < plain.parts["activations"]
+    assert short.parts["activations"] < ckpt.parts["activations"] / 3
+    assert ckpt.parts["weights"] == plain.parts["weights"]
+    assert ckpt.fits  # bf16 LoRA with checkpointing fits a 24 GB card
+    assert not trainer(tmp_path, gradient_checkpointing=True).memory(base, card(12)).fits
+
+
+def test_train_stops_before_loading_when_the_run_cannot_fit(train_ws, monkeypatch):
+    import ftctl.lib.basemodel
+    import ftctl_plugins.trainers.lora as lora
+    from ftctl.train import train
+
+    monkeypatch.setattr(lora, "probe_devices", lambda: Capability((), 200 * 2**20))  # a 200 MB machine
+    real_load = ftctl.lib.basemodel.load_model
+
+    def boom(*a, **k):
+        raise AssertionError("no weights may load")
+
+    monkeypatch.setattr(lora, "load_model", boom)
+    with train_ws.run_lock("train"), pytest.raises(UsageError) as e:
+        train(train_ws, log=lambda _m: None)
+    assert "predicted to need" in e.value.message and "cpu has 0.2 GiB" in e.value.message
+    assert "weights" in e.value.message and "activations" in e.value.message
+    assert "max_length" in e.value.hint and "--force" in e.value.hint
+    assert not train_ws.read_lock().state("assistant").versions
+
+    monkeypatch.setattr(lora, "load_model", real_load)
+    lines = []
+    with train_ws.run_lock("train"):
+        r = train(train_ws, log=lines.append, force=True)
+    assert r["version"] == "v1.0" and any("training anyway (--force)" in line for line in lines)
+
+
+def test_preview_shows_the_prediction_for_this_machine_and_two_cards(train_ws):
+    proc = run_ftctl("train", "--preview", cwd=train_ws.root, check=True)
+    assert "predicted peak memory" in proc.stdout
+    assert "24 GB GPU" in proc.stdout and "12 GB GPU" in proc.stdout and "cpu" in proc.stdout
+    assert "fits" in proc.stdout and "weights" in proc.stdout
