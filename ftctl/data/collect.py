@@ -17,6 +17,7 @@ an incremental collect carries both files forward, minus what was forgotten sinc
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -104,6 +105,15 @@ def collect(ws: Workspace, model: str | None = None, dry_run: bool = False, sinc
         shutil.rmtree(work, ignore_errors=True)
 
 
+SCRUB_BATCH = 256  # rows whose texts go through the scrubber together (Scrubber.warm)
+
+
+def _chunks(items, n: int):
+    it = iter(items)
+    while chunk := list(itertools.islice(it, n)):
+        yield chunk
+
+
 def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], carry: Path | None, log) -> dict:
     cfg = mc.curate
     stamp = datetime.now(timezone.utc)
@@ -132,64 +142,70 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
         with open(out / FILES["rejects"], "w", encoding="utf-8") as rejects:
             for src_name, items, plugin, mark in _streams(ws, mc, marks, carry, log):
                 n_read = 0
-                for item in items:
-                    n_read += 1
-                    if not isinstance(item, Reject) and uses_tools(item.messages, item.tools):
-                        if tools_ok is None:
-                            tools_ok = _tool_support(ws, mc)
-                        if tools_ok:
-                            item = Reject(src_name, item.source_id or item.key, "tool_calls_unsupported", tools_ok)
-                    if isinstance(item, Reject):
-                        rejected[item.reason] += 1
-                        rejects.write(json.dumps(_reject_line(item, scrubber), ensure_ascii=False) + "\n")
-                        continue
-                    if mark and item.created_at and item.created_at.isoformat() <= mark \
-                            and src_name != CARRIED:
-                        filtered["already_collected"] += 1
-                        continue
-                    if forgotten and forgotten.matches(item):  # `ftctl forget`: never collected again
-                        filtered["forgotten"] += 1
-                        continue
-                    if item.reward is None and src_name != CARRIED:  # the reward hooks: thumbs, edit, ...
-                        value, who = reward(item)
-                        if value is not None:
-                            item.reward = value
-                            rewarded[who] += 1
-                    ex, original = curate.apply_correction(item)
-                    reason, tokens = filters.reason(ex)
-                    if reason and not (cfg.keep_negative and reason in curate.NEGATIVE):
-                        filtered[reason] += 1
-                        continue
+                for chunk in _chunks(items, SCRUB_BATCH):
+                    pending = []  # rows past the filters, scrubbed together: spaCy runs once per batch
+                    for item in chunk:
+                        n_read += 1
+                        if not isinstance(item, Reject) and uses_tools(item.messages, item.tools):
+                            if tools_ok is None:
+                                tools_ok = _tool_support(ws, mc)
+                            if tools_ok:
+                                item = Reject(src_name, item.source_id or item.key, "tool_calls_unsupported", tools_ok)
+                        if isinstance(item, Reject):
+                            rejected[item.reason] += 1
+                            rejects.write(json.dumps(_reject_line(item, scrubber), ensure_ascii=False) + "\n")
+                            continue
+                        if mark and item.created_at and item.created_at.isoformat() <= mark \
+                                and src_name != CARRIED:
+                            filtered["already_collected"] += 1
+                            continue
+                        if forgotten and forgotten.matches(item):  # `ftctl forget`: never collected again
+                            filtered["forgotten"] += 1
+                            continue
+                        if item.reward is None and src_name != CARRIED:  # the reward hooks: thumbs, edit, ...
+                            value, who = reward(item)
+                            if value is not None:
+                                item.reward = value
+                                rewarded[who] += 1
+                        ex, original = curate.apply_correction(item)
+                        reason, tokens = filters.reason(ex)
+                        if reason and not (cfg.keep_negative and reason in curate.NEGATIVE):
+                            filtered[reason] += 1
+                            continue
+                        pending.append((ex, original, reason, tokens))
                     if scrubber and (src_name != CARRIED or rescrub_carried):
-                        try:
-                            found: Counter = Counter()  # counted only once the whole row is scrubbed
-                            before = ex.messages  # scrub_row gives the row new messages
-                            ex, original = curate.scrub_row(ex, original, lambda t: scrubber.scrub(t, found))
-                        except Exception as e:  # fail closed: a row not fully scrubbed is never kept
-                            if cfg.scrub.on_error == "fail":
-                                raise FtctlError(f"scrubbing {src_name} {ex.source_id or ex.key} failed: {e}",
-                                                 hint="curate.scrub.on_error: reject skips such rows instead") from e
-                            rejected["scrub_error"] += 1
-                            rejects.write(json.dumps(Reject(src_name, ex.source_id or ex.key, "scrub_error",
-                                                            type(e).__name__).to_dict()) + "\n")
-                            continue
-                        if check.add(before, ex.messages):  # nothing left to learn from: never trained on
-                            rejected[scrub_check.REJECT] += 1
-                            rejects.write(json.dumps(Reject(src_name, ex.source_id or ex.key, scrub_check.REJECT,
-                                                            "every assistant answer became placeholders only"
-                                                            ).to_dict()) + "\n")
-                            continue
-                        scrubbed.update(found)
-                    split = spill.add(ex, neg=reason, tokens=tokens)
-                    if original and original != ex.response:
-                        prompt = curate.prompt_messages(ex)
-                        prefs.write(orjson.dumps(curate.preference(
-                            prompt, ex.response, original, ex.key, split, "correction")) + b"\n")
-                        n_prefs += 1
-                        # the corrected original is a disliked answer too (no row of its own in the spill)
-                        unpaired.write(orjson.dumps(curate.unpaired(
-                            prompt, original, ex.key, split, "correction")) + b"\n")
-                        n_unpaired += 1
+                        scrubber.warm(t for ex, original, _, _ in pending for t in curate.texts_to_scrub(ex, original))
+                    for ex, original, reason, tokens in pending:
+                        if scrubber and (src_name != CARRIED or rescrub_carried):
+                            try:
+                                found: Counter = Counter()  # counted only once the whole row is scrubbed
+                                before = ex.messages  # scrub_row gives the row new messages
+                                ex, original = curate.scrub_row(ex, original, lambda t: scrubber.scrub(t, found))
+                            except Exception as e:  # fail closed: a row not fully scrubbed is never kept
+                                if cfg.scrub.on_error == "fail":
+                                    raise FtctlError(f"scrubbing {src_name} {ex.source_id or ex.key} failed: {e}",
+                                                     hint="curate.scrub.on_error: reject skips such rows instead") from e
+                                rejected["scrub_error"] += 1
+                                rejects.write(json.dumps(Reject(src_name, ex.source_id or ex.key, "scrub_error",
+                                                                type(e).__name__).to_dict()) + "\n")
+                                continue
+                            if check.add(before, ex.messages):  # nothing left to learn from: never trained on
+                                rejected[scrub_check.REJECT] += 1
+                                rejects.write(json.dumps(Reject(src_name, ex.source_id or ex.key, scrub_check.REJECT,
+                                                                "every assistant answer became placeholders only"
+                                                                ).to_dict()) + "\n")
+                                continue
+                            scrubbed.update(found)
+                        split = spill.add(ex, neg=reason, tokens=tokens)
+                        if original and original != ex.response:
+                            prompt = curate.prompt_messages(ex)
+                            prefs.write(orjson.dumps(curate.preference(
+                                prompt, ex.response, original, ex.key, split, "correction")) + b"\n")
+                            n_prefs += 1
+                            # the corrected original is a disliked answer too (no row of its own in the spill)
+                            unpaired.write(orjson.dumps(curate.unpaired(
+                                prompt, original, ex.key, split, "correction")) + b"\n")
+                            n_unpaired += 1
                 wm = plugin.watermark() if plugin else None
                 per_source[src_name] = {"read": n_read, "watermark": wm or mark}
                 read += n_read

@@ -110,6 +110,12 @@ def scrub_row(ex: Example, original: str | None, scrub: Callable[[str], str]) ->
     return ex, (scrub(original) if original else original)
 
 
+def texts_to_scrub(ex: Example, original: str | None) -> list[str]:
+    """The row's long texts that :func:`scrub_row` will scrub (its turns and the corrected
+    original), for scrubbing a batch of rows at once ahead of it; the rest is short."""
+    return [m.get("content") or "" for m in ex.messages] + ([original] if original else [])
+
+
 def _scrub_value(value, scrub: Callable[[str], str]):
     if isinstance(value, str):
         return scrub(value)

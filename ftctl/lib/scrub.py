@@ -264,6 +264,14 @@ class Scrubber:
         while batch := list(itertools.islice(it, batch_size)):
             yield from self._analyze_batch(batch)
 
+    def warm(self, texts: Iterable[str]) -> None:
+        """Analyse ``texts`` in batches ahead of the ``scrub`` calls that will ask for them (the
+        cache answers those): for callers that scrub row by row. Texts too long to cache are left
+        for ``scrub``; one that fails is not cached, so its ``scrub`` raises as it would have."""
+        todo = {t: None for t in texts if len(t) <= CACHE_TEXT_CHARS and t.strip() and t not in self._cache}
+        for _ in self.analyze_many(todo):
+            pass
+
     def _analyze_batch(self, texts: list[str]) -> list[list[Span] | ScrubError]:
         """Texts seen before come from the cache; the rest go through spaCy together (``nlp.pipe``:
         one call per batch instead of per text, which is most of the cost on short texts), then

@@ -206,3 +206,19 @@ def test_the_cache_is_bounded_by_characters(tmp_path, monkeypatch):
     assert 0 < scrubber._cache.currsize <= 500 and len(scrubber._cache) < 50
     scrubber.scrub("x" * 3000 + " a@b.com", Counter())  # longer than CACHE_TEXT_CHARS: not kept
     assert all(len(k) <= scrub.CACHE_TEXT_CHARS for k in scrubber._cache)
+
+
+def test_warm_analyses_ahead_and_scrub_answers_from_the_cache(tmp_path, scrubber, monkeypatch):
+    """collect warms the cache with a batch of rows, then scrubs row by row: same output, and the
+    per-row calls no longer reach Presidio."""
+    texts = ["Call John Smith at 212-555-0147.", "nothing here", "x" * 2500 + " a@b.com", ""]
+    expected = [scrubber.scrub(t, Counter()) for t in texts]
+    warmed = Scrubber(cache_dir=tmp_path, recognizers=EXAMPLE_SITE)
+    warmed.warm(texts)
+    assert texts[0] in warmed._cache and texts[2] not in warmed._cache  # too long: left for scrub
+    engine = warmed._engine
+    calls = []
+    real = engine.analyze
+    monkeypatch.setattr(engine, "analyze", lambda text, **kw: calls.append(text) or real(text, **kw))
+    assert [warmed.scrub(t, Counter()) for t in texts] == expected
+    assert not any("John" in c or c == "nothing here" for c in calls)
