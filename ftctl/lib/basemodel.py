@@ -162,6 +162,16 @@ class _HubKernelNotice(logging.Filter):
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_HubKernelNotice())
 
 
+def quiet_known_warnings() -> None:
+    """Deprecation notices nothing a user does can act on: peft reads a property and calls a
+    method transformers 5 renamed (``is_gradient_checkpointing``, ``gradient_checkpointing_enable``),
+    on every training run and every merge."""
+    import warnings
+
+    for name in ("is_gradient_checkpointing", "gradient_checkpointing_enable"):
+        warnings.filterwarnings("ignore", message=f".*{name}.*", category=FutureWarning)
+
+
 def require_bitsandbytes():
     """bitsandbytes, or an error that names the extra to install."""
     try:
@@ -197,6 +207,7 @@ def load_model(resolved: ResolvedBase, dtype=None, *, quantization: dict | None 
     # model shards") are noise between its lines
     hf_logging.disable_progress_bar()
     disable_progress_bars()
+    quiet_known_warnings()
     if quantization:
         require_bitsandbytes()
         kwargs.setdefault("quantization_config", quantization_config(quantization))
