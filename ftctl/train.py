@@ -92,7 +92,8 @@ def train(ws: Workspace, model: str | None = None, *, from_: str | None = None, 
         if new_only and not parent:
             raise UsageError("--new-only continues a version on the rows it has not seen: it needs --from VERSION",
                              hint="e.g. --from stable --new-only; from the base, every row is new")
-    run_dir = None if spec or dry_run or preview else ws.run_dir(name, datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    if not spec:  # a resumed run keeps its own folder (unfinished_run above)
+        run_dir = None if dry_run or preview else ws.run_dir(name, datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
     fresh = None
     if new_only:
         fresh = _new_rows(ws, name, lock, parent, paths["train"], run_dir)
