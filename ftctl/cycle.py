@@ -72,6 +72,7 @@ def cycle(ws: Workspace, model: str | None = None, *, force: bool = False, max_s
                             hint="--force trains anyway")
         quiet.result = out  # the canary verdict, drift report and triggers still reach `--json`
         raise quiet
+    log("retraining: " + (", ".join(f"{n} fired" for n, t in fired.items() if t["fired"]) or "--force"))
 
     parent = parent_version(ws, name, cc.train_from, log)
     trained = None
