@@ -88,7 +88,7 @@ class Population(threading.Thread):
         i = 0
         while not self.stop.is_set():
             i += 1
-            a, b = 3 + i % 17, 5 + (i * 7) % 23
+            a, b = i, 5 + (i * 7) % 89  # every prompt new: the users' rated answers are new rows
             user, prompt = f"user-{i % 97}", f"What is {a} + {b}?"
             body = json.dumps({"messages": [{"role": "user", "content": prompt}], "max_tokens": 4, "user": user})
             conn = http.client.HTTPConnection(self.url.hostname, self.url.port, timeout=120)
@@ -143,6 +143,11 @@ def cycle_all(root: Path, max_steps: int, *sets: str) -> tuple[int, dict, str, f
     doc = doc.get("result", doc) or {}
     outcome = (doc.get("models") or {}).get(MODEL) or {}
     return proc.returncode, outcome, proc.stderr, seconds
+
+
+def share(served: Counter, version: str) -> float | None:
+    total = sum(served.values())
+    return served.get(version, 0) / total if total else None
 
 
 def short_trigger(triggers: dict) -> str:
@@ -253,12 +258,14 @@ def week(args) -> dict:
                 if f"{MODEL}@{version}" != predicted:  # names are the registry's: follow them
                     with users.lock:
                         users.skill[f"{MODEL}@{version}"] = users.skill.pop(predicted)
+            live_from = users.snapshot() if night > 1 else None  # the canary (if any) is live from here
             judged = (result.get("steps") or {}).get("canary")
             canary = status.get("canary")
             row = {"night": night, "exit": code, "seconds": round(secs, 1), "bad": bad,
                    "triggers": {n: {"fired": t["fired"], "evidence": t["evidence"]}
                                 for n, t in (result.get("triggers") or {}).items()},
                    "version": version, "stable": status.get("stable"),
+                   "parent": ((result.get("steps") or {}).get("train") or {}).get("parent"),
                    "canary": f"{canary['version']} {canary['percent']}%" if canary else None,
                    "judged": judged["canary"]["version"] if judged else None,
                    "verdict": judged["decision"] if judged else None,
@@ -286,8 +293,8 @@ def week(args) -> dict:
             row.update(served=total, failed=after["failed"] - before["failed"],
                        quality=(sum(correct.values()) / rated_total) if rated_total else None,
                        by_version=dict(served),
-                       canary_share=(served.get(f"{MODEL}@{canary['version']}", 0) / total) if canary and total
-                       else None,
+                       canary_share=share(after["served"] - live_from["served"], f"{MODEL}@{canary['version']}")
+                       if canary and live_from else None,
                        stable_skill=users.skill.get(f"{MODEL}@{status['stable']}"))
             rows.append(row)
             before = after
@@ -314,14 +321,16 @@ def week(args) -> dict:
 
 
 def render(out: dict) -> str:
-    lines = ["| night | triggers fired | judged | verdict | new version | canary (share of the day) | stable "
-             "| served | failed | served quality |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| night | triggers fired | judged | verdict | new version (trained from) | canary (its share of the "
+             "day's requests) | stable | served | failed | served quality |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in out["rows"]:
-        share = f"{r['canary']} ({100 * r['canary_share']:.0f}%)" if r["canary"] else "-"
+        cshare = f"{r['canary']} ({100 * r['canary_share']:.0f}%)" if r["canary"] and r["canary_share"] is not None \
+            else (r["canary"] or "-")
+        made = f"{r['version']} ({r['parent'] or 'base'})" if r["version"] else "-"
         quality = "-" if r["quality"] is None else f"{100 * r['quality']:.1f}%"
         lines.append(
             f"| {r['night']}{' (broken candidate)' if r['bad'] else ''} | {short_trigger(r['triggers'])} "
-            f"| {r['judged'] or '-'} | {r['verdict'] or '-'} | {r['version'] or '-'} | {share} | {r['stable']} "
+            f"| {r['judged'] or '-'} | {r['verdict'] or '-'} | {made} | {cshare} | {r['stable']} "
             f"| {r['served']} | {r['failed']} | "
             f"{quality} |")
     lines.append("")
