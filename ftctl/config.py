@@ -75,6 +75,8 @@ class ScrubConfig(Strict):
     names: bool = True  # person names, where a library can find them
     recognizers: str | None = None  # YAML of site-specific identifier formats (Presidio's format)
     on_error: Literal["reject", "fail"] = "reject"  # a row the scrubber cannot process: rejected, or collect stops
+    # a longer text is not scrubbed: its row is rejected as too_large (or collect stops, on_error: fail)
+    max_chars: int = Field(1_000_000, ge=1000)
     # the team's own code shapes never scrubbed (SKUs, internal product codes), on top of keep.yaml's
     keep: list[str] = []
     # the scrub check (ftctl/data/scrub_check.py): a placeholder type that changes more than

