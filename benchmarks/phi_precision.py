@@ -301,6 +301,10 @@ def main() -> None:
         print(f"{n}: {s['scrubber']['engine']}, names: {s['scrubber']['names']}")
     print()
     print(table(sets))
+    this = sets["this"]
+    print(f"\ngoals (issue 20): domain tokens destroyed {this['tokens_destroyed_share']:.2%} (<= 1%: "
+          f"{'met' if this['tokens_destroyed_share'] <= 0.01 else 'NOT met'}); code-only answers changed "
+          f"{this['code_only_changed']}/{this['code_only_answers']} (0: {'met' if not this['code_only_changed'] else 'NOT met'})")
     print("\nexamples (this):")
     for t, x in sets["this"]["by_type"].items():
         for e in x["examples"]:

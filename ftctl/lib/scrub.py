@@ -336,6 +336,13 @@ class Scrubber:
             weakref.finalize(self, self._workers.terminate)
         return self._workers
 
+    def close(self) -> None:
+        """End the worker processes now (else when this scrubber is garbage collected)."""
+        if self._workers is not None:
+            self._workers.terminate()
+            self._workers.join()
+            self._workers = None
+
     def _analyze_new(self, texts: list[str], reference: bool = False) -> list[list[Span] | ScrubError]:
         """Each text through spaCy together (``nlp.pipe``: one call per batch instead of per text,
         which is most of the cost on short texts), then each window through Presidio's recognizers
