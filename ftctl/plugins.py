@@ -129,7 +129,26 @@ def rewarder() -> Callable[[Example], tuple[float | None, str | None]]:
             return float(value), who
         return None, None
 
+    if all(getattr(func, "reads_feedback_type_only", False) for func, _ in impls):
+        return _per_feedback_type(reward)
     return reward
+
+
+def _per_feedback_type(reward: Callable[[Example], tuple[float | None, str | None]]):
+    """``reward`` asked once per feedback type: every hook says it reads nothing else (the
+    built-in table), and collect asks for every row."""
+    memo: dict[str | None, tuple[float | None, str | None]] = {}
+
+    def cached(ex: Example) -> tuple[float | None, str | None]:
+        kind = ex.feedback_type
+        answer = memo.get(kind) if kind is None or kind.__class__ is str else None
+        if answer is None:
+            answer = reward(ex)
+            if kind is None or kind.__class__ is str:
+                memo[kind] = answer
+        return answer
+
+    return cached
 
 
 def _who(pm: pluggy.PluginManager, impl) -> str:

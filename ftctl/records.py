@@ -72,9 +72,28 @@ class Example:
     def to_json(self) -> bytes:
         """One JSONL line's worth (no newline): ``to_dict`` as compact UTF-8 JSON."""
         try:
+            if self._plain():
+                return orjson.dumps(self)  # orjson's own datetime: a third of the callback's cost
             return orjson.dumps(self, default=_isoformat, option=_ORJSON)
         except TypeError:  # what orjson refuses (an int beyond 64 bits in meta): the standard library's way
             return json.dumps(self.to_dict(), ensure_ascii=False).encode("utf-8")
+
+    def _plain(self) -> bool:
+        """Nothing nested that could hold a datetime (meta, tools, tool calls), and ``created_at``
+        one that orjson writes as isoformat does: a datetime (not a subclass) whose UTC offset
+        has no seconds (orjson drops them: LMT +00:19:32)."""
+        if self.meta or self.tools is not None:
+            return False
+        for m in self.messages:
+            if "tool_calls" in m:
+                return False
+        t = self.created_at
+        if t is None:
+            return True
+        if t.__class__ is not datetime:
+            return False
+        off = t.utcoffset()
+        return off is None or not (off.seconds % 60 or off.microseconds)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Example:

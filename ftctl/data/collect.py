@@ -130,6 +130,7 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
     forgotten = of_workspace(ws)  # refuses when the workspace secret does not match its tombstones
 
     read, filtered, rejected, scrubbed, rewarded = 0, Counter(), Counter(), Counter(), Counter()
+    keep_negative = cfg.keep_negative
     reward = plugins.rewarder()
     tools_ok: str | None = None  # "" once the base's template is known to render tool calls; else why not
     per_source: dict[str, dict] = {}
@@ -143,10 +144,14 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
         with open(out / FILES["rejects"], "w", encoding="utf-8") as rejects:
             for src_name, items, plugin, mark in _streams(ws, mc, marks, carry, log):
                 n_read = 0
+                fresh = src_name != CARRIED
+                scrub_now = scrubber is not None and (fresh or rescrub_carried)
                 for chunk in _chunks(items, SCRUB_BATCH):
-                    pending = []  # rows past the filters, scrubbed together: spaCy runs once per batch
+                    n_read += len(chunk)
+                    # rows past the filters, as the spill takes them (scrubbed together: spaCy runs
+                    # once per batch), and the corrected originals by position (rare)
+                    pending, originals = [], {}
                     for item in chunk:
-                        n_read += 1
                         if not isinstance(item, Reject) and uses_tools(item.messages, item.tools):
                             if tools_ok is None:
                                 tools_ok = _tool_support(ws, mc)
@@ -156,49 +161,31 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
                             rejected[item.reason] += 1
                             rejects.write(json.dumps(_reject_line(item, scrubber), ensure_ascii=False) + "\n")
                             continue
-                        if mark and item.created_at and item.created_at.isoformat() <= mark \
-                                and src_name != CARRIED:
+                        if mark and item.created_at and item.created_at.isoformat() <= mark and fresh:
                             filtered["already_collected"] += 1
                             continue
                         if forgotten and forgotten.matches(item):  # `ftctl forget`: never collected again
                             filtered["forgotten"] += 1
                             continue
-                        if item.reward is None and src_name != CARRIED:  # the reward hooks: thumbs, edit, ...
+                        if item.reward is None and fresh:  # the reward hooks: thumbs, edit, ...
                             value, who = reward(item)
                             if value is not None:
                                 item.reward = value
                                 rewarded[who] += 1
-                        ex, original = curate.apply_correction(item)
+                        ex, original = curate.apply_correction(item) if item.correction else (item, None)
                         reason, tokens = filters.reason(ex)
-                        if reason and not (cfg.keep_negative and reason in curate.NEGATIVE):
+                        if reason and not (keep_negative and reason in curate.NEGATIVE):
                             filtered[reason] += 1
                             continue
-                        pending.append((ex, original, reason, tokens))
-                    if scrubber and (src_name != CARRIED or rescrub_carried):
-                        scrubber.warm(t for ex, original, _, _ in pending for t in curate.texts_to_scrub(ex, original))
-                    for ex, original, reason, tokens in pending:
-                        if scrubber and (src_name != CARRIED or rescrub_carried):
-                            try:
-                                found: Counter = Counter()  # counted only once the whole row is scrubbed
-                                before = ex.messages  # scrub_row gives the row new messages
-                                ex, original = curate.scrub_row(ex, original, lambda t: scrubber.scrub(t, found))
-                            except Exception as e:  # fail closed: a row not fully scrubbed is never kept
-                                if cfg.scrub.on_error == "fail":
-                                    raise FtctlError(f"scrubbing {src_name} {ex.source_id or ex.key} failed: {e}",
-                                                     hint="curate.scrub.on_error: reject skips such rows instead") from e
-                                why = e.reason if isinstance(e, ScrubError) else "scrub_error"  # or too_large
-                                rejected[why] += 1
-                                rejects.write(json.dumps(Reject(src_name, ex.source_id or ex.key, why,
-                                                                type(e).__name__).to_dict()) + "\n")
-                                continue
-                            if check.add(before, ex.messages):  # nothing left to learn from: never trained on
-                                rejected[scrub_check.REJECT] += 1
-                                rejects.write(json.dumps(Reject(src_name, ex.source_id or ex.key, scrub_check.REJECT,
-                                                                "every assistant answer became placeholders only"
-                                                                ).to_dict()) + "\n")
-                                continue
-                            scrubbed.update(found)
-                        split = spill.add(ex, neg=reason, tokens=tokens)
+                        if original is not None:
+                            originals[len(pending)] = original
+                        pending.append((ex, reason, tokens))
+                    if scrub_now:
+                        pending, originals = _scrub(pending, originals, scrubber, check, cfg.scrub.on_error, src_name,
+                                                    rejected, scrubbed, rejects)
+                    splits = spill.add_many(pending)
+                    for i, original in originals.items():
+                        ex, split = pending[i][0], splits[i]
                         if original and original != ex.response:
                             prompt = curate.prompt_messages(ex)
                             prefs.write(orjson.dumps(curate.preference(
@@ -273,6 +260,38 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
         raise FtctlError(f"internal accounting error: read {read} != kept+filtered+rejected {total}")
     (out / FILES["card"]).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return card
+
+
+def _scrub(pending: list, originals: dict, scrubber, check, on_error: str, src_name: str, rejected: Counter,
+           scrubbed: Counter, rejects) -> tuple[list, dict]:
+    """A batch of rows through the scrubber (their texts analysed together first): the rows kept,
+    scrubbed, and their corrected originals; a row that fails, or is left as placeholders only, is
+    rejected (counted, and written to ``rejects``)."""
+    scrubber.warm(t for i, (ex, _, _) in enumerate(pending) for t in curate.texts_to_scrub(ex, originals.get(i)))
+    kept, kept_originals = [], {}
+    for i, (ex, reason, tokens) in enumerate(pending):
+        try:
+            found: Counter = Counter()  # counted only once the whole row is scrubbed
+            before = ex.messages  # scrub_row gives the row new messages
+            ex, original = curate.scrub_row(ex, originals.get(i), lambda t: scrubber.scrub(t, found))
+        except Exception as e:  # fail closed: a row not fully scrubbed is never kept
+            if on_error == "fail":
+                raise FtctlError(f"scrubbing {src_name} {ex.source_id or ex.key} failed: {e}",
+                                 hint="curate.scrub.on_error: reject skips such rows instead") from e
+            why = e.reason if isinstance(e, ScrubError) else "scrub_error"  # or too_large
+            rejected[why] += 1
+            rejects.write(json.dumps(Reject(src_name, ex.source_id or ex.key, why, type(e).__name__).to_dict()) + "\n")
+            continue
+        if check.add(before, ex.messages):  # nothing left to learn from: never trained on
+            rejected[scrub_check.REJECT] += 1
+            rejects.write(json.dumps(Reject(src_name, ex.source_id or ex.key, scrub_check.REJECT,
+                                            "every assistant answer became placeholders only").to_dict()) + "\n")
+            continue
+        scrubbed.update(found)
+        if i in originals:
+            kept_originals[len(kept)] = original
+        kept.append((ex, reason, tokens))
+    return kept, kept_originals
 
 
 SCRUBBED_FIELDS = ["messages", "correction", "meta", "rejects.detail"]

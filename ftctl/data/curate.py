@@ -303,41 +303,58 @@ class Spill:
 
     def add(self, ex: Example, *, neg: str | None, tokens: int) -> str:
         """Spill ``ex`` (``neg``: the filter that found it disliked); returns its split."""
-        msgs = ex.messages
-        last = msgs[-1] if msgs and msgs[-1]["role"] == "assistant" else None
-        prompt = _joined(msgs[:-1] if last else msgs)
-        answer = (last["content"] or "" if not last.get("tool_calls") else _answer(last)) if last else ex.response
-        norm_prompt, norm_answer = normalize(prompt), normalize(answer)
-        # Python's own str hash: the keys live for one process only, and a 64-bit hash collides
-        # about as rarely as a 64-bit digest (~1e-8 at a million rows) at a tenth of the cost
-        if self.dedup == "normalized":
-            dup = hash((norm_prompt, norm_answer if last else None))
-        elif self.dedup == "exact":
-            dup = hash((prompt, answer if last else None))
-        else:
-            dup = self.n
-        key = ex.key
-        split = self.split(key)
-        if neg:  # never a training target: what is kept of it is its unpaired.jsonl line
-            line = orjson.dumps(unpaired(msgs[:-1] if last else list(msgs), last["content"] if last else ex.response,
-                                         key, split, neg)) + b"\n"
-        else:
-            line = ex.to_json() + b"\n"
-        self.file.write(line)
-        t = ex.created_at
-        agent, served, negative = self.agents.get(ex.agent), self.served.get(ex.served_model), self.negs.get(neg)
-        self.keybuf += _PACK.pack(
-            self.offset, dup, hash(norm_prompt), hash(norm_answer), _NAN if ex.rating is None else ex.rating,
-            t.timestamp() if t else _NAN, tokens,
-            self._code("agent", ex.agent) if agent is None else agent,
-            self._code("served", ex.served_model) if served is None else served,
-            self._code("neg", neg) if negative is None else negative, _SPLIT[split])
-        if len(self.keybuf) > 1 << 20:
+        return self.add_many([(ex, neg, tokens)])[0]
+
+    def add_many(self, rows: list[tuple[Example, str | None, int]]) -> list[str]:
+        """Spill each ``(example, neg, tokens)`` of ``rows`` as :meth:`add` does; returns their
+        splits. A batch at a time: the per-row work stays in one loop, its lines in one write."""
+        split_of, dedup, n, offset = self.split, self.dedup, self.n, self.offset
+        negs, agents, served, code, pack = self.negs, self.agents, self.served, self._code, _PACK.pack
+        lines, keys, splits = [], [], []
+        for ex, neg, tokens in rows:
+            msgs = ex.messages
+            last = msgs[-1] if msgs and msgs[-1]["role"] == "assistant" else None
+            if last is None:
+                prompt, answer = _joined(msgs), ex.response
+            else:
+                # the common one-turn conversation without _joined's generator
+                prompt = (f"{msgs[0]['role']}\x01{msgs[0]['content']}" if len(msgs) == 2 else _joined(msgs[:-1]))
+                answer = (last["content"] or "") if not last.get("tool_calls") else _answer(last)
+            # normalize(), inlined. Python's own str hash: the keys live for one process only, and
+            # a 64-bit hash collides about as rarely as a 64-bit digest (~1e-8 at a million rows)
+            # at a tenth of the cost; only equality matters (resolve orders by line, not by hash)
+            norm_prompt, norm_answer = " ".join(prompt.split()).casefold(), " ".join(answer.split()).casefold()
+            if dedup == "normalized":
+                dup = hash((norm_prompt, norm_answer if last else None))
+            elif dedup == "exact":
+                dup = hash((prompt, answer if last else None))
+            else:
+                dup = n
+            key = ex.conversation_id or f"{ex.source}:{ex.source_id}"  # Example.key
+            split = split_of(key)
+            if neg:  # never a training target: what is kept of it is its unpaired.jsonl line
+                line = orjson.dumps(unpaired(msgs[:-1] if last else list(msgs),
+                                             last["content"] if last else ex.response, key, split, neg)) + b"\n"
+            else:
+                line = ex.to_json() + b"\n"
+            lines.append(line)
+            t, agent, model, rating = ex.created_at, ex.agent, ex.served_model, ex.rating
+            a, s, g = agents.get(agent), served.get(model), negs.get(neg)
+            keys.append(pack(
+                offset, dup, hash(norm_prompt), hash(norm_answer), _NAN if rating is None else rating,
+                t.timestamp() if t else _NAN, tokens,
+                code("agent", agent) if a is None else a, code("served", model) if s is None else s,
+                code("neg", neg) if g is None else g, _SPLIT[split]))
+            offset += len(line)
+            n += 1
+            splits.append(split)
+        self.file.write(b"".join(lines))
+        self.keybuf += b"".join(keys)
+        if len(self.keybuf) > 1 << 20:  # the keys go to disk a megabyte at a time
             self.keys.write(self.keybuf)
             self.keybuf.clear()
-        self.offset += len(line)
-        self.n += 1
-        return split
+        self.offset, self.n = offset, n
+        return splits
 
     def resolve(self, conflict: str, limit: int | None = None) -> None:
         """Every row's status: its negative filter, else duplicate (not the first of its dedup

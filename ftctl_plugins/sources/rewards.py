@@ -25,3 +25,6 @@ TABLE = {
 def reward(example: Example) -> float | None:
     kind = (example.feedback_type or "").strip().lower().replace("-", "_").replace(" ", "_")
     return TABLE.get(kind)
+
+
+reward.reads_feedback_type_only = True  # its answer per feedback type is asked once (ftctl.plugins.rewarder)

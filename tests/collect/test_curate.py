@@ -154,3 +154,34 @@ def test_spill_unpaired_limit_and_figures(tmp_path):
     assert bad["completion"] == [{"role": "assistant", "content": "bad"}] and bad["from"] == "min_rating"
     assert [(g.source_id, b) for g, b in s.negatives_for_kept()] == [("1", "bad")]  # one per distinct answer
     s.close()
+
+
+@pytest.mark.parametrize("created", [
+    None, datetime(2024, 5, 1, 12, 30), datetime(2024, 5, 1, 12, 30, 1, 5, tzinfo=timezone.utc),
+    datetime(2024, 5, 1, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+    datetime(2024, 5, 1, tzinfo=timezone(timedelta(seconds=1172))),  # an LMT offset: orjson would drop its seconds
+    datetime(1850, 1, 1, tzinfo=__import__("zoneinfo").ZoneInfo("Europe/Paris")),
+])
+@pytest.mark.parametrize("extra", [{}, {"meta": {"at": datetime(2024, 1, 1, tzinfo=timezone(timedelta(seconds=61)))}},
+                                   {"tools": [{"type": "function", "function": {"name": "f"}}]}])
+def test_a_snapshot_line_writes_times_as_isoformat(created, extra):
+    line = json.loads(ex("q \u2028 \x01 é", "a \"quoted\"", created_at=created, **extra).to_json())
+    assert line["created_at"] == (created.isoformat() if created else None)
+    assert line["messages"][0]["content"] == "q \u2028 \x01 é" and line["messages"][1]["content"] == 'a "quoted"'
+    if "meta" in extra:
+        assert line["meta"]["at"] == extra["meta"]["at"].isoformat()
+
+
+@pytest.mark.parametrize("row", [
+    {"messages": [{"role": "user", "content": "q \u2028 \x01 é \"x\" \\ 😀"}, {"role": "assistant", "content": "a"}]},
+    {"messages": [{"role": "user", "content": "q"}], "correction": "right\n"},
+    {"messages": []}, {"messages": [{"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}]},
+    {"messages": [{"content": "q", "role": "user", "name": "n"}]}, {"messages": [{"role": "user", "content": None}]},
+])
+def test_the_first_seen_id_hashes_the_rows_json(row):
+    import hashlib
+
+    from ftctl.registry import seen
+
+    text = json.dumps([row.get("messages"), row.get("correction")], sort_keys=True, ensure_ascii=False)
+    assert seen.row_id(row) == hashlib.sha256(text.encode()).hexdigest()[:24]
