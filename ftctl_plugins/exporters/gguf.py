@@ -81,7 +81,8 @@ class GgufConfig(PluginConfig):
         "per-type overrides of `parity`, e.g. {Q2_K: {kl_ratio: 3}}"))
     llama_cpp_dir: str | None = Field(None, description="a llama.cpp checkout whose converters to use")
     n_threads: int | None = Field(None, ge=1, description="threads for llama.cpp (default: all cores)")
-    convert_timeout: float = Field(3600, gt=0, description="seconds a converter run may take")
+    convert_timeout: float = Field(3600, gt=0, description=(
+        "seconds a converter run as a subprocess (the base's F16, the LoRA's) may take"))
 
     @field_validator("quants")
     @classmethod
@@ -181,15 +182,14 @@ class GgufExporter(Exporter):
             # one thing at a time: the converter overlapped with torch's threads on a small
             # machine ran many times slower (oversubscribed cores), see benchmarks/export.py
             log(f"converting to GGUF ({src_type}) with llama.cpp's convert_hf_to_gguf.py")
-            _finish(_start(tools, [tools.convert_hf, merged_dir, "--outfile", src, "--outtype",
-                                   CONVERTER_TYPES[src_type]]), "convert_hf_to_gguf.py", src, cfg.convert_timeout)
+            convert_in_process(tools.convert_hf, tools, [merged_dir, "--outfile", src, "--outtype",
+                                                         CONVERTER_TYPES[src_type]], src)
             for quant in req.quants:
                 path = req.out_dir / f"{stem}-{quant}.gguf"
                 if path != src:
                     if quant in CONVERTER_TYPES:
-                        _finish(_start(tools, [tools.convert_hf, merged_dir, "--outfile", path, "--outtype",
-                                               CONVERTER_TYPES[quant]]), "convert_hf_to_gguf.py", path,
-                                cfg.convert_timeout)
+                        convert_in_process(tools.convert_hf, tools, [merged_dir, "--outfile", path, "--outtype",
+                                                                     CONVERTER_TYPES[quant]], path)
                     else:
                         log(f"quantizing to {quant} with llama.cpp")
                         quantize(src, path, quant, cfg.n_threads)
@@ -278,8 +278,9 @@ class GgufExporter(Exporter):
     def _verify(self, path: Path, quant: str, reference: Reference, tok, base: Figures, req: ExportRequest,
                 lora: Path | None = None) -> dict:
         cfg: GgufConfig = self.config
-        m = measure(path, reference, tok, lora=lora, n_threads=cfg.n_threads)
         margins = cfg.margins(quant)
+        m = measure(path, reference, tok, lora=lora, n_threads=cfg.n_threads,
+                    hint_if=lambda fig: bool(judge(fig, base, margins, quant)))
         fig = m.figures
         label = f"{path.name}" + (f" + {lora.name}" if lora else "")
         self.ctx.log(f"{label}: top-1 agreement {fig.top1:.1%}, mean KL {fig.kl_mean:.4f} over {fig.positions} "
@@ -295,8 +296,7 @@ class GgufExporter(Exporter):
         n_task = min(cfg.task_probes, len(req.task_prompts))
         parity = {**fig.rounded(), "base": base.rounded(), "limits": limits(base, margins, fig),
                   "probes": {"generic": len(set(cfg.probes)), "task": n_task}}
-        return {"file": path.name, "quant": quant, "token_agreement": parity["top1"], "parity": parity,
-                "differing": m.diffs}
+        return {"file": path.name, "quant": quant, "token_agreement": parity["top1"], "parity": parity}
 
     def _lora(self, req, tools, reference, tok, checks, stem, base: Figures) -> list[ExportedFile]:
         """The adapter alone as a GGUF LoRA, checked applied to an F16 GGUF of the base (against
@@ -333,16 +333,58 @@ def _finish(proc: subprocess.Popen, name: str, out: Path, timeout: float) -> Non
         raise ExternalToolError(f"llama.cpp's {name} timed out after {timeout:.0f}s",
                                 hint="raise export.gguf.convert_timeout") from None
     if proc.returncode != 0 or not Path(out).is_file():
-        Path(out).unlink(missing_ok=True)
-        lines = [ln for ln in (output or "").splitlines() if ln.strip()]
-        if any("No space left on device" in ln for ln in lines):
-            raise FtctlError(f"the disk filled up while llama.cpp's {name} wrote {Path(out).name}",
-                             hint="free some space (or move the workspace) and run the export again; "
-                                  "nothing was recorded")
-        last = lines[-1] if lines else f"exit code {proc.returncode}"
-        raise ExternalToolError(f"llama.cpp's {name} failed: {last[:300]}",
-                                hint="check that the model's architecture is supported by this llama.cpp "
-                                     "(`ftctl train --preview` runs the preflight); nothing was recorded")
+        _failed(name, out, (output or "").splitlines() or [f"exit code {proc.returncode}"])
+
+
+def convert_in_process(script: Path, tools, args: list, out: Path) -> None:
+    """llama.cpp's converter run in this process as ``python script args`` would run it, its own
+    gguf-py and ``conversion`` package first on the path. A subprocess imported torch and the
+    converter's modules again for every file: most of a small model's conversion (10 s of 14 under
+    load, benchmarks/export.py). Its output is kept for the error, as a subprocess's was. (The
+    converters still run as subprocesses, the LoRA's and the base's, keep convert_timeout.)"""
+    import contextlib
+    import io
+    import logging
+    import runpy
+
+    roots = (Path(script).resolve().parent, tools.gguf_py.resolve())
+    for name in [m for m in sys.modules if m.split(".")[0] in ("gguf", "conversion")]:
+        file = Path(getattr(sys.modules[name], "__file__", None) or "/").resolve()
+        if not any(file.is_relative_to(r) for r in roots):  # another copy (pip's gguf, another checkout)
+            del sys.modules[name]
+    output = io.StringIO()
+    root_logger = logging.getLogger()
+    argv, path, handlers = sys.argv, sys.path[:], root_logger.handlers[:]
+    sys.argv = [str(script), *map(str, args)]
+    sys.path[:0] = [str(roots[0]), str(tools.gguf_py)]
+    root_logger.handlers = [logging.StreamHandler(output)]  # the script's logging.basicConfig() is then a no-op
+    failure = None
+    try:
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            failure = str(e.code) if isinstance(e.code, str) else f"exit code {e.code}"
+    except Exception as e:  # noqa: BLE001 - the converter's own error, reported as a subprocess's was
+        failure = "No space left on device" if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) \
+            else f"{type(e).__name__}: {e}"
+    finally:
+        sys.argv, sys.path[:], root_logger.handlers = argv, path, handlers
+    if failure is not None or not Path(out).is_file():
+        _failed(Path(script).name, out, [*output.getvalue().splitlines(), failure or "it wrote no file"])
+
+
+def _failed(name: str, out: Path, output: list[str]) -> None:
+    """A converter's failure as one clear error (its last line of output is the reason); no partial file."""
+    Path(out).unlink(missing_ok=True)
+    lines = [ln for ln in output if ln.strip()]
+    if any("No space left on device" in ln for ln in lines):
+        raise FtctlError(f"the disk filled up while llama.cpp's {name} wrote {Path(out).name}",
+                         hint="free some space (or move the workspace) and run the export again; "
+                              "nothing was recorded")
+    raise ExternalToolError(f"llama.cpp's {name} failed: {lines[-1][:300]}",
+                            hint="check that the model's architecture is supported by this llama.cpp "
+                                 "(`ftctl train --preview` runs the preflight); nothing was recorded")
 
 
 def quantize(src: Path, dst: Path, quant: str, n_threads: int | None = None) -> None:

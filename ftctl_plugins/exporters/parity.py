@@ -26,12 +26,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 # Bump when the measure changes: cached base figures of another method are not comparable.
-METHOD = "teacher-forced-v2"
+METHOD = "teacher-forced-v3"  # v3: distributions from generation's own logits
 # Two tokens the HF model rates within this many nats (5%) of each other are tied: either is its
 # top-1, so a GGUF that picks the other agrees. Half-precision rounding alone moves logits by a few
 # hundredths (an F16 GGUF of a tiny model flipped a 0.018-nat near-tie at KL 1e-5); llama.cpp's
 # "same top p" counts such a flip as a miss, which measures rounding, not the conversion.
 TIE = 0.05
+# Tokens the teacher-forced pass decodes together (one sequence per probe, one llama_decode): it
+# bounds the KV cache a verification allocates whatever the number and length of probes.
+BATCH_TOKENS = 2048
 # How many probes the hint shows (the worst by summed KL), each with free-running continuations.
 HINT_PROBES = 2
 
@@ -72,10 +75,12 @@ class Reference:
 
     @classmethod
     def compute(cls, model, tok, prompts: list[list[dict[str, str]]], max_new_tokens: int) -> Reference:
-        """Continuations in one left-padded batch (CPU transformers is the slowest step of an
-        export; see benchmarks/export.py), then one unpadded forward pass per probe for the
-        distributions. Probes are deduplicated and sorted by text: the figures are a function
-        of the probe *set*, whatever order the config or the test split lists them in."""
+        """Continuations and their distributions in one left-padded batch: generation's own
+        logits at each step are the teacher-forced distributions along the greedy continuation
+        (a second forward pass per probe recomputed them; CPU transformers is the slowest step of
+        an export, see benchmarks/export.py). Probes are deduplicated and sorted by text: the
+        figures are a function of the probe *set*, whatever order the config or the test split
+        lists them in."""
         import torch
 
         texts = probe_texts(tok, prompts)
@@ -89,17 +94,14 @@ class Reference:
         batch = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
         with torch.no_grad():
+            # raw logits (before any logits processor): the model's distributions, as a forward pass gives
             out = model.generate(batch, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                 eos_token_id=eos, pad_token_id=pad)
-            probes = []
-            for text, prompt, row in zip(texts, ids, out[:, width:].tolist()):
-                cut = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))  # through the first EOS
-                cont = row[:cut]
-                logprobs = None
-                if cont:
-                    logits = model(torch.tensor([prompt + cont[:-1]])).logits[0, len(prompt) - 1:].float()
-                    logprobs = torch.log_softmax(logits, dim=-1).numpy()
-                probes.append(Probe(text, prompt, cont, logprobs))
+                                 eos_token_id=eos, pad_token_id=pad, output_logits=True, return_dict_in_generate=True)
+            logprobs = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)  # [probe, step, vocab]
+        probes = []
+        for i, (text, prompt, row) in enumerate(zip(texts, ids, out.sequences[:, width:].tolist())):
+            cut = next((j + 1 for j, t in enumerate(row) if t in eos_ids), len(row))  # through the first EOS
+            probes.append(Probe(text, prompt, row[:cut], logprobs[i, :cut].numpy() if cut else None))
         return cls(probes, lambda t: tok.decode(t, skip_special_tokens=False))
 
 
@@ -125,8 +127,12 @@ class Measurement:
 
 
 def measure(path: Path, ref: Reference, tok, *, lora: Path | None = None, n_threads: int | None = None,
-            check_tokens: bool = True) -> Measurement:
-    """Run the GGUF (plus a GGUF LoRA) over every probe's tokens and compare with ``ref``."""
+            check_tokens: bool = True, hint_if: Callable[[Figures], bool] | None = None) -> Measurement:
+    """Run the GGUF (plus a GGUF LoRA) over every probe's tokens and compare with ``ref``.
+
+    ``hint_if(figures)``: whether to add the worst probes' free-running answers (``diffs``) for a
+    failure's hint. Only then: decoding them token by token cost as much as the teacher-forced
+    pass itself, for a file that passes."""
     import numpy as np
 
     llama_cpp = _llama_cpp()
@@ -137,13 +143,7 @@ def measure(path: Path, ref: Reference, tok, *, lora: Path | None = None, n_thre
     try:
         problems = check_metadata(llm, tok, check_template=lora is None) + (check_vocab(llm, tok, ref) if check_tokens else [])
         kls, same, per_probe = [], [], []
-        for p in ref.probes:
-            if not p.continuation:
-                continue
-            llm.reset()
-            llm.eval(p.prompt + p.continuation[:-1])
-            start = len(p.prompt) - 1
-            logits = np.asarray(llm.scores[start:start + len(p.continuation)], dtype=np.float64)
+        for p, logits in _teacher_forced(llm, [p for p in ref.probes if p.continuation], n_threads):
             hf = p.logprobs.astype(np.float64)
             n = min(hf.shape[1], logits.shape[1])  # sizes differ only when the vocab is broken (reported)
             gg = logits[:, :n] - _logsumexp(logits[:, :n])
@@ -158,7 +158,8 @@ def measure(path: Path, ref: Reference, tok, *, lora: Path | None = None, n_thre
         figures = Figures(float(agree.mean()), float(kl_all.mean()), float(np.percentile(kl_all, 99)),
                           float(kl_all.max()), int(agree.size if same else 0))
         diffs = []
-        for _, p in sorted(per_probe, key=lambda x: -x[0])[:HINT_PROBES]:
+        worst = sorted(per_probe, key=lambda x: -x[0])[:HINT_PROBES] if hint_if and hint_if(figures) else []
+        for _, p in worst:
             mine = _greedy(llm, p.prompt, len(p.continuation))
             if mine != p.continuation:
                 diffs.append({"probe": p.label, "hf": ref.decode(p.continuation), "gguf": ref.decode(mine)})
@@ -283,6 +284,65 @@ def _logsumexp(x):
 
     top = x.max(axis=-1, keepdims=True)
     return top + np.log(np.exp(x - top).sum(axis=-1, keepdims=True))
+
+
+def _teacher_forced(llm, probes: list[Probe], n_threads: int | None):
+    """Yields (probe, the GGUF's logits before each continuation token): the probes' tokens decoded
+    together, one sequence each, in as few llama_decode calls as BATCH_TOKENS allows. One call per
+    probe (and one per probe and position, decoding) was most of a verification: each call is a
+    round of thread synchronisation, and on a busy machine the waits dominated."""
+    import ctypes
+
+    import numpy as np
+
+    llama_cpp = _llama_cpp()
+    if not probes:
+        return
+    groups: list[list[Probe]] = [[]]
+    for p in probes:
+        if groups[-1] and sum(_tf_len(q) for q in groups[-1]) + _tf_len(p) > BATCH_TOKENS:
+            groups.append([])
+        groups[-1].append(p)
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = params.n_batch = max(sum(map(_tf_len, g)) for g in groups)
+    params.n_ubatch = min(params.n_batch, 512)
+    params.n_seq_max = max(map(len, groups))
+    params.kv_unified = True  # probes of different lengths share one cache
+    params.n_threads = params.n_threads_batch = n_threads or os.cpu_count() or 1
+    params.no_perf = True
+    ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
+    if ctx is None:
+        raise RuntimeError(f"llama.cpp could not make a context of {params.n_ctx} tokens")
+    batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)
+    try:
+        if llm._lora_adapter is not None:  # the same adapter, at the same scale, as the Llama's own context
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(llm._lora_adapter)
+            if llama_cpp.llama_set_adapters_lora(ctx, adapters, 1, (ctypes.c_float * 1)(llm.lora_scale)):
+                raise RuntimeError("llama.cpp could not apply the GGUF LoRA")
+        n_vocab = llm.n_vocab()
+        for group in groups:
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+            k, rows = 0, []
+            for seq, p in enumerate(group):
+                start = len(p.prompt) - 1  # the prompt's last token predicts the first continuation token
+                for pos, token in enumerate(p.prompt + p.continuation[:-1]):
+                    batch.token[k], batch.pos[k], batch.n_seq_id[k], batch.logits[k] = token, pos, 1, pos >= start
+                    batch.seq_id[k][0] = seq
+                    k += 1
+                rows.append(range(k - len(p.continuation), k))
+            batch.n_tokens = k
+            if llama_cpp.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("llama.cpp could not decode the probes")
+            for p, r in zip(group, rows):
+                yield p, np.stack([np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, i), shape=(n_vocab,))
+                                   for i in r]).astype(np.float64)
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llama_cpp.llama_free(ctx)
+
+
+def _tf_len(p: Probe) -> int:
+    return len(p.prompt) + len(p.continuation) - 1
 
 
 def _greedy(llm, prompt: list[int], n: int) -> list[int]:

@@ -122,6 +122,23 @@ def test_f16_passes_with_top1_at_least_99_5(setup):
     assert p["base"]["top1"] >= 0.995 and set(p["limits"]) == {"min_top1", "max_kl"}
 
 
+def test_reference_distributions_are_the_teacher_forced_ones(setup):
+    """The reference takes its distributions from generation's own logits (left-padded batch):
+    they are what one unpadded forward pass over prompt + continuation gives, position by position."""
+    import numpy as np
+    import torch
+
+    model = _merged_model(setup)
+    for p in setup.reference.probes:
+        with torch.no_grad():
+            logits = model(torch.tensor([p.prompt + p.continuation[:-1]])).logits[0, len(p.prompt) - 1:]
+        forward = torch.log_softmax(logits.float(), dim=-1).numpy()
+        assert forward.shape == p.logprobs.shape
+        kl = (np.exp(forward) * (forward - p.logprobs)).sum(-1)  # float32 rounding only: far below any GGUF's
+        assert kl.max() < 1e-5, kl
+        assert (forward.argmax(-1) == p.continuation).all()  # greedy: each token is the argmax before it
+
+
 def test_probe_order_does_not_change_the_verdict(setup):
     """The same fine-tune measured with five orders of the generic and the task probes: the same
     figures, so the same pass/fail (the probe set is what is measured, not its order)."""
