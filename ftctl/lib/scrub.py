@@ -106,6 +106,9 @@ WINDOW, OVERLAP = 4000, 200  # characters per analysis window; identifiers are f
 BATCH = 256  # texts per call of _analyze_batch (analyze_many, scrub_many)
 NLP_BATCH = 64  # docs per nlp.pipe batch: short texts share one forward pass; few docs held at once
 POOL_MIN = 2 * NLP_BATCH  # new texts in a batch worth sending to worker processes (a fork costs ~0.1 s once)
+# spaCy's vocabulary keeps every new token string (ids, numbers: ~0.7 KB each, ~3 per row, for
+# good): a worker is replaced by a fresh fork after this many parts of NLP_BATCH texts
+WORKER_TASKS = 200
 CACHE_CHARS, CACHE_TEXT_CHARS = 8_000_000, 2000  # the cache holds <= 8M characters of texts <= 2000 each
 MAX_CHARS = 1_000_000  # per text (curate.scrub.max_chars): ~250k tokens, past any context; ~2 min of NER per MB
 REGEX_TIMEOUT_S = 2  # per pattern per window; Presidio's default is 60 s, then it skips the pattern
@@ -232,6 +235,7 @@ class Scrubber:
         # batches of new texts are analysed by this many processes (None: one per core we may use)
         self.processes = processes if processes is not None else len(os.sched_getaffinity(0))
         self._workers = None
+        self._warmed: dict[str, list[Span]] = {}  # long texts analysed by the last warm()
         self.max_chars = max_chars
 
     @functools.cached_property
@@ -284,11 +288,14 @@ class Scrubber:
 
     def warm(self, texts: Iterable[str]) -> None:
         """Analyse ``texts`` in batches ahead of the ``scrub`` calls that will ask for them (the
-        cache answers those): for callers that scrub row by row. Texts too long to cache are left
-        for ``scrub``; one that fails is not cached, so its ``scrub`` raises as it would have."""
-        todo = {t: None for t in texts if len(t) <= CACHE_TEXT_CHARS and t.strip() and t not in self._cache}
-        for _ in self.analyze_many(todo):
-            pass
+        cache answers those): for callers that scrub row by row. Texts too long for the cache are
+        held until the next ``warm`` (one batch of rows); one that fails is not kept, so its
+        ``scrub`` raises as it would have."""
+        todo = {t: None for t in texts if t.strip() and len(t) <= self.max_chars and t not in self._cache}
+        self._warmed = {}
+        for text, result in zip(todo, self.analyze_many(todo)):
+            if len(text) > CACHE_TEXT_CHARS and isinstance(result, list):
+                self._warmed[text] = result
 
     def _analyze_batch(self, texts: list[str]) -> list[list[Span] | ScrubError]:
         """Texts seen before come from the cache; the rest are analysed (:meth:`_analyze_new`),
@@ -304,6 +311,8 @@ class Scrubber:
                                        "rows (the time grows with the size)")
             elif (hit := self._cache.get(text)) is not None:
                 out[i] = list(hit[1])
+            elif (warmed := self._warmed.get(text)) is not None:
+                out[i] = list(warmed)
             else:
                 todo.setdefault(text, []).append(i)
         if not todo:
@@ -324,15 +333,16 @@ class Scrubber:
 
     def _pool(self):
         """Worker processes forked from this one once its engine is loaded (they share the spaCy
-        model and vocabulary pages; nothing is pickled but texts and spans), or None: one core,
-        inside a worker already, or torch loaded (its thread pools do not survive a fork)."""
-        if self.processes < 2 or "torch" in sys.modules or mp.current_process().daemon:
+        model and vocabulary pages; nothing is pickled but texts and spans), or None: inside a
+        worker already, or torch loaded (its thread pools do not survive a fork). On one core too:
+        a worker replaced now and then keeps memory bounded over millions of rows (WORKER_TASKS)."""
+        if "torch" in sys.modules or mp.current_process().daemon:
             return None
         if self._workers is None:
             self._engine  # noqa: B018 (loaded before the fork: once, not once per worker)
             # a weak reference: the pool's threads hold their initargs, and must not keep this
             # scrubber alive (its finalizer ends the workers)
-            self._workers = mp.get_context("fork").Pool(self.processes, _adopt, (weakref.ref(self),))
+            self._workers = mp.get_context("fork").Pool(self.processes, _adopt, (weakref.ref(self),), WORKER_TASKS)
             weakref.finalize(self, self._workers.terminate)
         return self._workers
 
