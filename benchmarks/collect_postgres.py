@@ -111,6 +111,8 @@ def phase_fetch(dsn: str) -> dict:
 def phase_read(dsn: str) -> dict:
     from datetime import datetime, timezone
 
+    import psycopg  # noqa: F401  imported before the clock, as the copy phase does (the source imports it lazily)
+
     from ftctl import plugins
 
     from ftctl.data import curate

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -25,6 +26,9 @@ def _isoformat(value: Any) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+_UTC = frozenset(("UTC", "Etc/UTC", "Etc/UCT", "Etc/Universal", "Etc/Zulu", "Universal", "Zulu", "UCT", "GMT",
+                  "Etc/GMT", "Etc/Greenwich", "Greenwich"))  # IANA's names of UTC: no offset, ever
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -92,6 +96,9 @@ class Example:
             return True
         if t.__class__ is not datetime:
             return False
+        tz = t.tzinfo
+        if tz is None or tz is timezone.utc or tz.__class__ is ZoneInfo and tz.key in _UTC:
+            return True  # psycopg's timestamptz: the session's zone, most often UTC
         off = t.utcoffset()
         return off is None or not (off.seconds % 60 or off.microseconds)
 

@@ -311,6 +311,7 @@ class Spill:
         split_of, dedup, n, offset = self.split, self.dedup, self.n, self.offset
         negs, agents, served, code, pack = self.negs, self.agents, self.served, self._code, _PACK.pack
         lines, keys, splits = [], [], []
+        last_key = split = None
         for ex, neg, tokens in rows:
             msgs = ex.messages
             last = msgs[-1] if msgs and msgs[-1]["role"] == "assistant" else None
@@ -331,7 +332,8 @@ class Spill:
             else:
                 dup = n
             key = ex.conversation_id or f"{ex.source}:{ex.source_id}"  # Example.key
-            split = split_of(key)
+            if key != last_key:  # a conversation's rows arrive together
+                last_key, split = key, split_of(key)
             if neg:  # never a training target: what is kept of it is its unpaired.jsonl line
                 line = orjson.dumps(unpaired(msgs[:-1] if last else list(msgs),
                                              last["content"] if last else ex.response, key, split, neg)) + b"\n"
