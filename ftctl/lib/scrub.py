@@ -572,8 +572,24 @@ def _build(cache_dir: str, site_file: str | None, ner_wanted: bool):
     registry.add_recognizers_from_yaml(BUILTIN_YAML)
     if site_file:
         registry.add_recognizers_from_yaml(site_file)
+    registry.get_recognizers = _once_per_request(registry.get_recognizers)
     analyzer = AnalyzerEngine(nlp_engine=nlp, registry=registry, supported_languages=["en"])
     return analyzer, ner
+
+
+def _once_per_request(get):
+    """Presidio looks up the recognizers for the requested entities on every text (a pass over
+    every recognizer per entity); the registry is complete once built, so once per request does."""
+    memo: dict = {}
+
+    def cached(language, entities=None, all_fields=False, ad_hoc_recognizers=None):
+        if ad_hoc_recognizers:
+            return get(language, entities, all_fields, ad_hoc_recognizers)
+        key = (language, None if entities is None else tuple(entities), all_fields)
+        if key not in memo:
+            memo[key] = get(language, entities, all_fields)
+        return list(memo[key])
+    return cached
 
 
 def _licence_recognizer(cls):
