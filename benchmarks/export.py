@@ -23,6 +23,9 @@ GOAL = 1.5  # issue 27: ftctl export's total time at most this many times the ba
 
 
 def main() -> None:
+    from ftctl.export import polite_threads
+
+    polite_threads()  # as `ftctl export` does, before torch loads (both sides inherit it)
     ap = argparse.ArgumentParser()
     ap.add_argument("--probe-tokens", type=int, default=24)
     args = ap.parse_args()

@@ -247,3 +247,17 @@ def test_export_all_kinds_through_the_cli(tiny_version, real_tools):
     proc = run_ftctl("export", version, "--quant", "Q8_0", "--force", cwd=ws.root, env={"LLAMA_CPP_DIR": str(crash)})
     assert proc.returncode == ExternalToolError.exit_code and "converter crashed" in proc.stderr
     assert (ws.root / "models.lock").read_text() == before and file_sha256(q8) == by_kind[("gguf", "Q8_0")]["sha256"]
+
+
+def test_export_threads_sleep_unless_the_user_chose(monkeypatch):
+    """`ftctl export` asks OpenMP (torch, llama.cpp) for sleeping threads; a user's own setting wins."""
+    import os
+
+    from ftctl.export import polite_threads
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    polite_threads()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    polite_threads()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
