@@ -233,7 +233,8 @@ class Scrubber:
         # characters held; settings are fixed per Scrubber, so a hit is exactly a re-analysis
         self._cache = cachetools.LRUCache(maxsize=CACHE_CHARS, getsizeof=lambda v: v[0])
         # batches of new texts are analysed by this many processes (None: one per core we may use)
-        self.processes = processes if processes is not None else len(os.sched_getaffinity(0))
+        self.processes = processes or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                       else os.cpu_count() or 1)
         self._workers = None
         self._warmed: dict[str, list[Span]] = {}  # long texts analysed by the last warm()
         self.max_chars = max_chars
@@ -336,7 +337,7 @@ class Scrubber:
         model and vocabulary pages; nothing is pickled but texts and spans), or None: inside a
         worker already, or torch loaded (its thread pools do not survive a fork). On one core too:
         a worker replaced now and then keeps memory bounded over millions of rows (WORKER_TASKS)."""
-        if "torch" in sys.modules or mp.current_process().daemon:
+        if "torch" in sys.modules or mp.current_process().daemon or "fork" not in mp.get_all_start_methods():
             return None
         if self._workers is None:
             self._engine  # noqa: B018 (loaded before the fork: once, not once per worker)
