@@ -52,14 +52,20 @@ class Splitter:
     def __init__(self, salt: str, val: float, test: float):
         self.salt, self.val, self.test = f"{salt}\x00".encode(), val, test
         self.last: tuple[str | None, str] = (None, "")  # a conversation's rows arrive together
+        # u = the digest's first 8 bytes / 2**64 (a power of two: scaling a float by it is exact, so
+        # u < test <=> float(first 8 bytes) < test * 2**64; the int division cost twice the hash)
+        self._test, self._test_val = test * 2.0**64, (test + val) * 2.0**64
 
     def __call__(self, key: str) -> str:
         if key == self.last[0]:
             return self.last[1]
-        u = int.from_bytes(hashlib.sha256(self.salt + key.encode()).digest()[:8], "big") / 2**64
-        split = "test" if u < self.test else "val" if u < self.test + self.val else "train"
+        x = float(_FIRST_8(hashlib.sha256(self.salt + key.encode()).digest())[0])
+        split = "test" if x < self._test else "val" if x < self._test_val else "train"
         self.last = (key, split)
         return split
+
+
+_FIRST_8 = struct.Struct(">Q").unpack_from  # int.from_bytes(digest[:8], "big"), without the slice
 
 
 def split_of(key: str, salt: str, val: float, test: float) -> str:
@@ -311,7 +317,7 @@ class Spill:
         split_of, dedup, n, offset = self.split, self.dedup, self.n, self.offset
         negs, agents, served, code, pack = self.negs, self.agents, self.served, self._code, _PACK.pack
         lines, keys, splits = [], [], []
-        last_key = split = None
+        last_key = split = split_code = None
         for ex, neg, tokens in rows:
             msgs = ex.messages
             last = msgs[-1] if msgs and msgs[-1]["role"] == "assistant" else None
@@ -334,11 +340,12 @@ class Spill:
             key = ex.conversation_id or f"{ex.source}:{ex.source_id}"  # Example.key
             if key != last_key:  # a conversation's rows arrive together
                 last_key, split = key, split_of(key)
+                split_code = _SPLIT[split]
             if neg:  # never a training target: what is kept of it is its unpaired.jsonl line
                 line = orjson.dumps(unpaired(msgs[:-1] if last else list(msgs),
-                                             last["content"] if last else ex.response, key, split, neg)) + b"\n"
+                                             last["content"] if last else ex.response, key, split, neg))
             else:
-                line = ex.to_json() + b"\n"
+                line = ex.to_json()
             lines.append(line)
             t, agent, model, rating = ex.created_at, ex.agent, ex.served_model, ex.rating
             a, s, g = agents.get(agent), served.get(model), negs.get(neg)
@@ -346,11 +353,12 @@ class Spill:
                 offset, dup, hash(norm_prompt), hash(norm_answer), _NAN if rating is None else rating,
                 t.timestamp() if t else _NAN, tokens,
                 code("agent", agent) if a is None else a, code("served", model) if s is None else s,
-                code("neg", neg) if g is None else g, _SPLIT[split]))
-            offset += len(line)
+                code("neg", neg) if g is None else g, split_code))
+            offset += len(line) + 1
             n += 1
             splits.append(split)
-        self.file.write(b"".join(lines))
+        if lines:
+            self.file.write(b"\n".join(lines) + b"\n")
         self.keybuf += b"".join(keys)
         if len(self.keybuf) > 1 << 20:  # the keys go to disk a megabyte at a time
             self.keys.write(self.keybuf)

@@ -87,10 +87,8 @@ def write(train: Path, ledger: Path, previous: dict[str, str], created: str) -> 
                 i = row_id(_line(line))
                 out[i] = previous.get(i, created)
     firsts = {first: json.dumps(first) for first in set(out.values())}  # the moments are few
-    # json.dumps({"id": i, "first": first}) of each (the ids are hex digests)
-    lines = [f'{{"id": "{i}", "first": {firsts[first]}}}\n' for i, first in out.items()]
-    with open(ledger, "w", encoding="utf-8") as f:
-        f.writelines(lines)
+    with open(ledger, "w", encoding="utf-8") as f:  # json.dumps({"id": i, "first": first}); the ids are hex
+        f.writelines(f'{{"id": "{i}", "first": {firsts[first]}}}\n' for i, first in out.items())
     return out
 
 

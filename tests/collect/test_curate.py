@@ -33,6 +33,21 @@ def test_split_is_stable_and_roughly_proportional():
     assert all(g == "test" for f, g in zip(first, grown) if f == "test")
 
 
+@pytest.mark.parametrize("val,test", [(0.1, 0.2), (0.05, 0.05), (0.0, 0.0), (0.3, 0.0), (1 / 3, 1 / 7)])
+def test_the_split_is_the_documented_hash(val, test):
+    """u = the first 8 bytes of sha256(salt NUL key), big-endian, / 2**64: test below ``test``,
+    val below ``test + val``. Snapshots depend on it: a key never moves."""
+    import hashlib
+
+    def reference(key):
+        u = int.from_bytes(hashlib.sha256(b"salt\x00" + key.encode()).digest()[:8], "big") / 2**64
+        return "test" if u < test else "val" if u < test + val else "train"
+
+    split = curate.Splitter("salt", val, test)
+    keys = [f"conv-{i}" for i in range(3000)] + ["", "é", "x" * 500]
+    assert [split(k) for k in keys] == [reference(k) for k in keys]
+
+
 def test_correction_replaces_the_answer_and_keeps_the_original():
     e, original = curate.apply_correction(ex("q", "wrong", correction="right", rating=1))
     assert e.response == "right" and original == "wrong" and e.meta["corrected"]
