@@ -146,7 +146,7 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
     forgotten = of_workspace(ws)  # refuses when the workspace secret does not match its tombstones
 
     read, filtered, rejected, scrubbed, rewarded = 0, Counter(), Counter(), Counter(), Counter()
-    keep_negative = cfg.keep_negative
+    keep_negative, negative, reason_of = cfg.keep_negative, curate.NEGATIVE, filters.reason  # looked up per row
     reward = plugins.rewarder()
     tools_ok: str | None = None  # "" once the base's template is known to render tool calls; else why not
     per_source: dict[str, dict] = {}
@@ -189,8 +189,8 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
                                 item.reward = value
                                 rewarded[who] += 1
                         ex, original = curate.apply_correction(item) if item.correction else (item, None)
-                        reason, tokens = filters.reason(ex)
-                        if reason and not (keep_negative and reason in curate.NEGATIVE):
+                        reason, tokens = reason_of(ex)
+                        if reason and not (keep_negative and reason in negative):
                             filtered[reason] += 1
                             continue
                         if original is not None:

@@ -28,6 +28,7 @@ import orjson
 from ftctl.lib.times import parse_time
 
 _string = json.encoder.encode_basestring  # json.dumps' own string encoder (ensure_ascii=False)
+_ROLES = {r: _string(r) for r in ("system", "user", "assistant", "tool")}
 
 NOT_YET = "not yet trained"
 
@@ -54,7 +55,7 @@ def _plain_dumps(messages: Any, correction: Any) -> str | None:
         content, role = m.get("content"), m.get("role")
         if content.__class__ is not str or role.__class__ is not str:
             return None
-        parts.append(f'{{"content": {_string(content)}, "role": {_string(role)}}}')
+        parts.append(f'{{"content": {_string(content)}, "role": {_ROLES.get(role) or _string(role)}}}')
     return f'[[{", ".join(parts)}], {"null" if correction is None else _string(correction)}]'
 
 
