@@ -32,9 +32,9 @@ METHOD = "teacher-forced-v3"  # v3: distributions from generation's own logits
 # hundredths (an F16 GGUF of a tiny model flipped a 0.018-nat near-tie at KL 1e-5); llama.cpp's
 # "same top p" counts such a flip as a miss, which measures rounding, not the conversion.
 TIE = 0.05
-# Tokens the teacher-forced pass decodes together (one sequence per probe, one llama_decode): it
-# bounds the KV cache a verification allocates whatever the number and length of probes.
-BATCH_TOKENS = 2048
+# KV cells of the teacher-forced pass (one sequence per probe, decoded together in one llama_decode):
+# bounds the cache a verification allocates, whatever the number and length of probes.
+BATCH_CELLS = 2048
 # How many probes the hint shows (the worst by summed KL), each with free-running continuations.
 HINT_PROBES = 2
 
@@ -288,7 +288,8 @@ def _logsumexp(x):
 
 def _teacher_forced(llm, probes: list[Probe], n_threads: int | None):
     """Yields (probe, the GGUF's logits before each continuation token): the probes' tokens decoded
-    together, one sequence each, in as few llama_decode calls as BATCH_TOKENS allows. One call per
+    together, one sequence each, in as few llama_decode calls as BATCH_CELLS allows (the logits
+    are exactly those of decoding each probe alone). One call per
     probe (and one per probe and position, decoding) was most of a verification: each call is a
     round of thread synchronisation, and on a busy machine the waits dominated."""
     import ctypes
@@ -298,16 +299,20 @@ def _teacher_forced(llm, probes: list[Probe], n_threads: int | None):
     llama_cpp = _llama_cpp()
     if not probes:
         return
-    groups: list[list[Probe]] = [[]]
-    for p in probes:
-        if groups[-1] and sum(_tf_len(q) for q in groups[-1]) + _tf_len(p) > BATCH_TOKENS:
-            groups.append([])
-        groups[-1].append(p)
+    # a cache per sequence (each probe attends over its own cells only, as when decoded alone: one
+    # shared cache changed a Q8_0 probe's logits by up to 0.6, other reduction orders); llama.cpp
+    # gives each sequence a multiple of 256 cells
+    cells = -(-max(map(_tf_len, probes)) // 256) * 256
+    per_call = max(1, BATCH_CELLS // cells)
+    groups = [probes[i:i + per_call] for i in range(0, len(probes), per_call)]
     params = llama_cpp.llama_context_default_params()
-    params.n_ctx = params.n_batch = max(sum(map(_tf_len, g)) for g in groups)
+    for name, *_ in params._fields_:  # the Llama's own settings (flash attention off, ...): the same numerics
+        setattr(params, name, getattr(llm.context_params, name))
+    params.n_seq_max = len(groups[0])
+    params.n_ctx = params.n_seq_max * cells
+    params.kv_unified = False
+    params.n_batch = max(sum(map(_tf_len, g)) for g in groups)
     params.n_ubatch = min(params.n_batch, 512)
-    params.n_seq_max = max(map(len, groups))
-    params.kv_unified = True  # probes of different lengths share one cache
     params.n_threads = params.n_threads_batch = n_threads or os.cpu_count() or 1
     params.no_perf = True
     ctx = llama_cpp.llama_init_from_model(llm._model.model, params)

@@ -139,6 +139,16 @@ def test_reference_distributions_are_the_teacher_forced_ones(setup):
         assert (forward.argmax(-1) == p.continuation).all()  # greedy: each token is the argmax before it
 
 
+def test_probes_decoded_together_give_the_figures_of_one_at_a_time(setup, monkeypatch):
+    """The GGUF reads all probes in one llama.cpp decode (a sequence each): the same figures, to
+    the last digit, as one probe per decode."""
+    from ftctl_plugins.exporters import parity
+
+    together = parity.measure(setup.f16, setup.reference, setup.tok).figures
+    monkeypatch.setattr(parity, "BATCH_CELLS", 1)
+    assert parity.measure(setup.f16, setup.reference, setup.tok).figures == together
+
+
 def test_probe_order_does_not_change_the_verdict(setup):
     """The same fine-tune measured with five orders of the generic and the task probes: the same
     figures, so the same pass/fail (the probe set is what is measured, not its order)."""
