@@ -196,8 +196,9 @@ def open_llama(path, n_ctx: int = 2048, seed: int = 0, n_gpu_layers: int | None 
 def open_llama_server(path, n_ctx: int = 2048, parallel: int = 8, threads: int | None = None,
                       n_gpu_layers: int | None = None):
     """llama.cpp's llama-server (the xllamacpp wheel) in this process: ``parallel`` slots of
-    ``n_ctx`` tokens each, decoded together (continuous batching); quiet. Requests go straight to
-    ``handle_chat_completions`` (no HTTP); it listens on a loopback port all the same."""
+    ``n_ctx`` tokens each, decoded together (continuous batching) on ``threads`` CPU threads
+    (default: every core); quiet. Requests go straight to ``handle_chat_completions`` (no HTTP);
+    it listens on a loopback port all the same (a free one)."""
     path = _gguf(path, "xllamacpp", "xllamacpp (llama.cpp's server)",
                  "pip install 'ftctl[eval]' (the GGUF backend decodes with it)")
     import xllamacpp
@@ -205,11 +206,13 @@ def open_llama_server(path, n_ctx: int = 2048, parallel: int = 8, threads: int |
     p = xllamacpp.CommonParams()
     p.model.path = str(path)
     p.hostnames = ["127.0.0.1"]
+    p.port = 0
     p.n_parallel = parallel
     p.n_gpu_layers = gpu_layers(n_gpu_layers, _offload())  # -1: all, where the build can offload
     p.n_ctx = n_ctx * parallel  # the KV cache is split evenly among the slots
     p.kv_unified = False
     p.cont_batching = True
+    # a batch of several slots runs on cpuparams_batch's threads, one token on cpuparams'
     p.cpuparams.n_threads = p.cpuparams_batch.n_threads = threads or os.cpu_count() or 1
     # threads sleep between steps instead of spinning: on a machine shared with training or
     # other jobs, spinning threads starved each other (2.7 s a token instead of 0.1, measured)

@@ -24,7 +24,8 @@ def backend():
     from pathlib import Path
 
     gguf = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    b = GGUFBackend(gguf, GenSettings(max_new_tokens=20), n_ctx=256, parallel=4, threads=1)
+    b = GGUFBackend(gguf, GenSettings(max_new_tokens=20), n_ctx=256, parallel=4, threads=2,
+                    replicas=2)  # two one-thread servers of two slots each
     yield b
     b.close()
 
