@@ -13,7 +13,7 @@ from ftctl.lib.tracking import log_comparison
 from ftctl.eval.evaluate import _example_row, _write_reports
 from ftctl.eval.guards import guard_scores, load_guards
 from ftctl.eval.predict import Predictor, brief_latency
-from ftctl.eval.scoring import build_evaluators, mean, metric_key, owner, score
+from ftctl.eval.scoring import build_evaluators, expand, failed_note, failed_rows, mean, metric_key, owner, score
 from ftctl.eval.target import Target, resolve_target
 from ftctl.registry.workspace import locked
 from ftctl.lib.log import Log
@@ -43,17 +43,27 @@ def compare(ws, a: str, b: str, *, model: str | None = None, eval_set: str | Non
     single = {n: ev for n, ev in evaluators.items() if n not in pairwise}
     details: dict[str, dict] = {"a": {}, "b": {}}
     preds_a = pa.predict(evalset)
-    sa = score(single, preds_a, evalset.examples, notes, pa, details["a"])
+    failed = failed_rows(evalset.examples, pa.failures, ta.version)
+    sa = score(single, preds_a, evalset.examples, notes, pa, details["a"], failed={i for i, _ in pa.failures})
+    fails_a = pa.failures
     guards_a = guard_scores(pa, guards)
     pa._backend = None  # one model in memory at a time
     preds_b = pb.predict(evalset)
-    sb = score(single, preds_b, evalset.examples, [], pb, details["b"])
+    failed += failed_rows(evalset.examples, pb.failures, tb.version)
+    sb = score(single, preds_b, evalset.examples, [], pb, details["b"], failed={i for i, _ in pb.failures})
+    for version, fails in ((ta.version, fails_a), (tb.version, pb.failures)):
+        if fails:
+            notes.insert(0, f"{version}: " + failed_note([r for r in failed if r["version"] == version],
+                                                         len(evalset.examples)))
     guards_b = guard_scores(pb, guards)
     from ftctl.lib.generation import reference
 
     refs = [reference(ex) for ex in evalset.examples]
+    skip = {i for i, _ in fails_a} | {i for i, _ in pb.failures}  # a pair needs both answers
+    keep = [i for i in range(len(evalset.examples)) if i not in skip]
     for n, ev in pairwise.items():
-        shares = ev.judge_pair(preds_a, preds_b, refs, evalset.examples)
+        shares = expand(ev.judge_pair([preds_a[i] for i in keep], [preds_b[i] for i in keep], [refs[i] for i in keep],
+                                      [evalset.examples[i] for i in keep]), keep, len(evalset.examples), (None, None))
         sa[n], sb[n] = [s[0] for s in shares], [s[1] for s in shares]
         extra = ev.details(preds_b, refs, evalset.examples)
         if extra is not None:
@@ -88,6 +98,7 @@ def compare(ws, a: str, b: str, *, model: str | None = None, eval_set: str | Non
         "changed": _most_changed(rows, primary, higher.get(primary, True), cfg.eval.top_changed),
         "details": details, "latency": latency_comparison(pa.latency, pb.latency),
         "guards": compare_guards(guards_a, guards_b, cfg.eval), "notes": notes,
+        "failed": {"n": len(failed), "examples": failed},
     }
     paths = _write_reports(ws, result, rows, f"compare-{ta.version}-{tb.version}", kind="compare")
     if record:

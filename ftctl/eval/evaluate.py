@@ -10,7 +10,7 @@ from typing import Any
 
 from ftctl.eval.evalset import EvalSet, load_eval_set
 from ftctl.eval.predict import Predictor, brief_latency, settings_of
-from ftctl.eval.scoring import build_evaluators, mean, metric_key, owner, score
+from ftctl.eval.scoring import build_evaluators, failed_note, failed_rows, mean, metric_key, owner, score
 from ftctl.eval.target import Target, resolve_target
 from ftctl.records import Example
 from ftctl.registry.workspace import locked
@@ -31,9 +31,11 @@ def evaluate(ws, ref: str, *, model: str | None = None, eval_set: str | None = N
     predictor = Predictor(ws, target, log)
     evaluators = build_evaluators(ws, target.model, names, log=log, sources=sources)  # bad config fails before generating
     preds = predictor.predict(evalset)
-    notes: list[str] = []
+    failed = failed_rows(evalset.examples, predictor.failures, target.version)
+    notes: list[str] = [failed_note(failed, len(preds))] if failed else []
     details: dict = {}
-    scores = score(evaluators, preds, evalset.examples, notes, predictor, details)
+    scores = score(evaluators, preds, evalset.examples, notes, predictor, details,
+                   failed={i for i, _ in predictor.failures})
     result = {
         "model": target.model, "version": target.version, "artifact": target.artifact,
         "eval_set": evalset.name, "eval_set_sha256": evalset.sha256, "n": len(evalset.examples),
@@ -41,6 +43,7 @@ def evaluate(ws, ref: str, *, model: str | None = None, eval_set: str | None = N
         "higher_is_better": {k: evaluators[owner(k)].higher_is_better for k in scores},
         "details": details, "latency": predictor.latency,
         "notes": notes, "settings": settings_of(cfg).__dict__ | {"stop": list(cfg.eval.stop)},
+        "failed": {"n": len(failed), "examples": failed},
     }
     result["vs_hf"] = _vs_hf(ws, target, evalset, result["metrics"])
     examples = [_example_row(ex, {"prediction": p}, {k: v[i] for k, v in scores.items()})
@@ -73,12 +76,14 @@ def _write_reports(ws, result: dict, rows: list[dict], stem: str, *, kind: str) 
     def hashed(rs: list[dict]) -> list[dict]:
         return [{**r, "id": report_id(secret, str(r["id"]))} if r.get("id") is not None else r for r in rs]
 
+    failed = result.get("failed") or {"n": 0, "examples": []}
     data = report.scrubbed(result | {"examples": hashed(rows), "changed": hashed(result.get("changed") or []),
+                                     "failed": failed | {"examples": hashed(failed["examples"])},
                                      "complete": True}, once)
     if "changed" not in result:
         del data["changed"]
     paths = report.write_all(ws.reports_dir(result["model"]), stem, data, kind=kind)
-    result.update({k: data[k] for k in ("changed", "scrubbed") if k in data})
+    result.update({k: data[k] for k in ("changed", "failed", "scrubbed") if k in data})
     result["report"] = ws.rel(paths["html"])
     result["reports"] = {k: ws.rel(p) for k, p in paths.items()}
     return list(paths.values())
@@ -113,6 +118,8 @@ def _record_eval(ws, target: Target, evalset: EvalSet, result: dict, paths: list
     entry = {"time": now(), "eval_set": evalset.name, "eval_set_sha256": evalset.sha256,
              "artifact": target.artifact, "n": result["n"], "metrics": result["metrics"],
              "latency": brief_latency(result["latency"]), "report": result["report"]}
+    if result["failed"]["n"]:
+        entry["failed"] = result["failed"]["n"]
 
     def update(lock):
         if target.version == "base":

@@ -48,6 +48,7 @@ class Predictor:
         self.ws, self.target, self.log = ws, target, log
         self._backend = None
         self.latency: dict[str, Any] | None = None
+        self.failures: list[tuple[int, str]] = []  # the last predict's answers that failed: (index, why)
 
     @property
     def backend(self):
@@ -64,6 +65,7 @@ class Predictor:
                                          evalset.sha256, len(evalset.examples), settings_of(cfg).__dict__],
                                         sort_keys=True, default=list).encode()).hexdigest()[:32]
         cache = self.ws.cache_dir / "eval" / f"{key}.json"
+        self.failures = []
         if cache.is_file():
             data = json.loads(cache.read_text())
             if isinstance(data, list):  # written before latency was recorded
@@ -73,11 +75,10 @@ class Predictor:
         self.log(f"generating {len(evalset.examples)} answers with {self.target.label}")
         preds = self.backend.generate([prompt_messages(ex) for ex in evalset.examples])
         self.latency = latency_summary(getattr(self.backend, "timings", None), self.target.artifact)
-        failures = getattr(self.backend, "failures", None)
-        if failures:  # those examples score as empty answers; not cached, so the next run retries them
-            i, why = failures[0]
-            self.log(f"[yellow]{len(failures)} of {len(preds)} answers failed and count as empty[/] "
-                     f"(example {i + 1}: {why})")
+        self.failures = list(getattr(self.backend, "failures", None) or [])
+        if self.failures:  # those examples are not scored; not cached, so the next run retries them
+            i, why = self.failures[0]
+            self.log(f"[yellow]{len(self.failures)} of {len(preds)} answers failed[/] (example {i + 1}: {why})")
             return preds
         write_text(cache, json.dumps({"predictions": preds, "latency": self.latency}))
         return preds

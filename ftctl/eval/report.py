@@ -97,13 +97,22 @@ def markdown(data: dict[str, Any], kind: str) -> str:
                 out.append(f"\n**{c['id']}** — {_f(c['score_a'])} → {_f(c['score_b'])}\n\n"
                            f"- prompt: {_quote(c['prompt'])}\n- reference: {_quote(c['reference'])}\n"
                            f"- {data['a']}: {_quote(c['a'])}\n- {data['b']}: {_quote(c['b'])}\n")
-    out += _guards_md(data) + _latency_md(data, kind) + _details_md(data, kind)
+    out += _failed_md(data) + _guards_md(data) + _latency_md(data, kind) + _details_md(data, kind)
     if data.get("gate"):
         g = data["gate"]
         out.append(f"\n## Gate: {'PASSED' if g['passed'] else 'FAILED'}\n\n" + "".join(f"- {r}\n" for r in g["reasons"]))
     if data.get("notes"):
         out.append("\n## Notes\n\n" + "".join(f"- {n}\n" for n in data["notes"]))
     return "\n".join(out)
+
+
+def _failed_md(data: dict[str, Any]) -> list[str]:
+    """The answers that failed to generate (a slot's error, a prompt beyond the context): not scored."""
+    f = data.get("failed") or {}
+    if not f.get("n"):
+        return []
+    return [f"\n## {f['n']} failed (no answer generated: not scored)\n",
+            _table(["example", "version", "reason"], [[r["id"], r["version"], r["reason"]] for r in f["examples"]])]
 
 
 def _guards_md(data: dict[str, Any]) -> list[str]:

@@ -32,11 +32,18 @@ def owner(metric: str) -> str:
 
 
 def score(evaluators: dict, predictions: list[str], examples: list[Example], notes: list[str],
-          predictor: Predictor | None = None, details: dict | None = None) -> dict[str, list[float | None]]:
+          predictor: Predictor | None = None, details: dict | None = None,
+          failed: set[int] = frozenset()) -> dict[str, list[float | None]]:
     """Per-example scores for each metric (and its sub-metrics); metrics that cannot run are
-    skipped with a note. An evaluator's corpus-level figures go into ``details`` by its name."""
+    skipped with a note. An evaluator's corpus-level figures go into ``details`` by its name.
+    ``failed``: examples whose answer failed to generate; they are not scored (None)."""
     from ftctl.lib.generation import reference
 
+    keep = [i for i in range(len(examples)) if i not in failed]
+    if failed:  # the evaluators see the answers that exist; their scores come back in place
+        full = score(evaluators, [predictions[i] for i in keep], [examples[i] for i in keep], notes, predictor,
+                     details)
+        return {k: expand(v, keep, len(examples)) for k, v in full.items()}
     refs = [reference(ex) for ex in examples]
     missing = sum(r is None for r in refs)
     out: dict[str, list[float | None]] = {}
@@ -64,6 +71,29 @@ def score(evaluators: dict, predictions: list[str], examples: list[Example], not
             if any(s is not None for s in series):
                 out[f"{name}{SUB}{sub}"] = series
     return out
+
+
+def expand(values: list, keep: list[int], n: int, empty=None) -> list:
+    """``values`` of the examples ``keep`` names, back in place among ``n`` (``empty`` elsewhere)."""
+    out = [empty] * n
+    for i, v in zip(keep, values):
+        out[i] = v
+    return out
+
+
+def failed_rows(examples: list[Example], failures: list[tuple[int, str]], version: str) -> list[dict]:
+    """The answers that failed to generate, for the result and the report (ids hashed there)."""
+    return [{"id": examples[i].key, "version": version, "reason": why} for i, why in failures]
+
+
+def failed_note(rows: list[dict], n: int) -> str:
+    """'2 of 64 answers failed to generate and are not scored: <reason> (2)'."""
+    from collections import Counter
+
+    reasons = Counter(r["reason"] for r in rows)
+    return (f"{len(rows)} of {n} answers failed to generate and are not scored: "
+            + "; ".join(f"{why} ({k})" for why, k in reasons.most_common(3))
+            + (f"; and {len(reasons) - 3} other reasons" if len(reasons) > 3 else ""))
 
 
 def mean(xs) -> float | None:

