@@ -10,8 +10,9 @@ or a text file of the workspace; ``rubric`` is the inline default. A reply that 
 is asked again (``retries``), then the example is *unjudged*: no score, counted and shown
 (``details``), never a guess. A judge that cannot be reached is an error (no report). With
 ``json_schema: true`` the reply is constrained to ``{"score": 1..10}`` / ``{"winner": ...}``
-by llama.cpp's JSON-schema grammar (llama-server and llama-cpp-python both take it), which
-makes even a small local judge readable. ``human_key`` names an Example.meta field with a
+by llama.cpp's JSON-schema grammar (llama-server takes it, as a remote server or as the local
+judge: the GGUF backend's embedded llama-server), which makes even a small local judge readable.
+``parallel`` questions are asked at once (a local judge decodes them together in its slots). ``human_key`` names an Example.meta field with a
 human's 1..10 grade: the details then give the judge's agreement with it (Spearman's rho and
 Cohen's quadratic-weighted kappa).
 """
@@ -21,12 +22,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from ftctl.api import ConfigError, Evaluator, FtctlError, PluginConfig, open_llama
+from ftctl.api import ConfigError, Evaluator, FtctlError, GGUFBackend, PluginConfig
 
 RUBRIC = ("Judge how helpful, correct and concise the answer is for the user's question. "
           "A reference answer, when given, shows what a good answer contains.")
@@ -54,6 +56,7 @@ class LlmJudge(Evaluator):
         super().__init__(config, ctx)
         self.rubric = self._rubric(config.rubric_file) if config.rubric_file else config.rubric
         self._last: dict = {}  # what the last score / judge_pair run judged (for details)
+        self._loading = threading.Lock()  # questions asked at once load the local judge once
 
     def _rubric(self, name: str) -> str:
         builtin = RUBRICS / f"{name}.md"
@@ -69,7 +72,7 @@ class LlmJudge(Evaluator):
         endpoint: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1")
         model: str = Field("judge", description="the model name sent to the endpoint")
         api_key_env: str | None = Field(None, description="the *name* of the variable holding the key, never the key")
-        gguf: str | None = Field(None, description="or a local GGUF judge run through llama-cpp-python")
+        gguf: str | None = Field(None, description="or a local GGUF judge (llama.cpp's server, in this process)")
         rubric: str = Field(RUBRIC, description="what the judge is told to judge")
         rubric_file: str | None = Field(None, description="correctness, completeness, relevance (built in) or a text file: replaces rubric")
         retries: int = Field(3, ge=0, le=10, description="asks again after an unreadable reply, then the example is unjudged")
@@ -77,7 +80,8 @@ class LlmJudge(Evaluator):
         human_key: str | None = Field(None, description="Example.meta key with a human's 1..10 grade: measure agreement")
         timeout: float = Field(60.0, description="seconds per request to the endpoint")
         max_tokens: int = Field(256, description="tokens the judge may answer with")
-        n_ctx: int = Field(4096, description="context size of the local GGUF judge")
+        n_ctx: int = Field(4096, description="context size of the local GGUF judge (per question asked at once)")
+        parallel: int = Field(1, ge=1, le=64, description="questions asked at once (a local judge: its slots)")
 
         @model_validator(mode="after")
         def _one_judge(self):
@@ -95,6 +99,10 @@ class LlmJudge(Evaluator):
             return self._chat_http(messages, schema)
         return self._chat_gguf(messages, schema)
 
+    def _body(self, messages: list[dict], schema: dict | None) -> dict:
+        return {"model": self.config.model, "messages": messages, "temperature": 0, "seed": 0,
+                "max_tokens": self.config.max_tokens, **_response_format(schema)}
+
     def _chat_http(self, messages: list[dict], schema: dict | None = None) -> str:
         import requests
 
@@ -102,18 +110,17 @@ class LlmJudge(Evaluator):
         if self.config.api_key_env and os.environ.get(self.config.api_key_env):
             headers["Authorization"] = f"Bearer {os.environ[self.config.api_key_env]}"
         resp = requests.post(f"{self.config.endpoint.rstrip('/')}/chat/completions", headers=headers,
-                             timeout=self.config.timeout,
-                             json={"model": self.config.model, "messages": messages, "temperature": 0,
-                                   "seed": 0, "max_tokens": self.config.max_tokens, **_response_format(schema)})
+                             timeout=self.config.timeout, json=self._body(messages, schema))
         resp.raise_for_status()
         return resp.json()["choices"][0]["message"]["content"] or ""
 
     def _chat_gguf(self, messages: list[dict], schema: dict | None = None) -> str:
-        if self._llama is None:
-            self._llama = open_llama(self.config.gguf, n_ctx=self.config.n_ctx)
-        extra = {"response_format": {"type": "json_object", "schema": schema}} if schema else {}
-        out = self._llama.create_chat_completion(messages=messages, temperature=0.0, seed=0,
-                                                 max_tokens=self.config.max_tokens, **extra)
+        with self._loading:  # the eval's GGUF backend: llama-server's slots, the same request body
+            if self._llama is None:
+                self._llama = GGUFBackend(self.config.gguf, n_ctx=self.config.n_ctx, parallel=self.config.parallel)
+        out = self._llama.request(self._body(messages, schema))
+        if "error" in out:
+            raise RuntimeError(str(out["error"].get("message") if isinstance(out["error"], dict) else out["error"]))
         return out["choices"][0]["message"]["content"] or ""
 
     def ask(self, messages: list[dict], pattern: re.Pattern, field: str) -> str | None:
@@ -155,34 +162,46 @@ class LlmJudge(Evaluator):
         return ("End with a line `SCORE: <n>`." if field == "score"
                 else "End with a line `WINNER: A`, `WINNER: B` or `WINNER: TIE`.")
 
+    def _map(self, fn, items: list) -> list:
+        """``fn`` over ``items``, ``parallel`` at a time, in order (a JudgeError stops it)."""
+        if self.config.parallel == 1 or len(items) < 2:
+            return [fn(x) for x in items]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=self.config.parallel, thread_name_prefix="ftctl-judge") as pool:
+            return list(pool.map(fn, items))
+
     def score(self, predictions, references, examples, backend=None):
-        grades: list[int | None] = []
-        for pred, ref, ex in zip(predictions, references, examples):
+        def grade(item) -> int | None:
+            pred, ref, ex = item
             prompt = (self._question(ex, ref) + f"\n[Answer]\n{pred}\n\n"
                       "Rate the answer from 1 (useless) to 10 (perfect). " + self._ending("score"))
             n = self.ask([{"role": "user", "content": prompt}], _SCORE, "score")
-            grades.append(None if n is None else int(n))
+            return None if n is None else int(n)
+
+        grades = self._map(grade, list(zip(predictions, references, examples)))
         self._last = {"grades": grades, "humans": [self._human(ex) for ex in examples]}
         return [None if n is None else (n - 1) / 9 for n in grades]
 
     def judge_pair(self, preds_a, preds_b, references, examples) -> list[tuple[float | None, float | None]]:
         """Per example (share of A, share of B), judged in both orders; (None, None) when either
         order went unjudged (half a verdict is no verdict)."""
-        out: list[tuple[float | None, float | None]] = []
-        for pa, pb, ref, ex in zip(preds_a, preds_b, references, examples):
-            a_points: float | None = 0.0
+        def pair(item) -> tuple[float | None, float | None]:
+            pa, pb, ref, ex = item
+            a_points = 0.0
             for first, second, a_is_first in ((pa, pb, True), (pb, pa, False)):
                 prompt = (self._question(ex, ref) + f"\n[Answer A]\n{first}\n\n[Answer B]\n{second}\n\n"
                           "Which answer is better? " + self._ending("winner"))
                 w = self.ask([{"role": "user", "content": prompt}], _WINNER, "winner")
                 if w is None:
-                    a_points = None
-                    break
+                    return None, None
                 if w == "TIE":
                     a_points += 0.5
                 elif (w == "A") == a_is_first:
                     a_points += 1.0
-            out.append((None, None) if a_points is None else (a_points / 2, 1 - a_points / 2))
+            return a_points / 2, 1 - a_points / 2
+
+        out = self._map(pair, list(zip(preds_a, preds_b, references, examples)))
         self._last = {"pairs": len(out), "unjudged": sum(a is None for a, _ in out)}
         return out
 

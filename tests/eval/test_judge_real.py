@@ -94,3 +94,26 @@ def test_a_real_judge_without_the_grammar_is_counted_unjudged_not_guessed(judge_
     d = j.details([], [], [])
     assert d["judged"] + d["unjudged"] == 2 and d["unjudged"] == sum(s is None for s in scores)
     print(f"SmolLM2-135M free-form replies: {d['judged']} judged, {d['unjudged']} unjudged")
+
+
+def test_a_local_gguf_judge_asks_in_parallel_slots_with_the_json_grammar(tmp_path):
+    """`gguf:` instead of `endpoint:`: the GGUF backend's own llama-server (in this process) takes
+    the same request body, the JSON-schema grammar included; questions asked at once share its
+    slots and come back in order."""
+    pytest.importorskip("xllamacpp")
+    from ftctl.lib.basemodel import locate
+
+    gguf = locate("smollm2-135m-instruct", Path.cwd())
+    cfg = {"gguf": str(gguf), "rubric_file": "correctness", "json_schema": True, "human_key": "grade",
+           "retries": 1, "max_tokens": 16, "n_ctx": 512}
+    many = plugins.build("evaluator", "llm_judge", cfg | {"parallel": 4}, Context(tmp_path, "m", tmp_path),
+                         key="eval.llm_judge")
+    exs = [ex(q, g) for q, _, g in CASES]
+    preds = [a for _, a, _ in CASES]
+    scores = many.score(preds, [None] * 4, exs)
+    d = many.details(preds, [None] * 4, exs)
+    assert d["judged"] == 4 and d["unjudged"] == 0 and all(0 <= s <= 1 for s in scores)
+    one = plugins.build("evaluator", "llm_judge", cfg, Context(tmp_path, "m", tmp_path), key="eval.llm_judge")
+    assert one.score(preds, [None] * 4, exs) == scores  # greedy: the same grades one question at a time
+    shares = many.judge_pair(preds[:2], preds[2:], [None] * 2, exs[:2])
+    assert len(shares) == 2 and all(sum(s) == pytest.approx(1.0) for s in shares)
