@@ -423,7 +423,7 @@ def _tool_support(ws: Workspace, mc) -> str:
             path = basemodel.locate(mc.base, ws.root)
             folder = path if path.is_dir() else basemodel.cache_root() / file_sha256(path)
             template = _template_in(folder)
-        except FtctlError:
+        except (FtctlError, OSError):  # a base that is not there (yet): say so on the row, don't crash
             template = None
         if template is None:
             return f"{where} is not on disk to check (run `ftctl train` once, or set {where.split()[-1]})"

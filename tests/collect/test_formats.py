@@ -213,3 +213,18 @@ def test_tool_call_arguments_are_scrubbed(tmp_path):
     call = out.messages[1]["tool_calls"][0]
     assert "jane.doe" not in json.dumps(out.messages) and found["EMAIL"] == 2
     assert call["id"] == "c1" and call["function"]["name"] == "find_user" and call["function"]["arguments"]["limit"] == 3
+
+
+def test_tool_calls_with_a_missing_base_are_rejected_with_the_reason(workspace, tmp_path):
+    """`base:` naming a file that is not there: the rows with tool calls are rejected saying the
+    template could not be checked (collect used to crash with FileNotFoundError); the rest kept."""
+    plain = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    write_jsonl(workspace.root / "feedback" / "tools.jsonl", [TOOL_ROW, plain])
+    configure(workspace, [{"name": "tools", "kind": "jsonl", "path": "feedback/tools.jsonl"}],
+              {"split": {"val": 0, "test": 0}, "dedup": "off"})
+    cfg = workspace.config_path
+    cfg.write_text(cfg.read_text().replace("base: smollm2-135m-instruct", f"base: {tmp_path / 'gone.gguf'}"))
+    out = run_json("collect", cwd=workspace.root)
+    assert out["rejected"] == {"tool_calls_unsupported": 1} and out["kept"] == 1, out
+    line = json.loads((workspace.data_dir("assistant") / "rejects.jsonl").read_text().splitlines()[0])
+    assert "is not on disk to check" in line["detail"]
