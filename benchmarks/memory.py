@@ -24,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from _goals import verdict  # noqa: E402
+
 GOAL = 0.15
 SETTINGS = {"lora": {"qlora": False, "precision": "fp32"}, "qlora": {"qlora": True}}
 
@@ -144,7 +146,7 @@ def main() -> None:
         print(f"| {r['model']:22} | {r['setting']:7} | {r['predicted'] / 2**20:12.0f} | {r['measured'] / 2**20:11.0f} "
               f"| {100 * r['error']:+5.1f}% |")
     worst = max((abs(r["error"]) for r in results), default=0)
-    print(f"worst error {100 * worst:.1f}% (goal {GOAL:.0%}): {'met' if worst <= GOAL else 'NOT met'}")
+    verdict("worst error of the predicted peak", 100 * worst, 100 * GOAL, higher_is_better=False, unit="%", fmt=".1f")
     print("\nplanning (max_length 1024, batch 2, r 16), predicted peak on a card:")
     print("| model | setting | 24 GB | 12 GB |\n|---|---|---|---|")
     for i in range(0, len(plan), 2):

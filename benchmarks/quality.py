@@ -47,6 +47,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from _goals import goal_line  # noqa: E402
 
 SIZES = {  # training rows per task, held-out rows per task
     "mini": {"iso": (160, 60), "numpy": (40, 20)},  # the QLoRA row: minutes on 2 cores
@@ -382,10 +383,12 @@ def table(results: dict) -> str:
         "q8_vs_hf_exact": round(f["iso"]["metrics"]["exact"] - hf["iso"]["metrics"]["exact"], 1),
         "q8_vs_hf_prefix": round(f["iso"]["metrics"]["prefix"] - hf["iso"]["metrics"]["prefix"], 1),
     }
-    lines.append(f"ftctl Q8_0 - trl Q8_0: exact {goals['exact_vs_trl']:+.1f}, prefix {goals['prefix_vs_trl']:+.1f} "
-                 "points (goal >= +5)")
-    lines.append(f"ftctl Q8_0 - ftctl HF: exact {goals['q8_vs_hf_exact']:+.1f}, prefix "
-                 f"{goals['q8_vs_hf_prefix']:+.1f} points (goal within 2)")
+    for what in ("exact", "prefix"):
+        lines.append(goal_line(f"ftctl Q8_0 - trl Q8_0, {what} match", goals[f"{what}_vs_trl"], 5, unit=" points",
+                               fmt="+.1f")[0])
+    for what in ("exact", "prefix"):  # within 2 points either way
+        lines.append(goal_line(f"|ftctl Q8_0 - ftctl HF|, {what} match", abs(goals[f"q8_vs_hf_{what}"]), 2,
+                               higher_is_better=False, unit=" points", fmt=".1f")[0])
     fw, tw = results["ways"]["ftctl"], results["ways"]["trl"]
     lines.append(f"training: ftctl {fw['steps']} steps in {fw['train_seconds']:.0f} s (CLI, incl. start-up), "
                  f"trl {tw['steps']} steps ({tw.get('epochs', 0):.2f} epochs) in {tw['train_seconds']:.0f} s; "

@@ -23,7 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from _goals import verdict
+
 TOKEN = "bench-token"
+# issue 13 asked for the figures, not a bound: this one says the API stays usable while a job
+# trains on the same cores (the 2026-12-03 run measured x1.25-1.39)
+GOAL_P99 = 2.0
 ECOSYSTEM = """module.exports = {apps: [{name: "assistant", script: "python3", interpreter: "none",
   args: "server.py --model models/none.gguf --port 18765"}]};
 """
@@ -146,6 +151,9 @@ def main() -> None:
                 idle, busy = results[("idle", route)], results[("training", route)]
                 print(f"{route}: training/idle p50 x{pct(busy, 50) / pct(idle, 50):.2f}, "
                       f"p99 x{pct(busy, 99) / pct(idle, 99):.2f}")
+                # every request was answered 200 (hammer stops the run otherwise)
+                verdict(f"{route} p99 training / idle", pct(busy, 99) / pct(idle, 99), GOAL_P99,
+                        higher_is_better=False)
         finally:
             api.close()
             proc.terminate()

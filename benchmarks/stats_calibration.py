@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _goals import verdict  # noqa: E402
 from ftctl.lib import stats  # noqa: E402
 
 ALPHA = 0.05
@@ -185,6 +186,8 @@ def main() -> None:
             print(f"{name:42} {n:6d} {sims:5d} {old:6.3f} {new:6.3f} {tol:6.3f}  {'yes' if old <= tol else 'NO':>6}"
                   f"  {'yes' if new <= tol else 'NO':>6}", flush=True)
         print(f"\nwithin tolerance: old {ok_old}/{len(NULL) - args.skip}, new {ok_new}/{len(NULL) - args.skip}")
+        verdict("null shapes whose new false-verdict rate is within tolerance", ok_new, len(NULL) - args.skip,
+                unit="", fmt="d")
     if args.only != "null":
         print(f"\nPower: share of simulations with the true verdict found (alpha {ALPHA})\n")
         print(f"{'effect':50} {'n':>6} {'sims':>5} {'old':>6} {'new':>6}")

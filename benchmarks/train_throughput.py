@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from _goals import verdict  # noqa: E402
 
 HP = {"r": 16, "alpha": 32, "dropout": 0.05, "batch_size": 8, "learning_rate": 2e-4, "max_length": 512,
       "epochs": 1, "seed": 42, "warmup": 0.0, "scheduler": "cosine"}
@@ -147,8 +148,8 @@ def main() -> None:
     for way, r in results.items():
         print(f"{way:15} {r['steps']:5} {r['tokens_per_s']:9.0f} {r['x_trl_tokens_per_s']:6.2f} "
               f"{r['peak_rss_mb']:12.0f} {r['x_trl_peak_rss']:6.2f} {r['loss']:7.3f}")
-    print(f"goals: ftctl peak RSS <= {GOALS['rss']}x TRL ({'met' if met['peak_rss'] else 'missed'}), "
-          f"tokens/s >= {GOALS['tokens_per_s']}x ({'met' if met['tokens_per_s'] else 'missed'})")
+    verdict("ftctl peak RSS / TRL", f["x_trl_peak_rss"], GOALS["rss"], higher_is_better=False)
+    verdict("ftctl tokens/s / TRL", f["x_trl_tokens_per_s"], GOALS["tokens_per_s"])
 
 
 if __name__ == "__main__":
