@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftctl.errors import UsageError
-from ftctl.lib.device import gpu_layers
-from ftctl.lib.llamacpp import _offload, open_llama_server
+from ftctl.lib.llamacpp import open_llama_server
 from ftctl.records import Example
 
 # end-of-turn markers of the chat templates we know; a model's own eos token is always added
@@ -124,11 +123,11 @@ class GGUFBackend:
     xllamacpp wheel, in this process): ``parallel`` slots decode together with continuous
     batching, each request in its own slot with ``n_ctx`` tokens of context.
 
-    On the CPU the slots are spread over ``replicas`` servers of one thread each (default: one
-    per core, up to ``parallel``): a server on several threads meets its threads at a barrier
-    after every operation of the graph, and on a shared machine a thread that waits there for
-    one that is not scheduled wastes its turn (measured: 4x slower under load). One-thread
-    servers never wait for each other. With layers on a GPU, one server.
+    ``replicas`` > 1 spreads the slots over that many servers of ``threads // replicas`` threads
+    each (their threads never wait for each other's). The default is one server: once llama.cpp's
+    OpenMP threads sleep at a barrier instead of spinning (ftctl.lib.llamacpp.open_llama_server),
+    one two-thread server beat two one-thread ones on 2 cores at load 7 (78 vs 61 tokens/s,
+    benchmarks/eval_throughput.py); spinning, it was the other way round.
 
     Greedy decoding gives the same answers as one request at a time
     (tests/eval/test_gguf_parallel.py holds it). A request that fails (a prompt beyond the
@@ -149,9 +148,7 @@ class GGUFBackend:
         self.failures: list[tuple[int, str]] = []
         self.timings: list[tuple[float, int]] = []
         threads = threads or os.cpu_count() or 1
-        if replicas is None:
-            on_gpu = gpu_layers(n_gpu_layers, _offload()) != 0
-            replicas = 1 if on_gpu else max(1, min(threads, parallel))
+        replicas = max(1, min(replicas or 1, parallel, threads))
         self.replicas = replicas
         slots = -(-parallel // replicas)  # ceil: the slots each server holds
         per = max(1, threads // replicas)
