@@ -50,7 +50,8 @@ class LoraConfig(PluginConfig):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_length: int = Field(1024, ge=8, description="tokens per training row; longer conversations are skipped (counted)")
     gradient_checkpointing: bool | None = Field(
-        None, description="recompute activations: less memory, slower (unset: on under QLoRA, off otherwise)")
+        None, description="recompute activations: less memory, slower (unset: on under QLoRA and on the CPU, off "
+                          "on a GPU)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: weights in bf16 on CUDA (fp16 before Ampere), fp32 on the CPU "
                             "(bf16 autocast where the CPU has AVX-512)")
@@ -69,11 +70,6 @@ class LoraConfig(PluginConfig):
     @classmethod
     def _device(cls, v):
         return check_device(v)
-
-    @property
-    def checkpointing(self) -> bool:
-        """Gradient checkpointing as configured; unset, on under QLoRA (whose point is memory)."""
-        return self.qlora if self.gradient_checkpointing is None else self.gradient_checkpointing
 
     @field_validator("target_modules", mode="before")
     @classmethod
@@ -110,6 +106,16 @@ class LoraTrainer(Trainer):
                              hint="use precision: auto, fp32 or bf16 on this machine")
         return compute_dtype(c.precision, device) if c.qlora else load_dtype(c.precision, device)
 
+    def checkpointing(self, device) -> bool:
+        """Gradient checkpointing as configured. Unset: on under QLoRA (whose point is memory) and on
+        the CPU, where one step's activations weigh more than the model (SmolLM2-135M at 512 tokens:
+        ~1 GB of a 2.7 GB peak; benchmarks/train_throughput.py) and TRL checkpoints by default too.
+        The results are the same; a step costs one more forward pass."""
+        c = self.config
+        if c.gradient_checkpointing is not None:
+            return c.gradient_checkpointing
+        return c.qlora or not device.is_cuda
+
     def memory(self, base: BaseModelRef, device=None, plan=None) -> MemoryEstimate:
         """Peak memory predicted from the base's config on the meta device (ftctl.lib.memory)."""
         device = device or self.device()
@@ -122,7 +128,8 @@ class LoraTrainer(Trainer):
         c = self.config
         # a micro-batch runs forward/backward in chunks of at most max_length tokens (loss.py)
         return RunShape(lora_r=c.r, target_modules=c.target_modules, qlora=c.qlora, load_dtype=self.dtype(device),
-                        tokens=c.max_length, trained_share=trained_share, gradient_checkpointing=c.checkpointing)
+                        tokens=c.max_length, trained_share=trained_share,
+                        gradient_checkpointing=self.checkpointing(device))
 
     # --- data ---------------------------------------------------------------------------
 
@@ -226,7 +233,7 @@ class LoraTrainer(Trainer):
             torch.cuda.set_device(device.index)
         dtype = self.dtype(device)
         amp = _mixed_precision(cfg.precision, device)
-        checkpointing = cfg.checkpointing
+        checkpointing = self.checkpointing(device)
         quantization = _quantization(cfg, dtype)
         log(f"loading {request.base.ref} on {device}: "
             + (f"4-bit NF4 (QLoRA), computing in {dtype}" if cfg.qlora else dtype)

@@ -79,8 +79,8 @@ def test_the_lora_trainer_decides_from_its_config(tmp_path, monkeypatch):
     t = trainer(qlora=True)
     d = t.device()
     assert str(d) == "cuda:0" and t.dtype(d) == "bfloat16" and lora._mixed_precision("auto", d) == "bf16"
-    assert t.config.checkpointing  # on by default under QLoRA
-    assert not trainer().config.checkpointing and not trainer(qlora=True, gradient_checkpointing=False).config.checkpointing
+    assert t.checkpointing(d)  # on by default under QLoRA
+    assert not trainer().checkpointing(d) and not trainer(qlora=True, gradient_checkpointing=False).checkpointing(d)
     assert lora._quantization(t.config, "bfloat16") == {"method": "bitsandbytes", "bits": 4, "quant_type": "nf4",
                                                         "double_quant": True, "compute_dtype": "bfloat16"}
     with pytest.raises(UsageError, match="does not exist"):
@@ -88,6 +88,7 @@ def test_the_lora_trainer_decides_from_its_config(tmp_path, monkeypatch):
     monkeypatch.setattr(lora, "probe_devices", lambda: CPU_ONLY)
     cpu = trainer(precision="auto").device()
     assert str(cpu) == "cpu" and trainer().dtype(cpu) == "float32"
+    assert trainer().checkpointing(cpu) and not trainer(gradient_checkpointing=False).checkpointing(cpu)
     with pytest.raises(UsageError, match="fp16 needs a CUDA GPU"):
         trainer(precision="fp16").dtype(cpu)
     with pytest.raises(UsageError, match="needs a CUDA GPU"):
