@@ -177,8 +177,11 @@ class GGUFBackend:
         from concurrent.futures import ThreadPoolExecutor
 
         s = self.settings
+        # the prompt cache: a slot keeps the tokens its last prompt shares with the next one (the
+        # system prompt, the chat template's head) instead of computing them again; the answers
+        # are the same (tests/eval/test_gguf_parallel.py), 1.35x the tokens/s on SmolLM2, 2 cores
         base = {"max_tokens": s.max_new_tokens, "temperature": 0.0, "top_k": 1, "seed": s.seed,
-                "cache_prompt": False}  # no prompt cache: each answer is computed from scratch, as alone
+                "cache_prompt": True}
         if s.stop:
             base["stop"] = list(s.stop)
 
