@@ -16,8 +16,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _goals import verdict  # noqa: E402
 
 TOPICS = ["the moon", "bread", "a bicycle", "rain", "music", "a library", "volcanoes", "the ocean",
           "coffee", "chess", "a compass", "winter", "bees", "a bridge", "electricity", "forests",
@@ -82,15 +86,17 @@ def main() -> None:
     sv = run(f"gguf ({quant}), {args.parallel} slots, {split.replicas} servers", split, convs, count)
     split.close()
     same = gg["answers"] == one["answers"] == sv["answers"]
-    met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
-    print(f"\nbatched hf / sequential hf:   {bat['tps'] / seq['tps']:.2f}x   (goal >= 3x: {met(bat['tps'] >= 3 * seq['tps'])})")
-    print(f"gguf parallel / batched hf:   {gg['tps'] / bat['tps']:.2f}x   (goal >= 2x: {met(gg['tps'] >= 2 * bat['tps'])})")
+    print(f"\nbatched hf / sequential hf:   {bat['tps'] / seq['tps']:.2f}x")
+    print(f"gguf parallel / batched hf:   {gg['tps'] / bat['tps']:.2f}x")
     print(f"gguf parallel / one by one:   {gg['tps'] / one['tps']:.2f}x")
     print(f"gguf parallel, {split.replicas} servers of 1 thread / 1 server: {sv['tps'] / gg['tps']:.2f}x")
     print(f"gguf parallel answers == one by one: {same} ({sum(a == b for a, b in zip(gg['answers'], one['answers']))}"
           f"/{len(convs)}; goal: all)")
     if os.path.exists("/proc/loadavg"):
         print(f"load average: {open('/proc/loadavg').read().split()[:3]} on {os.cpu_count()} cores")
+    verdict("batched hf / sequential hf", bat["tps"] / seq["tps"], 3)
+    verdict("gguf parallel / batched hf", gg["tps"] / bat["tps"], 2)
+    verdict("gguf answers == one by one", float(same), 1, unit="", fmt=".0f")
 
 
 if __name__ == "__main__":
