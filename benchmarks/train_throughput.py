@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import subprocess
@@ -123,8 +124,11 @@ def main() -> None:
     tokens = real_tokens(dataset(a.examples))
     results = {}
     for way in ("trl", "ftctl", *(["ftctl-unpacked"] if a.unpacked else [])):
+        # OpenMP threads sleep at barriers, both ways (as eval_throughput.py and ftctl's export do):
+        # spinning threads on a shared machine measure the neighbours, not the trainer
         proc = subprocess.run([sys.executable, __file__, "--way", way, "--examples", str(a.examples),
-                               "--precision", a.precision], capture_output=True, text=True)
+                               "--precision", a.precision], capture_output=True, text=True,
+                              env={"OMP_WAIT_POLICY": "PASSIVE", **os.environ})
         line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
         if line is None:
             sys.exit(f"{way} failed:\n{proc.stderr[-3000:]}")
