@@ -51,11 +51,12 @@ test: install
 # Every benchmark prints its goal lines ("goal: ... met" / "NOT met", benchmarks/_goals.py).
 # `make bench` runs the ones that take minutes and keeps the whole output, headed by the machine
 # and its load, in .ftctl/bench-<UTC time>.txt (scripts/bench.sh): one file for docs/performance.md.
-# `make bench-long` runs those that take much longer: stats_calibration (~10 min), incremental
-# and loop_week (tens of minutes; loop_week needs PostgreSQL, pm2 and nginx).
-BENCH      := cli_startup collect_postgres train_throughput eval_throughput export memory quality \
+# `make bench-long` runs those that take much longer: quality (two trainings, ~30 min),
+# stats_calibration (~10 min), incremental and loop_week (tens of minutes; loop_week needs
+# PostgreSQL, pm2 and nginx).
+BENCH      := cli_startup collect_postgres train_throughput eval_throughput export memory \
               phi_recall phi_precision serve deploy_handoff
-BENCH_LONG := stats_calibration incremental loop_week
+BENCH_LONG := quality stats_calibration incremental loop_week
 
 bench: install
 	PYTHON=$(BIN)/python bash scripts/bench.sh $(BENCH)

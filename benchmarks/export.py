@@ -26,7 +26,7 @@ GOAL = 1.5  # issue 27: ftctl export's total time at most this many times the ba
 
 
 def main() -> None:
-    from ftctl.export import polite_threads
+    from ftctl.lib.process import polite_threads
 
     polite_threads()  # as `ftctl export` does, before torch loads (both sides inherit it)
     ap = argparse.ArgumentParser()

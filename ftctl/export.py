@@ -24,6 +24,7 @@ from ftctl.registry.versions import resolve, split_ref
 from ftctl.registry.workspace import dvc_md5, locked
 from ftctl.lib.atomic import make_temp_dir
 from ftctl.lib.log import Log
+from ftctl.lib.process import polite_threads
 
 
 
@@ -124,15 +125,6 @@ def export(ws, ref: str, *, merged: bool | None = None, gguf: bool | None = None
                                                     for f in files))
     return {"version": version, "model": model, "skipped": False, "files": [_public(f) for f in files],
             "checks": result.checks}
-
-
-def polite_threads() -> None:
-    """OpenMP threads (torch's and llama.cpp's) that sleep at a barrier instead of spinning, unless
-    the user chose otherwise. On a busy machine (training, a server, other jobs) spinning threads
-    starve the ones they wait for: benchmarks/export.py at load 8 on 2 cores took 14.1x the bare
-    tools spinning and 2.1x sleeping (the merged model's generation: 55 s vs 6 s). libgomp reads
-    the setting once, when torch or llama.cpp first loads: a no-op if either already has."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def gguf_path(ws, model: str, version: str, quant: str | None = None, kind: str = "gguf") -> Path:

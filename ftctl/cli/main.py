@@ -226,6 +226,9 @@ def _load_plugin_commands(listing_only: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ftctl.lib.process import polite_threads
+
+    polite_threads()  # before torch or llama.cpp load in any command (train, eval, export, cycle)
     argv = list(sys.argv[1:] if argv is None else argv)
     words = [a for a in argv if not a.startswith("-")]
     if (words and words[0] not in COMMANDS) or not words:  # a plugin's verb, or the listing

@@ -201,10 +201,9 @@ def open_llama_server(path, n_ctx: int = 2048, parallel: int = 8, threads: int |
     it listens on a loopback port all the same (a free one)."""
     path = _gguf(path, "xllamacpp", "xllamacpp (llama.cpp's server)",
                  "pip install 'ftctl[eval]' (the GGUF backend decodes with it)")
-    # its OpenMP threads sleep at a barrier instead of spinning, unless the user chose otherwise
-    # (libgomp reads it once, when the library loads): on a busy machine a spinning thread starves
-    # the one it waits for (benchmarks/eval_throughput.py, 2 cores at load 7: 2x slower spinning)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from ftctl.lib.process import polite_threads
+
+    polite_threads()  # before the library loads
     import xllamacpp
 
     p = xllamacpp.CommonParams()

@@ -253,7 +253,7 @@ def test_export_threads_sleep_unless_the_user_chose(monkeypatch):
     """`ftctl export` asks OpenMP (torch, llama.cpp) for sleeping threads; a user's own setting wins."""
     import os
 
-    from ftctl.export import polite_threads
+    from ftctl.lib.process import polite_threads
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     polite_threads()
@@ -261,3 +261,15 @@ def test_export_threads_sleep_unless_the_user_chose(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     polite_threads()
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_every_command_starts_with_sleeping_threads(tmp_path):
+    """The CLI asks for it before any command loads torch or llama.cpp (train and eval too)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, sys; from ftctl.cli.main import main; main(['--version']); print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "PASSIVE"
