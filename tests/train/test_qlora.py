@@ -77,3 +77,34 @@ def test_the_merge_dequantizes_the_4bit_base(smollm2_base, tmp_path):
     error = (w_full - w_deq).detach().abs()
     assert float(error.max()) <= 0.2 * float(w_full.detach().abs().max()) and float(error.mean()) < 0.01
     assert torch.equal(full.model.embed_tokens.weight, deq.model.embed_tokens.weight)  # never quantized
+
+
+def test_a_4bit_cpu_load_lets_go_of_the_checkpoint_file(smollm2_base, tmp_path):
+    """The full-precision tensors of a 4-bit load (embeddings, norms) are copied out of the mapped
+    safetensors file, so the file is unmapped: its pages (every one bitsandbytes read while
+    quantizing) no longer count in the run's memory. Same values, tied weights still tied."""
+    import torch
+
+    from ftctl.lib.basemodel import load_model, resolve_base
+    from tests.fixtures_models import make_tiny
+
+    base = resolve_base(str(make_tiny(tmp_path / "tiny64", smollm2_base.path, hidden_size=64,
+                                      intermediate_size=128)))
+    checkpoints = [str(p) for p in base.path.glob("*.safetensors")]
+    assert checkpoints
+
+    def mapped() -> set[str]:
+        with open("/proc/self/maps") as f:
+            lines = [line.rstrip() for line in f]
+        return {c for c in checkpoints for line in lines if line.endswith(c)}
+
+    full = load_model(base)
+    assert mapped()  # a full-precision load's weights are the mapped file itself (left alone)
+    q = load_model(base, quantization=QUANT)
+    del full
+    import gc
+
+    gc.collect()
+    assert not mapped()
+    assert torch.equal(q.model.embed_tokens.weight, load_model(base).model.embed_tokens.weight)
+    assert q.lm_head.weight is q.model.embed_tokens.weight or not q.config.tie_word_embeddings
