@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
 import os
 import shutil
@@ -54,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 from tests.collect.conftest import PG_DSN  # noqa: E402
 from tests.conftest import run_ftctl, run_json  # noqa: E402
 from tests.deploy.conftest import PM2, build_stack, smollm2_gguf, start_nginx, stop_nginx, write_yaml  # noqa: E402
-from tests.loop.conftest import Feedback  # noqa: E402
+from tests.loop.conftest import Feedback, chat, tiny_loop_config  # noqa: E402
 
 MODEL = "assistant"
 GOLDEN = 0.6180339887498949
@@ -90,23 +89,11 @@ class Population(threading.Thread):
             i += 1
             a, b = i, 5 + (i * 7) % 89  # every prompt new: the users' rated answers are new rows
             user, prompt = f"user-{i % 97}", f"What is {a} + {b}?"
-            body = json.dumps({"messages": [{"role": "user", "content": prompt}], "max_tokens": 4, "user": user})
-            conn = http.client.HTTPConnection(self.url.hostname, self.url.port, timeout=120)
-            try:
-                conn.request("POST", self.url.path, body, {"Content-Type": "application/json"})
-                r = conn.getresponse()
-                raw = r.read()
-            except (OSError, http.client.HTTPException) as e:
+            out, failure = chat(self.url, prompt, user)
+            if out is None:
                 with self.lock:
-                    self.failed.append(repr(e))
+                    self.failed.append(failure)
                 continue
-            finally:
-                conn.close()
-            if r.status != 200:
-                with self.lock:
-                    self.failed.append((r.status, raw[:200]))
-                continue
-            out = json.loads(raw)
             served = out["model"]
             with self.lock:
                 k = self.served[served]
@@ -159,18 +146,8 @@ def configure(s, feedback: Feedback, base: Path, min_rated: int) -> None:
     from ruamel.yaml import YAML
 
     data = YAML(typ="safe", pure=True).load(s.ws.config_path.read_text())
-    data.update(
-        base=str(base), sources=[feedback.source()],
-        curate={"scrub": {"enabled": False}, "min_rating": 3, "split": {"val": 0.1, "test": 0.2}},
-        train={"trainer": "lora", "lora": {"r": 4, "alpha": 8, "batch_size": 4, "max_length": 128,
-                                           "precision": "fp32", "learning_rate": 1e-3}},
-        eval={"metrics": ["token_f1"], "max_new_tokens": 4, "bootstrap": 200, "limit": 8},
-        # a random tiny model's answers are noise: no offline gate can judge them, the users do
-        cycle={"min_new_examples": 10, "export": True, "deploy": True, "canary_percent": 50, "gate": False,
-               "train_from": "stable", "triggers": {"new_rows": 10, "negatives": 50, "drift": 0.25}})
-    data["deploy"]["canary"] = {"steps": [50, 100], "min_rated": min_rated, "min_requests": 10,
-                                "max_latency_ratio": 3.0}
-    write_yaml(s.ws.config_path, data)
+    write_yaml(s.ws.config_path, tiny_loop_config(data, base, feedback, min_rated=min_rated, train_from="stable",
+                                                  triggers={"new_rows": 10, "negatives": 50, "drift": 0.25}))
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -79,3 +81,35 @@ def feedback(pg_dsn):  # noqa: F811 - the imported fixture
 
 
 __all__ = ["Feedback", "add_versions", "configure"]
+
+
+def chat(url, prompt: str, user: str, max_tokens: int = 4) -> tuple[dict | None, object]:
+    """One user's chat request through ``url`` (a urlsplit result) on a new connection, as a web
+    app's clients send it: (the parsed answer, None), or (None, what failed)."""
+    body = json.dumps({"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "user": user})
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
+    try:
+        conn.request("POST", url.path, body, {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        raw = r.read()
+    except (OSError, http.client.HTTPException) as e:
+        return None, repr(e)
+    finally:
+        conn.close()
+    return (json.loads(raw), None) if r.status == 200 else (None, (r.status, raw[:200]))
+
+
+def tiny_loop_config(data: dict, base, feedback, *, min_rated: int, **cycle) -> dict:
+    """``data`` (a workspace's ftctl.yaml) set for the loop on a tiny random model: its answers are
+    noise no offline gate can judge, so the users' ratings on the canary decide."""
+    data.update(
+        base=str(base), sources=[feedback.source()],
+        curate={"scrub": {"enabled": False}, "min_rating": 3, "split": {"val": 0.1, "test": 0.2}},
+        train={"trainer": "lora", "lora": {"r": 4, "alpha": 8, "batch_size": 4, "max_length": 128,
+                                           "precision": "fp32", "learning_rate": 1e-3}},
+        eval={"metrics": ["token_f1"], "max_new_tokens": 4, "bootstrap": 200, "limit": 8},
+        cycle={"min_new_examples": 10, "export": True, "deploy": True, "canary_percent": 50, "gate": False,
+               **cycle})
+    data["deploy"]["canary"] = {"steps": [50, 100], "min_rated": min_rated, "min_requests": 10,
+                                "max_latency_ratio": 3.0}
+    return data

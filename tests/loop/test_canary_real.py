@@ -13,10 +13,8 @@ Steady load through every transition: no request fails.
 
 from __future__ import annotations
 
-import http.client
 import importlib.util
 import itertools
-import json
 import threading
 import time
 from collections import Counter
@@ -26,6 +24,7 @@ import pytest
 
 from tests.conftest import run_ftctl, run_json
 from tests.deploy.conftest import server_state, smollm2_gguf
+from tests.loop.conftest import chat
 from tests.loop.test_canary import configure_loop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
@@ -51,21 +50,10 @@ class Users(threading.Thread):
             if self.stop.is_set() or i > 20000:  # bounded: stops by itself
                 return
             user, prompt = f"user-{i % 101}", f"Where is my order #{i}?"
-            body = json.dumps({"messages": [{"role": "user", "content": prompt}], "max_tokens": 4, "user": user})
-            conn = http.client.HTTPConnection(self.url.hostname, self.url.port, timeout=120)
-            try:
-                conn.request("POST", self.url.path, body, {"Content-Type": "application/json"})
-                r = conn.getresponse()
-                raw = r.read()
-            except (OSError, http.client.HTTPException) as e:
-                self.failed.append(repr(e))
+            out, failure = chat(self.url, prompt, user)
+            if out is None:
+                self.failed.append(failure)
                 continue
-            finally:
-                conn.close()
-            if r.status != 200:
-                self.failed.append((r.status, raw[:200]))
-                continue
-            out = json.loads(raw)
             served, scores = out["model"], self.taste.get(out["model"], [3])
             self.feedback.record(served, prompt, out["choices"][0]["message"]["content"],
                                  scores[self.rated[served] % len(scores)], user)

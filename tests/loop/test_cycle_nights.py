@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import run_ftctl, run_json
 from tests.deploy.conftest import build_stack, smollm2_gguf, write_yaml
+from tests.loop.conftest import tiny_loop_config
 from tests.loop.test_canary_real import Users
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
@@ -42,17 +43,8 @@ def test_three_nights_train_export_canary_and_promote(deploy_workspace, pm2_home
                     exported={"bootstrap": smollm2_gguf()})
     root = s.root
     data = YAML(typ="safe", pure=True).load(s.ws.config_path.read_text())
-    data.update(
-        base=str(tiny_base), sources=[feedback.source()],
-        curate={"scrub": {"enabled": False}, "min_rating": 3, "split": {"val": 0.1, "test": 0.2}},
-        train={"trainer": "lora", "lora": {"r": 4, "alpha": 8, "batch_size": 4, "max_length": 128,
-                                           "precision": "fp32", "learning_rate": 1e-3}},
-        eval={"metrics": ["token_f1"], "max_new_tokens": 4, "bootstrap": 200, "limit": 8},
-        # a random tiny model's answers are noise: no offline gate can judge them, the users do
-        cycle={"min_new_examples": 10, "export": True, "deploy": True, "canary_percent": 50, "gate": False,
-               "triggers": {"negatives": None, "drift": None}})
-    data["deploy"]["canary"] = {"steps": [50, 100], "min_rated": 20, "min_requests": 10, "max_latency_ratio": 3.0}
-    write_yaml(s.ws.config_path, data)
+    write_yaml(s.ws.config_path, tiny_loop_config(data, tiny_base, feedback, min_rated=20,
+                                                  triggers={"negatives": None, "drift": None}))
 
     feedback.add(None, [5, 4] * 20)
     code, night1, err = cycle(root)
