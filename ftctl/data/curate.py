@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -162,11 +161,7 @@ def token_counter(tokenizer_json: Path | None) -> tuple[Callable[[str], int], st
 
         tok = Tokenizer.from_file(str(tokenizer_json))
         return (lambda text: len(tok.encode(text, add_special_tokens=False).ids)), f"tokenizer:{tokenizer_json}"
-    return (lambda text: math.ceil(len(text.split()) * 4 / 3)), "whitespace*4/3"
-
-
-def example_text(ex: Example) -> str:
-    return "\n".join(m["content"] for m in ex.messages)
+    return (lambda text: (len(text.split()) * 4 + 2) // 3), "whitespace*4/3"  # ceil(words * 4 / 3), in ints
 
 
 def window(cfg: CurateConfig, now: datetime) -> tuple[datetime | None, datetime | None]:
@@ -198,30 +193,41 @@ class Filters:
         # read once: reason() runs for every row, and a pydantic attribute costs a lookup each time
         self.min_rating, self.min_reward = cfg.min_rating, cfg.min_reward
         self.min_tokens, self.max_tokens = cfg.min_tokens, cfg.max_tokens
+        self.reason = self._reason()
 
-    def reason(self, ex: Example) -> tuple[str | None, int]:
-        """(filter name or None, token count); negatives are recognised by :func:`negative_reason`."""
-        if self.start or self.end:
-            t = ex.created_at
-            if t is None or (self.start and t < self.start) or (self.end and t > self.end):
-                return "window", 0
-        if self.agents is not None and ex.agent not in self.agents:
-            return "agent_type", 0
-        if self.golden and (ex.key in self.golden or prompt_key(ex) in self.golden):
-            return "golden", 0
-        if not (ex.meta and ex.meta.get("corrected")):  # negative_reason, inlined: this runs for every row
-            if ex.feedback_type == "thumbs_down":
-                return "negative_feedback", 0
-            if self.min_rating is not None and ex.rating is not None and ex.rating < self.min_rating:
-                return "min_rating", 0
-            if self.min_reward is not None and ex.reward is not None and ex.reward < self.min_reward:
-                return "min_reward", 0
-        n = self.count(example_text(ex))
-        if self.min_tokens is not None and n < self.min_tokens:
-            return "min_tokens", n
-        if self.max_tokens is not None and n > self.max_tokens:
-            return "max_tokens", n
-        return None, n
+    def _reason(self) -> Callable[[Example], tuple[str | None, int]]:
+        """``reason``: a closure over the settings (a closure's cell costs a fraction of an
+        attribute lookup, and this runs for every row)."""
+        start, end, agents, golden, count = self.start, self.end, self.agents, self.golden, self.count
+        min_rating, min_reward, min_tokens, max_tokens = self.min_rating, self.min_reward, self.min_tokens, self.max_tokens
+        window = start is not None or end is not None
+
+        def reason(ex: Example) -> tuple[str | None, int]:
+            """(filter name or None, token count); negatives are recognised by :func:`negative_reason`."""
+            if window:
+                t = ex.created_at
+                if t is None or (start and t < start) or (end and t > end):
+                    return "window", 0
+            if agents is not None and ex.agent not in agents:
+                return "agent_type", 0
+            if golden and (ex.key in golden or prompt_key(ex) in golden):
+                return "golden", 0
+            meta = ex.meta
+            if not (meta and meta.get("corrected")):  # negative_reason, inlined
+                if ex.feedback_type == "thumbs_down":
+                    return "negative_feedback", 0
+                if min_rating is not None and (rating := ex.rating) is not None and rating < min_rating:
+                    return "min_rating", 0
+                if min_reward is not None and (reward := ex.reward) is not None and reward < min_reward:
+                    return "min_reward", 0
+            n = count("\n".join([m["content"] for m in ex.messages]))  # the messages' text, newline-joined
+            if min_tokens is not None and n < min_tokens:
+                return "min_tokens", n
+            if max_tokens is not None and n > max_tokens:
+                return "max_tokens", n
+            return None, n
+
+        return reason
 
 
 def golden_keys(path: Path) -> tuple[set[str], int]:

@@ -41,6 +41,7 @@ class PostgresSource(SqlSource):
                                     hint="check the source's dsn (and that the server is up)") from None
         with conn:
             conn.read_only = True  # we never write to a team's database
+            _utc_by_name(conn)
             query, params = build_query(c, lambda n: sql.Identifier(n).as_string(conn),
                                         lambda n: f"%({n})s", since)
             self._rows = RowsToExamples(c, source, c.table or "query")
@@ -52,6 +53,19 @@ class PostgresSource(SqlSource):
                                         hint="check the table/column mapping or the query") from None
             finally:
                 conn.rollback()
+
+
+# the zone names PostgreSQL also calls "UTC" (a zone's abbreviation is what to_char's TZ prints)
+_UTC_ALIASES = frozenset((b"Etc/UTC", b"Etc/Universal", b"Universal", b"Etc/Zulu", b"Zulu"))
+
+
+def _utc_by_name(conn) -> None:
+    """A session in UTC under another name (Debian's and Docker's default is Etc/UTC) calls it
+    UTC for this transaction: psycopg then returns timestamptz values in ``timezone.utc``
+    instead of converting each one into ``ZoneInfo("Etc/UTC")`` (0.24 µs a row, an eighth of
+    the read path). The same zone, so the same values, offsets and text."""
+    if conn.pgconn.parameter_status(b"TimeZone") in _UTC_ALIASES:
+        conn.execute("SET LOCAL TimeZone = 'UTC'")
 
 
 @contextmanager

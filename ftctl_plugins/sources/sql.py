@@ -129,14 +129,14 @@ class RowsToExamples:
         """``rows`` with the columns ``names`` (any of MAPPED, in any order; the others are None)."""
         layout = _layout(names)
         interactions, by_time = self.c.interactions, self.mark == "created_at"
-        source, table, newest = self.source, self.table, self.newest
+        source, prefix, newest = self.source, f"{self.table}:id=", self.newest
         context: list[dict[str, str]] = []
         conv_now: Any = object()
         try:
             for row in rows:
                 (rid, conv, role, content, prompt, response, rating, reward, ft, correction, agent, created,
                  served) = layout(row) if layout else row
-                where = f"{table}:id={rid}"
+                where = f"{prefix}{rid}"
                 try:
                     if created is not None and (created.__class__ is not datetime or created.tzinfo is None):
                         created = parse_time(created)
@@ -144,9 +144,9 @@ class RowsToExamples:
                     if mark is not None and (newest is None or mark > newest):
                         newest = mark
                     if interactions:
-                        if type(prompt) is not str or not prompt or prompt.isspace():
+                        if prompt.__class__ is not str or not prompt or prompt.isspace():
                             _text(prompt, "prompt")
-                        if type(response) is not str or not response or response.isspace():
+                        if response.__class__ is not str or not response or response.isspace():
                             _text(response, "response")
                         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
                     else:

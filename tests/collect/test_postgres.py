@@ -155,3 +155,85 @@ def test_a_stream_left_early_ends_cleanly(tmp_path, interactions):
     assert [next(rows).source_id for _ in range(3)] == [f"{schema}.chats:id={i}" for i in (1, 2, 3)]
     rows.close()  # no error: the stream is cancelled before the transaction ends
     assert len(read_all("postgres", chats(dsn, schema), tmp_path)[0]) == 11999  # and the next read is whole
+
+
+NASTY = ["tab\there", "new\nline", "cr\r\nlf", "back\\slash \\N \\t", 'quote" and \'', "emoji😀 日本語 עברית", "x\u2028y",
+         "ctl\x01\x1f", "  spaced  ", "NULL", "\\N", ",;|"]
+TIMES = ["0001-01-02 00:00:00+00", "1850-01-01 00:00:00+00", "2024-01-01 00:00:00.123456+05:30",  # ascending
+         "2024-03-31 01:30:00+00", "2024-07-01 12:00:00.5-03:30", None]
+
+
+@pytest.fixture
+def nasty(pg_dsn):
+    """Rows with every awkward value in every mapped column: tabs, newlines, backslashes, quotes,
+    unicode, NULLs, blanks, times in odd zones and none, a bad rating."""
+    import psycopg
+
+    schema = f"ftctl_test_{uuid.uuid4().hex[:8]}"
+    rows = []
+    for i in range(60):
+        s = NASTY[i % len(NASTY)]
+        rows.append((i + 1, None if i % 17 == 0 else f"c{i // 3} {NASTY[i // 3 % len(NASTY)]}", ["user", "assistant", "assistant"][i % 3],
+                     s if i % 11 else None, f"q {s} {i}", s if i % 13 else "   ", (i % 7) - 1 if i % 9 else None,
+                     None if i % 4 else (i % 5 - 2) / 2, None if i % 5 else " Thumbs Up ", s if i % 6 == 0 else None,
+                     s if i % 2 else None, s if i % 8 == 0 else ("" if i % 8 == 1 else None),
+                     TIMES[i % 3 + i // 3 % 4]))  # a conversation's turns in order: user, assistant, assistant
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f'''CREATE TABLE "{schema}".t (id bigint PRIMARY KEY, conv text, role text, content text, q text,
+                         a text, stars int, reward real, ft text, corr text, agent text, served text, at timestamptz)''')
+        with conn.cursor().copy(f'COPY "{schema}".t FROM STDIN') as cp:
+            for r in rows:
+                cp.write_row(r)
+    yield pg_dsn, schema
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def _old_path(dsn: str, cfg: dict) -> tuple[list, str | None]:
+    """What the source read before its speed-ups: the mapped query through psycopg's defaults
+    (its timestamptz loader, the session's own zone), all rows at once, into RowsToExamples."""
+    import psycopg
+    from psycopg import sql
+
+    from ftctl_plugins.sources.postgres import PostgresSource
+    from ftctl_plugins.sources.sql import RowsToExamples, build_query
+
+    c = PostgresSource.Config(**cfg)
+    with psycopg.connect(dsn) as conn:
+        query, params = build_query(c, lambda n: sql.Identifier(n).as_string(conn), lambda n: f"%({n})s", None)
+        cur = conn.execute(query, params)
+        to_examples = RowsToExamples(c, "src", c.table)
+        return list(to_examples(cur.fetchall(), [d.name for d in cur.description])), to_examples.watermark()
+
+
+@pytest.mark.parametrize("zone", ["Etc/UTC", "UTC", "Asia/Kolkata", "Europe/Amsterdam", "America/St_Johns"])
+@pytest.mark.parametrize("mode", ["interactions", "messages"])
+def test_awkward_values_read_exactly_as_before(tmp_path, nasty, zone, mode):
+    """The Examples, rejects, snapshot bytes and watermark equal the plain psycopg read's, in any
+    session zone; a session in UTC under another name gets timezone.utc (psycopg's fast path)."""
+    from datetime import timezone
+
+    dsn, schema = nasty
+    dsn = f"{dsn} options='-c TimeZone={zone}'"
+    cfg = {"dsn": dsn, "table": f"{schema}.t", "conversation_id": "conv", "rating": "stars", "reward": "reward",
+           "feedback_type": "ft", "correction": "corr", "agent": "agent", "served_model": "served",
+           "created_at": "at", "itersize": 7}
+    cfg.update({"prompt": "q", "response": "a", "role": None, "content": None} if mode == "interactions" else
+               {"role": "role", "content": "content"})
+    examples, rejects, wm = read_all("postgres", cfg, tmp_path)
+    old, old_wm = _old_path(dsn, cfg)
+    old_examples = [x for x in old if not hasattr(x, "reason")]
+    assert len(examples) > 10 and len(rejects) > 3  # the fixture has both
+    assert examples == old_examples and rejects == [x for x in old if hasattr(x, "reason")]
+    assert [e.to_json() for e in examples] == [e.to_json() for e in old_examples]
+    assert [e.created_at and e.created_at.utcoffset() for e in examples] == [
+        e.created_at and e.created_at.utcoffset() for e in old_examples]
+    assert wm == old_wm and wm is not None
+    assert {"tab\there", "new\nline", "back\\slash \\N \\t", "emoji😀 日本語 עברית", "\\N"} <= {
+        m["content"] for e in examples for m in e.messages}
+    zones = {e.created_at.tzinfo for e in examples if e.created_at}
+    if zone in ("Etc/UTC", "UTC"):
+        assert zones == {timezone.utc}
+    else:
+        assert zones == {e.created_at.tzinfo for e in old_examples if e.created_at} and timezone.utc not in zones
