@@ -371,12 +371,14 @@ class Scrubber:
         artifacts = (analyzer.nlp_engine.process_text(c, "en") for c in chunks) if reference else \
             _artifacts(analyzer.nlp_engine, chunks)
         out: list[list[Span] | ScrubError] = []
-        with _timeouts() as timed_out:
+        lookup = analyzer.registry.get_recognizers
+        with _timeouts() as timed_out, lookup.screening():
             for text, index, bounds, first in plans:
                 spans: list[Span] = []
                 before = len(timed_out)
                 for (a, b), chunk in zip(bounds, chunks[first:first + len(bounds)]):
                     art = next(artifacts)
+                    lookup.text = None if reference else chunk  # the fast path runs what may match it
                     results = analyzer.analyze(chunk, language="en", entities=self.entities, nlp_artifacts=art,
                                                score_threshold=THRESHOLD, return_decision_process=True)
                     for r in self._kept_out(chunk, results):
@@ -580,7 +582,11 @@ def _build(cache_dir: str, site_file: str | None, ner_wanted: bool):
 
 def _once_per_request(get):
     """Presidio looks up the recognizers for the requested entities on every text (a pass over
-    every recognizer per entity); the registry is complete once built, so once per request does."""
+    every recognizer per entity); the registry is complete once built, so once per request does.
+    While ``text`` is set (``screening()``), only the recognizers that may match it are given
+    (:mod:`prescreen`: those whose patterns need characters it lacks are left out)."""
+    from ftctl.lib import prescreen
+
     memo: dict = {}
 
     def cached(language, entities=None, all_fields=False, ad_hoc_recognizers=None):
@@ -588,8 +594,19 @@ def _once_per_request(get):
             return get(language, entities, all_fields, ad_hoc_recognizers)
         key = (language, None if entities is None else tuple(entities), all_fields)
         if key not in memo:
-            memo[key] = get(language, entities, all_fields)
-        return list(memo[key])
+            memo[key] = prescreen.Screen(get(language, entities, all_fields))
+        screen = memo[key]
+        return list(screen.recognizers) if cached.text is None else screen.select(cached.text)
+
+    @contextlib.contextmanager
+    def screening():
+        try:
+            yield
+        finally:
+            cached.text = None
+
+    cached.text = None
+    cached.screening = screening
     return cached
 
 
