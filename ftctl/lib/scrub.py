@@ -41,7 +41,7 @@ import unicodedata
 import weakref
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cachetools
@@ -204,6 +204,18 @@ def windows(text: str) -> list[tuple[int, int]]:
     return out
 
 
+@dataclass
+class _Pending:
+    """A batch of texts on its way through the scrubber (:meth:`Scrubber._submit`)."""
+
+    out: list  # per text: its result, or None until _finish
+    todo: dict[str, list[int]] = field(default_factory=dict)  # new texts -> their places
+    borrowed: dict[str, list[int]] = field(default_factory=dict)  # texts new in ``earlier`` -> places
+    earlier: _Pending | None = None
+    results: object = None  # the new texts' results, or the workers' AsyncResult of them
+    found: dict | None = None  # new text -> result, once finished (what the next batch borrows)
+
+
 class Scrubber:
     def __init__(self, types: list[str] | None = None, names: bool = True, cache_dir: Path | None = None,
                  recognizers: Path | None = None, root: Path | None = None, keep: list[str] | None = None,
@@ -283,9 +295,23 @@ class Scrubber:
         """``analyze`` for each of ``texts``, in order, a batch at a time (bounded memory whatever
         the stream's length). A text that could not be fully analysed yields its
         :class:`ScrubError` instead of spans (the caller rejects that row, not the batch)."""
+        for _, results in self._batches(texts, batch_size):
+            yield from results
+
+    def _batches(self, texts: Iterable[str], batch_size: int) -> Iterator[tuple[list[str], list]]:
+        """Each batch of ``texts`` with its results, in order; the next batch is handed to the
+        workers before this one's results are given, so they do not wait while the caller takes
+        them (two batches held at most)."""
         it = iter(texts)
-        while batch := list(itertools.islice(it, batch_size)):
-            yield from self._analyze_batch(batch)
+        ahead = None
+        while True:
+            batch = list(itertools.islice(it, batch_size))
+            now = (batch, self._submit(batch, ahead[1] if ahead else None)) if batch else None
+            if ahead is not None:
+                yield ahead[0], self._finish(ahead[1])
+            if now is None:
+                return
+            ahead = now
 
     def warm(self, texts: Iterable[str]) -> None:
         """Analyse ``texts`` in batches ahead of the ``scrub`` calls that will ask for them (the
@@ -299,38 +325,51 @@ class Scrubber:
                 self._warmed[text] = result
 
     def _analyze_batch(self, texts: list[str]) -> list[list[Span] | ScrubError]:
-        """Texts seen before come from the cache; the rest are analysed (:meth:`_analyze_new`),
-        split among worker processes when there are enough of them (:meth:`_pool`)."""
-        out: list[list[Span] | ScrubError | None] = [None] * len(texts)
-        todo: dict[str, list[int]] = {}
+        return self._finish(self._submit(texts))
+
+    def _submit(self, texts: list[str], earlier: _Pending | None = None) -> _Pending:
+        """Texts seen before come from the cache (or from ``earlier``, a batch still being
+        analysed); the rest are analysed (:meth:`_analyze_new`), split among worker processes when
+        there are enough of them (:meth:`_pool`): handed to them now, collected by :meth:`_finish`."""
+        p = _Pending([None] * len(texts))
         for i, text in enumerate(texts):
             if not text or not text.strip():
-                out[i] = []
+                p.out[i] = []
             elif len(text) > self.max_chars:
-                out[i] = TooLarge(f"a {len(text):,}-character text is over curate.scrub.max_chars ({self.max_chars:,})",
-                                  hint="the row is rejected unscrubbed; raise curate.scrub.max_chars to scrub such "
-                                       "rows (the time grows with the size)")
+                p.out[i] = TooLarge(f"a {len(text):,}-character text is over curate.scrub.max_chars ({self.max_chars:,})",
+                                    hint="the row is rejected unscrubbed; raise curate.scrub.max_chars to scrub such "
+                                         "rows (the time grows with the size)")
             elif (hit := self._cache.get(text)) is not None:
-                out[i] = list(hit[1])
+                p.out[i] = list(hit[1])
             elif (warmed := self._warmed.get(text)) is not None:
-                out[i] = list(warmed)
+                p.out[i] = list(warmed)
+            elif earlier is not None and text in earlier.todo:
+                p.borrowed.setdefault(text, []).append(i)
+                p.earlier = earlier
             else:
-                todo.setdefault(text, []).append(i)
-        if not todo:
-            return out
-        new = list(todo)
+                p.todo.setdefault(text, []).append(i)
+        new = list(p.todo)
         pool = self._pool() if len(new) >= POOL_MIN else None
         if pool is None:
-            results = self._analyze_new(new)
+            p.results = self._analyze_new(new) if new else []
         else:  # in order; parts of one spaCy batch each, so both cores stay busy to the end
-            parts = [new[i:i + NLP_BATCH] for i in range(0, len(new), NLP_BATCH)]
-            results = [r for part in pool.imap(_in_worker, parts) for r in part]
-        for text, result in zip(new, results):
+            p.results = pool.map_async(_in_worker, [new[i:i + NLP_BATCH] for i in range(0, len(new), NLP_BATCH)])
+        return p
+
+    def _finish(self, p: _Pending) -> list[list[Span] | ScrubError]:
+        results = p.results if isinstance(p.results, list) else [r for part in p.results.get() for r in part]
+        p.found = dict(zip(p.todo, results))
+        for text, result in p.found.items():
             if isinstance(result, list) and len(text) <= CACHE_TEXT_CHARS:
                 self._cache[text] = (len(text) + 64 * len(result), tuple(result))
-            for i in todo[text]:
-                out[i] = list(result) if isinstance(result, list) else result
-        return out
+            for i in p.todo[text]:
+                p.out[i] = list(result) if isinstance(result, list) else result
+        for text, where in p.borrowed.items():
+            result = p.earlier.found[text]  # finished first: batches finish in order
+            for i in where:
+                p.out[i] = list(result) if isinstance(result, list) else result
+        p.earlier = None  # what this batch borrowed is taken: the earlier one may go
+        return p.out
 
     def _pool(self):
         """Worker processes forked from this one once its engine is loaded (they share the spaCy
@@ -421,9 +460,8 @@ class Scrubber:
     def scrub_many(self, texts: Iterable[str], counts: Counter, batch_size: int = BATCH) -> Iterator[str | ScrubError]:
         """``scrub`` for each of ``texts``, in order, batched (:meth:`analyze_many`); a text that
         could not be fully analysed yields its :class:`ScrubError` (reject that row)."""
-        texts = iter(texts)
-        while batch := list(itertools.islice(texts, batch_size)):
-            for text, spans in zip(batch, self._analyze_batch(batch)):
+        for batch, results in self._batches(texts, batch_size):
+            for text, spans in zip(batch, results):
                 yield spans if isinstance(spans, ScrubError) else _replace(text, spans, counts)
 
     def scrub_messages(self, messages: list[dict[str, str]], counts: Counter) -> list[dict[str, str]]:

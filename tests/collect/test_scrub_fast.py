@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from ftctl.lib.scrub import Scrubber, _replace
+from ftctl.lib.scrub import POOL_MIN, Scrubber, _replace
 from tests.conftest import ROOT
 
 LABELLED = ROOT / "tests" / "data" / "pii_labelled.jsonl"
@@ -63,6 +63,20 @@ def test_fast_path_is_byte_identical_to_the_slow_path(tmp_path, corpus, monkeypa
     assert [fast.scrub(t, Counter()) for t in corpus] == expected
     one = Scrubber(cache_dir=tmp_path, processes=1)
     assert [one.scrub(t, Counter()) for t in corpus] == expected
+    # batches in flight two at a time: the second borrows the first's new texts, the third is new
+    n = 150
+    piped = Scrubber(cache_dir=tmp_path, processes=2)
+    sizes, submit = [], piped._submit
+
+    def spy(batch, earlier=None):
+        p = submit(batch, earlier)
+        sizes.append((len(p.todo), sum(map(len, p.borrowed.values()))))
+        return p
+
+    monkeypatch.setattr(piped, "_submit", spy)
+    texts = corpus[:n] + corpus[:n][::-1] + corpus[n:]
+    assert list(piped.scrub_many(texts, Counter(), batch_size=n)) == expected[:n] + expected[:n][::-1] + expected[n:]
+    assert sizes[:2] == [(n, 0), (0, n)] and sizes[2][0] >= POOL_MIN  # analysed once; the pool again
 
 
 def test_lemmas_are_made_only_where_context_words_are_read(tmp_path):
