@@ -214,7 +214,7 @@ class Filters:
                 return "golden", 0
             meta = ex.meta
             if not (meta and meta.get("corrected")):  # negative_reason, inlined
-                if ex.feedback_type == "thumbs_down":
+                if (ft := ex.feedback_type) is not None and ft == "thumbs_down":  # None == str costs a slow compare
                     return "negative_feedback", 0
                 if min_rating is not None and (rating := ex.rating) is not None and rating < min_rating:
                     return "min_rating", 0

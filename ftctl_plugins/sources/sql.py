@@ -24,6 +24,7 @@ from ftctl_plugins.sources.common import RowError, number, parse_time, shape
 MAPPED = ("id", "conversation_id", "role", "content", "prompt", "response", "rating", "reward",
           "feedback_type", "correction", "agent", "created_at", "served_model")
 FEEDBACK = ("rating", "reward", "feedback_type", "correction")
+_RATINGS = {i: float(i) for i in range(1, 6)}  # the common ratings, looked up (float() and a range check cost more)
 
 
 class SqlConfig(PluginConfig):
@@ -129,7 +130,7 @@ class RowsToExamples:
         """``rows`` with the columns ``names`` (any of MAPPED, in any order; the others are None)."""
         layout = _layout(names)
         interactions, by_time = self.c.interactions, self.mark == "created_at"
-        source, prefix, newest = self.source, f"{self.table}:id=", self.newest
+        source, prefix, conv_prefix, newest = self.source, f"{self.table}:id=", f"{self.source}:", self.newest
         context: list[dict[str, str]] = []
         conv_now: Any = object()
         try:
@@ -167,8 +168,8 @@ class RowsToExamples:
                     # positional, in Example's field order (tests/collect/test_postgres.py holds it): a
                     # third of the cost of keywords on this path
                     yield Example(
-                        messages, source, where, f"{source}:{conv}" if conv is not None else None,
-                        float(rating) if rating.__class__ is int and 1 <= rating <= 5 else number(rating, "rating", 1, 5),
+                        messages, source, where, f"{conv_prefix}{conv}" if conv is not None else None,
+                        (_RATINGS.get(rating) if rating.__class__ is int else None) or number(rating, "rating", 1, 5),
                         None if reward is None else number(reward, "reward", -1, 1),
                         str(ft).strip().lower() if ft is not None else None, correction or None, agent, created,
                         str(served) if served is not None and served != "" else None)

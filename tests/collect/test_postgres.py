@@ -175,16 +175,21 @@ def nasty(pg_dsn):
         s = NASTY[i % len(NASTY)]
         rows.append((i + 1, None if i % 17 == 0 else f"c{i // 3} {NASTY[i // 3 % len(NASTY)]}", ["user", "assistant", "assistant"][i % 3],
                      s if i % 11 else None, f"q {s} {i}", s if i % 13 else "   ", (i % 7) - 1 if i % 9 else None,
-                     None if i % 4 else (i % 5 - 2) / 2, None if i % 5 else " Thumbs Up ", s if i % 6 == 0 else None,
+                     None if i % 4 else (i % 5 - 2) / 10, None if i % 4 else i % 3 - 1, None if i % 5 else " Thumbs Up ",
+                     s if i % 6 == 0 else None,
                      s if i % 2 else None, s if i % 8 == 0 else ("" if i % 8 == 1 else None),
                      TIMES[i % 3 + i // 3 % 4]))  # a conversation's turns in order: user, assistant, assistant
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
         conn.execute(f'''CREATE TABLE "{schema}".t (id bigint PRIMARY KEY, conv text, role text, content text, q text,
-                         a text, stars int, reward real, ft text, corr text, agent text, served text, at timestamptz)''')
+                         a text, stars int, reward real, reward_i int, ft text, corr text, agent text, served text,
+                         at timestamptz)''')
         with conn.cursor().copy(f'COPY "{schema}".t FROM STDIN') as cp:
             for r in rows:
                 cp.write_row(r)
+        conn.execute(f'CREATE TYPE "{schema}".role AS ENUM (\'user\', \'assistant\')')
+        conn.execute(f'ALTER TABLE "{schema}".t ADD COLUMN role_e "{schema}".role')
+        conn.execute(f'UPDATE "{schema}".t SET role_e = role::"{schema}".role')
     yield pg_dsn, schema
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
@@ -208,19 +213,31 @@ def _old_path(dsn: str, cfg: dict) -> tuple[list, str | None]:
 
 
 @pytest.mark.parametrize("zone", ["Etc/UTC", "UTC", "Asia/Kolkata", "Europe/Amsterdam", "America/St_Johns"])
-@pytest.mark.parametrize("mode", ["interactions", "messages"])
-def test_awkward_values_read_exactly_as_before(tmp_path, nasty, zone, mode):
-    """The Examples, rejects, snapshot bytes and watermark equal the plain psycopg read's, in any
-    session zone; a session in UTC under another name gets timezone.utc (psycopg's fast path)."""
+@pytest.mark.parametrize("mode", ["interactions", "messages", "interactions-real", "messages-enum"])
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked-stream", "server-side-cursor"])
+def test_awkward_values_read_exactly_as_before(tmp_path, nasty, zone, mode, chunked, monkeypatch):
+    """The Examples, rejects, snapshot bytes and watermark equal the plain psycopg read's (text
+    rows), in any session zone; a session in UTC under another name gets timezone.utc (psycopg's
+    fast path). Rows come in binary where every column's type loads the same (here: not with a
+    real, 0.1 is not 0.10000000149 in text, or an enum, bytes in binary)."""
     from datetime import timezone
 
+    import psycopg
+
+    from ftctl_plugins.sources import postgres
+
+    if not chunked:
+        monkeypatch.setattr(psycopg.capabilities, "has_stream_chunked", lambda: False)
+    binary, decide = [], postgres._binary
+    monkeypatch.setattr(postgres, "_binary", lambda *a: binary.append(decide(*a)) or binary[-1])
     dsn, schema = nasty
     dsn = f"{dsn} options='-c TimeZone={zone}'"
-    cfg = {"dsn": dsn, "table": f"{schema}.t", "conversation_id": "conv", "rating": "stars", "reward": "reward",
+    cfg = {"dsn": dsn, "table": f"{schema}.t", "conversation_id": "conv", "rating": "stars",
+           "reward": "reward" if mode == "interactions-real" else "reward_i",
            "feedback_type": "ft", "correction": "corr", "agent": "agent", "served_model": "served",
            "created_at": "at", "itersize": 7}
-    cfg.update({"prompt": "q", "response": "a", "role": None, "content": None} if mode == "interactions" else
-               {"role": "role", "content": "content"})
+    cfg.update({"prompt": "q", "response": "a", "role": None, "content": None} if mode.startswith("interactions") else
+               {"role": "role_e" if mode == "messages-enum" else "role", "content": "content"})
     examples, rejects, wm = read_all("postgres", cfg, tmp_path)
     old, old_wm = _old_path(dsn, cfg)
     old_examples = [x for x in old if not hasattr(x, "reason")]
@@ -230,6 +247,7 @@ def test_awkward_values_read_exactly_as_before(tmp_path, nasty, zone, mode):
     assert [e.created_at and e.created_at.utcoffset() for e in examples] == [
         e.created_at and e.created_at.utcoffset() for e in old_examples]
     assert wm == old_wm and wm is not None
+    assert binary == [mode in ("interactions", "messages")]
     assert {"tab\there", "new\nline", "back\\slash \\N \\t", "emoji😀 日本語 עברית", "\\N"} <= {
         m["content"] for e in examples for m in e.messages}
     zones = {e.created_at.tzinfo for e in examples if e.created_at}
