@@ -37,6 +37,7 @@ import multiprocessing as mp
 import os
 import re
 import sys
+import threading
 import unicodedata
 import weakref
 from collections import Counter
@@ -410,16 +411,16 @@ class Scrubber:
         artifacts = (analyzer.nlp_engine.process_text(c, "en") for c in chunks) if reference else \
             _artifacts(analyzer.nlp_engine, chunks)
         out: list[list[Span] | ScrubError] = []
-        lookup = analyzer.registry.get_recognizers
-        with _timeouts() as timed_out, lookup.screening():
+        screening = analyzer.registry.get_recognizers.screening
+        with _timeouts() as timed_out:
             for text, index, bounds, first in plans:
                 spans: list[Span] = []
                 before = len(timed_out)
                 for (a, b), chunk in zip(bounds, chunks[first:first + len(bounds)]):
                     art = next(artifacts)
-                    lookup.text = None if reference else chunk  # the fast path runs what may match it
-                    results = analyzer.analyze(chunk, language="en", entities=self.entities, nlp_artifacts=art,
-                                               score_threshold=THRESHOLD, return_decision_process=True)
+                    with screening(None if reference else chunk):  # the fast path runs what may match it
+                        results = analyzer.analyze(chunk, language="en", entities=self.entities, nlp_artifacts=art,
+                                                   score_threshold=THRESHOLD, return_decision_process=True)
                     for r in self._kept_out(chunk, results):
                         s, e = a + r.start, a + r.end
                         if index is not None:
@@ -621,11 +622,13 @@ def _build(cache_dir: str, site_file: str | None, ner_wanted: bool):
 def _once_per_request(get):
     """Presidio looks up the recognizers for the requested entities on every text (a pass over
     every recognizer per entity); the registry is complete once built, so once per request does.
-    While ``text`` is set (``screening()``), only the recognizers that may match it are given
-    (:mod:`prescreen`: those whose patterns need characters it lacks are left out)."""
+    While ``screening(text)``, only the recognizers that may match ``text`` are given
+    (:mod:`prescreen`: those whose patterns need characters it lacks are left out); per thread,
+    as the analyzer is shared by every scrubber of the process."""
     from ftctl.lib import prescreen
 
     memo: dict = {}
+    local = threading.local()
 
     def cached(language, entities=None, all_fields=False, ad_hoc_recognizers=None):
         if ad_hoc_recognizers:
@@ -633,17 +636,17 @@ def _once_per_request(get):
         key = (language, None if entities is None else tuple(entities), all_fields)
         if key not in memo:
             memo[key] = prescreen.Screen(get(language, entities, all_fields))
-        screen = memo[key]
-        return list(screen.recognizers) if cached.text is None else screen.select(cached.text)
+        text = getattr(local, "text", None)
+        return list(memo[key].recognizers) if text is None else memo[key].select(text)
 
     @contextlib.contextmanager
-    def screening():
+    def screening(text: str | None):
+        local.text = text
         try:
             yield
         finally:
-            cached.text = None
+            local.text = None
 
-    cached.text = None
     cached.screening = screening
     return cached
 

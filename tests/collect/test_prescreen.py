@@ -8,6 +8,7 @@ tests/collect/test_scrub_fast.py (the slow path runs every recognizer).
 from __future__ import annotations
 
 import string
+import threading
 from collections import Counter
 
 import pytest
@@ -110,10 +111,13 @@ def test_the_scrubber_still_finds_a_custom_unprovable_pattern_and_skips_by_text(
     assert counts == Counter(PROJECT_CODE=2)
     # while a text is screened, the registry gives the recognizers that may match it
     lookup = s._engine.registry.get_recognizers
-    with lookup.screening():
-        lookup.text = "see XY-CODE"
+    with lookup.screening("see XY-CODE"):
         seen = {r.name: [p.name for p in getattr(r, "patterns", ())] for r in lookup("en", s.entities)}
+        elsewhere = []  # another thread, same analyzer: not screened by this thread's text
+        worker = threading.Thread(target=lambda: elsewhere.extend(lookup("en", s.entities)))
+        worker.start()
+        worker.join()
     assert seen["project codes"] == ["unicode letters"]  # unprovable: run; numbered: needs digits
     assert "UsSsnRecognizer" not in seen and "PhoneRecognizer" in seen
-    assert lookup.text is None  # screening ends with the block
-    assert len(lookup("en", s.entities)) > len(seen)  # outside it: every recognizer
+    everything = lookup("en", s.entities)  # outside the block: every recognizer
+    assert len(everything) > len(seen) and [r.name for r in elsewhere] == [r.name for r in everything]
