@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from itertools import chain
 
 from pydantic import Field
 
@@ -46,7 +45,8 @@ class PostgresSource(SqlSource):
                                         lambda n: f"%({n})s", since)
             self._rows = RowsToExamples(c, source, c.table or "query")
             try:
-                with _streamed(conn, query, params, c.itersize, _binary(conn, query, params)) as (rows, names):
+                names, binary = _columns(conn, query, params)
+                with _streamed(conn, query, params, c.itersize, binary) as rows:
                     yield from self._rows(rows, names)
             except psycopg.Error as e:
                 raise ExternalToolError(f"PostgreSQL source {source!r}: {redact(str(e).strip().splitlines()[0])}",
@@ -74,35 +74,32 @@ _SAME_IN_BINARY = ("bool", "int2", "int4", "int8", "text", "varchar", "bpchar", 
                    "date", "uuid")
 
 
-def _binary(conn, query: str, params: dict) -> bool:
-    """Whether every column of ``query`` has a type of _SAME_IN_BINARY (asked with LIMIT 0,
-    which reads no row): then rows come in binary, 6% cheaper to load (integers and times are
-    not parsed from text)."""
+def _columns(conn, query: str, params: dict) -> tuple[list[str], bool]:
+    """The names of ``query``'s columns (asked with LIMIT 0, which reads no row), and whether
+    every one has a type of _SAME_IN_BINARY: then rows come in binary, 6% cheaper to load
+    (integers and times are not parsed from text)."""
     from psycopg.postgres import types
 
     same = {types[name].oid for name in _SAME_IN_BINARY}
-    cur = conn.execute(f"SELECT * FROM ({query}) AS ftctl_d LIMIT 0", params)
-    return all(d.type_code in same for d in cur.description or ())
+    columns = conn.execute(f"SELECT * FROM ({query}) AS ftctl_d LIMIT 0", params).description or ()
+    return [d.name for d in columns], all(d.type_code in same for d in columns)
 
 
 @contextmanager
-def _streamed(conn, query: str, params: dict, size: int, binary: bool) -> Iterator[tuple[Iterator[tuple], list[str]]]:
-    """(rows as tuples, column names) of ``query``, ``size`` rows at a time; a stream left
-    early is closed (psycopg cancels the query), so the transaction can end."""
+def _streamed(conn, query: str, params: dict, size: int, binary: bool) -> Iterator[Iterator[tuple]]:
+    """The rows of ``query`` as tuples, ``size`` at a time; a stream left early is closed
+    (psycopg cancels the query), so the transaction can end."""
     import psycopg
 
     if not psycopg.capabilities.has_stream_chunked():  # libpq < 17: a round trip per batch
         with conn.cursor(name="ftctl_collect") as cur:
             cur.itersize = size
             cur.execute(query, params, binary=binary)
-            yield _batched(cur, size), [d.name for d in cur.description]
+            yield _batched(cur, size)
         return
-    cur = conn.cursor()
-    rows = cur.stream(query, params, size=size, binary=binary)
+    rows = conn.cursor().stream(query, params, size=size, binary=binary)
     try:
-        first = next(rows, None)  # the column names arrive with the first chunk
-        names = [d.name for d in cur.description or ()]
-        yield (chain((first,), rows) if first is not None else iter(())), names
+        yield rows
     finally:
         rows.close()
 

@@ -228,8 +228,8 @@ def test_awkward_values_read_exactly_as_before(tmp_path, nasty, zone, mode, chun
 
     if not chunked:
         monkeypatch.setattr(psycopg.capabilities, "has_stream_chunked", lambda: False)
-    binary, decide = [], postgres._binary
-    monkeypatch.setattr(postgres, "_binary", lambda *a: binary.append(decide(*a)) or binary[-1])
+    binary, columns = [], postgres._columns
+    monkeypatch.setattr(postgres, "_columns", lambda *a: (r := columns(*a), binary.append(r[1]))[0])
     dsn, schema = nasty
     dsn = f"{dsn} options='-c TimeZone={zone}'"
     cfg = {"dsn": dsn, "table": f"{schema}.t", "conversation_id": "conv", "rating": "stars",
