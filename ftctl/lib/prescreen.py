@@ -125,7 +125,7 @@ def _least(tree, need: tuple[frozenset, bool]) -> tuple[int, int]:
 def needs(regex: str, flags: int) -> dict[tuple[frozenset, bool], int] | None:
     """For each character set ``(ASCII characters, also non-ASCII ones)``, the fewest of its
     characters every match of ``regex`` holds (only sets with at least one); None: unprovable."""
-    if sre_parse is None or flags & ~_KNOWN_FLAGS:
+    if sre_parse is None or not isinstance(flags, int) or flags & ~_KNOWN_FLAGS:
         return None
     try:
         with warnings.catch_warnings():  # "possible nested set": such a pattern is unprovable below
@@ -144,12 +144,13 @@ class Screen:
     left out when none is left), every other recognizer as it is."""
 
     def __init__(self, recognizers: Iterable):
-        from presidio_analyzer import EntityRecognizer, PatternRecognizer
-        from presidio_analyzer.predefined_recognizers import IbanRecognizer
+        from presidio_analyzer import EntityRecognizer, PatternRecognizer, predefined_recognizers
 
         self.recognizers = list(recognizers)
         # analyze methods that only run self.patterns with the recognizer's flags
-        plain = {PatternRecognizer.analyze, IbanRecognizer.analyze}
+        plain = {PatternRecognizer.analyze}
+        if (iban := getattr(predefined_recognizers, "IbanRecognizer", None)) is not None:
+            plain.add(iban.analyze)
         self._plans: list[list | None] = []  # per recognizer: None (always run) or [(pattern, needs)]
         for r in self.recognizers:
             plan = None

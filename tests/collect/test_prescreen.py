@@ -45,6 +45,7 @@ def test_letters_and_non_ascii_characters_are_no_need():
     assert prescreen.needs(r"(?i)abc\s+\u212a", FLAGS) == {}
     assert prescreen.needs(r"(?i)\u212a\d", FLAGS) == {DIGITS: 1}
     assert prescreen.needs(r"\d+", FLAGS | 0x100) is None  # regex.V1: another syntax
+    assert prescreen.needs(r"\d+", None) is None  # flags it cannot read
 
 
 def test_a_proven_recognizer_is_skipped_exactly_when_the_text_lacks_what_it_needs():
