@@ -15,6 +15,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -167,9 +169,6 @@ class GgufExporter(Exporter):
         stem = f"{req.model}-{req.version}"
         src_type = "F16" if "BF16" not in req.quants or "F16" in req.quants else "BF16"
         src = (req.out_dir if src_type in req.quants else work) / f"{stem}-{src_type}.gguf"
-        log(f"the merged model's greedy answers to {len(prompts)} probes (transformers)")
-        reference = Reference.compute(model, tok, prompts, cfg.probe_tokens)
-        del model
 
         def base_figures(quant: str) -> Figures:
             fig = calibration.get(quant)
@@ -178,28 +177,49 @@ class GgufExporter(Exporter):
                 calibration.put(quant, fig)
             return fig
 
-        if req.quants:
-            # one thing at a time: the converter overlapped with torch's threads on a small
-            # machine ran many times slower (oversubscribed cores), see benchmarks/export.py
-            log(f"converting to GGUF ({src_type}) with llama.cpp's convert_hf_to_gguf.py")
-            convert_in_process(tools.convert_hf, tools, [merged_dir, "--outfile", src, "--outtype",
-                                                         CONVERTER_TYPES[src_type]], src)
+        # The merged model's greedy answers (transformers) are computed in a thread while this one
+        # makes the GGUFs and measures the base's (none of which needs them): generation at a few
+        # rows a step leaves a core idle, the converter is mostly one thread, and torch, numpy and
+        # llama.cpp release the GIL. The files are verified once the answers are there.
+        log(f"the merged model's greedy answers to {len(prompts)} probes (transformers), beside the conversion")
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(1, thread_name_prefix="ftctl-reference")
+        pending = pool.submit(Reference.compute, model, tok, prompts, cfg.probe_tokens, stop=stop)
+        del model
+        try:
+            if req.quants:
+                log(f"converting to GGUF ({src_type}) with llama.cpp's convert_hf_to_gguf.py")
+                convert_in_process(tools.convert_hf, tools, [merged_dir, "--outfile", src, "--outtype",
+                                                             CONVERTER_TYPES[src_type]], src)
             for quant in req.quants:
                 path = req.out_dir / f"{stem}-{quant}.gguf"
-                if path != src:
-                    if quant in CONVERTER_TYPES:
-                        convert_in_process(tools.convert_hf, tools, [merged_dir, "--outfile", path, "--outtype",
-                                                                     CONVERTER_TYPES[quant]], path)
-                    else:
-                        log(f"quantizing to {quant} with llama.cpp")
-                        quantize(src, path, quant, cfg.n_threads)
-                check = self._verify(path, quant, reference, tok, base_figures(quant), req)
-                checks.append(check)
-                files.append(ExportedFile(path, "gguf", quant, check["token_agreement"], {"parity": check["parity"]}))
-                if cfg.modelfile:
-                    from ftctl_plugins.exporters.modelfile import write_modelfile
+                if path == src:
+                    continue
+                if quant in CONVERTER_TYPES:
+                    convert_in_process(tools.convert_hf, tools, [merged_dir, "--outfile", path, "--outtype",
+                                                                 CONVERTER_TYPES[quant]], path)
+                else:
+                    log(f"quantizing to {quant} with llama.cpp")
+                    quantize(src, path, quant, cfg.n_threads)
+            for quant in types:
+                base_figures(quant)  # the first export of a base and probe set: what each type costs it
+            reference = pending.result()
+        except BaseException:
+            stop.set()  # the generation ends at its next step
+            raise
+        finally:
+            pool.shutdown(wait=True)
+        base_ref = None
 
-                    files.append(ExportedFile(write_modelfile(path, tok), "modelfile", quant))
+        for quant in req.quants:
+            path = req.out_dir / f"{stem}-{quant}.gguf"
+            check = self._verify(path, quant, reference, tok, base_figures(quant), req)
+            checks.append(check)
+            files.append(ExportedFile(path, "gguf", quant, check["token_agreement"], {"parity": check["parity"]}))
+            if cfg.modelfile:
+                from ftctl_plugins.exporters.modelfile import write_modelfile
+
+                files.append(ExportedFile(write_modelfile(path, tok), "modelfile", quant))
         if req.lora_gguf:
             files += self._lora(req, tools, reference, tok, checks, stem, base_figures("F16"))
         shutil.rmtree(work)

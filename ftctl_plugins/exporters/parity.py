@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,14 +75,21 @@ class Reference:
     decode: Callable[[list[int]], str]
 
     @classmethod
-    def compute(cls, model, tok, prompts: list[list[dict[str, str]]], max_new_tokens: int) -> Reference:
+    def compute(cls, model, tok, prompts: list[list[dict[str, str]]], max_new_tokens: int,
+                stop: threading.Event | None = None) -> Reference:
         """Continuations and their distributions in one left-padded batch: generation's own
         logits at each step are the teacher-forced distributions along the greedy continuation
         (a second forward pass per probe recomputed them; CPU transformers is the slowest step of
         an export, see benchmarks/export.py). Probes are deduplicated and sorted by text: the
         figures are a function of the probe *set*, whatever order the config or the test split
-        lists them in."""
+        lists them in. ``stop`` set: generation ends at the next step (its caller gave up: the
+        result is cut short, not for use)."""
         import torch
+        from transformers import StoppingCriteria
+
+        class Stop(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), stop is not None and stop.is_set(), dtype=torch.bool)
 
         texts = probe_texts(tok, prompts)
         eos = model.generation_config.eos_token_id
@@ -96,7 +104,8 @@ class Reference:
         with torch.no_grad():
             # raw logits (before any logits processor): the model's distributions, as a forward pass gives
             out = model.generate(batch, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                 eos_token_id=eos, pad_token_id=pad, output_logits=True, return_dict_in_generate=True)
+                                 eos_token_id=eos, pad_token_id=pad, output_logits=True, return_dict_in_generate=True,
+                                 stopping_criteria=[Stop()] if stop is not None else None)
             logprobs = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)  # [probe, step, vocab]
         probes = []
         for i, (text, prompt, row) in enumerate(zip(texts, ids, out.sequences[:, width:].tolist())):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,8 @@ def test_converter_crash_leaves_no_partial_file(tiny_version, tmp_path, monkeypa
     assert "nothing was recorded" in e.value.hint
     assert_nothing_kept(ws, version)
     assert ws.read_lock().state("assistant").versions[version].exports == []
+    # the merged model's answers, computed in a thread beside the conversion, ended with it
+    assert not [t for t in threading.enumerate() if t.name.startswith("ftctl-reference")]
 
 
 def test_disk_full_while_converting(tiny_version, tmp_path, monkeypatch):

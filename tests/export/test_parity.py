@@ -139,6 +139,20 @@ def test_reference_distributions_are_the_teacher_forced_ones(setup):
         assert (forward.argmax(-1) == p.continuation).all()  # greedy: each token is the argmax before it
 
 
+def test_reference_stops_at_the_next_step_when_asked(setup):
+    """The export computes the reference in a thread beside the conversion; when the conversion
+    fails it sets ``stop``, and generation ends after the step it is in instead of running on."""
+    import threading
+
+    from ftctl_plugins.exporters.parity import Reference
+
+    stop = threading.Event()
+    stop.set()
+    ref = Reference.compute(_merged_model(setup), setup.tok, setup.prompts, TOKENS, stop=stop)
+    assert [len(p.continuation) for p in ref.probes] == [1] * len(setup.reference.probes)
+    assert max(len(p.continuation) for p in setup.reference.probes) > 1
+
+
 def test_probes_decoded_together_give_the_figures_of_one_at_a_time(setup, monkeypatch):
     """The GGUF reads all probes in one llama.cpp decode (a sequence each): the same figures, to
     the last digit, as one probe per decode."""
