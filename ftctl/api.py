@@ -21,7 +21,8 @@ from ftctl.kinds import (KINDS, AppStatus, Artifact, BaseModelRef, Context, Depl
                          GenerationBackend, GuardItem, GuardTask, Health, Log, MemoryEstimate, Plugin, PluginConfig,
                          Slot, SlotInfo, Source, Trainer, TrainPlan, TrainPreview, TrainRequest, TrainResult, Traffic)
 from ftctl.lib.atomic import read_json, write_text
-from ftctl.lib.basemodel import (BaseModelError, base_dtype, dequantize, load_model, load_tokenizer, require_bitsandbytes,
+from ftctl.lib.basemodel import (BaseModelError, base_dtype, dequantize, load_model, load_tokenizer, off_the_checkpoint,
+                                 require_bitsandbytes,
                                  resolve_base)
 from ftctl.lib.chat_format import (IGNORE, ChatFormatError, Collator, Encoded, EncodeReport, check_template,
                                    encode, ensure_pad, mark_trained, select)
@@ -30,7 +31,7 @@ from ftctl.lib.device import (DEVICE_HELP, Capability, Device, Gpu, check_spec a
 from ftctl.lib.digest import file_sha256
 from ftctl.lib.generation import GenSettings, GGUFBackend, HFBackend, load_hf, prompt_messages
 from ftctl.lib.llamacpp import find_tools, open_llama, preflight, user_cache_dir
-from ftctl.lib.memory import RunShape, predict as predict_memory, read_config
+from ftctl.lib.memory import RunShape, checkpointed_layers, predict as predict_memory, read_config
 from ftctl.lib.plan import describe, make_plan
 from ftctl.lib import ports
 from ftctl.lib.process import run_tool, wait_for
@@ -60,11 +61,12 @@ __all__ = [
     "TrainPlan", "TrainPreview",
     "TrainRequest", "TrainResult", "Trainer", "Traffic", "UsageError", "hookimpl", "read_jsonl",
     # base models
-    "BaseModelError", "base_dtype", "dequantize", "load_model", "load_tokenizer", "require_bitsandbytes",
+    "BaseModelError", "base_dtype", "dequantize", "load_model", "load_tokenizer", "off_the_checkpoint",
+    "require_bitsandbytes",
     "resolve_base",
     # devices and dtypes (decided from the config and the machine), memory you can plan
     "Capability", "DEVICE_HELP", "Device", "Gpu", "check_device", "compute_dtype", "gpu_layers", "load_dtype",
-    "probe_devices", "resolve_device", "torch_dtype", "RunShape", "predict_memory", "read_config",
+    "probe_devices", "resolve_device", "torch_dtype", "RunShape", "checkpointed_layers", "predict_memory", "read_config",
     # the chat format
     "ChatFormatError", "Collator", "IGNORE", "EncodeReport", "Encoded", "check_template", "encode", "ensure_pad",
     "mark_trained", "select",

@@ -222,17 +222,18 @@ def load_model(resolved: ResolvedBase, dtype=None, *, quantization: dict | None 
                              hint="check that the directory holds a complete causal-LM checkpoint; "
                                   "custom architectures need trust_remote_code: true") from None
     if quantization and not (device is not None and device.is_cuda):
-        _off_the_checkpoint(model)
+        off_the_checkpoint(model)
     return model
 
 
-def _off_the_checkpoint(model) -> None:
+def off_the_checkpoint(model) -> None:
     """Copy a 4-bit CPU model's full-precision tensors (embeddings, norms) out of the checkpoint's
     memory map. They are views into the mapped safetensors file, which keeps the whole file mapped,
     and every page bitsandbytes read while quantizing stays in the process's RSS for the run:
     SmolLM2-135M, 4-bit on the CPU: 960 MB after loading, 655 MB after this (benchmarks/memory.py's
-    QLoRA row measured 1,567 MB against a predicted 1,145 MB). Full-precision loads are left alone:
-    there the mapped pages are the weights."""
+    QLoRA row measured 1,567 MB against a predicted 1,145 MB). Full-precision loads are left alone
+    (there the mapped pages are the weights) unless their weights change dtype after loading
+    (the `lora` trainer's frozen linear weights in bf16 under CPU autocast)."""
     import gc
 
     import torch

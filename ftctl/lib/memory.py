@@ -10,9 +10,10 @@ nothing. The parts of the peak:
 - the adapter: its parameters in float32, their gradients and AdamW's two moments (16 bytes each);
 - activations: what autograd keeps for the backward pass, counted by running the LoRA-wrapped
   meta model forward on one chunk of tokens under ``saved_tensors_hooks`` (the real forward, so
-  every architecture and every LoRA dropout is counted as it is, not from a formula). With
-  gradient checkpointing only each layer's input is kept, plus one layer's activations while it
-  is recomputed. The logits are counted at the trained positions only, as the trainer computes
+  every architecture and every LoRA dropout is counted as it is, not from a formula; the trainer's
+  own changes to the model come in as ``prepare``). With gradient checkpointing only each
+  checkpointed layer's input is kept (the others keep everything), plus one layer's activations
+  while it is recomputed. The logits are counted at the trained positions only, as the trainer computes
   them (ftctl_plugins/trainers/loss.py);
 - a fixed overhead: on CUDA the context and the caching allocator's slack, on the CPU the
   interpreter with torch, transformers and peft imported (measured: docs/train.md).
@@ -24,6 +25,7 @@ Why hand-written: no library predicts a fine-tuning run's peak from a config (ac
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +58,7 @@ class RunShape:
     load_dtype: str  # float32 | bfloat16 | float16 (QLoRA: the compute dtype)
     tokens: int  # tokens in one forward/backward chunk (the trainer chunks micro-batches by max_length)
     trained_share: float = 1.0  # share of the tokens that carry loss (logits are computed there only)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: float = 0.0  # the share of decoder layers checkpointed (True: all)
     double_quant: bool = True
 
 
@@ -66,8 +68,10 @@ def read_config(model_dir: Path, trust_remote_code: bool = False):
     return AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
 
 
-def predict(config, shape: RunShape, device: Device) -> MemoryEstimate:
-    """The predicted peak of a run of ``shape`` on ``device`` for a model with this HF config."""
+def predict(config, shape: RunShape, device: Device, prepare=None) -> MemoryEstimate:
+    """The predicted peak of a run of ``shape`` on ``device`` for a model with this HF config.
+    ``prepare``: what the trainer does to the LoRA-wrapped model before training (called on the
+    meta model, so what it changes in the saved activations is counted)."""
     import torch
 
     dtype = getattr(torch, shape.load_dtype)
@@ -76,12 +80,16 @@ def predict(config, shape: RunShape, device: Device) -> MemoryEstimate:
         model = _meta_model(config, dtype)
         weights = _weight_bytes(model, shape, dtype)
         peft_model = _with_lora(model, shape)
+        if prepare is not None:
+            prepare(peft_model)
         adapter = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
         body, head, layers, largest = _saved_bytes(peft_model, shape, act_dtype)
-    if shape.gradient_checkpointing and layers:
+    checkpointed = checkpointed_layers(shape.gradient_checkpointing, layers)
+    if checkpointed:
         hidden = config.hidden_size * shape.tokens * act_dtype.itemsize
         per_layer = body / layers
-        activations = layers * hidden + per_layer  # layer inputs + the one being recomputed
+        # checkpointed layers keep their input (+ the one being recomputed), the others everything
+        activations = checkpointed * hidden + per_layer + (layers - checkpointed) * per_layer
     else:
         activations = body
     activations += head + largest  # the logits' part, and the biggest tensor's gradient in flight
@@ -92,10 +100,21 @@ def predict(config, shape: RunShape, device: Device) -> MemoryEstimate:
     else:
         parts["runtime"] = CPU_RUNTIME + (CPU_BITSANDBYTES if shape.qlora else 0) + int(CPU_SLACK * tensors)
     notes = [f"{shape.tokens} tokens per forward pass, {shape.trained_share:.0%} of them trained",
-             "gradient checkpointing" if shape.gradient_checkpointing else "no gradient checkpointing",
+             _checkpointing_note(checkpointed, layers),
              f"weights {'4-bit NF4 (linear layers)' if shape.qlora else shape.load_dtype}"]
     return MemoryEstimate(device=str(device), device_bytes=device.total_bytes, parts=parts,
                           adapter_params=adapter, notes=notes, advice=advice(shape))
+
+
+def checkpointed_layers(share: float, layers: int) -> int:
+    """How many decoder layers (the first ones) a checkpointing share covers."""
+    return min(layers, math.ceil(share * layers - 1e-9)) if share > 0 else 0
+
+
+def _checkpointing_note(checkpointed: int, layers: int) -> str:
+    if not checkpointed:
+        return "no gradient checkpointing"
+    return "gradient checkpointing" + ("" if checkpointed == layers else f" ({checkpointed} of {layers} layers)")
 
 
 # --- the parts ----------------------------------------------------------------------------
@@ -229,7 +248,7 @@ def _fused_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal
 def advice(shape: RunShape) -> list[str]:
     """What to change, cheapest first, for a run predicted not to fit."""
     out = []
-    if not shape.gradient_checkpointing:
+    if shape.gradient_checkpointing < 1:
         out.append("train.lora.gradient_checkpointing: true")
     if not shape.qlora:
         out.append("train.lora.qlora: true (4-bit base, `pip install 'ftctl[qlora]'`)")

@@ -22,6 +22,27 @@ class CompleteMarker(TrainerCallback):
             write_text(ckpt / COMPLETE, str(state.global_step))
 
 
+class PartialCheckpointing(TrainerCallback):
+    """Checkpoint only the first ``share`` of the decoder layers (transformers' Trainer has just
+    switched checkpointing on for all of them). The last layers keep their activations: the
+    backward pass reaches them first, so their memory is free again before any recompute."""
+
+    def __init__(self, share: float):
+        self.share = share
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        from ftctl.api import checkpointed_layers
+
+        try:
+            from transformers.modeling_layers import GradientCheckpointingLayer
+        except ImportError:  # transformers < 4.52 checkpoints a model's layers all or none: all, then
+            return
+        layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        keep = checkpointed_layers(self.share, len(layers))
+        for i, layer in enumerate(layers):
+            layer.gradient_checkpointing = i < keep
+
+
 class Progress(TrainerCallback):
     """Step, loss, tokens/s, ETA and memory: a rich bar on a terminal, log lines otherwise.
 

@@ -49,9 +49,10 @@ class LoraConfig(PluginConfig):
     warmup: float = Field(0.03, ge=0, description="< 1: a ratio of the steps; >= 1: a step count")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_length: int = Field(1024, ge=8, description="tokens per training row; longer conversations are skipped (counted)")
-    gradient_checkpointing: bool | None = Field(
-        None, description="recompute activations: less memory, slower (unset: on under QLoRA and on the CPU, off "
-                          "on a GPU)")
+    gradient_checkpointing: bool | float | None = Field(
+        None, description="recompute activations: less memory, slower; a number between 0 and 1 checkpoints that "
+                          "share of the decoder layers (the first ones). Unset: on under QLoRA and on the CPU, off on "
+                          "a GPU")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: weights in bf16 on CUDA (fp16 before Ampere), fp32 on the CPU "
                             "(bf16 autocast where the CPU has AVX-512)")
@@ -70,6 +71,20 @@ class LoraConfig(PluginConfig):
     @classmethod
     def _device(cls, v):
         return check_device(v)
+
+    @field_validator("gradient_checkpointing", mode="before")
+    @classmethod
+    def _checkpointing(cls, v):
+        if isinstance(v, str):
+            try:
+                v = float(v)
+            except ValueError:
+                return v  # true/false/on/off...: pydantic's own bool parsing
+        if v is None or isinstance(v, bool):
+            return v
+        if isinstance(v, (int, float)) and 0 <= v <= 1:
+            return v if 0 < v < 1 else bool(v)
+        raise ValueError("true, false, or the share of decoder layers to checkpoint (a number between 0 and 1)")
 
     @field_validator("target_modules", mode="before")
     @classmethod
@@ -106,23 +121,26 @@ class LoraTrainer(Trainer):
                              hint="use precision: auto, fp32 or bf16 on this machine")
         return compute_dtype(c.precision, device) if c.qlora else load_dtype(c.precision, device)
 
-    def checkpointing(self, device) -> bool:
-        """Gradient checkpointing as configured. Unset: on under QLoRA (whose point is memory) and on
-        the CPU, where one step's activations weigh more than the model (SmolLM2-135M at 512 tokens:
-        ~1 GB of a 2.7 GB peak; benchmarks/train_throughput.py) and TRL checkpoints by default too.
-        The results are the same; a step costs one more forward pass."""
+    def checkpointing(self, device) -> float:
+        """The share of decoder layers checkpointed (0: none, 1: all), as configured. Unset: all
+        under QLoRA (whose point is memory) and on the CPU, where one step's activations weigh more
+        than the model (SmolLM2-135M at 512 tokens: ~0.65 GB of a 2.3 GB peak;
+        benchmarks/train_throughput.py) and TRL checkpoints by default too; none on a GPU. The
+        results are the same; a checkpointed layer runs its forward pass twice."""
         c = self.config
         if c.gradient_checkpointing is not None:
-            return c.gradient_checkpointing
-        return c.qlora or not device.is_cuda
+            return float(c.gradient_checkpointing)
+        return 1.0 if c.qlora or not device.is_cuda else 0.0
 
     def memory(self, base: BaseModelRef, device=None, plan=None) -> MemoryEstimate:
         """Peak memory predicted from the base's config on the meta device (ftctl.lib.memory)."""
         device = device or self.device()
         # logits are computed where tokens are trained only (loss.py): the data's share of them
         share = plan.trained_tokens_per_step / plan.tokens_per_step if plan and plan.tokens_per_step else 1.0
+        # the dropout the trainer folds keeps less (lean.py): counted as it runs
+        prepare = _fold_dropout if _lean(self.config, device) else None
         return predict_memory(read_config(base.path, base.trust_remote_code), self.shape(device, min(1.0, share)),
-                              device)
+                              device, prepare)
 
     def shape(self, device, trained_share: float = 1.0) -> RunShape:
         c = self.config
@@ -206,7 +224,8 @@ class LoraTrainer(Trainer):
         from transformers import TrainingArguments, set_seed
 
         import peft
-        from ftctl_plugins.trainers.callbacks import CompleteMarker, Progress, peak_rss_mb
+        from ftctl_plugins.trainers.callbacks import CompleteMarker, PartialCheckpointing, Progress, peak_rss_mb
+        from ftctl_plugins.trainers.lean import bf16_frozen_linears, fold_dropout
         from ftctl_plugins.trainers.loss import LabelledTrainer
 
         cfg = self.config
@@ -233,11 +252,13 @@ class LoraTrainer(Trainer):
             torch.cuda.set_device(device.index)
         dtype = self.dtype(device)
         amp = _mixed_precision(cfg.precision, device)
-        checkpointing = self.checkpointing(device)
+        share = self.checkpointing(device)
+        checkpointing = share > 0
         quantization = _quantization(cfg, dtype)
         log(f"loading {request.base.ref} on {device}: "
             + (f"4-bit NF4 (QLoRA), computing in {dtype}" if cfg.qlora else dtype)
-            + (", gradient checkpointing" if checkpointing else ""))
+            + ("" if not checkpointing else ", gradient checkpointing" if share == 1
+               else f", gradient checkpointing ({share:.0%} of the layers)"))
         model = load_model(request.base, dtype=torch_dtype(dtype), quantization=quantization, device=device)
         if cfg.qlora and not device.is_cuda:
             _train_layout(model)
@@ -253,6 +274,10 @@ class LoraTrainer(Trainer):
                 task_type="CAUSAL_LM"))
         if checkpointing:
             model.enable_input_require_grads()
+        if _lean(cfg, device):  # the same results, less memory (lean.py)
+            fold_dropout(model)
+            if amp == "bf16":
+                bf16_frozen_linears(model)
         lora_cfg = model.peft_config["default"]
 
         early = bool(cfg.early_stopping and val_ds)
@@ -297,6 +322,8 @@ class LoraTrainer(Trainer):
         collator = Collator(tok.pad_token_id, pack_to=cfg.max_length if cfg.packing else None)
         progress = Progress(log, collator, request.show_progress)
         callbacks = [progress, CompleteMarker()]
+        if 0 < share < 1:
+            callbacks.append(PartialCheckpointing(share))
         if early:
             callbacks.append(transformers.EarlyStoppingCallback(cfg.early_stopping))
         trainer = LabelledTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
@@ -340,7 +367,7 @@ class LoraTrainer(Trainer):
             tokens_per_s=round(progress.tokens / progress.seconds, 1) if progress.seconds else None,
             seconds=round(seconds, 1),
             params={**cfg.model_dump(exclude={"chat_template"}), "precision": amp or "fp32", "weights": dtype,
-                    "device": str(device), "gradient_checkpointing": checkpointing,
+                    "device": str(device), "gradient_checkpointing": share if 0 < share < 1 else checkpointing,
                     "target_modules": sorted(lora_cfg.target_modules)},
             seed=cfg.seed,
             data={"examples": train_report.to_dict(), "trained_rows": len(train_ds), "packed": cfg.packing,
@@ -374,6 +401,18 @@ def _checkpointing_arg(on: bool) -> dict:
 
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
     return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": on}
+
+
+def _lean(cfg: LoraConfig, device) -> bool:
+    """lean.py's step: on the CPU (CUDA draws dropout masks its own way), LoRA over a full-precision
+    base (4-bit layers are bitsandbytes' own, measured apart: benchmarks/memory.py's QLoRA row)."""
+    return not device.is_cuda and not cfg.qlora
+
+
+def _fold_dropout(model) -> None:
+    from ftctl_plugins.trainers.lean import fold_dropout
+
+    fold_dropout(model)
 
 
 def _distributed() -> bool:
