@@ -16,7 +16,8 @@ nothing. The parts of the peak:
   while it is recomputed. The logits are counted at the trained positions only, as the trainer computes
   them (ftctl_plugins/trainers/loss.py);
 - a fixed overhead: on CUDA the context and the caching allocator's slack, on the CPU the
-  interpreter with torch, transformers and peft imported (measured: docs/train.md).
+  libraries the run imports, measured in this process (their resident size differs between
+  machines), and what a run adds to them (docs/train.md).
 
 Why hand-written: no library predicts a fine-tuning run's peak from a config (accelerate's
 ``estimate-memory`` counts weights only, for inference).
@@ -38,10 +39,16 @@ GIB = 2**30
 # rounding and fragmentation (a share of what is allocated): the usual figures for a training step
 CUDA_CONTEXT = int(0.9 * GIB)
 CUDA_SLACK = 0.10
-# the `ftctl train` process before any model loads: Python with torch, transformers, peft, DVC and
-# the trainer imported, and bitsandbytes under QLoRA (peak RSS less the tensors, measured with
-# benchmarks/memory.py on this machine's kind: docs/train.md, "Memory you can plan")
-CPU_RUNTIME = 560 * 2**20
+# The `ftctl train` process on the CPU, less the tensors: the libraries it imports (torch,
+# transformers with its Trainer, peft, and bitsandbytes through peft where installed), measured in
+# this process where it can be, and what the run adds beyond them (tokenizer, data, the kernels'
+# buffers; more with bitsandbytes' 4-bit kernels): peak RSS less the tensors with
+# benchmarks/memory.py, docs/train.md "Memory you can plan". The libraries are measured rather than
+# set because their size is the machine's: a constant for libraries and run together, set on an
+# AVX2 EPYC (560 MB), was 110-170 MB low on every row on an AVX-512 Xeon with the same package
+# pins, where the libraries alone take ~630 MB. CPU_RUNTIME stands in where nothing can be measured.
+CPU_RUNTIME = 630 * 2**20
+CPU_RUN = 70 * 2**20
 CPU_BITSANDBYTES = 80 * 2**20
 # glibc's allocator keeps freed blocks: peak RSS runs above the tensors alive at the peak
 CPU_SLACK = 0.10
@@ -98,12 +105,29 @@ def predict(config, shape: RunShape, device: Device, prepare=None) -> MemoryEsti
     if device.is_cuda:
         parts["cuda_overhead"] = CUDA_CONTEXT + int(CUDA_SLACK * tensors)
     else:
-        parts["runtime"] = CPU_RUNTIME + (CPU_BITSANDBYTES if shape.qlora else 0) + int(CPU_SLACK * tensors)
+        parts["runtime"] = (cpu_libraries() + CPU_RUN + (CPU_BITSANDBYTES if shape.qlora else 0)
+                            + int(CPU_SLACK * tensors))
     notes = [f"{shape.tokens} tokens per forward pass, {shape.trained_share:.0%} of them trained",
              _checkpointing_note(checkpointed, layers),
              f"weights {'4-bit NF4 (linear layers)' if shape.qlora else shape.load_dtype}"]
     return MemoryEstimate(device=str(device), device_bytes=device.total_bytes, parts=parts,
                           adapter_params=adapter, notes=notes, advice=advice(shape))
+
+
+def cpu_libraries() -> int:
+    """Resident bytes of this process with the libraries a CPU run imports: measured here (Linux),
+    CPU_RUNTIME elsewhere. Called before any model loads (the preview, train's check), the process
+    holds little else."""
+    import peft  # noqa: F401  (bitsandbytes too, where installed)
+    import transformers
+
+    transformers.Trainer  # noqa: B018  (imported on first use; the trainer runs through it)
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return CPU_RUNTIME
+    kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), None)
+    return kib * 1024 if kib else CPU_RUNTIME
 
 
 def checkpointed_layers(share: float, layers: int) -> int:

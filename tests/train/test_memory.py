@@ -91,3 +91,24 @@ def test_preview_shows_the_prediction_for_this_machine_and_two_cards(train_ws):
     assert "predicted peak memory" in proc.stdout
     assert "24 GB GPU" in proc.stdout and "12 GB GPU" in proc.stdout and "cpu" in proc.stdout
     assert "fits" in proc.stdout and "weights" in proc.stdout
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the RSS from /proc")
+def test_the_cpu_runtime_is_this_machines_libraries_measured(tmp_path, monkeypatch):
+    """On the CPU the libraries' part is measured in the predicting process (their size differs
+    between machines with the same pins), not a constant: it follows what the process holds."""
+    from ftctl.lib import memory
+
+    t = trainer(tmp_path, precision="fp32", max_length=64)
+    if t.device().is_cuda:
+        pytest.skip("predicts for the CPU")
+    libraries = memory.cpu_libraries()
+    rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:")) * 1024
+    assert abs(libraries - rss) < 64 * 2**20  # this process, torch, transformers and peft in it
+    base = shaped("mistral-7b")
+    monkeypatch.setattr(memory, "cpu_libraries", lambda: libraries)
+    before = t.memory(base)
+    monkeypatch.setattr(memory, "cpu_libraries", lambda: libraries + GIB)
+    after = t.memory(base)
+    assert after.parts["runtime"] - before.parts["runtime"] == GIB
+    assert after.parts["weights"] == before.parts["weights"]
