@@ -161,7 +161,12 @@ def token_counter(tokenizer_json: Path | None) -> tuple[Callable[[str], int], st
 
         tok = Tokenizer.from_file(str(tokenizer_json))
         return (lambda text: len(tok.encode(text, add_special_tokens=False).ids)), f"tokenizer:{tokenizer_json}"
-    return (lambda text: (len(text.split()) * 4 + 2) // 3), "whitespace*4/3"  # ceil(words * 4 / 3), in ints
+    return whitespace_tokens, "whitespace*4/3"
+
+
+def whitespace_tokens(text: str) -> int:
+    """ceil(words * 4 / 3), in ints."""
+    return (len(text.split()) * 4 + 2) // 3
 
 
 def window(cfg: CurateConfig, now: datetime) -> tuple[datetime | None, datetime | None]:
@@ -201,6 +206,9 @@ class Filters:
         start, end, agents, golden, count = self.start, self.end, self.agents, self.golden, self.count
         min_rating, min_reward, min_tokens, max_tokens = self.min_rating, self.min_reward, self.min_tokens, self.max_tokens
         window = start is not None or end is not None
+        # the approximate count summed message by message, with no joined copy (a fifth of a
+        # counted row's filter time)
+        words = count is whitespace_tokens
 
         def reason(ex: Example) -> tuple[str | None, int]:
             """(filter name or None, token count); negatives are recognised by :func:`negative_reason`."""
@@ -220,7 +228,13 @@ class Filters:
                     return "min_rating", 0
                 if min_reward is not None and (reward := ex.reward) is not None and reward < min_reward:
                     return "min_reward", 0
-            n = count("\n".join([m["content"] for m in ex.messages]))  # the messages' text, newline-joined
+            if words:  # whitespace_tokens of the newline-joined text: no word spans a newline
+                n = 0
+                for m in ex.messages:
+                    n += len(m["content"].split())
+                n = (n * 4 + 2) // 3
+            else:
+                n = count("\n".join([m["content"] for m in ex.messages]))  # the messages' text, newline-joined
             if min_tokens is not None and n < min_tokens:
                 return "min_tokens", n
             if max_tokens is not None and n > max_tokens:

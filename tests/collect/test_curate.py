@@ -88,6 +88,16 @@ def test_whitespace_token_approximation():
     assert how.startswith("whitespace") and count("one two three") == 4 and count("") == 0
 
 
+@pytest.mark.parametrize("texts", [("one two", "three"), ("", ""), ("", "a"), ("  a\tb  ", "\nc\u2028d\u3000e "),
+                                   ("end-", "-start"), ("x" * 9, " "), ("a b c", "d", "e f", "")])
+def test_filters_count_the_joined_text(texts):
+    """The default count, summed message by message, equals the count of the newline-joined text."""
+    count, _ = curate.token_counter(None)
+    f = curate.Filters(CurateConfig(min_tokens=None, max_tokens=None), count, NOW)
+    e = Example(messages=[{"role": r, "content": t} for r, t in zip(["user", "assistant"] * 2, texts)])
+    assert f.reason(e) == (None, count("\n".join(texts)))
+
+
 def spill_of(tmp_path, rows, dedup="normalized", conflict="best_rating"):
     tmp_path.mkdir(exist_ok=True)
     s = curate.Spill(tmp_path, curate.Splitter("salt", 0.1, 0.1), dedup)

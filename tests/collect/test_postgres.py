@@ -208,7 +208,7 @@ def _old_path(dsn: str, cfg: dict) -> tuple[list, str | None]:
     with psycopg.connect(dsn) as conn:
         query, params = build_query(c, lambda n: sql.Identifier(n).as_string(conn), lambda n: f"%({n})s", None)
         cur = conn.execute(query, params)
-        to_examples = RowsToExamples(c, "src", c.table)
+        to_examples = RowsToExamples(c, "src", c.table or "query")
         return list(to_examples(cur.fetchall(), [d.name for d in cur.description])), to_examples.watermark()
 
 
@@ -255,3 +255,22 @@ def test_awkward_values_read_exactly_as_before(tmp_path, nasty, zone, mode, chun
         assert zones == {timezone.utc}
     else:
         assert zones == {e.created_at.tzinfo for e in old_examples if e.created_at} and timezone.utc not in zones
+
+
+@pytest.mark.parametrize("cast", ["timestamptz", "timestamp", "text", "bigint"])
+def test_created_at_checked_unless_a_timestamptz(tmp_path, nasty, cast):
+    """Only a timestamptz created_at skips the row-by-row check (psycopg loads it aware): a naive
+    timestamp, text or epoch seconds still become aware UTC datetimes, as the plain read makes them."""
+    from ftctl_plugins.sources import postgres
+
+    dsn, schema = nasty
+    at = "extract(epoch from at)::bigint" if cast == "bigint" else f"at::{cast}"
+    q = (f'SELECT id, conv AS conversation_id, q AS prompt, a AS response, {at} AS created_at '
+         f'FROM "{schema}".t WHERE at > \'1900-01-01\'')
+    cfg = {"dsn": dsn, "query": q, "prompt": "prompt", "response": "response"}
+    with __import__("psycopg").connect(dsn) as conn:
+        assert postgres._columns(conn, q, {})[2] == (cast == "timestamptz")
+    examples, rejects, wm = read_all("postgres", cfg, tmp_path)
+    old, old_wm = _old_path(dsn, cfg)
+    assert len(examples) > 10 and examples == [x for x in old if not hasattr(x, "reason")]
+    assert all(e.created_at.tzinfo is not None for e in examples) and wm == old_wm
