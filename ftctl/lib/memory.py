@@ -67,6 +67,10 @@ class RunShape:
     trained_share: float = 1.0  # share of the tokens that carry loss (logits are computed there only)
     gradient_checkpointing: float = 0.0  # the share of decoder layers checkpointed (True: all)
     double_quant: bool = True
+    # model types whose loss the trainer computes a few rows of logits at a time (a frozen plain
+    # output layer): no [trained tokens, vocabulary] logits are kept
+    head_loss_models: frozenset = frozenset()
+    head_loss_elements: int = 2**22  # logits computed at once there
 
 
 def read_config(model_dir: Path, trust_remote_code: bool = False):
@@ -248,11 +252,28 @@ def _saved_bytes(peft_model, shape: RunShape, act_dtype) -> tuple[int, int, int,
         embeds = body.get_input_embeddings()(ids).to(act_dtype).requires_grad_(True)
         hidden = body(inputs_embeds=embeds, use_cache=False).last_hidden_state
         body_bytes = counted["bytes"]
-        # the trainer's loss: logits at the trained positions only, cross-entropy in float32
-        logits = head(hidden[:, :trained].reshape(trained, -1))
-        F.cross_entropy(logits.float(), torch.zeros(trained, dtype=torch.long, device="meta"), reduction="sum")
-    head_bytes = counted["bytes"] - body_bytes + trained * model.config.vocab_size * 4  # the logits' gradient
+        if not _head_loss(model, head, shape):
+            # the trainer's loss: logits at the trained positions only, cross-entropy in float32
+            logits = head(hidden[:, :trained].reshape(trained, -1))
+            F.cross_entropy(logits.float(), torch.zeros(trained, dtype=torch.long, device="meta"), reduction="sum")
+    vocab = model.config.vocab_size
+    if _head_loss(model, head, shape):
+        # the hidden states' gradient is kept; one chunk of logits, its float32 log-softmax and
+        # its gradient exist while it is computed
+        rows = min(trained, max(1, shape.head_loss_elements // vocab))
+        head_bytes = trained * hidden.shape[-1] * act_dtype.itemsize + rows * vocab * (4 + 4 + act_dtype.itemsize)
+    else:
+        head_bytes = counted["bytes"] - body_bytes + trained * vocab * 4  # + the logits' gradient
     return body_bytes, head_bytes, layers, counted["largest"]
+
+
+def _head_loss(model, head, shape: RunShape) -> bool:
+    """Whether the trainer computes this model's loss without keeping the logits (its output
+    layer plain and frozen: not adapted by LoRA)."""
+    import torch
+
+    return (getattr(model.config, "model_type", None) in shape.head_loss_models and type(head) is torch.nn.Linear
+            and head.bias is None and not head.weight.requires_grad)
 
 
 def _fused_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,

@@ -29,6 +29,7 @@ from ftctl.api import (DEVICE_HELP, BaseModelRef, Collator, Encoded, FtctlError,
                        resolve_device, select, torch_dtype, write_text)
 from ftctl_plugins.trainers import aliases
 from ftctl_plugins.trainers.checkpoints import TrainingFailed, drop_incomplete, latest_checkpoint
+from ftctl_plugins.trainers.heads import HEAD_LOSS_MODELS
 
 CACHE_FORMAT = 1  # bump when chat_format's encoding changes: invalidates cached token rows
 
@@ -147,7 +148,7 @@ class LoraTrainer(Trainer):
         # a micro-batch runs forward/backward in chunks of at most max_length tokens (loss.py)
         return RunShape(lora_r=c.r, target_modules=c.target_modules, qlora=c.qlora, load_dtype=self.dtype(device),
                         tokens=c.max_length, trained_share=trained_share,
-                        gradient_checkpointing=self.checkpointing(device))
+                        gradient_checkpointing=self.checkpointing(device), head_loss_models=HEAD_LOSS_MODELS)
 
     # --- data ---------------------------------------------------------------------------
 

@@ -9,6 +9,13 @@ step computes, in three ways:
   the model's own forward, so PEFT (an adapted ``lm_head`` included), DDP's gradient sync and
   accelerate's wrappers all still run. transformers' ``logits_to_keep`` cannot do this: it keeps
   the same positions in every row.
+- Where the output layer is a plain frozen linear layer and the model's logits are its output
+  (``HEAD_LOSS_MODELS``), training never holds the K x vocabulary logits: the loss and the
+  gradient for the hidden states are computed together, a few rows at a time, in the forward
+  pass (``_HeadLoss``), which keeps only that gradient (K x hidden). Otherwise the logits and
+  their float32 copies, log-softmax and gradients were the peak (~100 MB per 128 trained tokens
+  at SmolLM2's vocabulary, all alive with every layer's activations); the softmax's backward
+  is no longer a separate pass. The same arithmetic as autograd's, in the same dtypes.
 - The loss is the sum over trained tokens divided by the trained tokens of the whole optimizer
   step (all micro-batches, all processes: transformers' ``num_items_in_batch``), so neither
   packing nor gradient accumulation reweights conversations.
@@ -26,34 +33,56 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from ftctl.api import IGNORE
+from ftctl.api import IGNORE, RunShape
+from ftctl_plugins.trainers.heads import HEAD_LOSS_MODELS
+
+
+HEAD_LOSS_ELEMENTS = RunShape.head_loss_elements  # logits computed at once by _HeadLoss (rows x vocabulary)
 
 
 class LabelledPositions:
-    """Forward pre-hook for the output layer: [B, T, H] -> [1, K, H], the positions to score."""
+    """Forward pre-hook for the output layer: [B, T, H] -> [1, K, H], the positions to score.
+    With ``head`` (the output layer's frozen weight), the layer computes nothing: the K hidden
+    states are kept in ``hidden`` for ``_HeadLoss``."""
 
-    def __init__(self):
+    def __init__(self, head: torch.Tensor | None = None):
         self.mask: torch.Tensor | None = None  # [B, T-1]: the next token is trained
+        self.head = head
+        self.fused = False
+        self.hidden: torch.Tensor | None = None
+        self.dtype: torch.dtype | None = None  # autocast's, where it was on for the output layer
 
     def __call__(self, module, args):
         if self.mask is None:  # generation, or any call outside a loss computation
             return None
-        hidden = args[0]
-        return (hidden[:, :-1][self.mask].unsqueeze(0), *args[1:])
+        picked = args[0][:, :-1][self.mask].unsqueeze(0)
+        if not self.fused:
+            return (picked, *args[1:])
+        self.hidden = picked[0]
+        # the dtype the layer's matmul would run in here (accelerate's autocast covers the model's
+        # forward only, not the loss computed after it)
+        device = picked.device.type
+        amp = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+        self.dtype = torch.get_autocast_dtype(device) if amp else None
+        return (picked[:, :0], *args[1:])  # no logits: the loss comes from self.hidden
 
     @contextlib.contextmanager
     def only(self, labels: torch.Tensor):
         self.mask = labels[:, 1:] != IGNORE
+        self.fused = self.head is not None and torch.is_grad_enabled()  # evaluation returns logits
         try:
             yield
         finally:
-            self.mask = None
+            self.mask, self.fused, self.hidden = None, False, None
 
 
 def install(model) -> tuple[LabelledPositions, object]:
     """Hook the (possibly PEFT-wrapped, possibly LoRA-adapted) output layer; returns (hook, handle)."""
-    hook = LabelledPositions()
-    handle = model.get_output_embeddings().register_forward_pre_hook(hook)
+    layer = model.get_output_embeddings()
+    plain = (type(layer) is torch.nn.Linear and layer.bias is None and not layer.weight.requires_grad
+             and getattr(model.config, "model_type", None) in HEAD_LOSS_MODELS)
+    hook = LabelledPositions(layer.weight if plain else None)
+    handle = layer.register_forward_pre_hook(hook)
     return hook, handle
 
 
@@ -63,10 +92,56 @@ def labelled_loss(model, hook: LabelledPositions, batch: dict, divide_by=None):
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "lengths")}
     with hook.only(labels):
         outputs = model(**inputs)
-    targets = labels[:, 1:][labels[:, 1:] != IGNORE]
+        targets = labels[:, 1:][labels[:, 1:] != IGNORE]
+        divide_by = divide_by if divide_by is not None else max(targets.numel(), 1)
+        if hook.fused:
+            return _HeadLoss.apply(hook.hidden, hook.head, targets, divide_by, hook.dtype), outputs
     logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])
     loss = F.cross_entropy(logits.float(), targets, reduction="sum")
-    return loss / (divide_by if divide_by is not None else max(targets.numel(), 1)), outputs
+    return loss / divide_by, outputs
+
+
+class _HeadLoss(torch.autograd.Function):
+    """``F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="sum") / divide_by``
+    (the matmul in ``dtype``: autocast's where it was on), with the gradient for ``hidden``
+    computed in the forward pass, ``HEAD_LOSS_ELEMENTS`` logits at a time: autograd's arithmetic in
+    autograd's order and dtypes (softmax - one-hot, scaled by 1 / divide_by in float32, cast to the
+    matmul's dtype, times the weight), so only the [K, hidden] gradient is kept. Bit for bit under
+    bf16 autocast; in float32 the matmul over fewer rows may sum in another order. Exact when the
+    loss's gradient is 1 (``loss.backward()``); otherwise the gradient is scaled by it.
+    Hand-written: torch has no fused linear cross-entropy; Liger-Kernel's runs on Triton (GPUs)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, divide_by, dtype):
+        w = weight.to(dtype) if dtype is not None else weight  # autocast's cast, once for all chunks
+        one = torch.ones((), dtype=torch.float32, device=hidden.device)
+        scale = one / divide_by  # the gradient autograd's division hands the cross-entropy
+        grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        rows = max(1, HEAD_LOSS_ELEMENTS // weight.shape[0])
+        picked = []
+        device = hidden.device.type
+        off = torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else contextlib.nullcontext()
+        with off:  # the dtypes are the ones above, whatever the caller's autocast
+            for a in range(0, hidden.shape[0], rows):
+                logits = F.linear(hidden[a:a + rows].to(w.dtype), w).float()
+                logp = torch.log_softmax(logits, -1)
+                del logits
+                t = targets[a:a + rows, None]
+                picked.append(logp.gather(1, t))
+                if grad is not None:  # log_softmax's backward of nll's: exp(logp) * s - s at the target
+                    g = logp.exp_().mul_(scale)
+                    g.scatter_(1, t, g.gather(1, t) - scale)
+                    grad[a:a + rows] = g.to(w.dtype).mm(w).to(hidden.dtype)
+        total = -torch.cat(picked).sum() if picked else hidden.new_zeros((), dtype=torch.float32)
+        ctx.save_for_backward(grad)
+        return total / divide_by
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        (grad,) = ctx.saved_tensors
+        if grad is None:
+            return None, None, None, None, None
+        return (grad if bool(grad_loss == 1) else grad * grad_loss.to(grad.dtype)), None, None, None, None
 
 
 def chunks(batch: dict, budget: int) -> list[dict]:

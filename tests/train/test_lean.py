@@ -1,7 +1,8 @@
 """The CPU step's memory cuts (ftctl_plugins/trainers/lean.py) change nothing in the results: the
 same loss and the same gradients, bit for bit, as peft's own dropout and float32 weights, with
 and without (partial) gradient checkpointing, in float32 and under bf16 autocast. And the cuts
-are real: less is kept for the backward pass, the checkpoint file is let go."""
+are real: less is kept for the backward pass, the checkpoint file is let go. The loss computed
+without keeping the logits (loss.py's _HeadLoss) gives the same loss and gradients too."""
 
 from __future__ import annotations
 
@@ -16,22 +17,29 @@ def four_layers(tmp_path_factory, smollm2_base):
                      num_hidden_layers=4)
 
 
-def step(path, *, lean: bool, amp: bool, checkpointed: int):
-    """Loss, flat LoRA gradients and bytes kept for backward of one forward/backward."""
+def lora_model(path):
+    """The tiny base with all-linear LoRA (dropout 0.1), the adapter's weights from seed 0."""
     import peft
     import torch
-
-    from ftctl_plugins.trainers.lean import bf16_frozen_linears, fold_dropout
-
-    torch.manual_seed(0)
     from transformers import AutoModelForCausalLM
 
+    torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     model.config.use_cache = False
     model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1,
                                                        target_modules="all-linear", task_type="CAUSAL_LM"))
-    model.enable_input_require_grads()
     model.train()
+    return model
+
+
+def step(path, *, lean: bool, amp: bool, checkpointed: int):
+    """Loss, flat LoRA gradients and bytes kept for backward of one forward/backward."""
+    import torch
+
+    from ftctl_plugins.trainers.lean import bf16_frozen_linears, fold_dropout
+
+    model = lora_model(path)
+    model.enable_input_require_grads()
     if lean:
         assert fold_dropout(model) == 4 * 7  # q k v o gate up down in each layer
         if amp:
@@ -118,3 +126,53 @@ def test_checkpointing_takes_a_share_of_the_layers(tmp_path, four_layers):
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     PartialCheckpointing(0.5).on_train_begin(None, None, None, model=model)
     assert [layer.gradient_checkpointing for layer in model.model.layers] == [True, True, False, False]
+
+
+def head_step(path, *, fused: bool, amp: bool):
+    """Loss and flat LoRA gradients of labelled_loss on two micro-batch chunks, the model's forward
+    under autocast as accelerate runs it (the loss after it is not)."""
+    import torch
+
+    from ftctl_plugins.trainers.lean import bf16_frozen_linears, fold_dropout
+    from ftctl_plugins.trainers.loss import install, labelled_loss
+
+    model = lora_model(path)
+    fold_dropout(model)
+    if amp:
+        bf16_frozen_linears(model)
+        model.forward = torch.autocast("cpu", torch.bfloat16)(model.forward)
+    hook, handle = install(model)
+    assert hook.head is not None
+    if not fused:
+        hook.head = None  # the logits path
+    gen = torch.Generator().manual_seed(1)
+    losses = []
+    torch.manual_seed(2)  # the dropout masks
+    for rows in (2, 1):  # 300 and 150 trained tokens: several chunks of _HeadLoss's rows
+        ids = torch.randint(0, 500, (rows, 200), generator=gen)
+        labels = ids.clone()
+        labels[:, :50] = -100
+        loss, out = labelled_loss(model, hook, {"input_ids": ids, "labels": labels}, divide_by=torch.tensor(450))
+        assert out.logits.shape[:2] == (1, 0 if fused else rows * 150)  # logits kept by the logits path only
+        loss.backward()
+        losses.append(loss.item())
+    handle.remove()
+    return losses, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
+def test_loss_without_logits_has_the_same_gradients(four_layers, amp, monkeypatch):
+    import torch
+
+    from ftctl_plugins.trainers import loss
+
+    monkeypatch.setattr(loss, "HEAD_LOSS_ELEMENTS", 100 * 49152)  # 100 rows at a time (SmolLM2's vocabulary)
+    losses, grads = head_step(four_layers, fused=False, amp=amp)
+    fused_losses, fused_grads = head_step(four_layers, fused=True, amp=amp)
+    assert grads.abs().sum() > 0
+    if amp:  # bit for bit
+        assert torch.equal(fused_grads, grads)
+    else:  # float32 matmuls over fewer rows at a time sum the vocabulary in another order
+        torch.testing.assert_close(fused_grads, grads, rtol=1e-4, atol=1e-9)
+    # the summed loss adds the same terms in another order
+    torch.testing.assert_close(torch.tensor(fused_losses), torch.tensor(losses), rtol=1e-6, atol=0)
