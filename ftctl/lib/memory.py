@@ -94,13 +94,14 @@ def predict(config, shape: RunShape, device: Device, prepare=None) -> MemoryEsti
         if prepare is not None:
             prepare(peft_model)
         adapter = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-        body, head, layers, largest = _saved_bytes(peft_model, shape, act_dtype)
+        body, head, layers, largest, masks = _saved_bytes(peft_model, shape, act_dtype)
     checkpointed = checkpointed_layers(shape.gradient_checkpointing, layers)
     if checkpointed:
         hidden = config.hidden_size * shape.tokens * act_dtype.itemsize
         per_layer = body / layers
-        # checkpointed layers keep their input (+ the one being recomputed), the others everything
-        activations = checkpointed * hidden + per_layer + (layers - checkpointed) * per_layer
+        # checkpointed layers keep their input (+ the one being recomputed) and the trainer's
+        # dropout masks for the replay (ftctl_plugins/trainers/lean.py), the others everything
+        activations = checkpointed * (hidden + masks / layers) + per_layer + (layers - checkpointed) * per_layer
     else:
         activations = body
     activations += head + largest  # the logits' part, and the biggest tensor's gradient in flight
@@ -210,9 +211,10 @@ def _with_lora(model, shape: RunShape):
                                                       task_type="CAUSAL_LM"))
 
 
-def _saved_bytes(peft_model, shape: RunShape, act_dtype) -> tuple[int, int, int, int]:
+def _saved_bytes(peft_model, shape: RunShape, act_dtype) -> tuple[int, int, int, int, int]:
     """(bytes saved for backward by the decoder body, by the output layer and loss, number of
-    layers, the largest single saved tensor): one forward of ``shape.tokens`` tokens on meta."""
+    layers, the largest single saved tensor, the body's boolean masks): one forward of
+    ``shape.tokens`` tokens on meta."""
     import torch
     import torch.nn.functional as F
 
@@ -221,7 +223,7 @@ def _saved_bytes(peft_model, shape: RunShape, act_dtype) -> tuple[int, int, int,
 
     params = {storage(p) for p in peft_model.parameters()}
     seen: set[int] = set()
-    counted = {"bytes": 0, "largest": 0}
+    counted = {"bytes": 0, "largest": 0, "bool": 0}
 
     def pack(t):
         key = storage(t)
@@ -230,6 +232,7 @@ def _saved_bytes(peft_model, shape: RunShape, act_dtype) -> tuple[int, int, int,
             n = t.untyped_storage().nbytes()
             counted["bytes"] += n
             counted["largest"] = max(counted["largest"], n)
+            counted["bool"] += n if t.dtype == torch.bool else 0
         return t
 
     model = peft_model.get_base_model()
@@ -251,7 +254,7 @@ def _saved_bytes(peft_model, shape: RunShape, act_dtype) -> tuple[int, int, int,
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         embeds = body.get_input_embeddings()(ids).to(act_dtype).requires_grad_(True)
         hidden = body(inputs_embeds=embeds, use_cache=False).last_hidden_state
-        body_bytes = counted["bytes"]
+        body_bytes, masks = counted["bytes"], counted["bool"]
         if not _head_loss(model, head, shape):
             # the trainer's loss: logits at the trained positions only, cross-entropy in float32
             logits = head(hidden[:, :trained].reshape(trained, -1))
@@ -264,7 +267,7 @@ def _saved_bytes(peft_model, shape: RunShape, act_dtype) -> tuple[int, int, int,
         head_bytes = trained * hidden.shape[-1] * act_dtype.itemsize + rows * vocab * (4 + 4 + act_dtype.itemsize)
     else:
         head_bytes = counted["bytes"] - body_bytes + trained * vocab * 4  # + the logits' gradient
-    return body_bytes, head_bytes, layers, counted["largest"]
+    return body_bytes, head_bytes, layers, counted["largest"], masks
 
 
 def _head_loss(model, head, shape: RunShape) -> bool:

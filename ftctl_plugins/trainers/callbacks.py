@@ -43,6 +43,16 @@ class PartialCheckpointing(TrainerCallback):
             layer.gradient_checkpointing = i < keep
 
 
+class KeepMasks(TrainerCallback):
+    """The checkpointed layers' folded dropouts keep their masks for the replay (lean.keep_masks);
+    after PartialCheckpointing, which decides the layers."""
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        from ftctl_plugins.trainers.lean import keep_masks
+
+        keep_masks(model)
+
+
 class Progress(TrainerCallback):
     """Step, loss, tokens/s, ETA and memory: a rich bar on a terminal, log lines otherwise.
 

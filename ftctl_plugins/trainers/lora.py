@@ -225,7 +225,7 @@ class LoraTrainer(Trainer):
         from transformers import TrainingArguments, set_seed
 
         import peft
-        from ftctl_plugins.trainers.callbacks import CompleteMarker, PartialCheckpointing, Progress, peak_rss_mb
+        from ftctl_plugins.trainers.callbacks import CompleteMarker, KeepMasks, PartialCheckpointing, Progress, peak_rss_mb
         from ftctl_plugins.trainers.lean import bf16_frozen_linears, fold_dropout
         from ftctl_plugins.trainers.loss import LabelledTrainer
 
@@ -325,6 +325,8 @@ class LoraTrainer(Trainer):
         callbacks = [progress, CompleteMarker()]
         if 0 < share < 1:
             callbacks.append(PartialCheckpointing(share))
+        if checkpointing and _lean(cfg, device):
+            callbacks.append(KeepMasks())
         if early:
             callbacks.append(transformers.EarlyStoppingCallback(cfg.early_stopping))
         trainer = LabelledTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,

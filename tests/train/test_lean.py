@@ -32,11 +32,11 @@ def lora_model(path):
     return model
 
 
-def step(path, *, lean: bool, amp: bool, checkpointed: int):
+def step(path, monkeypatch, *, lean: bool, amp: bool, checkpointed: int):
     """Loss, flat LoRA gradients and bytes kept for backward of one forward/backward."""
     import torch
 
-    from ftctl_plugins.trainers.lean import bf16_frozen_linears, fold_dropout
+    from ftctl_plugins.trainers.lean import DroppedLoraA, bf16_frozen_linears, fold_dropout, keep_masks
 
     model = lora_model(path)
     model.enable_input_require_grads()
@@ -48,6 +48,11 @@ def step(path, *, lean: bool, amp: bool, checkpointed: int):
         model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         for i, layer in enumerate(model.get_base_model().model.layers):
             layer.gradient_checkpointing = i < checkpointed
+        if lean:  # the checkpointed layers' replays take the masks their forward drew
+            assert keep_masks(model) == 7 * checkpointed
+    draws = []
+    bernoulli = torch.Tensor.bernoulli_
+    monkeypatch.setattr(torch.Tensor, "bernoulli_", lambda t, *a, **k: draws.append(t.shape) or bernoulli(t, *a, **k))
     ids = torch.randint(0, 500, (1, 96), generator=torch.Generator().manual_seed(1))
     positions = torch.cat([torch.arange(40), torch.arange(56)]).unsqueeze(0)  # two packed conversations
     kept = []
@@ -63,16 +68,19 @@ def step(path, *, lean: bool, amp: bool, checkpointed: int):
         loss = model(input_ids=ids, position_ids=positions, labels=ids).loss
     loss.backward()
     grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    if lean:  # one draw per adapter, replays included; no mask is held after the backward pass
+        assert len(draws) == 4 * 7
+        assert all(m.kept_mask is None for m in model.modules() if isinstance(m, DroppedLoraA))
     return loss.item(), grads, sum(dict(kept).values())  # each storage once
 
 
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
 @pytest.mark.parametrize("checkpointed", [0, 2, 4], ids=["none", "half", "all"])
-def test_same_loss_and_gradients_bit_for_bit(four_layers, amp, checkpointed):
+def test_same_loss_and_gradients_bit_for_bit(four_layers, amp, checkpointed, monkeypatch):
     import torch
 
-    loss, grads, kept = step(four_layers, lean=False, amp=amp, checkpointed=checkpointed)
-    lean_loss, lean_grads, lean_kept = step(four_layers, lean=True, amp=amp, checkpointed=checkpointed)
+    loss, grads, kept = step(four_layers, monkeypatch, lean=False, amp=amp, checkpointed=checkpointed)
+    lean_loss, lean_grads, lean_kept = step(four_layers, monkeypatch, lean=True, amp=amp, checkpointed=checkpointed)
     assert lean_loss == loss
     assert grads.abs().sum() > 0 and torch.equal(lean_grads, grads)
     # each layer that keeps its activations keeps at least 16 bytes less a token per hidden unit
