@@ -4,8 +4,11 @@ directly on the same merged directory, in one run. Goal (issue 27): total <= 1.5
 ftctl's time includes what the bare tools do not: merging the adapter, the greedy reference on
 probe prompts, loading each GGUF for verification, Modelfiles. The line "from merged" leaves out
 the merge, so it compares like with like; "total" is what a user waits for. The first export of
-a base (and probe set) also measures what each type costs the base; later ones read that from the
-cache (key: the base's sha256, the type, the probe set), so ftctl runs twice: first, then again.
+a base (and probe set) also converts the base to an F16 GGUF (kept in the per-user cache) and
+measures what each type costs the base; later ones read that from the cache (key: the base's
+sha256, the type, the probe set), so ftctl runs twice: first, then again. The first run starts
+without the base's GGUF whatever this machine ran before (until 2026-12-05 it found it there
+when an earlier run had left it, so "first" measured less than a first export does).
 
 Run: python benchmarks/export.py [--probe-tokens N]
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,7 +41,7 @@ def main() -> None:
         return child(*map(Path, args.child), args.probe_tokens)
 
     from ftctl.lib.basemodel import resolve_base
-    from ftctl.lib.llamacpp import find_tools
+    from ftctl.lib.llamacpp import find_tools, user_cache_dir
     from ftctl_plugins.exporters.gguf import quantize
     from tests.export.conftest import make_adapter
 
@@ -46,12 +50,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ftctl-bench-export-") as tmp:
         tmp = Path(tmp)
         adapter = make_adapter(base.path, tmp / "adapter")
+        # The per-user cache as it is, but without the bases' F16 GGUFs (converted once per base,
+        # kept across workspaces): a first export converts its base, whatever this machine ran before.
+        xdg = tmp / "xdg"
+        (xdg / "ftctl").mkdir(parents=True)
+        for entry in user_cache_dir().iterdir():
+            if entry.name != "base-gguf":
+                (xdg / "ftctl" / entry.name).symlink_to(entry)
+        env = {**os.environ, "XDG_CACHE_HOME": str(xdg)}
 
         def export(out: Path) -> dict:
             # a fresh process each time, as each `ftctl export` is (nothing imported or warmed up before)
             proc = subprocess.run([sys.executable, __file__, "--probe-tokens", str(args.probe_tokens),
                                    "--child", str(adapter), str(out), str(tmp / "cache")],
-                                  stdout=subprocess.PIPE, text=True, check=True)
+                                  stdout=subprocess.PIPE, text=True, check=True, env=env)
             *lines, result = proc.stdout.splitlines()
             print("\n".join(lines))
             return json.loads(result)
