@@ -84,7 +84,7 @@ class GgufConfig(PluginConfig):
     llama_cpp_dir: str | None = Field(None, description="a llama.cpp checkout whose converters to use")
     n_threads: int | None = Field(None, ge=1, description="threads for llama.cpp (default: all cores)")
     convert_timeout: float = Field(3600, gt=0, description=(
-        "seconds a converter run as a subprocess (the base's F16, the LoRA's) may take"))
+        "seconds llama.cpp's LoRA converter (run as a subprocess) may take"))
 
     @field_validator("quants")
     @classmethod
@@ -278,13 +278,13 @@ class GgufExporter(Exporter):
 
     def _measure_base(self, req: ExportRequest, tools, quant: str, work: Path, base_ref: Reference, tok) -> Figures:
         """What ``quant`` costs the untuned base on the same probes (its GGUF vs itself in HF)."""
-        base_f16 = base_f16_gguf(req.base, tools, self.config.convert_timeout, self.ctx.log)
+        base_f16 = base_f16_gguf(req.base, tools, self.ctx.log)
         path = work / f"base-{quant}.gguf"
         if quant == "F16":
             path = base_f16
         elif quant in CONVERTER_TYPES:
-            _finish(_start(tools, [tools.convert_hf, req.base.path, "--outfile", path, "--outtype",
-                                   CONVERTER_TYPES[quant]]), "convert_hf_to_gguf.py", path, self.config.convert_timeout)
+            convert_in_process(tools.convert_hf, tools, [req.base.path, "--outfile", path, "--outtype",
+                                                         CONVERTER_TYPES[quant]], path)
         else:
             quantize(base_f16, path, quant, self.config.n_threads)
         try:
@@ -321,7 +321,7 @@ class GgufExporter(Exporter):
     def _lora(self, req, tools, reference, tok, checks, stem, base: Figures) -> list[ExportedFile]:
         """The adapter alone as a GGUF LoRA, checked applied to an F16 GGUF of the base (against
         what F16 costs the base: the LoRA adds no rounding of its own beyond its F16 weights)."""
-        base_gguf = base_f16_gguf(req.base, tools, self.config.convert_timeout, self.ctx.log)
+        base_gguf = base_f16_gguf(req.base, tools, self.ctx.log)
         path = req.out_dir / f"{stem}-lora-F16.gguf"
         self.ctx.log("converting the adapter with llama.cpp's convert_lora_to_gguf.py")
         _finish(_start(tools, [tools.convert_lora, "--base", req.base.path, "--outtype", "f16",
@@ -360,8 +360,9 @@ def convert_in_process(script: Path, tools, args: list, out: Path) -> None:
     """llama.cpp's converter run in this process as ``python script args`` would run it, its own
     gguf-py and ``conversion`` package first on the path. A subprocess imported torch and the
     converter's modules again for every file: most of a small model's conversion (10 s of 14 under
-    load, benchmarks/export.py). Its output is kept for the error, as a subprocess's was. (The
-    converters still run as subprocesses, the LoRA's and the base's, keep convert_timeout.)"""
+    load, benchmarks/export.py). Its output is kept for the error, as a subprocess's was. The
+    base's conversions run here too (once per base: 5.5 s of a first export's 15 as a subprocess);
+    the LoRA converter still runs as a subprocess and keeps convert_timeout."""
     import contextlib
     import io
     import logging
@@ -447,7 +448,7 @@ class _disk_errors:
         return False
 
 
-def base_f16_gguf(base, tools, timeout: float, log) -> Path:
+def base_f16_gguf(base, tools, log) -> Path:
     """An F16 GGUF of the base, converted once per base (by content hash) for LoRA checks."""
     from filelock import FileLock
 
@@ -459,7 +460,6 @@ def base_f16_gguf(base, tools, timeout: float, log) -> Path:
         if not out.is_file():
             log(f"converting the base {base.ref} to an F16 GGUF (once)")
             tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-            _finish(_start(tools, [tools.convert_hf, base.path, "--outfile", tmp, "--outtype", "f16"]),
-                    "convert_hf_to_gguf.py", tmp, timeout)
+            convert_in_process(tools.convert_hf, tools, [base.path, "--outfile", tmp, "--outtype", "f16"], tmp)
             os.replace(tmp, out)
     return out

@@ -238,7 +238,7 @@ def test_lora_at_the_wrong_scale_fails(setup):
     lora = setup.tmp / "lora-2x.gguf"
     _finish(_start(setup.tools, [setup.tools.convert_lora, "--base", setup.base.path, "--outtype", "f16",
                                  "--outfile", lora, adapter]), "convert_lora_to_gguf.py", lora, 600)
-    base_gguf = base_f16_gguf(setup.base, setup.tools, 600, lambda m: None)
+    base_gguf = base_f16_gguf(setup.base, setup.tools, lambda m: None)
     with pytest.raises(VerificationFailed, match=r"lora-2x\.gguf failed verification: .*(top-1|KL)") as e:
         setup.exporter._verify(base_gguf, "F16", setup.reference, setup.tok, setup.base_figures("F16"),
                                setup.request(), lora=lora)
