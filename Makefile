@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml Makefile scripts/fetch_llama_cpp_tools.py scripts/insta
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
 	# llama-cpp-python compiles once per machine (~10 min), portable (GGML_NATIVE=OFF: AVX2/FMA/F16C,
-	# no AVX-512/AMX): a native build on a VM whose CPU reports AMX without the kernel granting it
-	# segfaults in its first matmul. pip's wheel cache ignores CMAKE_ARGS, so this wheel has its own.
+	# no AVX-512/AMX): a native build's AMX kernels fault on ldtilecfg in their first matmul on some
+	# VMs, even where the kernel grants AMX (llama.cpp issue 20824), and AVX-512 without AMX was no
+	# faster here (docs/performance.md). pip's wheel cache ignores CMAKE_ARGS, so this wheel has its own.
 	[ -n "$$(ls $(LLAMA_WHEELS)/*.whl 2>/dev/null)" ] || CMAKE_ARGS="-DGGML_NATIVE=OFF" \
 		$(BIN)/pip wheel --quiet --no-deps --no-cache-dir -w $(LLAMA_WHEELS) llama-cpp-python==$(LLAMA_CPP)
 	$(BIN)/pip install --quiet --no-deps --force-reinstall $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP)-*.whl
