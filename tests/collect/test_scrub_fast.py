@@ -90,3 +90,17 @@ def test_lemmas_are_made_only_where_context_words_are_read(tmp_path):
     full = nlp("claims for members 88412345")  # the whole pipeline, tagger and lemmatizer included
     assert arts[1].lemmas == [t.lemma_ for t in full] == ["claim", "for", "member", "88412345"]
     assert arts[1].keywords == ["claim", "member", "88412345"]
+
+
+def test_the_model_multiplies_through_numpy_blas_on_one_thread(tmp_path):
+    """thinc's bundled BLIS falls back to generic kernels on CPUs it does not know; the scrubber's
+    model uses numpy's BLAS, on one thread while it runs (the workers are one per core already)."""
+    import threadpoolctl
+
+    from ftctl.lib import scrub
+
+    s = Scrubber(cache_dir=tmp_path, processes=1)
+    tok2vec = s._engine.nlp_engine.nlp["en"].get_pipe("ner").model.get_ref("tok2vec")
+    assert not any(layer.ops.use_blis for layer in tok2vec.walk())
+    with scrub._one_blas_thread():
+        assert {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"} == {1}
