@@ -7,6 +7,11 @@
   into ``lora_A``, the step keeps ``x`` itself (one copy shared by q/k/v and by gate/up, which
   read the same input) and a boolean mask, and rebuilds the dropped copy in the backward pass.
   The mask is drawn the same way from the same generator as ``F.dropout`` draws it.
+  peft casts a layer's input to ``lora_A``'s dtype first (float32): under bf16 autocast the
+  inputs of o_proj and down_proj are bf16, so each was copied to float32 and kept so. The folded
+  adapters take the bf16 input instead (peft's own switch, ``cast_input_dtype_enabled``) and keep
+  it as it is; the float32 copy exists only while the dropout's arithmetic runs, which stays in
+  float32 (rounding ``x * scale`` once to bf16 is not what peft's path rounds): the same values.
 - Frozen linear weights under bf16 autocast: autocast casts each float32 weight to bf16 for
   every matmul, and autograd keeps each cast for the backward pass (as large as the model's
   linear layers, in bf16, alive until the backward pass reaches the layer). The frozen weights
@@ -42,12 +47,13 @@ class _DroppedLinear(torch.autograd.Function):
             mask = torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1 - p)
         if owner is not None:  # kept for the replay (the forward), let go of by it (the replay)
             owner.kept_mask = None if _replaying() else mask
-        scale = x.new_ones(()).div_(1 - p)  # F.dropout's kept value, rounded as it rounds it
+        # F.dropout's kept value, rounded as it rounds it in the dtype peft casts the input to
+        scale = torch.ones((), dtype=weight.dtype, device=x.device).div_(1 - p)
         device = x.device.type
         amp = torch.amp.is_autocast_available(device)  # not on "meta" (ftctl.lib.memory's prediction)
         ctx.autocast = (device, amp and torch.is_autocast_enabled(device), amp and torch.get_autocast_dtype(device))
         ctx.save_for_backward(x, mask, weight, scale)
-        return F.linear(x * scale * mask, weight)
+        return F.linear(_dropped(x, scale, mask), weight)
 
     @staticmethod
     def backward(ctx, grad):
@@ -56,11 +62,19 @@ class _DroppedLinear(torch.autograd.Function):
         grad_x = grad_w = None
         with torch.autocast(device, dtype, enabled=autocast) if autocast else contextlib.nullcontext():
             if ctx.needs_input_grad[0]:
-                grad_x = grad.matmul(weight).to(x.dtype) * scale * mask
+                # the matmul's result is new: dropout's backward in place, then peft's cast's backward
+                grad_x = grad.matmul(weight).to(weight.dtype).mul_(scale).mul_(mask).to(x.dtype)
             if ctx.needs_input_grad[1]:
-                dropped = (x * scale * mask).reshape(-1, x.shape[-1])
+                dropped = _dropped(x, scale, mask).reshape(-1, x.shape[-1])
                 grad_w = grad.reshape(-1, grad.shape[-1]).t().mm(dropped).to(weight.dtype)
         return grad_x, grad_w, None, None
+
+
+def _dropped(x, scale, mask):
+    """``F.dropout(x.to(scale.dtype))`` with this mask: peft's cast, then ``x * scale * mask`` in
+    that dtype; in place where the tensor is new (one pass fewer of allocation, the same values)."""
+    y = x.to(scale.dtype)
+    return (y * scale if y is x else y.mul_(scale)).mul_(mask)
 
 
 class DroppedLoraA(torch.nn.Linear):
@@ -73,13 +87,15 @@ class DroppedLoraA(torch.nn.Linear):
     def forward(self, x):
         if self.training and torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             return _DroppedLinear.apply(x, self.weight, self.dropout_p, self if self.keep_mask else None)
-        return F.linear(F.dropout(x, self.dropout_p, self.training), self.weight, self.bias)
+        # peft's input cast, which fold_dropout moved here
+        return F.linear(F.dropout(x.to(self.weight.dtype), self.dropout_p, self.training), self.weight, self.bias)
 
 
 def fold_dropout(model) -> int:
     """Move every plain LoRA adapter's dropout into its ``lora_A``; returns how many were folded.
     Layers peft computes another way (DoRA and other variants, biased or non-Linear ``lora_A``)
-    keep peft's own dropout."""
+    keep peft's own dropout. A layer whose adapters are all folded leaves the cast of its input
+    to them (peft's ``cast_input_dtype_enabled``; older peft versions cast anyway: the same)."""
     folded = 0
     for module in model.modules():
         drops, lora_a = getattr(module, "lora_dropout", None), getattr(module, "lora_A", None)
@@ -95,6 +111,8 @@ def fold_dropout(model) -> int:
             a.dropout_p = drop.p
             drops[name] = torch.nn.Identity()
             folded += 1
+        if lora_a and all(type(a) is DroppedLoraA for a in lora_a.values()):
+            module.cast_input_dtype_enabled = False
     return folded
 
 

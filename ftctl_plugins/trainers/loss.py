@@ -15,7 +15,9 @@ step computes, in three ways:
   pass (``_HeadLoss``), which keeps only that gradient (K x hidden). Otherwise the logits and
   their float32 copies, log-softmax and gradients were the peak (~100 MB per 128 trained tokens
   at SmolLM2's vocabulary, all alive with every layer's activations); the softmax's backward
-  is no longer a separate pass. The same arithmetic as autograd's, in the same dtypes.
+  is no longer a separate pass. The same arithmetic as autograd's, in the same dtypes. Under
+  autocast the frozen weight is cast to the matmul's dtype once for the run, not once a chunk
+  (and the output layer, called with no rows, casts nothing: ``_RowsOnlyHead``).
 - The loss is the sum over trained tokens divided by the trained tokens of the whole optimizer
   step (all micro-batches, all processes: transformers' ``num_items_in_batch``), so neither
   packing nor gradient accumulation reweights conversations.
@@ -51,6 +53,7 @@ class LabelledPositions:
         self.fused = False
         self.hidden: torch.Tensor | None = None
         self.dtype: torch.dtype | None = None  # autocast's, where it was on for the output layer
+        self._cast: tuple | None = None  # (key, the head's weight in autocast's dtype)
 
     def __call__(self, module, args):
         if self.mask is None:  # generation, or any call outside a loss computation
@@ -66,6 +69,18 @@ class LabelledPositions:
         self.dtype = torch.get_autocast_dtype(device) if amp else None
         return (picked[:, :0], *args[1:])  # no logits: the loss comes from self.hidden
 
+    def weight(self) -> torch.Tensor:
+        """The head's weight as ``_HeadLoss``'s matmul uses it: in autocast's dtype, cast once (the
+        layer is frozen; cast again should its weight ever change). Its size (vocabulary x hidden,
+        56 MB on SmolLM2) was cast at every chunk's peak anyway."""
+        if self.dtype is None or self.dtype == self.head.dtype:
+            return self.head
+        key = (self.dtype, self.head.data_ptr(), self.head._version)
+        if self._cast is None or self._cast[0] != key:
+            self._cast = None  # the old copy goes before the new one is made
+            self._cast = (key, self.head.detach().to(self.dtype))
+        return self._cast[1]
+
     @contextlib.contextmanager
     def only(self, labels: torch.Tensor):
         self.mask = labels[:, 1:] != IGNORE
@@ -76,14 +91,41 @@ class LabelledPositions:
             self.mask, self.fused, self.hidden = None, False, None
 
 
-def install(model) -> tuple[LabelledPositions, object]:
+class _RowsOnlyHead(torch.nn.Linear):
+    """A plain output layer while ``_HeadLoss`` computes the loss: the model's forward still calls
+    it, with no rows (LabelledPositions); no rows need no matmul, and autocast would cast the whole
+    weight for it."""
+
+    def forward(self, x):
+        if x.numel():
+            return super().forward(x)
+        device = x.device.type
+        amp = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+        return x.new_empty((*x.shape[:-1], self.out_features), dtype=torch.get_autocast_dtype(device) if amp else None)
+
+
+class _Installed:
+    """install's handle: ``remove()`` takes the hook off and gives the layer its class back."""
+
+    def __init__(self, layer, handle, hook: LabelledPositions):
+        self.layer, self.handle, self.hook = layer, handle, hook
+
+    def remove(self) -> None:
+        self.handle.remove()
+        if type(self.layer) is _RowsOnlyHead:
+            self.layer.__class__ = torch.nn.Linear
+        self.hook._cast = None
+
+
+def install(model) -> tuple[LabelledPositions, _Installed]:
     """Hook the (possibly PEFT-wrapped, possibly LoRA-adapted) output layer; returns (hook, handle)."""
     layer = model.get_output_embeddings()
     plain = (type(layer) is torch.nn.Linear and layer.bias is None and not layer.weight.requires_grad
              and getattr(model.config, "model_type", None) in HEAD_LOSS_MODELS)
     hook = LabelledPositions(layer.weight if plain else None)
-    handle = layer.register_forward_pre_hook(hook)
-    return hook, handle
+    if plain:
+        layer.__class__ = _RowsOnlyHead
+    return hook, _Installed(layer, layer.register_forward_pre_hook(hook), hook)
 
 
 def labelled_loss(model, hook: LabelledPositions, batch: dict, divide_by=None):
@@ -95,7 +137,7 @@ def labelled_loss(model, hook: LabelledPositions, batch: dict, divide_by=None):
         targets = labels[:, 1:][labels[:, 1:] != IGNORE]
         divide_by = divide_by if divide_by is not None else max(targets.numel(), 1)
         if hook.fused:
-            return _HeadLoss.apply(hook.hidden, hook.head, targets, divide_by, hook.dtype), outputs
+            return _HeadLoss.apply(hook.hidden, hook.weight(), targets, divide_by, hook.dtype), outputs
     logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])
     loss = F.cross_entropy(logits.float(), targets, reduction="sum")
     return loss / divide_by, outputs
@@ -113,7 +155,7 @@ class _HeadLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, divide_by, dtype):
-        w = weight.to(dtype) if dtype is not None else weight  # autocast's cast, once for all chunks
+        w = weight.to(dtype) if dtype is not None else weight  # autocast's cast (LabelledPositions.weight has made it)
         one = torch.ones((), dtype=torch.float32, device=hidden.device)
         scale = one / divide_by  # the gradient autograd's division hands the cross-entropy
         grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
