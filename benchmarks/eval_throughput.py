@@ -8,7 +8,10 @@ tokens are the answer tokens (counted with the one tokenizer), so the ratios com
 like. The GGUF backend runs one answer at a time, then ``--parallel`` slots decoding together
 on one server, then spread over one one-thread server per core (``replicas``); all must give the
 same answers. OpenMP threads sleep at barriers (OMP_WAIT_POLICY=PASSIVE, as ftctl sets it for
-llama.cpp and export sets it for torch) unless the environment says otherwise. Goals: batched HF >= 3x sequential HF; GGUF (parallel) >= 2x batched HF.
+llama.cpp and export sets it for torch) unless the environment says otherwise. Each line also
+gives tokens per CPU-second of this process (both backends compute in it): on a shared machine
+the wall time swings with the neighbours, the work per token far less.
+Goals: batched HF >= 3x sequential HF; GGUF (parallel) >= 2x batched HF.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -37,14 +41,22 @@ def prompts(n: int) -> list[list[dict]]:
     return [[{"role": "user", "content": texts[i % len(texts)]}] for i in range(n)]
 
 
+def cpu_seconds() -> float:
+    """This process's CPU time, user + system: torch and llama-server both compute in it."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def run(name, backend, convs, count, **kw) -> dict:
-    start = time.perf_counter()
+    cpu, start = cpu_seconds(), time.perf_counter()
     answers = backend.generate(convs, **kw)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     tokens = sum(count(a) for a in answers)
-    print(f"{name:<22} {len(convs):>4} prompts  {tokens:>6} tokens  {seconds:8.1f} s  {tokens / seconds:8.1f} tok/s",
-          flush=True)
-    return {"tokens": tokens, "seconds": seconds, "tps": tokens / seconds, "answers": answers}
+    # tokens per CPU-second: the work each backend does per token, which the neighbours of a
+    # shared machine change far less than the wall time
+    print(f"{name:<22} {len(convs):>4} prompts  {tokens:>6} tokens  {seconds:8.1f} s  {tokens / seconds:8.1f} tok/s"
+          f"  {tokens / cpu:7.1f} tok/CPU-s", flush=True)
+    return {"tokens": tokens, "seconds": seconds, "tps": tokens / seconds, "tpc": tokens / cpu, "answers": answers}
 
 
 def main() -> None:
@@ -87,7 +99,8 @@ def main() -> None:
     split.close()
     same = gg["answers"] == one["answers"] == sv["answers"]
     print(f"\nbatched hf / sequential hf:   {bat['tps'] / seq['tps']:.2f}x")
-    print(f"gguf parallel / batched hf:   {gg['tps'] / bat['tps']:.2f}x")
+    print(f"gguf parallel / batched hf:   {gg['tps'] / bat['tps']:.2f}x  "
+          f"(per CPU-second: {gg['tpc'] / bat['tpc']:.2f}x)")
     print(f"gguf parallel / one by one:   {gg['tps'] / one['tps']:.2f}x")
     print(f"gguf parallel, {split.replicas} servers of 1 thread / 1 server: {sv['tps'] / gg['tps']:.2f}x")
     print(f"gguf parallel answers == one by one: {same} ({sum(a == b for a, b in zip(gg['answers'], one['answers']))}"
