@@ -154,12 +154,22 @@ class GgufExporter(Exporter):
         prompts = self._prompts(req)
         types = list(dict.fromkeys([*req.quants, *(["F16"] if req.lora_gguf else [])]))
         calibration = BaseFigures(self.ctx.cache_dir, req.base.sha256, probe_texts(tok, prompts), cfg.probe_tokens)
-        base_ref = None
-        if any(calibration.get(t) is None for t in types):
+        base_ref, base_files = None, {}
+        uncalibrated = [t for t in types if calibration.get(t) is None]
+        if uncalibrated:
             log(f"the base's greedy answers to {len(prompts)} probes (to measure what each type costs it; cached)")
-            # the plain model, before PEFT wraps it (generating through disable_adapter() was
-            # many times slower)
-            base_ref = Reference.compute(base, tok, prompts, cfg.probe_tokens)
+            # The base's GGUFs (converted and quantized by llama.cpp, from the base's files on disk)
+            # are made in a thread meanwhile: generation reads every weight at each step for a few
+            # rows, the converter is mostly one thread, and neither needs the other.
+            with ThreadPoolExecutor(1, thread_name_prefix="ftctl-base-gguf") as base_pool:
+                made = base_pool.submit(lambda: {q: self._base_file(req, tools, q, work) for q in uncalibrated})
+                try:
+                    # the plain model, before PEFT wraps it (generating through disable_adapter()
+                    # was many times slower)
+                    base_ref = Reference.compute(base, tok, prompts, cfg.probe_tokens)
+                finally:
+                    # waited for before the next line is logged: the converter captures stdout while it runs
+                    base_files = made.result()
         log(f"merging the adapter into {req.base.ref} ({cfg.merged_dtype})")
         model = self._merge(base, tok, req.adapter_dir, merged_dir)
         del base
@@ -173,7 +183,7 @@ class GgufExporter(Exporter):
         def base_figures(quant: str) -> Figures:
             fig = calibration.get(quant)
             if fig is None:
-                fig = self._measure_base(req, tools, quant, work, base_ref, tok)
+                fig = self._measure_base(req, tools, quant, work, base_ref, tok, base_files.pop(quant, None))
                 calibration.put(quant, fig)
             return fig
 
@@ -276,21 +286,29 @@ class GgufExporter(Exporter):
             raise FtctlError("the merged model was not saved as safetensors", hint="upgrade transformers")
         return model
 
-    def _measure_base(self, req: ExportRequest, tools, quant: str, work: Path, base_ref: Reference, tok) -> Figures:
-        """What ``quant`` costs the untuned base on the same probes (its GGUF vs itself in HF)."""
+    def _base_file(self, req: ExportRequest, tools, quant: str, work: Path) -> Path:
+        """The untuned base's GGUF of type ``quant``: its F16 (converted once per base, cached),
+        or a file in ``work`` converted or quantized from the base as the fine-tune's is."""
         base_f16 = base_f16_gguf(req.base, tools, self.ctx.log)
         path = work / f"base-{quant}.gguf"
         if quant == "F16":
-            path = base_f16
-        elif quant in CONVERTER_TYPES:
+            return base_f16
+        if quant in CONVERTER_TYPES:
             convert_in_process(tools.convert_hf, tools, [req.base.path, "--outfile", path, "--outtype",
                                                          CONVERTER_TYPES[quant]], path)
         else:
             quantize(base_f16, path, quant, self.config.n_threads)
+        return path
+
+    def _measure_base(self, req: ExportRequest, tools, quant: str, work: Path, base_ref: Reference, tok,
+                      path: Path | None = None) -> Figures:
+        """What ``quant`` costs the untuned base on the same probes (its GGUF vs itself in HF);
+        ``path``: the base's GGUF of that type if made already (:meth:`_base_file`)."""
+        path = path or self._base_file(req, tools, quant, work)
         try:
             fig = measure(path, base_ref, tok, n_threads=self.config.n_threads, check_tokens=False).figures
         finally:
-            if path != base_f16:
+            if path.parent == work:  # not the cached F16
                 path.unlink(missing_ok=True)
         self.ctx.log(f"the base's {quant}: top-1 {fig.top1:.1%}, mean KL {fig.kl_mean:.4f} (cached)")
         return fig
@@ -362,7 +380,16 @@ def convert_in_process(script: Path, tools, args: list, out: Path) -> None:
     converter's modules again for every file: most of a small model's conversion (10 s of 14 under
     load, benchmarks/export.py). Its output is kept for the error, as a subprocess's was. The
     base's conversions run here too (once per base: 5.5 s of a first export's 15 as a subprocess);
-    the LoRA converter still runs as a subprocess and keeps convert_timeout."""
+    the LoRA converter still runs as a subprocess and keeps convert_timeout. One at a time: it
+    sets sys.argv, sys.path, stdout and the root logger for the whole process."""
+    with _CONVERTER:
+        _convert_in_process(script, tools, args, out)
+
+
+_CONVERTER = threading.Lock()
+
+
+def _convert_in_process(script: Path, tools, args: list, out: Path) -> None:
     import contextlib
     import io
     import logging

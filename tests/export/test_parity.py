@@ -122,6 +122,31 @@ def test_f16_passes_with_top1_at_least_99_5(setup):
     assert p["base"]["top1"] >= 0.995 and set(p["limits"]) == {"min_top1", "max_kl"}
 
 
+def test_first_export_measures_the_base_as_one_step_after_another(setup):
+    """A first export makes the base's GGUFs in a thread while the base answers its probes; the
+    base's figures it records are those of making and measuring them one after another."""
+    import dataclasses
+
+    from ftctl.kinds import Context
+    from ftctl_plugins.exporters.gguf import GgufExporter
+    from ftctl_plugins.exporters.parity import BaseFigures, probe_texts
+
+    lines = []
+    exporter = GgufExporter(setup.exporter.config, Context(setup.tmp, "assistant", setup.tmp / "cache-first",
+                                                           log=lines.append))
+    out = setup.tmp / "first-export"
+    out.mkdir()
+    result = exporter.export(dataclasses.replace(setup.request(), quants=["F16", "Q8_0"], out_dir=out))
+    parity = {f.quant: f.extra["parity"] for f in result.files if f.kind == "gguf"}
+    assert any(line.startswith("the base's Q8_0: top-1") for line in lines)  # measured, not read from a cache
+    cached = BaseFigures(exporter.ctx.cache_dir, setup.base.sha256, probe_texts(setup.tok, setup.prompts), TOKENS)
+    for quant in ("F16", "Q8_0"):
+        assert cached.get(quant) == setup.base_figures(quant)  # to the last digit
+        assert parity[quant]["base"] == setup.base_figures(quant).rounded()
+    assert sorted(p.name for p in out.iterdir()) == ["assistant-v1.0-F16.Modelfile", "assistant-v1.0-F16.gguf",
+                                                     "assistant-v1.0-Q8_0.Modelfile", "assistant-v1.0-Q8_0.gguf"]
+
+
 def test_reference_distributions_are_the_teacher_forced_ones(setup):
     """The reference takes its distributions from generation's own logits (left-padded batch):
     they are what one unpadded forward pass over prompt + continuation gives, position by position."""
