@@ -4,17 +4,20 @@ The model is built on the meta device (accelerate's ``init_empty_weights`` aroun
 ``from_config``): every parameter has its shape and dtype and no storage, so a 7B model costs
 nothing. The parts of the peak:
 
-- weights: each parameter at the dtype it loads in; under QLoRA the linear layers bitsandbytes
-  quantizes (every ``nn.Linear`` but the output layer) take 4 bits a weight plus the NF4 block
-  constants, and peft's ``prepare_model_for_kbit_training`` keeps the rest in float32;
+- weights: each parameter at the dtype it is stored in for the run (after the trainer's
+  ``prepare``: under bf16 autocast on the CPU the frozen linear weights are stored in bf16); under
+  QLoRA the linear layers bitsandbytes quantizes (every ``nn.Linear`` but the output layer) take
+  4 bits a weight plus the NF4 block constants, and peft's ``prepare_model_for_kbit_training`` keeps the rest in float32;
 - the adapter: its parameters in float32, their gradients and AdamW's two moments (16 bytes each);
 - activations: what autograd keeps for the backward pass, counted by running the LoRA-wrapped
   meta model forward on one chunk of tokens under ``saved_tensors_hooks`` (the real forward, so
   every architecture and every LoRA dropout is counted as it is, not from a formula; the trainer's
   own changes to the model come in as ``prepare``). With gradient checkpointing only each
   checkpointed layer's input is kept (the others keep everything), plus one layer's activations
-  while it is recomputed. The logits are counted at the trained positions only, as the trainer computes
-  them (ftctl_plugins/trainers/loss.py);
+  while it is recomputed. Under CPU autocast (``RunShape.autocast``) the forward applies
+  autocast's casts itself (autocast does not reach meta tensors), so matmuls keep bf16 inputs
+  as they do in the run. The logits are counted at the trained positions only, as the trainer
+  computes them (ftctl_plugins/trainers/loss.py);
 - a fixed overhead: on CUDA the context and the caching allocator's slack, on the CPU the
   libraries the run imports, measured in this process (their resident size differs between
   machines), and what a run adds to them (docs/train.md).
@@ -71,6 +74,9 @@ class RunShape:
     # output layer): no [trained tokens, vocabulary] logits are kept
     head_loss_models: frozenset = frozenset()
     head_loss_elements: int = 2**22  # logits computed at once there
+    # the dtype CPU autocast runs matmuls in (bfloat16), where the run has autocast over float32
+    # weights; None: the forward runs in the weights' dtype
+    autocast: str | None = None
 
 
 def read_config(model_dir: Path, trust_remote_code: bool = False):
@@ -89,12 +95,15 @@ def predict(config, shape: RunShape, device: Device, prepare=None) -> MemoryEsti
     act_dtype = dtype  # QLoRA: the compute dtype, which 4-bit layers dequantize to
     with _quiet():
         model = _meta_model(config, dtype)
-        weights = _weight_bytes(model, shape, dtype)
+        quantized = _quantized_linears(model) if shape.qlora else set()
         peft_model = _with_lora(model, shape)
         if prepare is not None:
             prepare(peft_model)
+        # after prepare: the trainer may store frozen weights in another dtype (lean.py under autocast)
+        weights = _weight_bytes(peft_model.get_base_model(), shape, quantized)
         adapter = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-        body, head, layers, largest, masks = _saved_bytes(peft_model, shape, act_dtype)
+        with _autocast(shape.autocast):
+            body, head, layers, largest, masks = _saved_bytes(peft_model, shape, act_dtype)
     checkpointed = checkpointed_layers(shape.gradient_checkpointing, layers)
     if checkpointed:
         hidden = config.hidden_size * shape.tokens * act_dtype.itemsize
@@ -175,31 +184,31 @@ def _meta_model(config, dtype):
     return model
 
 
-def _quantized_linears(model) -> set[str]:
-    """The linear layers bitsandbytes replaces with 4-bit ones: all but the output layer."""
+def _quantized_linears(model) -> set[int]:
+    """The linear layers (ids) bitsandbytes replaces with 4-bit ones: all but the output layer."""
     import torch
 
     out_layer = model.get_output_embeddings()
-    return {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not out_layer}
+    return {id(m) for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not out_layer}
 
 
-def _weight_bytes(model, shape: RunShape, dtype) -> int:
+def _weight_bytes(model, shape: RunShape, quantized: set[int]) -> int:
+    """The frozen weights, each at the dtype it is stored in (the adapter is counted apart)."""
     seen: set[int] = set()
     total = 0
-    quantized = _quantized_linears(model) if shape.qlora else set()
-    for name, module in model.named_modules():
+    for module in model.modules():
         for pname, p in module.named_parameters(recurse=False):
-            if id(p) in seen:
-                continue  # tied embeddings count once
+            if id(p) in seen or p.requires_grad:
+                continue  # tied embeddings count once; the adapter apart
             seen.add(id(p))
             n = p.numel()
-            if name in quantized and pname == "weight":
+            if id(module) in quantized and pname == "weight":
                 blocks = -(-n // NF4_BLOCK)
                 # 4 bits a weight; absmax per block: 8-bit + a float32 per 256 blocks with double quant
                 total += n // 2 + (blocks + 4 * -(-blocks // 256) if shape.double_quant else 4 * blocks)
             else:
                 # prepare_model_for_kbit_training keeps what is not 4-bit in float32
-                total += n * (4 if shape.qlora else dtype.itemsize)
+                total += n * (4 if shape.qlora else p.element_size())
     return total
 
 
@@ -277,6 +286,43 @@ def _head_loss(model, head, shape: RunShape) -> bool:
 
     return (getattr(model.config, "model_type", None) in shape.head_loss_models and type(head) is torch.nn.Linear
             and head.bias is None and not head.weight.requires_grad)
+
+
+@contextlib.contextmanager
+def _autocast(dtype_name: str | None):
+    """CPU autocast's casts, on meta: autocast has no dispatch key for meta tensors (``torch.autocast
+    ("cpu")`` leaves a meta forward in float32), so this mode applies its policy at the same
+    place, above autograd (which then keeps the cast copies, as it keeps autocast's): matmuls and
+    attention in ``dtype_name``, the losses in float32 (torch's CPU autocast lists; the ops a
+    decoder's forward runs). Other ops run in their inputs' dtypes, as under autocast. Hand-written:
+    torch has no autocast for meta tensors."""
+    if dtype_name is None:
+        yield
+        return
+    import torch
+    import torch.nn.functional as F
+    from torch.overrides import TorchFunctionMode
+
+    low = getattr(torch, dtype_name)
+    lower = {F.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.Tensor.mm,
+             torch.bmm, torch.Tensor.bmm, torch.addmm, torch.baddbmm, torch.einsum, F.scaled_dot_product_attention,
+             torch.ops.aten._scaled_dot_product_flash_attention_for_cpu}  # as _fused_attention calls it
+    fp32 = {F.cross_entropy, F.nll_loss, F.mse_loss, F.binary_cross_entropy_with_logits, F.kl_div}
+
+    def cast(x, to):
+        return x.to(to) if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != to else x
+
+    class MetaAutocast(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            to = low if func in lower else torch.float32 if func in fp32 else None
+            if to is not None:  # the mode is off inside this call: the casts are plain ops
+                args = tuple(cast(a, to) for a in args)
+                kwargs = {k: cast(v, to) for k, v in kwargs.items()}
+            return func(*args, **kwargs)
+
+    with MetaAutocast():
+        yield
 
 
 def _fused_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,

@@ -11,6 +11,7 @@ Import-light: torch, transformers and peft load inside :meth:`LoraTrainer.train`
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -138,17 +139,20 @@ class LoraTrainer(Trainer):
         device = device or self.device()
         # logits are computed where tokens are trained only (loss.py): the data's share of them
         share = plan.trained_tokens_per_step / plan.tokens_per_step if plan and plan.tokens_per_step else 1.0
-        # the dropout the trainer folds keeps less (lean.py): counted as it runs
-        prepare = _fold_dropout if _lean(self.config, device) else None
-        return predict_memory(read_config(base.path, base.trust_remote_code), self.shape(device, min(1.0, share)),
-                              device, prepare)
+        # the dropout the trainer folds keeps less, and under bf16 autocast the frozen linear weights
+        # are stored in bf16 (lean.py): counted as it runs
+        shape = self.shape(device, min(1.0, share))
+        prepare = (functools.partial(_lean_prepare, bf16=shape.autocast == "bfloat16")
+                   if _lean(self.config, device) else None)
+        return predict_memory(read_config(base.path, base.trust_remote_code), shape, device, prepare)
 
     def shape(self, device, trained_share: float = 1.0) -> RunShape:
         c = self.config
         # a micro-batch runs forward/backward in chunks of at most max_length tokens (loss.py)
         return RunShape(lora_r=c.r, target_modules=c.target_modules, qlora=c.qlora, load_dtype=self.dtype(device),
                         tokens=c.max_length, trained_share=trained_share,
-                        gradient_checkpointing=self.checkpointing(device), head_loss_models=HEAD_LOSS_MODELS)
+                        gradient_checkpointing=self.checkpointing(device), head_loss_models=HEAD_LOSS_MODELS,
+                        autocast=_cpu_autocast(self.config, device))
 
     # --- data ---------------------------------------------------------------------------
 
@@ -412,10 +416,21 @@ def _lean(cfg: LoraConfig, device) -> bool:
     return not device.is_cuda and not cfg.qlora
 
 
-def _fold_dropout(model) -> None:
-    from ftctl_plugins.trainers.lean import fold_dropout
+def _lean_prepare(model, bf16: bool) -> None:
+    """What train() does to the LoRA model on lean.py's path (here on the meta model)."""
+    from ftctl_plugins.trainers.lean import bf16_frozen_linears, fold_dropout
 
     fold_dropout(model)
+    if bf16:
+        bf16_frozen_linears(model)
+
+
+def _cpu_autocast(cfg: LoraConfig, device) -> str | None:
+    """The dtype autocast runs matmuls in over float32 weights on lean.py's path (CPU LoRA), for the
+    memory prediction: bfloat16 where the run has bf16 autocast. QLoRA's 4-bit layers are
+    bitsandbytes' own (its row of benchmarks/memory.py is measured as it is); on CUDA the weights
+    load in the autocast dtype already."""
+    return "bfloat16" if _lean(cfg, device) and _mixed_precision(cfg.precision, device) == "bf16" else None
 
 
 def _distributed() -> bool:

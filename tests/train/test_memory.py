@@ -112,3 +112,24 @@ def test_the_cpu_runtime_is_this_machines_libraries_measured(tmp_path, monkeypat
     after = t.memory(base)
     assert after.parts["runtime"] - before.parts["runtime"] == GIB
     assert after.parts["weights"] == before.parts["weights"]
+
+
+def test_cpu_bf16_autocast_counts_what_autocast_keeps(tmp_path):
+    """Under bf16 autocast on the CPU the matmuls keep their inputs in bf16 and the trainer stores
+    the frozen linear weights in bf16 (lean.py). Autocast does not reach meta tensors, so the
+    prediction applies its casts itself: counted in float32 it ran 20-23% over the measured peak of
+    SmolLM2-135M with a partial checkpointing share (benchmarks/memory.py's bf16 row)."""
+    from ftctl.lib.device import Device
+
+    base = shaped("mistral-7b")
+    cpu = Device("cpu", None, 64 * GIB, "CPU")
+    fp32, bf16 = (trainer(tmp_path, precision=p, max_length=256, gradient_checkpointing=0.5) for p in ("fp32", "bf16"))
+    assert bf16.shape(cpu).autocast == "bfloat16" and fp32.shape(cpu).autocast is None
+    assert bf16.shape(card(24)).autocast is None  # on CUDA the weights load in bf16 already
+    full, mixed = fp32.memory(base, cpu), bf16.memory(base, cpu)
+    # the linear layers' weights in bf16; the embeddings, the output layer and the norms in float32
+    float32 = (32000 * 4096 * 2 + 4096 * (2 * 32 + 1)) * 4
+    assert mixed.parts["weights"] == (full.parts["weights"] + float32) // 2
+    # the matmuls' saved inputs in bf16; the residual stream, the norms' and the loss's float32
+    assert 0.55 * full.parts["activations"] < mixed.parts["activations"] < 0.8 * full.parts["activations"]
+    assert mixed.adapter_params == full.adapter_params
