@@ -267,7 +267,7 @@ def _curate(ws: Workspace, mc, out: Path, work: Path, marks: dict[str, str], car
         log(f"[yellow]{sum(served.unmatched.values())} kept row(s) name a served model that matches no version "
             f"of {mc.name}: {', '.join(list(served.unmatched)[:5])}[/] (counted as `served.unmatched` in the card)")
     # when each train row first entered a snapshot, carried from the current one (a rebuild too)
-    ledger = seen.write(out / FILES["train"], out / FILES["seen"], seen.read(ws.data_dir(mc.name) / FILES["seen"]),
+    ledger = seen.write(spill.train_ids(), out / FILES["seen"], seen.read(ws.data_dir(mc.name) / FILES["seen"]),
                         card["created"])
     versions = ws.read_lock().state(mc.name).versions
     card["first_seen"] = seen.first_seen(ledger, versions)  # train rows per version that saw them first

@@ -34,6 +34,7 @@ import orjson
 from ftctl.config import CurateConfig
 from ftctl.errors import ConfigError
 from ftctl.records import Example
+from ftctl.registry import seen
 
 TOKEN_BINS = (0, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -315,6 +316,9 @@ class Spill:
         self.file, self.keys = open(self.path, "wb"), open(self.keys_path, "wb")
         self.offset = self.n = 0
         self.keybuf = bytearray()  # written a megabyte at a time
+        # the first-seen ledger's id (registry/seen.py) of each liked row of the train split, 12
+        # bytes each, in order: taken while the row is in memory, not read back from the snapshot
+        self.ids = bytearray()
         self.split, self.dedup = split, dedup
         self.codes: dict[str, dict] = {"neg": {None: 0}, "agent": {None: -1}, "served": {None: -1}}
         self.negs, self.agents, self.served = self.codes["neg"], self.codes["agent"], self.codes["served"]
@@ -336,7 +340,8 @@ class Spill:
         splits. A batch at a time: the per-row work stays in one loop, its lines in one write."""
         split_of, dedup, n, offset = self.split, self.dedup, self.n, self.offset
         negs, agents, served, code, pack = self.negs, self.agents, self.served, self._code, _PACK.pack
-        lines, keys, splits = [], [], []
+        digest = seen.line_digest
+        lines, keys, splits, ids = [], [], [], []
         last_key = split = split_code = None
         for ex, neg, tokens in rows:
             msgs = ex.messages
@@ -366,6 +371,8 @@ class Spill:
                                              last["content"] if last else ex.response, key, split, neg))
             else:
                 line = ex.to_json()
+                if split_code == 0:  # the ledger's id while the row is in memory (no second read)
+                    ids.append(digest(msgs, ex.correction, line))
             lines.append(line)
             t, agent, model, rating = ex.created_at, ex.agent, ex.served_model, ex.rating
             a, s, g = agents.get(agent), served.get(model), negs.get(neg)
@@ -380,6 +387,7 @@ class Spill:
         if lines:
             self.file.write(b"\n".join(lines) + b"\n")
         self.keybuf += b"".join(keys)
+        self.ids += b"".join(ids)
         if len(self.keybuf) > 1 << 20:  # the keys go to disk a megabyte at a time
             self.keys.write(self.keybuf)
             self.keybuf.clear()
@@ -478,6 +486,16 @@ class Spill:
                 if where:
                     files[where].write(line)
         return int(np.count_nonzero((to > 0) & (to < 4))), int(np.count_nonzero(to == 4))
+
+    def train_ids(self) -> list[str]:
+        """The first-seen ledger's ids (registry/seen.py ``row_id``) of the rows :meth:`write`
+        wrote to the train split, in its order."""
+        import numpy as np
+
+        r = self.r
+        liked_train = (r["neg"] == 0) & (r["split"] == 0)  # the rows self.ids holds, in order
+        hexed = np.frombuffer(self.ids, "V12")[self.status[liked_train] == KEPT].tobytes().hex()
+        return [hexed[i:i + 24] for i in range(0, len(hexed), 24)]
 
     def statuses(self) -> list[str]:
         """Every row's status, in input order (for tests and small inspections)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,26 @@ NOT_YET = "not yet trained"
 
 def row_id(row: dict[str, Any]) -> str:
     """A row's identity: its messages (with a correction, the target training actually sees)."""
-    messages, correction = row.get("messages"), row.get("correction")
+    return hashlib.sha256(_text(row.get("messages"), row.get("correction")).encode("utf-8")).hexdigest()[:24]
+
+
+def line_digest(messages: Any, correction: Any, line: bytes) -> bytes:
+    """The 12 bytes whose hex is :func:`row_id` of ``line`` (a row's snapshot line), from the row
+    still in memory when it is plain (its strings read back unchanged), else from the line: collect
+    takes the ledger's ids as it spills, with no second read and parse of the train file."""
+    text = _plain_dumps(messages, correction)
+    if text is None:
+        row = _line(line)
+        text = _text(row.get("messages"), row.get("correction"))
+    return hashlib.sha256(text.encode("utf-8")).digest()[:12]
+
+
+def _text(messages: Any, correction: Any) -> str:
+    """What :func:`row_id` hashes."""
     text = _plain_dumps(messages, correction)
     if text is None:
         text = json.dumps([messages, correction], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+    return text
 
 
 def _plain_dumps(messages: Any, correction: Any) -> str | None:
@@ -79,14 +94,19 @@ def read(path: Path) -> dict[str, str]:
     return out
 
 
-def write(train: Path, ledger: Path, previous: dict[str, str], created: str) -> dict[str, str]:
-    """The ledger of ``train`` (a split file): known rows keep their moment, new ones get ``created``."""
-    out: dict[str, str] = {}
+def ids(train: Path) -> Iterator[str]:
+    """:func:`row_id` of every row of ``train`` (a split file), in order."""
     with open(train, "rb") as f:
         for line in f:
             if line.strip():
-                i = row_id(_line(line))
-                out[i] = previous.get(i, created)
+                yield row_id(_line(line))
+
+
+def write(row_ids: Iterable[str], ledger: Path, previous: dict[str, str], created: str) -> dict[str, str]:
+    """The ledger of a train split (``row_ids``: its rows' :func:`row_id`, in order; collect takes
+    them as it spills): known rows keep their moment, new ones get ``created``."""
+    get = previous.get
+    out = {i: get(i, created) for i in row_ids}
     firsts = {first: json.dumps(first) for first in set(out.values())}  # the moments are few
     with open(ledger, "w", encoding="utf-8") as f:  # json.dumps({"id": i, "first": first}); the ids are hex
         f.writelines(f'{{"id": "{i}", "first": {firsts[first]}}}\n' for i, first in out.items())

@@ -175,6 +175,9 @@ def test_spill_unpaired_limit_and_figures(tmp_path):
     with open(train, "wb") as t, open(val, "wb") as v, open(test, "wb") as te, open(unpaired, "wb") as u:
         assert s.write({"train": t, "val": v, "test": te}, u) == (2, 1)
     assert [Example.from_json(x).source_id for x in train.read_bytes().splitlines()] == ["1", "5"]
+    from ftctl.registry import seen
+
+    assert s.train_ids() == list(seen.ids(train))  # the ledger's ids, taken as the rows were spilled
     (bad,) = [json.loads(x) for x in unpaired.read_bytes().splitlines()]
     assert bad["completion"] == [{"role": "assistant", "content": "bad"}] and bad["from"] == "min_rating"
     assert [(g.source_id, b) for g, b in s.negatives_for_kept()] == [("1", "bad")]  # one per distinct answer
@@ -210,3 +213,22 @@ def test_the_first_seen_id_hashes_the_rows_json(row):
 
     text = json.dumps([row.get("messages"), row.get("correction")], sort_keys=True, ensure_ascii=False)
     assert seen.row_id(row) == hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+class _Text(str):
+    pass
+
+
+@pytest.mark.parametrize("messages, correction", [
+    ([{"role": "user", "content": "q \u2028 é 😀"}, {"role": "assistant", "content": "a"}], None),
+    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "right\n"),
+    (({"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}), None),  # a tuple: read back a list
+    ([{"role": "user", "content": _Text("q")}, {"role": "assistant", "content": "a"}], _Text("c")),
+    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}], None),
+])
+def test_the_ledger_id_taken_while_spilling_is_the_written_lines(messages, correction):
+    """collect takes the ledger's ids from the rows in memory: the same as from their lines."""
+    from ftctl.registry import seen
+
+    line = Example(messages=messages, correction=correction).to_json()
+    assert seen.line_digest(messages, correction, line).hex() == seen.row_id(json.loads(line))
