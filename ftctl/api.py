@@ -31,7 +31,8 @@ from ftctl.lib.device import (DEVICE_HELP, Capability, Device, Gpu, check_spec a
 from ftctl.lib.digest import file_sha256
 from ftctl.lib.generation import GenSettings, GGUFBackend, HFBackend, load_hf, prompt_messages
 from ftctl.lib.llamacpp import find_tools, open_llama, preflight, user_cache_dir
-from ftctl.lib.memory import RunShape, checkpointed_layers, predict as predict_memory, read_config
+from ftctl.lib.memory import (RunShape, checkpointed_layers, least_checkpointing, predict as predict_memory,
+                              read_config)
 from ftctl.lib.plan import describe, make_plan
 from ftctl.lib import ports
 from ftctl.lib.process import run_tool, wait_for
@@ -66,7 +67,8 @@ __all__ = [
     "resolve_base",
     # devices and dtypes (decided from the config and the machine), memory you can plan
     "Capability", "DEVICE_HELP", "Device", "Gpu", "check_device", "compute_dtype", "gpu_layers", "load_dtype",
-    "probe_devices", "resolve_device", "torch_dtype", "RunShape", "checkpointed_layers", "predict_memory", "read_config",
+    "probe_devices", "resolve_device", "torch_dtype", "RunShape", "checkpointed_layers", "least_checkpointing",
+    "predict_memory", "read_config",
     # the chat format
     "ChatFormatError", "Collator", "IGNORE", "EncodeReport", "Encoded", "check_template", "encode", "ensure_pad",
     "mark_trained", "select",

@@ -89,6 +89,39 @@ def predict(config, shape: RunShape, device: Device, prepare=None) -> MemoryEsti
     """The predicted peak of a run of ``shape`` on ``device`` for a model with this HF config.
     ``prepare``: what the trainer does to the LoRA-wrapped model before training (called on the
     meta model, so what it changes in the saved activations is counted)."""
+    m = _measure(config, shape, prepare)
+    return _estimate(m, shape, device, checkpointed_layers(shape.gradient_checkpointing, m.layers))
+
+
+def least_checkpointing(config, shape: RunShape, device: Device, prepare=None, *, floor: float,
+                        room: float) -> float:
+    """The smallest share of decoder layers to checkpoint, at least ``floor``, whose predicted peak
+    fits in ``room`` (a fraction) of the device's memory; all layers (1.0) where none does or the
+    layers are unknown. One meta forward, whatever the number of layers tried."""
+    m = _measure(config, shape, prepare)
+    if not m.layers:
+        return 1.0
+    for checkpointed in range(checkpointed_layers(floor, m.layers), m.layers):
+        if device.total_bytes <= 0 or _estimate(m, shape, device, checkpointed).total <= room * device.total_bytes:
+            return checkpointed / m.layers  # exact: checkpointed_layers() gives back this count
+    return 1.0
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """What one meta forward of a run's model gives (bytes), whatever its layers checkpointed."""
+
+    weights: int
+    adapter: int  # parameters
+    body: int  # saved for backward by the decoder body
+    head: int  # by the output layer and loss
+    layers: int
+    largest: int  # the largest single saved tensor
+    masks: int  # the body's boolean masks
+    hidden: int  # one layer's input
+
+
+def _measure(config, shape: RunShape, prepare) -> _Measured:
     import torch
 
     dtype = getattr(torch, shape.load_dtype)
@@ -104,17 +137,21 @@ def predict(config, shape: RunShape, device: Device, prepare=None) -> MemoryEsti
         adapter = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
         with _autocast(shape.autocast):
             body, head, layers, largest, masks = _saved_bytes(peft_model, shape, act_dtype)
-    checkpointed = checkpointed_layers(shape.gradient_checkpointing, layers)
+    return _Measured(weights, adapter, body, head, layers, largest, masks,
+                     hidden=config.hidden_size * shape.tokens * act_dtype.itemsize)
+
+
+def _estimate(m: _Measured, shape: RunShape, device: Device, checkpointed: int) -> MemoryEstimate:
     if checkpointed:
-        hidden = config.hidden_size * shape.tokens * act_dtype.itemsize
-        per_layer = body / layers
+        per_layer = m.body / m.layers
         # checkpointed layers keep their input (+ the one being recomputed) and the trainer's
         # dropout masks for the replay (ftctl_plugins/trainers/lean.py), the others everything
-        activations = checkpointed * (hidden + masks / layers) + per_layer + (layers - checkpointed) * per_layer
+        activations = (checkpointed * (m.hidden + m.masks / m.layers) + per_layer
+                       + (m.layers - checkpointed) * per_layer)
     else:
-        activations = body
-    activations += head + largest  # the logits' part, and the biggest tensor's gradient in flight
-    parts = {"weights": weights, "adapter_and_optimizer": 16 * adapter, "activations": int(activations)}
+        activations = m.body
+    activations += m.head + m.largest  # the logits' part, and the biggest tensor's gradient in flight
+    parts = {"weights": m.weights, "adapter_and_optimizer": 16 * m.adapter, "activations": int(activations)}
     tensors = sum(parts.values())
     if device.is_cuda:
         parts["cuda_overhead"] = CUDA_CONTEXT + int(CUDA_SLACK * tensors)
@@ -122,10 +159,10 @@ def predict(config, shape: RunShape, device: Device, prepare=None) -> MemoryEsti
         parts["runtime"] = (cpu_libraries() + CPU_RUN + (CPU_BITSANDBYTES if shape.qlora else 0)
                             + int(CPU_SLACK * tensors))
     notes = [f"{shape.tokens} tokens per forward pass, {shape.trained_share:.0%} of them trained",
-             _checkpointing_note(checkpointed, layers),
+             _checkpointing_note(checkpointed, m.layers),
              f"weights {'4-bit NF4 (linear layers)' if shape.qlora else shape.load_dtype}"]
     return MemoryEstimate(device=str(device), device_bytes=device.total_bytes, parts=parts,
-                          adapter_params=adapter, notes=notes, advice=advice(shape))
+                          adapter_params=m.adapter, notes=notes, advice=advice(shape))
 
 
 def cpu_libraries() -> int:

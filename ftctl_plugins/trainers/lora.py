@@ -10,6 +10,7 @@ Import-light: torch, transformers and peft load inside :meth:`LoraTrainer.train`
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -25,14 +26,24 @@ from pydantic import Field, field_validator
 
 from ftctl.api import (DEVICE_HELP, BaseModelRef, Collator, Encoded, FtctlError, MemoryEstimate, PluginConfig, RunShape,
                        TrainPreview, TrainRequest, TrainResult, Trainer, UsageError, check_device, check_template,
-                       compute_dtype, describe, encode, ensure_pad, load_dtype, load_model, load_tokenizer, make_plan,
-                       mark_trained, predict_memory, probe_devices, read_config, read_jsonl, require_bitsandbytes,
-                       resolve_device, select, torch_dtype, write_text)
+                       compute_dtype, describe, encode, ensure_pad, least_checkpointing, load_dtype, load_model,
+                       load_tokenizer, make_plan, mark_trained, predict_memory, probe_devices, read_config, read_jsonl,
+                       require_bitsandbytes, resolve_device, select, torch_dtype, write_text)
 from ftctl_plugins.trainers import aliases
 from ftctl_plugins.trainers.checkpoints import TrainingFailed, drop_incomplete, latest_checkpoint
 from ftctl_plugins.trainers.heads import HEAD_LOSS_MODELS
 
 CACHE_FORMAT = 1  # bump when chat_format's encoding changes: invalidates cached token rows
+# The CPU's default checkpointing share, at least (more where the RAM needs it): checkpointing all
+# layers costs a second forward pass per layer; none keeps a step's every activation (SmolLM2-135M
+# at 512 tokens, benchmarks/train_throughput.py on a Zen 4 EPYC: all 1.43x TRL's tokens/s at 0.39x
+# its peak RSS, 0.6 1.64x at 0.42x, none 1.81x at 0.50x; docs/performance.md "Training")
+CPU_CHECKPOINTING = 0.6
+CPU_ROOM = 0.8  # of the RAM: the prediction runs up to ~10% low, and the machine runs other things
+
+
+_BOOL_WORDS = {**dict.fromkeys(("true", "on", "yes", "y", "t", "1"), True),
+               **dict.fromkeys(("false", "off", "no", "n", "f", "0"), False)}
 
 
 class LoraConfig(PluginConfig):
@@ -53,8 +64,8 @@ class LoraConfig(PluginConfig):
     max_length: int = Field(1024, ge=8, description="tokens per training row; longer conversations are skipped (counted)")
     gradient_checkpointing: bool | float | None = Field(
         None, description="recompute activations: less memory, slower; a number between 0 and 1 checkpoints that "
-                          "share of the decoder layers (the first ones). Unset: on under QLoRA and on the CPU, off on "
-                          "a GPU")
+                          "share of the decoder layers (the first ones). Unset: all under QLoRA, none on a GPU; on "
+                          "the CPU the fewest layers, at least 60%, whose predicted peak fits in 80% of the RAM")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: weights in bf16 on CUDA (fp16 before Ampere), fp32 on the CPU "
                             "(bf16 autocast where the CPU has AVX-512)")
@@ -78,15 +89,17 @@ class LoraConfig(PluginConfig):
     @classmethod
     def _checkpointing(cls, v):
         if isinstance(v, str):
-            try:
-                v = float(v)
-            except ValueError:
-                return v  # true/false/on/off...: pydantic's own bool parsing
+            word = v.strip().lower()
+            if word in _BOOL_WORDS:  # pydantic's words for a bool
+                return _BOOL_WORDS[word]
+            with contextlib.suppress(ValueError):  # not a number: the error below
+                v = float(word)
         if v is None or isinstance(v, bool):
             return v
         if isinstance(v, (int, float)) and 0 <= v <= 1:
             return v if 0 < v < 1 else bool(v)
-        raise ValueError("true, false, or the share of decoder layers to checkpoint (a number between 0 and 1)")
+        raise ValueError(f"{v!r} is not true, false, or the share of decoder layers to checkpoint "
+                         "(a number between 0 and 1)")
 
     @field_validator("target_modules", mode="before")
     @classmethod
@@ -123,36 +136,54 @@ class LoraTrainer(Trainer):
                              hint="use precision: auto, fp32 or bf16 on this machine")
         return compute_dtype(c.precision, device) if c.qlora else load_dtype(c.precision, device)
 
-    def checkpointing(self, device) -> float:
-        """The share of decoder layers checkpointed (0: none, 1: all), as configured. Unset: all
-        under QLoRA (whose point is memory) and on the CPU, where one step's activations weigh more
-        than the model (SmolLM2-135M at 512 tokens: ~0.65 GB of a 2.3 GB peak;
-        benchmarks/train_throughput.py) and TRL checkpoints by default too; none on a GPU. The
-        results are the same; a checkpointed layer runs its forward pass twice."""
+    def checkpointing(self, device, base: BaseModelRef | None = None, plan=None) -> float:
+        """The share of decoder layers checkpointed (0: none, 1: all); as configured when set.
+        Unset: all under QLoRA (whose point is memory), none on a GPU. On the CPU, where one step's
+        activations weigh about as much as the model, planned from the predicted peak
+        (ftctl.lib.memory): the fewest of the first layers, at least CPU_CHECKPOINTING, whose peak
+        fits in CPU_ROOM of the RAM, else all (without a base to plan from: CPU_CHECKPOINTING).
+        The results are the same; a checkpointed layer runs its forward pass twice."""
         c = self.config
         if c.gradient_checkpointing is not None:
             return float(c.gradient_checkpointing)
-        return 1.0 if c.qlora or not device.is_cuda else 0.0
+        if c.qlora:
+            return 1.0
+        if device.is_cuda:
+            return 0.0
+        if base is None:
+            return CPU_CHECKPOINTING
+        trained = _trained_share(plan)
+        key = (str(device), device.total_bytes, base.path, trained)
+        if key not in self._planned:  # one meta forward: the preview's check and the run ask alike
+            self._planned[key] = least_checkpointing(
+                read_config(base.path, base.trust_remote_code), self.shape(device, trained, 1.0), device,
+                self._prepare(device), floor=CPU_CHECKPOINTING, room=CPU_ROOM)
+        return self._planned[key]
+
+    @functools.cached_property
+    def _planned(self) -> dict:
+        return {}
 
     def memory(self, base: BaseModelRef, device=None, plan=None) -> MemoryEstimate:
         """Peak memory predicted from the base's config on the meta device (ftctl.lib.memory)."""
         device = device or self.device()
-        # logits are computed where tokens are trained only (loss.py): the data's share of them
-        share = plan.trained_tokens_per_step / plan.tokens_per_step if plan and plan.tokens_per_step else 1.0
-        # the dropout the trainer folds keeps less, and under bf16 autocast the frozen linear weights
-        # are stored in bf16 (lean.py): counted as it runs
-        shape = self.shape(device, min(1.0, share))
-        prepare = (functools.partial(_lean_prepare, bf16=shape.autocast == "bfloat16")
-                   if _lean(self.config, device) else None)
-        return predict_memory(read_config(base.path, base.trust_remote_code), shape, device, prepare)
+        shape = self.shape(device, _trained_share(plan), self.checkpointing(device, base, plan))
+        return predict_memory(read_config(base.path, base.trust_remote_code), shape, device, self._prepare(device))
 
-    def shape(self, device, trained_share: float = 1.0) -> RunShape:
+    def _prepare(self, device):
+        """The dropout the trainer folds keeps less, and under bf16 autocast the frozen linear
+        weights are stored in bf16 (lean.py): the prediction counts them as the run has them."""
+        if not _lean(self.config, device):
+            return None
+        return functools.partial(_lean_prepare, bf16=_cpu_autocast(self.config, device) == "bfloat16")
+
+    def shape(self, device, trained_share: float = 1.0, checkpointing: float | None = None) -> RunShape:
         c = self.config
         # a micro-batch runs forward/backward in chunks of at most max_length tokens (loss.py)
         return RunShape(lora_r=c.r, target_modules=c.target_modules, qlora=c.qlora, load_dtype=self.dtype(device),
                         tokens=c.max_length, trained_share=trained_share,
-                        gradient_checkpointing=self.checkpointing(device), head_loss_models=HEAD_LOSS_MODELS,
-                        autocast=_cpu_autocast(self.config, device))
+                        gradient_checkpointing=self.checkpointing(device) if checkpointing is None else checkpointing,
+                        head_loss_models=HEAD_LOSS_MODELS, autocast=_cpu_autocast(self.config, device))
 
     # --- data ---------------------------------------------------------------------------
 
@@ -244,8 +275,9 @@ class LoraTrainer(Trainer):
         train_ds = self.features(train_rows)
         val_ds = self.features(val_rows) if val_rows else None
 
+        plan = self.plan_of(train_rows, int(os.environ.get("WORLD_SIZE", "1")))
         if int(os.environ.get("RANK", "0")) == 0:
-            for line in describe(self.plan_of(train_rows, int(os.environ.get("WORLD_SIZE", "1")))):
+            for line in describe(plan):
                 log(line)
 
         quiet_known_warnings()
@@ -257,13 +289,15 @@ class LoraTrainer(Trainer):
             torch.cuda.set_device(device.index)
         dtype = self.dtype(device)
         amp = _mixed_precision(cfg.precision, device)
-        share = self.checkpointing(device)
+        share = self.checkpointing(device, request.base, plan)
         checkpointing = share > 0
         quantization = _quantization(cfg, dtype)
         log(f"loading {request.base.ref} on {device}: "
             + (f"4-bit NF4 (QLoRA), computing in {dtype}" if cfg.qlora else dtype)
             + ("" if not checkpointing else ", gradient checkpointing" if share == 1
-               else f", gradient checkpointing ({share:.0%} of the layers)"))
+               else f", gradient checkpointing ({share:.0%} of the layers)")
+            + (" (planned from the predicted peak; train.lora.gradient_checkpointing sets it)"
+               if cfg.gradient_checkpointing is None and _lean(cfg, device) else ""))
         model = load_model(request.base, dtype=torch_dtype(dtype), quantization=quantization, device=device)
         if cfg.qlora and not device.is_cuda:
             _train_layout(model)
@@ -414,6 +448,11 @@ def _lean(cfg: LoraConfig, device) -> bool:
     """lean.py's step: on the CPU (CUDA draws dropout masks its own way), LoRA over a full-precision
     base (4-bit layers are bitsandbytes' own, measured apart: benchmarks/memory.py's QLoRA row)."""
     return not device.is_cuda and not cfg.qlora
+
+
+def _trained_share(plan) -> float:
+    """The share of a step's tokens that carry loss (logits are computed there only: loss.py)."""
+    return min(1.0, plan.trained_tokens_per_step / plan.tokens_per_step) if plan and plan.tokens_per_step else 1.0
 
 
 def _lean_prepare(model, bf16: bool) -> None:

@@ -133,3 +133,61 @@ def test_cpu_bf16_autocast_counts_what_autocast_keeps(tmp_path):
     # the matmuls' saved inputs in bf16; the residual stream, the norms' and the loss's float32
     assert 0.55 * full.parts["activations"] < mixed.parts["activations"] < 0.8 * full.parts["activations"]
     assert mixed.adapter_params == full.adapter_params
+
+
+def test_the_cpu_default_checkpoints_the_fewest_layers_that_fit(tmp_path, monkeypatch):
+    """Unset on the CPU, the checkpointing share comes from the memory plan: the fewest of the
+    first layers, at least 60%, whose predicted peak fits in 80% of the RAM; all where none does.
+    A setting (true, false, a share) wins without any prediction; a share outside 0..1 is an error."""
+    import json
+
+    import ftctl_plugins.trainers.lora as lora
+    from ftctl import plugins
+    from ftctl.errors import ConfigError
+    from ftctl.kinds import Context
+    from ftctl.lib import memory
+    from ftctl.lib.device import Device
+
+    # Mistral's architecture, small enough to predict quickly: 10 layers
+    config = json.loads((FIXTURES / "mistral-7b" / "config.json").read_text())
+    config.update(hidden_size=256, intermediate_size=512, num_hidden_layers=10, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=64)
+    (tmp_path / "small").mkdir()
+    (tmp_path / "small" / "config.json").write_text(json.dumps(config))
+    base = ResolvedBase("small", tmp_path / "small", "", None, False)
+    small = {"precision": "fp32", "max_length": 256}  # fp32 whatever this CPU's bf16
+    monkeypatch.setattr(memory, "cpu_libraries", lambda: GIB)  # measured: it grows as the process runs
+
+    def ram(n_bytes):
+        return Device("cpu", None, int(n_bytes), "CPU")
+
+    huge = ram(1000 * GIB)
+    peak = {n: trainer(tmp_path, **small, gradient_checkpointing=n / 10).memory(base, huge).total for n in (7, 8)}
+    assert peak[7] > peak[8]
+
+    t = trainer(tmp_path, **small)
+    assert t.checkpointing(huge, base) == 0.6  # the floor: 6 of 10 layers
+    est = t.memory(base, huge)
+    assert "gradient checkpointing (6 of 10 layers)" in est.notes and est.fits
+    assert t.checkpointing(ram(0), base) == 0.6  # the RAM unknown: the floor
+    tight = ram(peak[8] / lora.CPU_ROOM + 1)  # 8 layers fit in 80% of it, 7 do not
+    assert t.checkpointing(tight, base) == 0.8
+    assert t.memory(base, tight).total == peak[8]
+    est = t.memory(base, ram(GIB))  # not even all layers fit: all layers, and it says so
+    assert "gradient checkpointing" in est.notes and not est.fits
+    assert t.checkpointing(Device("cpu"), None) == lora.CPU_CHECKPOINTING  # nothing to plan from
+
+    def no_plan(*a, **k):
+        raise AssertionError("a setting needs no plan")
+
+    monkeypatch.setattr(lora, "least_checkpointing", no_plan)
+    for setting, share in ((True, 1.0), (False, 0.0), (0.3, 0.3), ("0.75", 0.75)):
+        assert trainer(tmp_path, **small, gradient_checkpointing=setting).checkpointing(tight, base) == share
+    assert trainer(tmp_path, qlora=True).checkpointing(tight, base) == 1.0
+    assert trainer(tmp_path).checkpointing(card(24), base) == 0.0  # a GPU: none unless set
+    for bad in (1.5, -0.1, "half", "nan", [0.5]):
+        with pytest.raises(ConfigError) as e:
+            plugins.build("trainer", "lora", {"gradient_checkpointing": bad}, Context(tmp_path, "m", tmp_path),
+                          key="train.lora")
+        assert "train.lora.gradient_checkpointing" in e.value.message
+        assert "a number between 0 and 1" in e.value.message
