@@ -7,9 +7,12 @@ not a hand list): "every match holds at least k characters of the set S", for se
 punctuation (letters and spaces are in every text: no use). A pattern whose needs a text does not
 meet is not run for that text; a recognizer left with none is not run at all. Exact: what is
 skipped would have found nothing. A regex the parser reads differently from the ``regex`` module
-Presidio matches with, or cannot read, and a recognizer that is not plain patterns (NER, phone
-numbers, a custom ``analyze``) are always run. (A pattern left out cannot time out either: a text
-it cannot match is no longer rejected because its regex was slow to say so.)
+Presidio matches with, or cannot read, and a recognizer that is not plain patterns (NER, a custom
+``analyze``) are always run. Presidio's phone recognizer (python-phonenumbers, leniency VALID or
+stricter, US numbering) needs PHONE_DIGITS digits: the digits of what it finds are in the text
+(the matcher's candidates are digits and punctuation), and no valid number has fewer. (A pattern
+left out cannot time out either: a text it cannot match is no longer rejected because its regex
+was slow to say so.)
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ _ASCII = frozenset(map(chr, range(128)))
 # module shares with `re`; any other flag (regex.V1, FULLCASE, ...) may change what a pattern means
 _KNOWN_FLAGS = 2 | 8 | 16 | 32 | 64
 _VERBOSE = 64
+# The fewest digits a valid phone number found with US as the default region holds in the text: a
+# national number of at least 4 digits after a country code of 2 (Austria, Germany, Iran), 10
+# after North America's implicit +1. A constant, not read at run time (loading every region's
+# metadata costs 0.26 s per process); tests/collect/test_prescreen.py derives it from the metadata.
+PHONE_DIGITS, PHONE_REGIONS = 6, frozenset({"US"})
 
 
 class _Unprovable(Exception):
@@ -151,13 +159,20 @@ class Screen:
         plain = {PatternRecognizer.analyze}
         if (iban := getattr(predefined_recognizers, "IbanRecognizer", None)) is not None:
             plain.add(iban.analyze)
+        phone = getattr(predefined_recognizers, "PhoneRecognizer", None)
         self._plans: list[list | None] = []  # per recognizer: None (always run) or [(pattern, needs)]
         for r in self.recognizers:
             plan = None
-            if type(r).analyze in plain and type(r).enhance_using_context is EntityRecognizer.enhance_using_context:
+            own_context = type(r).enhance_using_context is not EntityRecognizer.enhance_using_context
+            if own_context:
+                pass  # it may add results of its own: always run
+            elif type(r).analyze in plain:
                 plan = [(p, _useful(needs(p.regex, r.global_regex_flags))) for p in r.patterns or ()]
                 if not any(n for _, n in plan):
                     plan = None
+            elif (phone is not None and type(r).analyze is phone.analyze and (r.leniency or 0) >= 1
+                  and set(r.supported_regions) <= PHONE_REGIONS):
+                plan = [(None, {(_DIGITS, True): PHONE_DIGITS})]  # whole or nothing: no patterns to part
             self._plans.append(plan)
         needed = [n for plan in self._plans if plan for _, n in plan if n]
         self._sets = sorted({s for n in needed for s in n}, key=lambda s: (sorted(s[0]), s[1]))

@@ -87,8 +87,49 @@ def test_recognizers_that_are_not_plain_patterns_always_run():
             return super().analyze(text, entities, nlp_artifacts, regex_flags)
 
     own = Own(supported_entity="OWN", name="own", patterns=[Pattern("d", r"\d{5}", 0.5)])
+    lenient = PhoneRecognizer(supported_regions=("US",), leniency=0)  # possible numbers: no bound proven
+    guernsey = PhoneRecognizer(supported_regions=("GG",))  # its local numbers gain 4 digits in parsing
+    assert prescreen.Screen([own, lenient, guernsey]).select("nothing here") == [own, lenient, guernsey]
+
+
+def test_the_phone_recognizer_runs_only_on_texts_with_enough_digits():
+    import phonenumbers
+    from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
     phone = PhoneRecognizer(supported_regions=("US",))
-    assert prescreen.Screen([own, phone]).select("nothing here") == [own, phone]
+    screen = prescreen.Screen([phone])
+    # the shortest valid numbers there are: a 4-digit national number after a 2-digit country code
+    for number in ("+43 1112", "+49 1644", "+\u0664\u0669 \u0661\u0666\u0664\u0664", "(202) 555-0143"):
+        assert phonenumbers.is_valid_number(phonenumbers.parse(number, "US")), number
+        text = f"call {number} today"
+        assert phone.analyze(text, ["PHONE_NUMBER"]), number  # found (Arabic-Indic digits too) ...
+        assert screen.select(text) == [phone], number  # ... and run
+    assert screen.select("Question 1234: what is 5 squared?") == []  # five digits: no phone number
+
+
+def test_phone_digits_is_the_fewest_a_valid_number_holds():
+    """PHONE_DIGITS from the metadata itself: the digits a valid number holds in the text are its
+    country code's when it is written (the main region's, whose rules parse it), plus its national
+    number's, less those a national-prefix transform adds (counted generously: every digit of the
+    rule); with US as the default region, a number without a country code is North American."""
+    import re
+
+    from phonenumbers import PhoneMetadata
+    from phonenumbers import phonenumberutil as u
+
+    def fewest(md, written_code: bool) -> int:
+        lengths = [n for name in ("general_desc", "fixed_line", "mobile", "toll_free", "premium_rate", "shared_cost",
+                                  "personal_number", "voip", "pager", "uan", "voicemail", "no_international_dialling")
+                   if (desc := getattr(md, name, None)) is not None for n in desc.possible_length or () if n > 0]
+        added = len(re.findall(r"\d", re.sub(r"[$\\]\d", "", md.national_prefix_transform_rule or "")))
+        return written_code * len(str(md.country_code)) + min(lengths) - added
+
+    codes = [(code, PhoneMetadata.metadata_for_region_or_calling_code(code, u.region_code_for_country_code(code)))
+             for code in u.COUNTRY_CODE_TO_REGION_CODE]
+    written = min(fewest(md, True) for code, md in codes if md is not None)
+    implicit = min(fewest(PhoneMetadata.metadata_for_region(r), False) for r in prescreen.PHONE_REGIONS)
+    assert prescreen.PHONE_DIGITS <= min(written, implicit)
+    assert prescreen.PHONE_DIGITS == min(written, implicit)  # and it is not weaker than it need be
 
 
 def test_the_scrubber_still_finds_a_custom_unprovable_pattern_and_skips_by_text(tmp_path):
@@ -119,6 +160,6 @@ def test_the_scrubber_still_finds_a_custom_unprovable_pattern_and_skips_by_text(
         worker.start()
         worker.join()
     assert seen["project codes"] == ["unicode letters"]  # unprovable: run; numbered: needs digits
-    assert "UsSsnRecognizer" not in seen and "PhoneRecognizer" in seen
+    assert "UsSsnRecognizer" not in seen and "PhoneRecognizer" not in seen  # both need digits
     everything = lookup("en", s.entities)  # outside the block: every recognizer
     assert len(everything) > len(seen) and [r.name for r in elsewhere] == [r.name for r in everything]
