@@ -126,7 +126,9 @@ def _measure(config, shape: RunShape, prepare) -> _Measured:
 
     dtype = getattr(torch, shape.load_dtype)
     act_dtype = dtype  # QLoRA: the compute dtype, which 4-bit layers dequantize to
-    with _quiet():
+    # building the model draws from torch's CPU generator: a prediction inside a seeded run (the
+    # trainer plans its checkpointing after set_seed) must leave the run's adapter and data as they were
+    with _quiet(), torch.random.fork_rng(devices=[]):
         model = _meta_model(config, dtype)
         quantized = _quantized_linears(model) if shape.qlora else set()
         peft_model = _with_lora(model, shape)

@@ -141,6 +141,8 @@ def test_the_cpu_default_checkpoints_the_fewest_layers_that_fit(tmp_path, monkey
     A setting (true, false, a share) wins without any prediction; a share outside 0..1 is an error."""
     import json
 
+    import torch
+
     import ftctl_plugins.trainers.lora as lora
     from ftctl import plugins
     from ftctl.errors import ConfigError
@@ -166,7 +168,9 @@ def test_the_cpu_default_checkpoints_the_fewest_layers_that_fit(tmp_path, monkey
     assert peak[7] > peak[8]
 
     t = trainer(tmp_path, **small)
+    rng = torch.random.get_rng_state()
     assert t.checkpointing(huge, base) == 0.6  # the floor: 6 of 10 layers
+    assert torch.equal(torch.random.get_rng_state(), rng)  # planned in a seeded run: its draws stay as they were
     est = t.memory(base, huge)
     assert "gradient checkpointing (6 of 10 layers)" in est.notes and est.fits
     assert t.checkpointing(ram(0), base) == 0.6  # the RAM unknown: the floor
