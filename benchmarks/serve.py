@@ -116,6 +116,13 @@ def pause(pid: int, paused: bool) -> None:
     os.killpg(pid, signal.SIGSTOP if paused else signal.SIGCONT)
 
 
+def cpu_seconds(pid: int) -> float:
+    """The service process's CPU so far (user + system): work per request, apart from scheduling."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(xs: list[float], q: float) -> float:
     return statistics.quantiles(xs, n=100, method="inclusive")[q - 1] * 1000 if q < 100 else max(xs) * 1000
 
@@ -158,16 +165,20 @@ def main() -> None:
             pid = JobStore(root / ".ftctl" / "serve" / "jobs.sqlite").get(job["id"])["pid"]
             p99s: dict[tuple[str, str], list[float]] = {}
             p50s: dict[tuple[str, str], list[float]] = {}
+            cpus: dict[tuple[str, str], list[float]] = {}
             try:
                 for rnd in range(1, args.rounds + 1):
                     for phase in ("idle", "training"):
                         pause(pid, phase == "idle")
                         for route in ("/status", "/metrics"):
+                            cpu = cpu_seconds(proc.pid)
                             xs = asyncio.run(hammer(url, route, args.clients, args.requests))
+                            cpus.setdefault((phase, route), []).append((cpu_seconds(proc.pid) - cpu) / len(xs) * 1000)
                             p50s.setdefault((phase, route), []).append(pct(xs, 50))
                             p99s.setdefault((phase, route), []).append(pct(xs, 99))
                             print(f"round {rnd} {phase:9s} {route:9s} n={len(xs):5d}  p50 {pct(xs, 50):8.1f} ms  "
-                                  f"p99 {pct(xs, 99):8.1f} ms  (load {os.getloadavg()[0]:.2f})", flush=True)
+                                  f"p99 {pct(xs, 99):8.1f} ms  service CPU {cpus[phase, route][-1]:.2f} ms/request  "
+                                  f"(load {os.getloadavg()[0]:.2f})", flush=True)
             finally:
                 pause(pid, False)
             step = api.get(f"/jobs/{job['id']}").json()["progress"]
@@ -178,7 +189,8 @@ def main() -> None:
                 idle, busy = ("idle", route), ("training", route)
                 print(f"{route}: medians of {args.rounds} rounds: idle p50 {med(p50s[idle]):.1f} p99 {med(p99s[idle]):.1f} ms, "
                       f"training p50 {med(p50s[busy]):.1f} p99 {med(p99s[busy]):.1f} ms; training/idle "
-                      f"p50 x{med(p50s[busy]) / med(p50s[idle]):.2f}, p99 x{med(p99s[busy]) / med(p99s[idle]):.2f}")
+                      f"p50 x{med(p50s[busy]) / med(p50s[idle]):.2f}, p99 x{med(p99s[busy]) / med(p99s[idle]):.2f}; "
+                      f"service CPU idle {med(cpus[idle]):.2f}, training {med(cpus[busy]):.2f} ms/request")
                 # every request was answered 200 (hammer stops the run otherwise)
                 verdict(f"{route} p99 training / idle", med(p99s[busy]) / med(p99s[idle]), GOAL_P99,
                         higher_is_better=False)

@@ -35,6 +35,7 @@ from ftctl.lib.redact import redact
 from ftctl.serve import job_process
 from ftctl.serve import jobs as J
 from ftctl.serve.body_limit import BodyLimit
+from ftctl.serve.coalesce import Coalesce
 from ftctl.serve.health import Health
 from ftctl.serve.job_view import job_view as view
 from ftctl.serve.read_cache import ReadCache
@@ -130,6 +131,7 @@ def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
     # CORS: no middleware, so browsers refuse cross-origin reads (off by default, as asked)
 
     cache = ReadCache(root)
+    status_flights = Coalesce()
 
     def workspace():
         return cache.workspace()
@@ -251,7 +253,8 @@ def create_app(settings: Settings, *, start_worker: bool = True) -> FastAPI:
     def get_status(model: str | None = Query(None, max_length=64)):
         from ftctl.serve.dashboard import deployment_status
 
-        return cli_json(deployment_status(workspace(), model))
+        # requests at once share one reading (each gets one begun after it arrived)
+        return cli_json(status_flights(model, lambda: deployment_status(workspace(), model)))
 
     @app.get("/versions")
     def get_versions(model: str | None = Query(None, max_length=64)):
