@@ -159,6 +159,9 @@ class EvalConfig(WithPlugins):
     artifact: str = "hf"  # hf | gguf:<QUANT>: what `ftctl eval` scores by default
     n_ctx: int = Field(2048, ge=256)  # GGUF backend context, as the server runs it
     parallel: int = Field(8, ge=1)  # GGUF backend: answers decoded at once (llama-server slots of n_ctx each)
+    # GGUF backend: a file with K-quant, IQ or F16 matrices decodes one answer at a time, since
+    # llama.cpp's batched kernels for those round differently (ftctl.lib.generation.BATCH_INVARIANT)
+    reproducible: bool = True
     # the HF backend's device (auto: CUDA when present, weights in bf16/fp16; else the CPU in fp32)
     device: str = "auto"
     # GGUF backend: layers llama.cpp offloads to the GPU (-1: all); unset: all when the llama.cpp

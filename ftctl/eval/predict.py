@@ -29,8 +29,14 @@ def open_backend(ws, target: Target, log: Log = print, parallel: int | None = No
     settings = settings_of(cfg)
     if target.gguf is not None:
         gpu = cfg.eval.n_gpu_layers if n_gpu_layers is None else n_gpu_layers
-        return generation.GGUFBackend(target.gguf, settings, n_ctx=cfg.eval.n_ctx,
-                                      parallel=parallel or cfg.eval.parallel, n_gpu_layers=gpu)
+        asked = parallel or cfg.eval.parallel
+        backend = generation.GGUFBackend(target.gguf, settings, n_ctx=cfg.eval.n_ctx, parallel=asked,
+                                         n_gpu_layers=gpu, reproducible=cfg.eval.reproducible)
+        if backend.varying:
+            log(f"{target.gguf.name}: llama.cpp's batched {', '.join(backend.varying)} kernels round differently "
+                f"from one answer at a time, so its answers are decoded one at a time, the same every run "
+                f"(eval.reproducible: false decodes {asked} at once, faster, the answers varying with the batch)")
+        return backend
     from ftctl.lib.device import probe, resolve
 
     device = resolve(cfg.eval.device, probe())  # a device that does not exist fails before loading

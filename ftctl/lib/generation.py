@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftctl.errors import UsageError
+from ftctl.lib import gguf_header
 from ftctl.lib.llamacpp import open_llama_server
 from ftctl.records import Example
 
@@ -118,6 +119,38 @@ class HFBackend:
         return out
 
 
+# ggml types whose batched CPU kernels give a sequence the same floats as decoding it alone: the
+# legacy block types (activations quantized row by row, one dot product per row and column).
+# Measured on this repository's llama.cpp (xllamacpp), 32 greedy SmolLM2 answers, 8 slots against
+# one at a time: Q8_0, Q5_0, Q5_1, Q4_0, Q4_1 32/32; F16 31/32; Q6_K 10, Q5_K_M 6, Q4_K_M 6,
+# Q4_K_S 8, IQ4_NL 14 (and two parallel runs of a K-quant disagreed with each other: 20-27/32).
+BATCH_INVARIANT = {0: "F32", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0"}
+
+
+def batch_variant_types(path: Path) -> list[str]:
+    """The types of the GGUF's matrices whose batched kernels round differently from one sequence
+    at a time (none: parallel slots give each answer as it comes alone)."""
+    tensors = gguf_header.tensors(path)
+    names = {t.name for t in tensors}
+    found = set()
+    for t in tensors:
+        if t.n_dims < 2 or t.ggml_type in BATCH_INVARIANT:
+            continue
+        if t.name == "token_embd.weight" and "output.weight" in names:
+            continue  # rows looked up, not multiplied (a tied embedding is the output layer too)
+        found.add(_type_name(t.ggml_type))
+    return sorted(found)
+
+
+def _type_name(ggml_type: int) -> str:
+    try:
+        from gguf import GGMLQuantizationType
+
+        return GGMLQuantizationType(ggml_type).name
+    except (ImportError, ValueError):
+        return f"ggml type {ggml_type}"
+
+
 class GGUFBackend:
     """The exact file that ships, decoded by llama.cpp's own server (llama-server, embedded by the
     xllamacpp wheel, in this process): ``parallel`` slots decode together with continuous
@@ -130,7 +163,11 @@ class GGUFBackend:
     benchmarks/eval_throughput.py); spinning, it was the other way round.
 
     Greedy decoding gives the same answers as one request at a time
-    (tests/eval/test_gguf_parallel.py holds it). A request that fails (a prompt beyond the
+    (tests/eval/test_gguf_parallel.py holds it) for files whose matrices are all of the
+    ``BATCH_INVARIANT`` types. A file with others (K-quants, IQ types, F16) decodes one answer at
+    a time, each prompt computed whole (no prompt cache), unless ``reproducible`` is False:
+    batched, or with a prefix cached from another prompt, its answers change with what came along. ``varying`` names those types (empty when the file decodes in parallel as asked).
+    A request that fails (a prompt beyond the
     slot's context, an error in its slot) fails that example only: its answer is empty, and
     ``failures`` says which and why, for the caller to count and show.
     """
@@ -138,12 +175,17 @@ class GGUFBackend:
     name = "gguf"
 
     def __init__(self, path: Path, settings: GenSettings = GenSettings(), n_ctx: int = 2048, parallel: int = 8,
-                 threads: int | None = None, n_gpu_layers: int | None = None, replicas: int | None = None):
+                 threads: int | None = None, n_gpu_layers: int | None = None, replicas: int | None = None,
+                 reproducible: bool = True):
         import os
         import threading
 
         self.path = Path(path)
         self.settings = settings
+        # (a missing file: the server's own error below)
+        self.varying = batch_variant_types(self.path) if reproducible and parallel > 1 and self.path.is_file() else []
+        if self.varying:
+            parallel = 1
         self.parallel = parallel
         self.failures: list[tuple[int, str]] = []
         self.timings: list[tuple[float, int]] = []
@@ -180,8 +222,10 @@ class GGUFBackend:
         # the prompt cache: a slot keeps the tokens its last prompt shares with the next one (the
         # system prompt, the chat template's head) instead of computing them again; the answers
         # are the same (tests/eval/test_gguf_parallel.py), 1.35x the tokens/s on SmolLM2, 2 cores
+        # (not for a file whose batched kernels round differently: a cached prefix was computed in
+        # another batch than the prompt's own, so an answer would depend on the one before it)
         base = {"max_tokens": s.max_new_tokens, "temperature": 0.0, "top_k": 1, "seed": s.seed,
-                "cache_prompt": True}
+                "cache_prompt": not self.varying}
         if s.stop:
             base["stop"] = list(s.stop)
 

