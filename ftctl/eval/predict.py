@@ -32,7 +32,7 @@ def open_backend(ws, target: Target, log: Log = print, parallel: int | None = No
         asked = parallel or cfg.eval.parallel
         backend = generation.GGUFBackend(target.gguf, settings, n_ctx=cfg.eval.n_ctx, parallel=asked,
                                          n_gpu_layers=gpu, reproducible=cfg.eval.reproducible)
-        if backend.varying:
+        if backend.varying and asked > 1:
             log(f"{target.gguf.name}: llama.cpp's batched {', '.join(backend.varying)} kernels round differently "
                 f"from one answer at a time, so its answers are decoded one at a time, the same every run "
                 f"(eval.reproducible: false decodes {asked} at once, faster, the answers varying with the batch)")

@@ -166,10 +166,10 @@ class GGUFBackend:
     (tests/eval/test_gguf_parallel.py holds it) for files whose matrices are all of the
     ``BATCH_INVARIANT`` types. A file with others (K-quants, IQ types, F16) decodes one answer at
     a time, each prompt computed whole (no prompt cache), unless ``reproducible`` is False:
-    batched, or with a prefix cached from another prompt, its answers change with what came along. ``varying`` names those types (empty when the file decodes in parallel as asked).
-    A request that fails (a prompt beyond the
-    slot's context, an error in its slot) fails that example only: its answer is empty, and
-    ``failures`` says which and why, for the caller to count and show.
+    batched, or with a prefix cached from another prompt, its answers change with what came
+    along. ``varying`` names those types (empty: the file decodes as asked). A request that
+    fails (a prompt beyond the slot's context, an error in its slot) fails that example only:
+    its answer is empty, and ``failures`` says which and why, for the caller to count and show.
     """
 
     name = "gguf"
@@ -183,7 +183,7 @@ class GGUFBackend:
         self.path = Path(path)
         self.settings = settings
         # (a missing file: the server's own error below)
-        self.varying = batch_variant_types(self.path) if reproducible and parallel > 1 and self.path.is_file() else []
+        self.varying = batch_variant_types(self.path) if reproducible and self.path.is_file() else []
         if self.varying:
             parallel = 1
         self.parallel = parallel

@@ -108,13 +108,14 @@ def test_a_k_quant_decodes_one_answer_at_a_time_the_same_every_run(k_quant):
     """llama.cpp's batched K-quant kernels round differently from one sequence alone (6-10 of 32
     SmolLM2 answers matched, docs/performance.md), so such a file takes one slot unless told not to."""
     convs = [[{"role": "user", "content": a}] for a in ASKS]
-    b = GGUFBackend(k_quant, GenSettings(max_new_tokens=24), n_ctx=256, parallel=4, threads=2)
-    try:
-        assert b.varying == ["Q4_K", "Q5_K"] and b.parallel == 1  # ffn_down Q5_K, most others Q5_0
-        first = b.generate(convs)
-        assert all(first) and first == b.generate(convs[::-1])[::-1]  # the order does not matter either
-    finally:
-        b.close()
+    for asked in (4, 1):  # one slot asked for: still no prompt cache, whose prefix another prompt computed
+        b = GGUFBackend(k_quant, GenSettings(max_new_tokens=24), n_ctx=256, parallel=asked, threads=2)
+        try:
+            assert b.varying == ["Q4_K", "Q5_K"] and b.parallel == 1  # ffn_down Q5_K, most others Q5_0
+            first = b.generate(convs)
+            assert all(first) and first == b.generate(convs[::-1])[::-1]  # the order does not matter either
+        finally:
+            b.close()
     fast = GGUFBackend(k_quant, GenSettings(max_new_tokens=24), n_ctx=256, parallel=4, threads=2, reproducible=False)
     try:
         assert fast.varying == [] and fast.parallel == 4

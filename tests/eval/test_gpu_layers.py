@@ -4,6 +4,8 @@ llama.cpp as on a GPU one)."""
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -32,7 +34,7 @@ def test_gpu_layers_default_to_what_the_build_can_offload(tmp_path, llama_kwargs
     from ftctl.lib.llamacpp import open_llama
 
     f = tmp_path / "m.gguf"
-    f.write_bytes(b"GGUF")
+    f.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0))  # a header with no tensors: nothing to decode
     open_llama(f)
     assert llama_kwargs["n_gpu_layers"] == (-1 if llama_cpp.llama_supports_gpu_offload() else 0)
     GGUFBackend(f, n_gpu_layers=7)
@@ -52,7 +54,7 @@ def test_eval_config_and_the_chat_flag_reach_the_backend(workspace, tmp_path, ll
         y.dump(cfg, fh)
     workspace.__dict__.pop("loaded", None)
     f = tmp_path / "m.gguf"
-    f.write_bytes(b"GGUF")
+    f.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0))  # a header with no tensors: nothing to decode
     target = Target("assistant", "v1.0", "gguf:Q8_0", "base", gguf=f)
     open_backend(workspace, target)
     assert llama_kwargs["n_gpu_layers"] == 5  # eval.n_gpu_layers
