@@ -221,6 +221,11 @@ class Filters:
                 return "agent_type", 0
             if golden and (ex.key in golden or prompt_key(ex) in golden):
                 return "golden", 0
+            # a blank answer is read (its rating is evidence for a canary), but neither a target nor,
+            # even when rated down, a side of a preference pair: the preference trainers need text
+            last = ex.messages[-1]
+            if last["role"] == "assistant" and (not (c := last["content"]) or c.isspace()) and not last.get("tool_calls"):
+                return "empty_answer", 0
             meta = ex.meta
             if not (meta and meta.get("corrected")):  # negative_reason, inlined
                 if (ft := ex.feedback_type) is not None and ft == "thumbs_down":  # None == str costs a slow compare

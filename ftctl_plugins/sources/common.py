@@ -2,9 +2,12 @@
 
 A row is a flat mapping (a JSONL event, a CSV row, a database row). Reasons are short and
 countable (``missing_field:response``, ``rating_out_of_range``, ...): they become the data card's
-``rejected`` counts and the lines of rejects.jsonl. A detail describes the value's shape (its
-type, its length), never the value: rejects.jsonl is kept with the snapshot, and a value a row
-holds in the wrong place may be PHI (a member number typed into a rating field).
+``rejected`` counts and the lines of rejects.jsonl. An answer that is there but blank is not
+missing: the model said nothing, the user may have rated that, and a canary or drift check must
+count it (ftctl.feedback); curation keeps it out of training (``empty_answer``). A detail
+describes the value's shape (its type, its length), never the value: rejects.jsonl is kept with
+the snapshot, and a value a row holds in the wrong place may be PHI (a member number typed into
+a rating field).
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ def number(value: Any, field: str, low: float, high: float) -> float | None:
     return x
 
 
-def text(value: Any, field: str, required: bool = False) -> str | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
+def text(value: Any, field: str, required: bool = False, blank: bool = False) -> str | None:
+    """``value`` when it is a text; ``blank``: a blank one is kept as it is (a model's answer that
+    says nothing is still an answer), else it counts as missing."""
+    if value is None or (not blank and isinstance(value, str) and not value.strip()):
         if required:
             raise RowError(f"missing_field:{field}")
         return None
@@ -83,14 +88,13 @@ def example_from(row: Mapping[str, Any], *, source: str, source_id: str) -> Exam
         msgs = messages_from(row["messages"])
     else:
         prompt = text(row.get("prompt"), "prompt", required=True)
-        answer = row.get("response", row.get("completion"))
-        answer = text(answer, "response", required=not row.get("correction"))
+        said = text(row.get("response", row.get("completion")), "response", required=not row.get("correction"), blank=True)
         msgs = [{"role": "user", "content": prompt}]
         system = text(row.get("system"), "system")
         if system:
             msgs.insert(0, {"role": "system", "content": system})
-        if answer is not None:
-            msgs.append({"role": "assistant", "content": answer})
+        if said is not None and (said.strip() or not row.get("correction")):
+            msgs.append({"role": "assistant", "content": said})
     feedback_type = text(row.get("feedback_type"), "feedback_type")
     if feedback_type is not None:
         feedback_type = feedback_type.strip().lower().replace(" ", "_").replace("-", "_")

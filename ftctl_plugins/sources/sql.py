@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from ftctl.api import Example, PluginConfig, ROLES, Reject, Source
-from ftctl_plugins.sources.common import RowError, number, parse_time, shape
+from ftctl_plugins.sources.common import RowError, number, parse_time, shape, text
 
 # mapping key -> output column name (what a custom ``query`` must call its columns)
 MAPPED = ("id", "conversation_id", "role", "content", "prompt", "response", "rating", "reward",
@@ -154,8 +154,8 @@ class RowsToExamples:
                     if interactions:
                         if prompt.__class__ is not str or not prompt or prompt.isspace():
                             _text(prompt, "prompt")
-                        if response.__class__ is not str or not response or response.isspace():
-                            _text(response, "response")
+                        if response.__class__ is not str:  # a blank one is an answer (sources.common.text)
+                            text(response, "response", required=True, blank=True)
                         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
                     else:
                         if conv != conv_now:
@@ -163,7 +163,8 @@ class RowsToExamples:
                         if role not in ROLES:
                             raise RowError("bad_role" if role is not None else "missing_field:role",
                                            f"{shape(role)}, not one of {', '.join(ROLES)}" if role is not None else "")
-                        msg = {"role": role, "content": _text(content, "content")}
+                        msg = {"role": role, "content": text(content, "content", required=True, blank=True) if role == "assistant"
+                               else _text(content, "content")}
                         if role != "assistant":
                             context.append(msg)
                             continue

@@ -9,6 +9,7 @@ import pytest
 
 from ftctl.data.collect import collect
 from ftctl.errors import FtctlError
+from ftctl.records import read_jsonl
 from tests.collect.conftest import configure, event, write_jsonl
 from tests.conftest import ROOT, run_ftctl, run_json
 
@@ -187,3 +188,18 @@ def test_unpaired_disliked_answers_are_written_once_carried_and_forgotten(worksp
     assert f["reached"]["assistant"]["snapshot_rows"] == 1
     third = collect(ws, log=lambda s: None)
     assert third["unpaired"] == 3 and "conv50" not in path.read_text() and "cheddar" not in path.read_text()
+
+
+def test_blank_answers_are_read_and_counted_never_trained_nor_paired(workspace):
+    ws = workspace
+    write_jsonl(ws.root / "fb.jsonl", [event("Where is my parcel?", "", 0, rating=1),
+                                       event("Where is my parcel?", "It left the depot today.", 0, rating=5),
+                                       event("Can I pay by card?", "   ", 1, rating=5),
+                                       event("Can I pay by card?", None, 2, rating=5)])
+    configure(ws, [{"name": "fb", "kind": "jsonl", "path": "fb.jsonl"}], {"min_rating": 3, "split": {"val": 0, "test": 0}})
+    r = run_json("collect", cwd=ws.root)
+    assert r["read"] == 4 and r["kept"] == 1 and r["rejected"] == {"missing_field:response": 1}
+    assert r["filtered"] == {"empty_answer": 2} and r["preferences"] == 0
+    paths = ws.snapshot_paths("assistant")
+    assert [ex.response for ex in read_jsonl(paths["train"])] == ["It left the depot today."]
+    assert paths["preferences"].read_text() == paths["unpaired"].read_text() == ""

@@ -94,8 +94,20 @@ def test_filters_count_the_joined_text(texts):
     """The default count, summed message by message, equals the count of the newline-joined text."""
     count, _ = curate.token_counter(None)
     f = curate.Filters(CurateConfig(min_tokens=None, max_tokens=None), count, NOW)
-    e = Example(messages=[{"role": r, "content": t} for r, t in zip(["user", "assistant"] * 2, texts)])
+    # ending on a user turn: a blank final answer is the empty_answer filter's
+    e = Example(messages=[{"role": r, "content": t} for r, t in zip(["assistant", "user"] * 2, texts)])
     assert f.reason(e) == (None, count("\n".join(texts)))
+
+
+@pytest.mark.parametrize("answer", ["", " ", "\n\t"])
+def test_a_blank_answer_is_never_a_target_nor_a_preference_side(answer):
+    f = curate.Filters(CurateConfig(min_rating=4), curate.token_counter(None)[0], NOW)
+    assert f.reason(ex("q", answer))[0] == "empty_answer"
+    assert f.reason(ex("q", answer, rating=5))[0] == "empty_answer"
+    assert f.reason(ex("q", answer, rating=1))[0] == "empty_answer"  # not kept aside: DPO/KTO need a text
+    calls = Example(messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": answer, "tool_calls": [
+        {"type": "function", "function": {"name": "lookup", "arguments": {"id": 1}}}]}])
+    assert f.reason(calls)[0] is None  # a tool call is an answer
 
 
 def spill_of(tmp_path, rows, dedup="normalized", conflict="best_rating"):

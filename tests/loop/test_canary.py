@@ -245,3 +245,26 @@ def test_no_canary_is_a_clear_error(stack, feedback):
     configure_loop(s.ws, feedback)
     proc = run_ftctl("canary", "check", cwd=s.root)
     assert proc.returncode == 2 and "no live canary" in proc.stderr
+
+
+def test_ratings_of_blank_answers_are_evidence(workspace, feedback):
+    """A canary that answers nothing, rated down for it: those ratings count. The source reads a
+    blank answer (a NULL one is still missing), and only curation keeps it out of training."""
+    import psycopg
+
+    from ftctl.deploy import canary
+    from tests.collect.conftest import configure
+    from tests.loop.conftest import add_versions
+
+    configure(workspace, [feedback.source()])
+    add_versions(workspace, "assistant", ["v1.0", "v1.1"])
+    feedback.add("assistant@v1.0", [4, 5])
+    feedback.add("assistant@v1.1", [1, 1], answer="")
+    feedback.add("assistant@v1.1", [2], answer=" \n")
+    feedback.add("assistant@v1.1", [3], answer="It ships tomorrow.")
+    with psycopg.connect(feedback.dsn, autocommit=True) as conn:
+        conn.execute(f"INSERT INTO {feedback.table} (prompt, response, rating, served_model) "
+                     "VALUES ('q', NULL, 1, 'assistant@v1.1')")
+    ev = canary.ratings(workspace, "assistant", {"stable": "v1.0", "canary": "v1.1"}, None, "rating", print)
+    assert sorted(ev["scores"]["canary"]) == [1, 1, 2, 3] and sorted(ev["scores"]["stable"]) == [4, 5]
+    assert ev["rejected"] == {"missing_field:response": 1}
