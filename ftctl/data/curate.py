@@ -221,11 +221,6 @@ class Filters:
                 return "agent_type", 0
             if golden and (ex.key in golden or prompt_key(ex) in golden):
                 return "golden", 0
-            # a blank answer is read (its rating is evidence for a canary), but neither a target nor,
-            # even when rated down, a side of a preference pair: the preference trainers need text
-            last = ex.messages[-1]
-            if last["role"] == "assistant" and (not (c := last["content"]) or c.isspace()) and not last.get("tool_calls"):
-                return "empty_answer", 0
             meta = ex.meta
             if not (meta and meta.get("corrected")):  # negative_reason, inlined
                 if (ft := ex.feedback_type) is not None and ft == "thumbs_down":  # None == str costs a slow compare
@@ -234,6 +229,11 @@ class Filters:
                     return "min_rating", 0
                 if min_reward is not None and (reward := ex.reward) is not None and reward < min_reward:
                     return "min_reward", 0
+            # a blank answer is read (its rating is evidence for a canary) and, rated down, kept aside
+            # as a disliked answer (DPO/KTO learn against answering nothing); never a target
+            last = ex.messages[-1]
+            if last["role"] == "assistant" and (not (c := last["content"]) or c.isspace()) and not last.get("tool_calls"):
+                return "empty_answer", 0
             if words:  # whitespace_tokens of the newline-joined text: no word spans a newline
                 n = 0
                 for m in ex.messages:

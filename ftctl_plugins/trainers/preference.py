@@ -53,6 +53,11 @@ class PreferenceConfig(PluginConfig):
 PreferenceConfig.aliases = aliases.subset(PreferenceConfig.model_fields)
 
 
+# a disliked answer may be blank (the model said nothing, a user rated that down): still text to
+# learn against, an end-of-turn right after the prompt; a liked answer must say something
+BLANK_OK = ("rejected", "completion")
+
+
 def pairs_path(train_file: Path) -> Path:
     return Path(train_file).with_name(PAIRS_FILE)
 
@@ -105,7 +110,8 @@ def _lines(path: Path, sides: tuple[str, ...], what: str, needs: str):
             for side in sides:
                 v = p.get(side) if isinstance(p, dict) else None
                 if not v or (side != "prompt" and not (isinstance(v, list) and isinstance(v[0], dict)
-                                                       and v[0].get("content"))):
+                                                       and isinstance(v[0].get("content"), str)
+                                                       and (v[0]["content"].strip() or side in BLANK_OK))):
                     raise UsageError(f"{path.name}:{n}: the {what} has no {side!r}" + (" answer" if side != "prompt" else ""),
                                      hint=f"{needs}; fix or remove the line (nothing was trained)")
             yield {**p, "_line": n}

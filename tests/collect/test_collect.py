@@ -190,7 +190,7 @@ def test_unpaired_disliked_answers_are_written_once_carried_and_forgotten(worksp
     assert third["unpaired"] == 3 and "conv50" not in path.read_text() and "cheddar" not in path.read_text()
 
 
-def test_blank_answers_are_read_and_counted_never_trained_nor_paired(workspace):
+def test_blank_answers_are_read_never_trained_and_a_disliked_one_is_a_rejected_answer(workspace):
     ws = workspace
     write_jsonl(ws.root / "fb.jsonl", [event("Where is my parcel?", "", 0, rating=1),
                                        event("Where is my parcel?", "It left the depot today.", 0, rating=5),
@@ -199,7 +199,10 @@ def test_blank_answers_are_read_and_counted_never_trained_nor_paired(workspace):
     configure(ws, [{"name": "fb", "kind": "jsonl", "path": "fb.jsonl"}], {"min_rating": 3, "split": {"val": 0, "test": 0}})
     r = run_json("collect", cwd=ws.root)
     assert r["read"] == 4 and r["kept"] == 1 and r["rejected"] == {"missing_field:response": 1}
-    assert r["filtered"] == {"empty_answer": 2} and r["preferences"] == 0
+    assert r["filtered"] == {"min_rating": 1, "empty_answer": 1}
     paths = ws.snapshot_paths("assistant")
     assert [ex.response for ex in read_jsonl(paths["train"])] == ["It left the depot today."]
-    assert paths["preferences"].read_text() == paths["unpaired"].read_text() == ""
+    [pair] = [json.loads(line) for line in paths["preferences"].read_text().splitlines()]
+    assert pair["chosen"][-1]["content"] == "It left the depot today." and pair["rejected"][-1]["content"] == ""
+    [disliked] = [json.loads(line) for line in paths["unpaired"].read_text().splitlines()]
+    assert disliked["completion"][-1]["content"] == "" and disliked["label"] is False

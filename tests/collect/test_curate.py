@@ -100,11 +100,11 @@ def test_filters_count_the_joined_text(texts):
 
 
 @pytest.mark.parametrize("answer", ["", " ", "\n\t"])
-def test_a_blank_answer_is_never_a_target_nor_a_preference_side(answer):
+def test_a_blank_answer_is_never_a_target_and_a_disliked_one_stays_a_negative(answer):
     f = curate.Filters(CurateConfig(min_rating=4), curate.token_counter(None)[0], NOW)
     assert f.reason(ex("q", answer))[0] == "empty_answer"
     assert f.reason(ex("q", answer, rating=5))[0] == "empty_answer"
-    assert f.reason(ex("q", answer, rating=1))[0] == "empty_answer"  # not kept aside: DPO/KTO need a text
+    assert f.reason(ex("q", answer, rating=1))[0] == "min_rating"  # kept aside: DPO/KTO learn against it
     calls = Example(messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": answer, "tool_calls": [
         {"type": "function", "function": {"name": "lookup", "arguments": {"id": 1}}}]}])
     assert f.reason(calls)[0] is None  # a tool call is an answer

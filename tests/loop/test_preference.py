@@ -64,16 +64,20 @@ TINY = {"dpo": {"max_steps": 2, "batch_size": 2, "learning_rate": 1e-3, "max_len
         "kto": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "max_length": 64, "r": 4, "alpha": 8}}
 
 
-def test_a_pair_with_a_missing_side_is_a_clear_error(workspace, tiny_base):
+@pytest.mark.parametrize("side", ["rejected", "chosen"])
+def test_a_pair_with_a_missing_side_is_a_clear_error(workspace, tiny_base, side):
     from ftctl.errors import UsageError
     from ftctl.train import train
 
     bad = pair("sky", "blue", "train")
-    del bad["rejected"]
+    if side == "rejected":
+        del bad["rejected"]
+    else:  # a blank disliked answer is one to learn against; a blank liked one is no answer
+        bad["chosen"][0]["content"] = " "
     snapshot(workspace, [pair("grass", "green", "train"), bad], tiny_base, {"trainer": "dpo", **TINY})
     with workspace.run_lock("test"), pytest.raises(UsageError) as e:
         train(workspace, "assistant", log=lambda _: None)
-    assert e.value.message == "preferences.jsonl:2: the pair has no 'rejected' answer" and "fix or remove" in e.value.hint
+    assert e.value.message == f"preferences.jsonl:2: the pair has no {side!r} answer" and "fix or remove" in e.value.hint
     assert workspace.read_lock().state("assistant").versions == {}  # nothing recorded, the file untouched
     assert len((workspace.data_dir("assistant") / "preferences.jsonl").read_text().splitlines()) == 2
 
@@ -82,6 +86,8 @@ def test_dpo_then_kto_from_it_record_their_lineage(workspace, tiny_base):
     pairs = [pair(t, c, "test" if i % 4 == 0 else "train") for i, (t, c) in enumerate(COLOURS)]
     # collect writes every disliked answer to unpaired.jsonl, the paired ones too, plus some with no pair
     unpaired = [disliked(t, p["split"]) for (t, _), p in zip(COLOURS, pairs)] + [disliked("rust", "train")]
+    for row in pairs[1::3] + unpaired[1::3]:  # the model said nothing, users rated that down: still learned against
+        row.get("rejected", row.get("completion"))[0]["content"] = ""
     snapshot(workspace, pairs, tiny_base, {"trainer": "lora", **TINY}, unpaired)
     out = run_json("train", "--trainer", "dpo", cwd=workspace.root)
     assert out["version"] == "v1.0" and out["steps"] == 2
