@@ -257,6 +257,9 @@ def _check(ws, model: str | None, dry_run: bool, log: Log) -> dict[str, Any]:
     if live["served"]["unmatched"]:
         log(f"[yellow]{sum(live['served']['unmatched'].values())} feedback row(s) name a served model that "
             f"matches no version[/]: {', '.join(list(live['served']['unmatched'])[:5])}")
+    if live["rejected"]:  # a source's reject reasons (docs/data-card.md): no rating to count
+        log(f"[yellow]{sum(live['rejected'].values())} feedback row(s) could not be read[/], counted for neither "
+            f"side: {', '.join(f'{n} {why}' for why, n in sorted(live['rejected'].items()))}")
     if live["served"]["none"]:  # never counted as stable: which version answered them is unknown
         log(f"[yellow]{live['served']['none']} feedback row(s) name no served model[/]: unattributed, counted "
             "for neither side (map the source's served_model column)")

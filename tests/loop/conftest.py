@@ -43,7 +43,7 @@ class Feedback:
                 "served_model": "served_model", "conversation_id": "conversation_id"}
 
     def add(self, served: str | None, ratings, *, agent: str = "support", prompt: str = "Question {i} about my order?",
-            answer: str = "Answer {i}: it ships tomorrow.", at: datetime | None = None) -> None:
+            answer: str | None = "Answer {i}: it ships tomorrow.", at: datetime | None = None) -> None:
         """One row per rating, answered by ``served``, created at ``at`` (default: now)."""
         import psycopg
 
@@ -51,7 +51,7 @@ class Feedback:
         rows = []
         for r in ratings:
             self.n += 1
-            rows.append((prompt.format(i=self.n), answer.format(i=self.n), r, served, agent,
+            rows.append((prompt.format(i=self.n), answer and answer.format(i=self.n), r, served, agent,
                          f"c{self.n}", at + timedelta(microseconds=self.n)))
         with psycopg.connect(self.dsn, autocommit=True) as conn, conn.cursor() as cur:
             cur.executemany(f"INSERT INTO {self.table} (prompt, response, rating, served_model, agent, "

@@ -160,8 +160,10 @@ def test_too_little_evidence_holds_metrics_down_holds_rated_worse_rolls_back(liv
     s = live
     feedback.add("assistant@v1.0", [4] * 35)
     feedback.add("assistant@v1.1", [5, 4] * 5)
+    feedback.add("assistant@v1.1", [1], answer=None)  # no answer recorded: not a rating of anything
     human = run_ftctl("canary", "check", cwd=s.root, env={"COLUMNS": "200"})
     assert human.returncode == 0 and "hold" in human.stdout and "needs 20 more rated answers" in human.stdout, human
+    assert "1 feedback row(s) could not be read, counted for neither side: 1 missing_field:response" in human.stdout
     out = run_json("canary", "check", cwd=s.root)
     print("hold:", out["reason"])
     assert out["decision"] == "hold" and out["needs"] == 20 and not out["applied"]
@@ -250,8 +252,6 @@ def test_no_canary_is_a_clear_error(stack, feedback):
 def test_ratings_of_blank_answers_are_evidence(workspace, feedback):
     """A canary that answers nothing, rated down for it: those ratings count. The source reads a
     blank answer (a NULL one is still missing), and only curation keeps it out of training."""
-    import psycopg
-
     from ftctl.deploy import canary
     from tests.collect.conftest import configure
     from tests.loop.conftest import add_versions
@@ -262,9 +262,7 @@ def test_ratings_of_blank_answers_are_evidence(workspace, feedback):
     feedback.add("assistant@v1.1", [1, 1], answer="")
     feedback.add("assistant@v1.1", [2], answer=" \n")
     feedback.add("assistant@v1.1", [3], answer="It ships tomorrow.")
-    with psycopg.connect(feedback.dsn, autocommit=True) as conn:
-        conn.execute(f"INSERT INTO {feedback.table} (prompt, response, rating, served_model) "
-                     "VALUES ('q', NULL, 1, 'assistant@v1.1')")
+    feedback.add("assistant@v1.1", [1], answer=None)
     ev = canary.ratings(workspace, "assistant", {"stable": "v1.0", "canary": "v1.1"}, None, "rating", print)
     assert sorted(ev["scores"]["canary"]) == [1, 1, 2, 3] and sorted(ev["scores"]["stable"]) == [4, 5]
     assert ev["rejected"] == {"missing_field:response": 1}
