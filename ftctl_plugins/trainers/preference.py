@@ -54,7 +54,7 @@ PreferenceConfig.aliases = aliases.subset(PreferenceConfig.model_fields)
 
 
 # a disliked answer may be blank (the model said nothing, a user rated that down): still text to
-# learn against, an end-of-turn right after the prompt; a liked answer must say something
+# learn against, an end-of-turn right after the prompt; a liked one (chosen, label true) must say something
 BLANK_OK = ("rejected", "completion")
 
 
@@ -109,12 +109,16 @@ def _lines(path: Path, sides: tuple[str, ...], what: str, needs: str):
                 raise UsageError(f"{path.name}:{n}: not JSON", hint="fix or remove the line; nothing was trained") from None
             for side in sides:
                 v = p.get(side) if isinstance(p, dict) else None
-                if not v or (side != "prompt" and not (isinstance(v, list) and isinstance(v[0], dict)
-                                                       and isinstance(v[0].get("content"), str)
-                                                       and (v[0]["content"].strip() or side in BLANK_OK))):
+                if not v or (side != "prompt" and not _says(v, blank=side in BLANK_OK and p.get("label") is not True)):
                     raise UsageError(f"{path.name}:{n}: the {what} has no {side!r}" + (" answer" if side != "prompt" else ""),
                                      hint=f"{needs}; fix or remove the line (nothing was trained)")
             yield {**p, "_line": n}
+
+
+def _says(answer, blank: bool) -> bool:
+    """A one-message answer list with content: a blank text only where ``blank`` allows it."""
+    c = answer[0].get("content") if isinstance(answer, list) and isinstance(answer[0], dict) else None
+    return bool(c.strip() or blank) if isinstance(c, str) else bool(c)
 
 
 def load_policy(base, init_adapter: Path | None, cfg: PreferenceConfig):

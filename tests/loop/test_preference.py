@@ -136,6 +136,9 @@ def test_kto_needs_a_label_the_file_and_disliked_answers(workspace, tiny_base):
     assert e.message == "unpaired.jsonl:2: the answer has no true/false 'label'"
     e = _kto_error(workspace, tiny_base, unpaired=[{**disliked("sky", "train"), "completion": []}])
     assert e.message == "unpaired.jsonl:1: the answer has no 'completion' answer"
+    liked_blank = {**disliked("sky", "train"), "label": True, "completion": [{"role": "assistant", "content": ""}]}
+    e = _kto_error(workspace, tiny_base, unpaired=[liked_blank])
+    assert e.message == "unpaired.jsonl:1: the answer has no 'completion' answer"
     e = _kto_error(workspace, tiny_base, unpaired=False)  # a snapshot from before collect wrote the file
     assert "unpaired.jsonl does not exist" in e.message and "collect --since all" in e.hint
     e = _kto_error(workspace, tiny_base, unpaired=[disliked("sky", "test")])  # none in the train split
